@@ -1,0 +1,275 @@
+"""Real inputs for checks and calibration: image folders and .npz/.npy tensors, preprocessed
+exactly as the model's metadata says (resize, centre crop, mean/std, RGB, NCHW)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from edgekit.errors import BadInput
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "calibration"
+CACHE_DIR_ENV = "EDGEKIT_CACHE_DIR"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a model expects: shorter side resized to `resize`, centre crop `crop`, then (x/255-mean)/std."""
+
+    resize: int
+    crop: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    channel_order: str = "RGB"
+    layout: str = "NCHW"
+    interpolation: str = "bilinear"
+
+    @classmethod
+    def for_input_size(cls, size: int) -> "Preprocessing":
+        """torchvision's ImageNet evaluation recipe scaled to `size` (resize 256 -> crop 224)."""
+        return cls(resize=int(round(size * 256 / 224)), crop=size)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Preprocessing":
+        try:
+            return cls(
+                resize=int(data["resize"]),
+                crop=int(data["crop"]),
+                mean=tuple(float(v) for v in data["mean"]),
+                std=tuple(float(v) for v in data["std"]),
+                channel_order=data.get("channel_order", "RGB"),
+                layout=data.get("layout", "NCHW"),
+                interpolation=data.get("interpolation", "bilinear"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadInput(f"the model's preprocessing metadata is incomplete: {exc}") from None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def apply(self, image) -> np.ndarray:
+        """A PIL image (any mode) -> float32 CHW array."""
+        from PIL import Image
+
+        image = to_rgb(image)
+        w, h = image.size
+        scale = self.resize / min(w, h)
+        new_size = (max(self.crop, round(w * scale)), max(self.crop, round(h * scale)))
+        image = image.resize(new_size, Image.Resampling.BILINEAR)
+        left = (new_size[0] - self.crop) // 2
+        top = (new_size[1] - self.crop) // 2
+        image = image.crop((left, top, left + self.crop, top + self.crop))
+        array = np.asarray(image, dtype=np.float32) / 255.0
+        if self.channel_order == "BGR":
+            array = array[..., ::-1]
+        array = (array - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def to_rgb(image):
+    """Any PIL mode -> 8-bit RGB: 16-bit and float images rescaled, alpha composited on white."""
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+@dataclass
+class ImageSet:
+    """Preprocessed images from a folder, with what was passed over and why."""
+
+    tensors: np.ndarray  # (N, 3, crop, crop) float32
+    files: list[Path]
+    corrupt: list[tuple[Path, str]] = field(default_factory=list)
+    not_images: list[Path] = field(default_factory=list)
+    source: Path | None = None
+    sha256: str = ""
+    from_cache: bool = False
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+def scan_folder(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(image files, other files) under `folder`, recursively, sorted for determinism."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise BadInput(f"image folder {folder} does not exist", hint="check the path")
+    if not folder.is_dir():
+        raise BadInput(f"{folder} is not a folder of images", hint="name a folder, or a .npz/.npy of tensors")
+    images, others = [], []
+    for root, _dirs, names in os.walk(folder):
+        for name in names:
+            path = Path(root) / name
+            if name.startswith("."):
+                continue
+            (images if path.suffix.lower() in IMAGE_SUFFIXES else others).append(path)
+    return sorted(images), sorted(others)
+
+
+def decode_image(path: Path, preprocessing: Preprocessing) -> np.ndarray:
+    """Decode and preprocess one image; raises ValueError with the reason when it cannot."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                # JPEG can decode at a reduced scale: much faster for huge photos, same result after resize.
+                image.draft("RGB", (preprocessing.resize, preprocessing.resize))
+                image.load()
+                return preprocessing.apply(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"cannot decode: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ValueError(f"too large to decode safely ({exc})") from None
+
+
+def pick_samples(files: list[Path], samples: int | None, seed: int = 0) -> list[Path]:
+    """`samples` files chosen deterministically (seeded), in sorted order; all when there are fewer."""
+    if samples is None or samples >= len(files):
+        return list(files)
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(len(files), size=samples, replace=False))
+    return [files[i] for i in chosen]
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "edgekit")
+
+
+def _content_key(files: list[Path], preprocessing: Preprocessing) -> str:
+    digest = hashlib.sha256(json.dumps(preprocessing.to_dict(), sort_keys=True).encode())
+    for path in files:
+        digest.update(path.name.encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def load_image_folder(
+    folder: Path,
+    preprocessing: Preprocessing,
+    samples: int | None = None,
+    seed: int = 0,
+    use_cache: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> ImageSet:
+    """Decode the images of a folder through `preprocessing`; corrupt files are skipped and named.
+
+    Zero usable images is BadInput naming the folder and what was found there.
+    """
+    images, others = scan_folder(folder)
+    chosen = pick_samples(images, samples, seed)
+    key = _content_key(chosen, preprocessing)
+    cache_file = _cache_dir() / f"images-{key}.npz"
+    if use_cache and cache_file.is_file():
+        try:
+            with np.load(cache_file, allow_pickle=False) as cached:
+                kept = [Path(p) for p in cached["files"].tolist()]
+                corrupt = [(Path(p), r) for p, r in cached["corrupt"].tolist()] if cached["corrupt"].size else []
+                tensors = cached["tensors"]
+            return ImageSet(tensors, kept, corrupt, others, Path(folder), key, from_cache=True)
+        except (OSError, KeyError, ValueError):
+            pass  # a damaged cache entry is rebuilt below
+    arrays, kept, corrupt = [], [], []
+    for i, path in enumerate(chosen):
+        try:
+            arrays.append(decode_image(path, preprocessing))
+            kept.append(path)
+        except ValueError as exc:
+            corrupt.append((path, str(exc)))
+        if on_progress:
+            on_progress(i + 1, len(chosen))
+    if not arrays:
+        found = f"{len(images)} image file(s), {len(corrupt)} of them unreadable, {len(others)} other file(s)"
+        raise BadInput(
+            f"no usable images in {folder}: found {found}",
+            hint=f"point to a folder of {'/'.join(sorted(s[1:] for s in IMAGE_SUFFIXES))} images",
+        )
+    tensors = np.stack(arrays).astype(np.float32)
+    result = ImageSet(tensors, kept, corrupt, others, Path(folder), key)
+    if use_cache:
+        _write_cache(cache_file, result)
+    return result
+
+
+def _write_cache(cache_file: Path, images: ImageSet) -> None:
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(
+            tmp,
+            tensors=images.tensors,
+            files=np.array([str(p) for p in images.files]),
+            corrupt=np.array([(str(p), r) for p, r in images.corrupt]).reshape(-1, 2),
+        )
+        os.replace(tmp, cache_file)
+    except OSError:
+        pass  # caching is an optimisation; a read-only home must not fail the command
+
+
+def load_tensor_file(path: Path, expected_chw: tuple[int, int, int]) -> np.ndarray:
+    """Preprocessed tensors from .npy or .npz (one array, or the one named `input`): (N, C, H, W) float."""
+    from edgekit.artifact import check_readable_file
+
+    path = check_readable_file(Path(path), "tensor file")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise BadInput(f"{path} is not a readable .npy/.npz file: {exc}") from None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            names = list(loaded.files)
+            if not names:
+                raise BadInput(f"{path} holds no arrays")
+            name = "input" if "input" in names else names[0]
+            if len(names) > 1 and "input" not in names:
+                raise BadInput(f"{path} holds several arrays ({', '.join(names)}); name the inputs one `input`")
+            array = loaded[name]
+    else:
+        array = loaded
+    if not np.issubdtype(array.dtype, np.floating):
+        raise BadInput(f"{path}: tensors must be floating point (preprocessed), got dtype {array.dtype}")
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4 or tuple(array.shape[1:]) != tuple(expected_chw):
+        raise BadInput(
+            f"{path}: tensors have shape {tuple(array.shape)}, the model expects (N, {', '.join(map(str, expected_chw))})"
+        )
+    if array.shape[0] == 0:
+        raise BadInput(f"{path} holds zero samples")
+    if not np.isfinite(array).all():
+        raise BadInput(f"{path} holds NaN or Inf values")
+    return np.ascontiguousarray(array.astype(np.float32))
+
+
+def seeded_random_inputs(count: int, chw: tuple[int, int, int], seed: int = 0) -> np.ndarray:
+    """Standard-normal inputs (the scale of normalised images), reproducible from `seed`."""
+    return np.random.default_rng(seed).standard_normal((count, *chw)).astype(np.float32)
+
+
+def batches(array: np.ndarray, batch: int) -> Iterable[np.ndarray]:
+    """Split (N, ...) into batches of exactly `batch`; the last one is padded by repeating samples."""
+    for start in range(0, len(array), batch):
+        chunk = array[start : start + batch]
+        if len(chunk) < batch:
+            pad = np.resize(array, (batch - len(chunk), *array.shape[1:]))
+            chunk = np.concatenate([chunk, pad])
+        yield chunk

@@ -1,0 +1,43 @@
+"""The one user-facing exception type and its subclasses; each carries its exit code.
+
+Exit codes (design.md): 0 success, 1 a check failed, 2 bad usage or bad input,
+3 the environment cannot do what was asked.
+"""
+
+from __future__ import annotations
+
+
+class EdgekitError(Exception):
+    """An error the user can act on: printed as one line, no traceback."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class BadInput(EdgekitError):
+    """Unknown model, unreadable or invalid file, empty calibration set, wrong shapes (exit 2)."""
+
+    exit_code = 2
+
+
+class CheckFailed(EdgekitError):
+    """A tolerance, accuracy gate or structural invariant failed (exit 1)."""
+
+    exit_code = 1
+
+
+class EnvironmentUnavailable(EdgekitError):
+    """A requested execution provider, device, library or file cache is missing (exit 3)."""
+
+    exit_code = 3
+
+
+class ProviderUnavailable(EnvironmentUnavailable):
+    """An ONNX Runtime execution provider was asked for and did not start (exit 3)."""

@@ -1,0 +1,208 @@
+"""ONNX Runtime sessions, created in one place: provider selection and no silent fallback.
+
+ORT asked for CUDA on a machine where CUDA cannot start prints an error and quietly runs on
+CPU (field-notes.md); every session made here is checked with `get_providers()`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import BadInput, EdgekitError, ProviderUnavailable
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+def parse_providers(spec: str | None) -> list[str]:
+    """'cpu,cuda' -> ['cpu', 'cuda']; None -> cpu plus cuda when a CUDA device is usable."""
+    if spec is None or not spec.strip():
+        return ["cpu", "cuda"] if cuda_device_available() else ["cpu"]
+    names = []
+    for raw in spec.split(","):
+        name = raw.strip().lower()
+        if name.endswith("executionprovider"):
+            name = next((k for k, v in PROVIDERS.items() if v.lower() == name), name)
+        if name not in PROVIDERS:
+            raise BadInput(f"unknown execution provider {raw.strip()!r}", hint=f"use one of {', '.join(PROVIDERS)}")
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def cuda_device_available() -> bool:
+    """True when this process can see a CUDA device (asked of torch, which ships the CUDA runtime)."""
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+@dataclass
+class Session:
+    """An ORT session and the truth about where it runs."""
+
+    session: object
+    requested: str  # short name: cpu | cuda | tensorrt
+    providers: list[str]  # what ORT reports it runs on
+    fell_back: bool
+    reason: str | None = None
+
+    @property
+    def ran_on(self) -> str:
+        return "cpu" if self.fell_back else self.requested
+
+    @property
+    def input_name(self) -> str:
+        return self.session.get_inputs()[0].name
+
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        check_inputs(self.session, inputs)
+        try:
+            return self.session.run(None, inputs)
+        except Exception as exc:
+            raise EdgekitError(f"ONNX Runtime failed to run the model on {self.ran_on}: {str(exc).splitlines()[0]}") from exc
+
+
+def check_inputs(session, inputs: dict[str, np.ndarray]) -> None:
+    """Names, ranks, static dimensions and dtypes against the session's inputs; BadInput naming what differs."""
+    expected = {i.name: i for i in session.get_inputs()}
+    missing = sorted(set(expected) - set(inputs))
+    extra = sorted(set(inputs) - set(expected))
+    if missing or extra:
+        raise BadInput(
+            f"model inputs are {sorted(expected)}; got {sorted(inputs)}"
+            + (f" (missing {missing})" if missing else "")
+            + (f" (unexpected {extra})" if extra else "")
+        )
+    for name, array in inputs.items():
+        meta = expected[name]
+        shape = meta.shape
+        dims_ok = len(shape) == array.ndim and all(
+            not isinstance(d, int) or d == a for d, a in zip(shape, array.shape)
+        )
+        if not dims_ok:
+            want = "(" + ", ".join(str(d) if isinstance(d, int) else str(d or "?") for d in shape) + ")"
+            raise BadInput(f"input {name!r} has shape {tuple(array.shape)}; the model expects {want}")
+        want_dtype = _ORT_DTYPES.get(meta.type)
+        if want_dtype is not None and array.dtype != want_dtype:
+            raise BadInput(f"input {name!r} has dtype {array.dtype}; the model expects {np.dtype(want_dtype).name}")
+
+
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+}
+
+
+@contextmanager
+def _captured_stderr():
+    """Capture what ORT's C++ logger writes to fd 2 while a session is created (its reason for a fallback)."""
+    captured: list[str] = []
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield captured
+        return
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            captured.append(sink.read().decode(errors="replace"))
+
+
+def _reason_from_log(log: str) -> str | None:
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if re.search(r"\bE:|error|fail", ln, re.IGNORECASE)]
+    pick = (errors or lines or [None])[-1]
+    if pick is None:
+        return None
+    return re.sub(r"^.*?\] ", "", pick)[:300]
+
+
+def create_session(
+    model: Path | bytes,
+    provider: str = "cpu",
+    *,
+    allow_fallback: bool = False,
+    threads: int | None = None,
+    optimized_model_path: Path | None = None,
+    optimization: str = "all",
+    session_config: dict[str, str] | None = None,
+    enable_profiling: bool = False,
+) -> Session:
+    """The one way edgekit creates an ORT session; a requested provider that did not start is
+    ProviderUnavailable (exit 3) unless `allow_fallback`, and then the Session says so."""
+    import onnxruntime as ort
+
+    provider = parse_providers(provider)[0]
+    wanted = PROVIDERS[provider]
+    if provider != "cpu" and hasattr(ort, "preload_dlls"):
+        # onnxruntime-gpu finds the CUDA/cuDNN libraries torch's wheel brings only after this.
+        try:
+            ort.preload_dlls()
+        except Exception:
+            pass
+    options = ort.SessionOptions()
+    options.log_severity_level = 3 if provider == "cpu" else 1
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.graph_optimization_level = {
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
+    if optimized_model_path is not None:
+        options.optimized_model_filepath = str(optimized_model_path)
+    for key, value in (session_config or {}).items():
+        options.add_session_config_entry(key, value)
+    if enable_profiling:
+        options.enable_profiling = True
+    providers = [wanted] if provider == "cpu" else [wanted, PROVIDERS["cpu"]]
+    source = str(model) if isinstance(model, Path) else model
+    log = ""
+    try:
+        if provider == "cpu":
+            session = ort.InferenceSession(source, sess_options=options, providers=providers)
+        else:
+            with _captured_stderr() as captured:
+                session = ort.InferenceSession(source, sess_options=options, providers=providers)
+            log = "".join(captured)
+    except Exception as exc:
+        where = model if isinstance(model, Path) else "the model"
+        raise BadInput(f"ONNX Runtime cannot load {where}: {str(exc).strip().splitlines()[0][:300]}") from None
+    actual = session.get_providers()
+    if wanted in actual:
+        return Session(session, provider, actual, fell_back=False)
+    reason = _reason_from_log(log) or f"{wanted} is not among the providers ORT started ({', '.join(actual)})"
+    if not cuda_device_available() and provider in ("cuda", "tensorrt"):
+        reason = f"no CUDA device is visible to this process; ORT said: {reason}"
+    if not allow_fallback:
+        raise ProviderUnavailable(
+            f"{provider.upper()} did not start: {reason}",
+            hint="run where the provider works, or pass --allow-fallback to run on CPU and say so",
+        )
+    return Session(session, provider, actual, fell_back=True, reason=reason)

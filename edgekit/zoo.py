@@ -1,0 +1,56 @@
+"""Facts about registered models, measured from the models themselves (for `models` and `summary`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgekit.models.registry import get_spec, list_models
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    name: str
+    family: str
+    source: str
+    params: int
+    macs: int
+    input_size: int
+    grouped_convs: int
+    concats: int
+
+
+def describe_models() -> list[ModelFacts]:
+    """Params, MACs, grouped convs and concats of every registered model, built on the meta device
+    (shapes only: instant, no memory for weights)."""
+    import torch
+
+    from edgekit.models.blocks import materialize
+    from edgekit.structure import count_macs, torch_structure
+
+    facts = []
+    for spec in list_models():
+        with torch.device("meta"):
+            model = materialize(spec.builder(spec.default_num_classes)).eval()  # eval: no BN statistics to compute
+            size = spec.default_input_size
+            structure = torch_structure(model, torch.zeros(1, 3, size, size))
+            macs = count_macs(model, size)
+        facts.append(
+            ModelFacts(spec.name, spec.family, spec.source, structure.params, macs, size, structure.grouped_convs, structure.concats)
+        )
+    return facts
+
+
+def layer_summary(name: str, input_size: int | None = None, num_classes: int | None = None, depth: int = 3) -> str:
+    """torchinfo's table for one model at (1, 3, size, size)."""
+    import torch
+    import torchinfo
+
+    from edgekit.models.blocks import materialize
+
+    spec = get_spec(name)
+    size = input_size or spec.default_input_size
+    with torch.device("meta"):
+        model = materialize(spec.builder(num_classes or spec.default_num_classes))
+    model = model.to_empty(device="cpu").eval()
+    stats = torchinfo.summary(model, input_size=(1, 3, size, size), depth=depth, verbose=0, device="cpu")
+    return str(stats)
