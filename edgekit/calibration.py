@@ -118,8 +118,8 @@ def scan_folder(folder: Path) -> tuple[list[Path], list[Path]]:
     for root, _dirs, names in os.walk(folder):
         for name in names:
             path = Path(root) / name
-            if name.startswith("."):
-                continue
+            if name.startswith(".") or name.upper().startswith(("README", "LICENSE")):
+                continue  # hidden files and a folder's own documentation are not data
             (images if path.suffix.lower() in IMAGE_SUFFIXES else others).append(path)
     return sorted(images), sorted(others)
 
@@ -273,3 +273,140 @@ def batches(array: np.ndarray, batch: int) -> Iterable[np.ndarray]:
             pad = np.resize(array, (batch - len(chunk), *array.shape[1:]))
             chunk = np.concatenate([chunk, pad])
         yield chunk
+
+
+def augmented_samples(
+    files: list[Path], preprocessing: Preprocessing, count: int, seed: int = 0
+) -> np.ndarray:
+    """`count` seeded random-resized crops (50-100 % of the area) and horizontal flips of `files`."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        path = files[i % len(files)]
+        with Image.open(path) as image:
+            image = to_rgb(image)
+            w, h = image.size
+            area = rng.uniform(0.5, 1.0) * w * h
+            aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+            cw = int(min(w, round(np.sqrt(area * aspect))))
+            ch = int(min(h, round(np.sqrt(area / aspect))))
+            left = int(rng.integers(0, w - cw + 1))
+            top = int(rng.integers(0, h - ch + 1))
+            crop = image.crop((left, top, left + cw, top + ch))
+            if rng.random() < 0.5:
+                crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            out.append(preprocessing.apply(crop))
+    return np.stack(out).astype(np.float32)
+
+
+@dataclass
+class CalibrationSet:
+    """Preprocessed calibration tensors, held-out tensors for the accuracy proxy, and their provenance."""
+
+    tensors: np.ndarray
+    holdout: np.ndarray
+    source: str
+    kind: str  # images | tensors
+    sha256: str
+    description: str
+    holdout_description: str
+    warnings: list[str] = field(default_factory=list)
+
+    def to_metadata(self) -> dict:
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "samples": int(len(self.tensors)),
+            "sha256": self.sha256,
+            "holdout_samples": int(len(self.holdout)),
+        }
+
+
+HOLDOUT_FRACTION = 0.25
+MIN_HOLDOUT_SAMPLES = 32  # held-out photos are topped up with seeded crops/flips of themselves to this many
+
+
+def build_calibration_set(
+    source: Path,
+    preprocessing: Preprocessing,
+    samples: int,
+    seed: int = 0,
+    augment: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> CalibrationSet:
+    """Calibration and held-out tensors from an image folder or a .npz/.npy file.
+
+    A quarter of the images (at least one) is held out for the accuracy proxy and never used
+    for calibration. Fewer images than `samples` is said, and filled with seeded crops and flips
+    only when `augment` asks for it.
+    """
+    source = Path(source)
+    if samples < 1:
+        raise BadInput(f"--samples must be at least 1, got {samples}")
+    chw = (3, preprocessing.crop, preprocessing.crop)
+    notes: list[str] = []
+    if source.is_file() or source.suffix in (".npz", ".npy"):
+        tensors = load_tensor_file(source, chw)
+        if len(tensors) < 2:
+            raise BadInput(f"{source} holds {len(tensors)} sample; at least 2 are needed (calibration + held-out)")
+        n_hold = max(1, int(round(len(tensors) * HOLDOUT_FRACTION)))
+        calib, hold = tensors[:-n_hold], tensors[-n_hold:]
+        if len(calib) > samples:
+            calib = calib[np.sort(np.random.default_rng(seed).choice(len(calib), samples, replace=False))]
+        elif len(calib) < samples:
+            notes.append(f"{source} has {len(calib)} calibration samples, fewer than the {samples} asked; using {len(calib)}")
+        from edgekit.artifact import sha256_file
+
+        return CalibrationSet(
+            calib, hold, str(source), "tensors", sha256_file(source),
+            f"{len(calib)} tensors from {source}", f"the last {len(hold)} tensors of {source}", notes,
+        )
+
+    images, others = scan_folder(source)
+    if others:
+        notes.append(f"{len(others)} file(s) in {source} are not images and were ignored")
+    want = int(np.ceil(samples / (1 - HOLDOUT_FRACTION))) + 1
+    loaded = load_image_folder(source, preprocessing, samples=want, seed=seed, on_progress=on_progress)
+    for path, reason in loaded.corrupt:
+        notes.append(f"skipped {path}: {reason}")
+    usable = loaded.files
+    if len(usable) < 2:
+        raise BadInput(
+            f"{source} has {len(usable)} usable image(s); at least 2 are needed (calibration + held-out)",
+            hint="add images or pass a bigger folder with --calibration",
+        )
+    order = np.random.default_rng(seed).permutation(len(usable))
+    n_hold = max(1, int(round(len(usable) * HOLDOUT_FRACTION)))
+    hold_idx, calib_idx = sorted(order[:n_hold]), sorted(order[n_hold:])
+    calib_files = [usable[i] for i in calib_idx]
+    calib = loaded.tensors[calib_idx]
+    if len(calib) > samples:
+        pick = np.sort(np.random.default_rng(seed + 1).choice(len(calib), samples, replace=False))
+        calib, calib_files = calib[pick], [calib_files[i] for i in pick]
+    elif len(calib) < samples:
+        if augment:
+            extra = augmented_samples(calib_files, preprocessing, samples - len(calib), seed)
+            notes.append(
+                f"{len(calib)} calibration images for {samples} samples: added {len(extra)} seeded crops/flips (--augment)"
+            )
+            calib = np.concatenate([calib, extra])
+        else:
+            notes.append(
+                f"{source} has {len(calib)} calibration images (after holding out {n_hold}), fewer than the "
+                f"{samples} asked; using {len(calib)} (--augment adds seeded crops and flips)"
+            )
+    hold_files = [usable[i] for i in hold_idx]
+    hold = loaded.tensors[hold_idx]
+    extra_hold = max(0, MIN_HOLDOUT_SAMPLES - len(hold))
+    if extra_hold:
+        hold = np.concatenate([hold, augmented_samples(hold_files, preprocessing, extra_hold, seed + 2)])
+    digest = hashlib.sha256(json.dumps(preprocessing.to_dict(), sort_keys=True).encode())
+    digest.update(np.ascontiguousarray(calib).tobytes())
+    return CalibrationSet(
+        calib, hold, str(source), "images", digest.hexdigest(),
+        f"{len(calib)} samples from {len(calib_files)} images in {source}",
+        f"{len(hold_files)} held-out images in {source}" + (f" + {extra_hold} seeded crops/flips of them" if extra_hold else ""),
+        notes,
+    )

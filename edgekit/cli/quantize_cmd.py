@@ -1,0 +1,124 @@
+"""`edgekit quantize`."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from edgekit.cli.app import app, console, err_console, handle_errors, human_bytes
+
+
+class Method(str, Enum):
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
+class Target(str, Enum):
+    auto = "auto"
+    x86_avx2 = "x86-avx2"
+    x86_vnni = "x86-vnni"
+    arm64 = "arm64"
+    generic = "generic"
+
+
+@app.command("quantize")
+@handle_errors
+def quantize_command(
+    model: Annotated[Path, typer.Argument(help="fp32 .onnx file (from edgekit export, or foreign)")],
+    calibration: Annotated[
+        Path | None, typer.Option("--calibration", help="image folder or .npz/.npy of preprocessed tensors (default: calibration/)")
+    ] = None,
+    samples: Annotated[int, typer.Option("--samples", help="calibration samples, picked deterministically")] = 128,
+    method: Annotated[Method | None, typer.Option("--method", case_sensitive=False, help="default: the target's")] = None,
+    target: Annotated[Target, typer.Option("--target", case_sensitive=False, help="auto reads this CPU's flags")] = Target.auto,
+    per_channel: Annotated[
+        bool | None, typer.Option("--per-channel/--per-tensor", help="weight scales (default: the target's)")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", help="node name or op type to keep in float (repeatable)")
+    ] = None,
+    augment: Annotated[bool, typer.Option("--augment", help="fill up to --samples with seeded crops and flips")] = False,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    min_top1_agreement: Annotated[
+        float | None, typer.Option("--min-top1-agreement", help="gate on held-out images (default 0.5)")
+    ] = None,
+    min_sqnr: Annotated[float | None, typer.Option("--min-sqnr", help="gate on held-out logits, dB (default 10)")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="default exports/<name>.int8.onnx")] = None,
+) -> None:
+    """Static INT8 quantization (QDQ) with calibration data and a recipe for the target CPU."""
+    from dataclasses import replace
+
+    from edgekit.compare import DEFAULT_TOLERANCES
+    from edgekit.quantize import quantize
+
+    tolerance = DEFAULT_TOLERANCES["int8"]
+    if min_top1_agreement is not None:
+        tolerance = replace(tolerance, min_top1_agreement=min_top1_agreement)
+    if min_sqnr is not None:
+        tolerance = replace(tolerance, min_sqnr_db=min_sqnr)
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        tasks: dict[str, int] = {}
+        stage_task = bar.add_task("quantize", total=None)
+
+        def on_progress(kind: str, done: int, total: int) -> None:
+            if kind not in tasks:
+                tasks[kind] = bar.add_task({"decode": "decoding images", "calibrate": "calibrating"}[kind], total=total)
+            bar.update(tasks[kind], completed=done, total=total)
+
+        result = quantize(
+            model,
+            calibration=calibration,
+            samples=samples,
+            method=method.value if method else None,
+            target=target.value,
+            per_channel=per_channel,
+            exclude=exclude or [],
+            augment=augment,
+            seed=seed,
+            output=output,
+            tolerance=tolerance,
+            on_stage=lambda s: bar.update(stage_task, description=f"quantize: {s}"),
+            on_progress=on_progress,
+        )
+    render_quantize(result)
+
+
+def render_quantize(result) -> None:
+    r = result.recipe
+    console.print(f"[bold green]wrote[/] {result.path}  (int8, QDQ, target {r.target})")
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    table = Table(show_header=False, show_edge=False)
+    table.add_column("what")
+    table.add_column("value")
+    table.add_row(
+        "recipe",
+        f"activations {r.activation_type}{' symmetric' if r.activation_symmetric else ''}, weights {r.weight_type} "
+        f"{'per-channel' if r.per_channel else 'per-tensor'}{', 7-bit (reduce_range)' if r.reduce_range else ''}, "
+        f"{r.method} calibration",
+    )
+    table.add_row("why", r.reason)
+    if result.excluded:
+        table.add_row("kept in float", f"{len(result.excluded)} nodes")
+    table.add_row(
+        "size",
+        f"{human_bytes(result.fp32_bytes)} -> {human_bytes(result.int8_bytes)} ({result.size_ratio:.2f}x smaller)",
+    )
+    table.add_row("runs in int8 (after ORT optimisation)", result.coverage.describe())
+    table.add_row("grouped convs / concats kept", f"{result.grouped_convs} / {result.concats}")
+    table.add_row("calibration", f"{result.calibration.description}; {result.calibration_seconds:.1f}s")
+    h = result.holdout
+    table.add_row(
+        "vs fp32 on held-out data",
+        f"top-1 agreement {h.top1_agreement:.1%}, top-5 {h.top5_agreement:.1%}, SQNR {h.sqnr_db:.1f} dB, "
+        f"cosine {h.cosine:.4f} ({result.calibration.holdout_description})",
+    )
+    console.print(table)

@@ -1,0 +1,367 @@
+"""Static INT8 quantization (ONNX Runtime, QDQ) with a recipe for the target CPU, and the checks
+that make it trustworthy: really quantized, structure kept, runs, measured against fp32."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgekit.artifact import load_onnx, read_metadata, sha256_file, stage_output, write_metadata
+from edgekit.calibration import DEFAULT_CALIBRATION_DIR, CalibrationSet, Preprocessing, build_calibration_set
+from edgekit.compare import DEFAULT_TOLERANCES, OutputMetrics, Tolerance, compare_outputs
+from edgekit.errors import BadInput, CheckFailed
+from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
+from edgekit.targets import Recipe, resolve_recipe
+
+DEFAULT_SAMPLES = 128
+QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
+                 "QLinearConcat", "QGemm", "QLinearAdd", "DynamicQuantizeLinear"}
+# What ORT really executes after its own graph optimisation: int8 kernels vs float ones.
+INT8_KERNELS = {"Conv": {"QLinearConv", "ConvInteger"}, "Gemm": {"QGemm", "QLinearMatMul", "MatMulInteger"},
+                "Concat": {"QLinearConcat"}}
+FLOAT_KERNELS = {"Conv": {"Conv", "FusedConv", "NchwcConv"}, "Gemm": {"Gemm", "FusedGemm", "MatMul", "FusedMatMul"},
+                 "Concat": {"Concat"}}
+
+
+@dataclass
+class Coverage:
+    """How many Conv / Gemm / Concat nodes ORT runs in int8, out of how many."""
+
+    int8: dict[str, int]
+    total: dict[str, int]
+
+    def describe(self) -> str:
+        return ", ".join(f"{op} {self.int8[op]}/{self.total[op]}" for op in INT8_KERNELS if self.total[op])
+
+
+@dataclass
+class QuantizeResult:
+    """What `quantize` did and measured."""
+
+    path: Path
+    parent: Path
+    recipe: Recipe
+    excluded: list[str]
+    calibration: CalibrationSet
+    calibration_seconds: float
+    fp32_bytes: int
+    int8_bytes: int
+    ops: dict[str, int]
+    coverage: Coverage
+    grouped_convs: int
+    concats: int
+    holdout: OutputMetrics
+    metadata: dict
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def size_ratio(self) -> float:
+        return self.fp32_bytes / self.int8_bytes
+
+
+def default_output(parent: Path) -> Path:
+    """exports/<name>.int8.onnx for exports/<name>.onnx."""
+    name = parent.name[: -len(".onnx")] if parent.name.endswith(".onnx") else parent.stem
+    return Path("exports") / f"{name}.int8.onnx"
+
+
+def is_quantized(model) -> bool:
+    """Quantization ops in the graph, or 8-bit weight initializers."""
+    from onnx import TensorProto
+
+    if any(n.op_type in QUANTIZED_OPS for n in model.graph.node):
+        return True
+    return any(t.data_type in (TensorProto.INT8, TensorProto.UINT8) for t in model.graph.initializer)
+
+
+def _float_dtype_ok(model) -> bool:
+    from onnx import TensorProto
+
+    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    return all(i.type.tensor_type.elem_type == TensorProto.FLOAT for i in inputs)
+
+
+def preprocessing_for(model, metadata: dict | None, path: Path) -> Preprocessing:
+    """From the metadata; a foreign file gets ImageNet preprocessing at its static input size."""
+    if metadata and "preprocessing" in metadata:
+        return Preprocessing.from_dict(metadata["preprocessing"])
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    if len(dims) != 4 or dims[1].dim_value != 3 or dims[2].dim_value < 1 or dims[2].dim_value != dims[3].dim_value:
+        raise BadInput(f"{path} has no edgekit metadata and its input is not (N, 3, S, S); cannot tell its preprocessing")
+    return Preprocessing.for_input_size(dims[2].dim_value)
+
+
+def resolve_exclusions(model, exclude: list[str]) -> list[str]:
+    """Node names to exclude: each item is a node name or an op type (all its nodes)."""
+    names = {n.name for n in model.graph.node}
+    by_type: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        by_type.setdefault(node.op_type, []).append(node.name)
+    resolved: list[str] = []
+    for item in exclude:
+        if item in names:
+            resolved.append(item)
+        elif item in by_type:
+            resolved.extend(by_type[item])
+        else:
+            raise BadInput(
+                f"--exclude {item!r} is neither a node name nor an op type of the model",
+                hint=f"op types here: {', '.join(sorted(by_type))}",
+            )
+    return sorted(set(resolved))
+
+
+class _Reader:
+    """ORT CalibrationDataReader over preprocessed tensors, one static batch at a time."""
+
+    def __init__(self, input_name: str, tensors: np.ndarray, batch: int | None, on_progress=None):
+        from edgekit.calibration import batches
+
+        self._batches = list(batches(tensors, batch)) if batch else [tensors]
+        self._input = input_name
+        self._i = 0
+        self._on_progress = on_progress
+
+    def get_next(self):
+        if self._i >= len(self._batches):
+            return None
+        item = {self._input: self._batches[self._i]}
+        self._i += 1
+        if self._on_progress:
+            self._on_progress(self._i, len(self._batches))
+        return item
+
+    def rewind(self):
+        self._i = 0
+
+
+def _static_batch(model) -> int | None:
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
+
+
+def int8_coverage(path: Path, workdir: Path) -> tuple[Coverage, dict[str, int]]:
+    """Run ORT's own optimisation (as a session does) and count what executes in int8."""
+    from edgekit.runtime import create_session
+
+    optimized = workdir / "ort-optimized.onnx"
+    create_session(path, "cpu", optimized_model_path=optimized)
+    import onnx
+
+    ops = Counter(n.op_type for n in onnx.load(str(optimized), load_external_data=False).graph.node)
+    int8 = {op: sum(ops[k] for k in kinds) for op, kinds in INT8_KERNELS.items()}
+    total = {op: int8[op] + sum(ops[k] for k in FLOAT_KERNELS[op]) for op in INT8_KERNELS}
+    return Coverage(int8=int8, total=total), dict(ops)
+
+
+def _run(path_or_model, tensors: np.ndarray, batch: int | None, session_config=None) -> np.ndarray:
+    from edgekit.export import _run_batched
+    from edgekit.runtime import create_session
+
+    session = create_session(path_or_model, "cpu", session_config=session_config)
+    return _run_batched(lambda x: session.run({session.input_name: x})[0], tensors, batch)
+
+
+def quantize(
+    model_path: Path,
+    *,
+    calibration: Path | None = None,
+    samples: int = DEFAULT_SAMPLES,
+    method: str | None = None,
+    target: str = "auto",
+    per_channel: bool | None = None,
+    exclude: list[str] | None = None,
+    augment: bool = False,
+    seed: int = 0,
+    output: Path | None = None,
+    tolerance: Tolerance | None = None,
+    on_stage: Callable[[str], None] | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> QuantizeResult:
+    """Quantize an fp32 ONNX file to int8; nothing is written unless every check passes."""
+    model_path = Path(model_path)
+    stage = on_stage or (lambda _s: None)
+    progress = on_progress or (lambda *_a: None)
+    model = load_onnx(model_path)
+    metadata = read_metadata(model)
+    if is_quantized(model) or (metadata and metadata.get("precision", "fp32") != "fp32"):
+        raise BadInput(f"{model_path} is already quantized ({(metadata or {}).get('precision', 'int8')})",
+                       hint="quantize the fp32 file it came from")
+    if not _float_dtype_ok(model):
+        raise BadInput(f"{model_path} does not take fp32 inputs; edgekit quantizes fp32 models only")
+    recipe = resolve_recipe(target, method, per_channel)
+    preprocessing = preprocessing_for(model, metadata, model_path)
+    final = Path(output) if output is not None else default_output(model_path)
+    if final.suffix != ".onnx":
+        final = final / default_output(model_path).name if final.is_dir() or final.suffix == "" else final
+    if final.suffix != ".onnx":
+        raise BadInput(f"output {final} does not end in .onnx", hint="name a .onnx file or a folder with -o")
+    if final.resolve() == model_path.resolve():
+        raise BadInput(f"output {final} is the input file itself", hint="choose another -o")
+    excluded = resolve_exclusions(model, exclude or [])
+    staged = stage_output(final)
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgekit-quantize-") as tmp:
+            result = _quantize_staged(
+                model_path, model, metadata, recipe, preprocessing, excluded, calibration, samples, augment, seed,
+                staged, Path(tmp), tolerance or DEFAULT_TOLERANCES["int8"], stage, progress,
+            )
+        staged.commit()
+        return result
+    except BaseException:
+        staged.discard()
+        raise
+
+
+def _quantize_staged(
+    model_path, model, metadata, recipe: Recipe, preprocessing, excluded, calibration, samples, augment, seed,
+    staged, workdir: Path, tolerance: Tolerance, stage, progress,
+) -> QuantizeResult:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    notes: list[str] = []
+    stage("calibration set")
+    calib = build_calibration_set(
+        Path(calibration) if calibration is not None else DEFAULT_CALIBRATION_DIR,
+        preprocessing, samples, seed, augment, on_progress=lambda i, n: progress("decode", i, n),
+    )
+    notes.extend(calib.warnings)
+    input_name = model.graph.input[0].name
+    batch = _static_batch(model)
+
+    stage("pre-process")
+    pre = workdir / "preprocessed.onnx"
+    try:
+        quant_pre_process(str(model_path), str(pre), skip_symbolic_shape=True)
+    except Exception as exc:
+        raise CheckFailed(f"ONNX Runtime's quantization pre-processing failed on {model_path}: {str(exc).splitlines()[0][:200]}") from exc
+    pre_model = onnx.load(str(pre))
+    want_grouped = onnx_grouped_conv_count(model)
+    want_concats = onnx_concat_count(model)
+
+    stage("calibrate + quantize")
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    extra = {"ActivationSymmetric": recipe.activation_symmetric, "WeightSymmetric": True}
+    if recipe.method == "percentile":
+        extra["CalibPercentile"] = 99.999
+    quantized_tmp = workdir / "quantized.onnx"
+    reader = _Reader(input_name, calib.tensors, batch, lambda i, n: progress("calibrate", i, n))
+    started = time.perf_counter()
+    try:
+        # ORT's calibrators print progress to stdout; only the cli package prints.
+        # ...and warn through the root logger about every BatchNormalization they cannot quantize per channel.
+        with contextlib.redirect_stdout(io.StringIO()), _quiet_root_logger():
+            quantize_static(
+                str(pre), str(quantized_tmp), reader,
+                quant_format=QuantFormat.QDQ,
+                per_channel=recipe.per_channel,
+                reduce_range=recipe.reduce_range,
+                activation_type=types[recipe.activation_type],
+                weight_type=types[recipe.weight_type],
+                nodes_to_exclude=excluded or None,
+                calibrate_method=methods[recipe.method],
+                extra_options=extra,
+            )
+    except Exception as exc:
+        raise CheckFailed(f"quantize_static failed on {model_path}: {str(exc).splitlines()[0][:200]}") from exc
+    calibration_seconds = time.perf_counter() - started
+
+    stage("checks")
+    quantized = onnx.load(str(quantized_tmp))
+    ops = op_counts(quantized)
+    if not (ops.get("QuantizeLinear") and ops.get("DequantizeLinear")):
+        raise CheckFailed(f"the output of quantize_static has no QuantizeLinear/DequantizeLinear nodes: it is not quantized")
+    from onnx import TensorProto
+
+    int8_weights = sum(1 for t in quantized.graph.initializer if t.data_type in (TensorProto.INT8, TensorProto.UINT8) and len(t.dims) >= 2)
+    if not int8_weights:
+        raise CheckFailed("the quantized graph has no 8-bit weight initializers")
+    grouped = onnx_grouped_conv_count(quantized)
+    concats = onnx_concat_count(quantized)
+    if grouped != want_grouped or onnx_grouped_conv_count(pre_model) != want_grouped:
+        raise CheckFailed(f"grouped convolutions not preserved: {want_grouped} in {model_path.name}, {grouped} after quantization")
+    if concats < want_concats:
+        raise CheckFailed(f"concatenations not preserved: {want_concats} Concat in {model_path.name}, {concats} after quantization")
+
+    parent_meta = dict(metadata or {})
+    new_meta = {
+        **parent_meta,
+        "precision": "int8",
+        "parent": {"file": model_path.name, "sha256": sha256_file(model_path), "metadata": bool(metadata)},
+        "calibration": calib.to_metadata(),
+        "recipe": {**recipe.to_dict(), "format": "QDQ", "excluded_nodes": excluded},
+    }
+    if not metadata:
+        new_meta["preprocessing"] = preprocessing.to_dict()
+    from edgekit.export import library_versions
+    new_meta["versions"] = library_versions()
+    write_metadata(quantized, new_meta)
+    staged.save(quantized)
+
+    # Everything below runs on the staged file: what will ship.
+    coverage, _optimized_ops = int8_coverage(staged.path, workdir)
+    fp32_out = _run(model_path, calib.holdout, batch)
+    int8_out = _run(staged.path, calib.holdout, batch)
+    holdout = compare_outputs(fp32_out, int8_out, model.graph.output[0].name, tolerance)
+    if not holdout.passed:
+        raise CheckFailed(
+            f"int8 model is not accurate enough against fp32 on {calib.holdout_description}: "
+            + "; ".join(holdout.failures)
+            + "; nothing was written",
+            hint="try --method entropy/percentile, more calibration data, or --exclude the sensitive nodes",
+        )
+    new_meta["quantization_report"] = {
+        "holdout_top1_agreement": holdout.top1_agreement,
+        "holdout_sqnr_db": holdout.sqnr_db,
+        "coverage_int8": coverage.int8,
+        "coverage_total": coverage.total,
+    }
+    write_metadata(quantized, new_meta)
+    staged.save(quantized)
+    fp32_bytes = model_path.stat().st_size + _data_size(model_path)
+    int8_bytes = staged.path.stat().st_size
+    return QuantizeResult(
+        path=staged.final,
+        parent=model_path,
+        recipe=recipe,
+        excluded=excluded,
+        calibration=calib,
+        calibration_seconds=calibration_seconds,
+        fp32_bytes=fp32_bytes,
+        int8_bytes=int8_bytes,
+        ops=dict(ops),
+        coverage=coverage,
+        grouped_convs=grouped,
+        concats=concats,
+        holdout=holdout,
+        metadata=new_meta,
+        notes=notes,
+    )
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    import logging
+
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _data_size(path: Path) -> int:
+    data = path.with_name(path.name + ".data")
+    return data.stat().st_size if data.exists() else 0

@@ -1,0 +1,188 @@
+"""`edgekit quantize`: recipes, invariants, metadata chain, gates, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from edgekit.artifact import read_metadata, sha256_file
+from edgekit.errors import BadInput, CheckFailed
+from edgekit.quantize import is_quantized, quantize
+from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count
+from tests.conftest import CALIBRATION, files_in
+
+
+@pytest.mark.parametrize("target", ["x86-vnni", "x86-avx2", "arm64", "generic"])
+def test_each_recipe_quantizes_and_keeps_grouped_convs(target, exported, tmp_path):
+    parent = exported("textbook_resnext")
+    result = quantize(parent.path, target=target, output=tmp_path / "q.onnx")
+    model = onnx.load(str(result.path))
+    assert is_quantized(model)
+    assert onnx_grouped_conv_count(model) == 8 == result.grouped_convs
+    if target.startswith("x86"):
+        # u8s8: this (x86) machine's ORT runs every Conv as QLinearConv. s8s8 recipes are for
+        # other targets; here ORT keeps some of them as DQ -> float Conv -> Q, and says so.
+        assert result.coverage.int8["Conv"] == result.coverage.total["Conv"] > 0
+    else:
+        assert 0 < result.coverage.int8["Conv"] <= result.coverage.total["Conv"]
+    assert result.size_ratio > 3.0
+    assert read_metadata(model)["recipe"]["target"] == target
+    from edgekit.runtime import create_session
+
+    session = create_session(result.path)
+    out = session.run({"input": np.zeros((1, 3, 64, 64), np.float32)})[0]
+    assert out.shape == (1, 10) and np.isfinite(out).all()
+
+
+def test_densenet_concats_run_in_int8(exported, tmp_path):
+    parent = exported("textbook_densenet")
+    result = quantize(parent.path, output=tmp_path / "d.int8.onnx")
+    assert onnx_concat_count(onnx.load(str(result.path))) == 16
+    assert result.coverage.int8["Concat"] == result.coverage.total["Concat"] == 16
+
+
+def test_metadata_chain(exported, tmp_path):
+    parent = exported("textbook_resnet18")
+    result = quantize(parent.path, output=tmp_path / "r.int8.onnx")
+    meta = read_metadata(onnx.load(str(result.path)))
+    assert meta["precision"] == "int8"
+    assert meta["parent"]["sha256"] == sha256_file(parent.path)
+    assert meta["model"] == "textbook_resnet18" and meta["weights"] == parent.metadata["weights"]
+    assert len(meta["calibration"]["sha256"]) == 64 and meta["calibration"]["samples"] == 9
+    assert meta["recipe"]["format"] == "QDQ"
+    assert meta["quantization_report"]["holdout_sqnr_db"] == pytest.approx(result.holdout.sqnr_db)
+
+
+def test_calibration_from_npz(exported, tmp_path):
+    parent = exported("textbook_resnet18")
+    from edgekit.calibration import Preprocessing, load_image_folder
+
+    tensors = load_image_folder(CALIBRATION, Preprocessing.for_input_size(64)).tensors
+    np.savez(tmp_path / "calib.npz", input=tensors)
+    result = quantize(parent.path, calibration=tmp_path / "calib.npz", output=tmp_path / "n.onnx")
+    meta = read_metadata(onnx.load(str(result.path)))["calibration"]
+    assert meta["kind"] == "tensors" and meta["sha256"] == sha256_file(tmp_path / "calib.npz")
+    assert meta["samples"] == 9 and meta["holdout_samples"] == 3
+
+
+def test_exclude_node_name_and_op_type_keep_them_float(exported, tmp_path):
+    parent = exported("textbook_densenet")
+    graph = onnx.load(str(parent.path)).graph
+    first_conv = next(n.name for n in graph.node if n.op_type == "Conv")
+    result = quantize(parent.path, exclude=[first_conv, "Gemm"], output=tmp_path / "e.onnx")
+    assert result.coverage.int8["Conv"] == result.coverage.total["Conv"] - 1
+    assert result.coverage.int8["Gemm"] == 0 and result.coverage.total["Gemm"] == 1
+    assert first_conv in result.excluded
+    with pytest.raises(BadInput, match="neither a node name nor an op type"):
+        quantize(parent.path, exclude=["NoSuchOp"], output=tmp_path / "e2.onnx")
+
+
+def test_accuracy_gate_fails_and_writes_nothing(cli, exported, tmp_path):
+    # No int8 file reaches 200 dB: the gate must fail with exit 1, naming the metric, and
+    # leave nothing behind (and a previous file untouched).
+    parent = exported("textbook_resnet18")
+    out = tmp_path / "out" / "g.int8.onnx"
+    out.parent.mkdir()
+    out.write_bytes(b"previous")
+    res = cli("quantize", parent.path, "--min-sqnr", "200", "-o", out)
+    assert res.exit_code == 1
+    assert "not accurate enough against fp32" in res.stderr and "dB < 200 dB" in res.stderr
+    assert out.read_bytes() == b"previous" and files_in(out.parent) == ["g.int8.onnx"]
+
+
+def test_cli_quantize_report(cli, exported, tmp_path):
+    parent = exported("textbook_densenet")
+    res = cli("quantize", parent.path, "-o", tmp_path / "c.int8.onnx", "--target", "x86-avx2")
+    assert res.exit_code == 0, res.stderr
+    out = res.stdout
+    assert "7-bit (reduce_range)" in out
+    assert "runs in int8 (after ORT optimisation)" in out and "Concat 16/16" in out
+    assert "x smaller" in out and "SQNR" in out
+    assert "fewer than the 128 asked" in out
+
+
+@pytest.mark.parametrize(
+    "setup,message",
+    [
+        ("empty", "no usable images"),
+        ("non_images", "other file"),
+        ("wrong_npz", "the model expects (N, 3, 64, 64)"),
+    ],
+)
+def test_bad_calibration_data(cli, exported, tmp_path, setup, message):
+    parent = exported("textbook_resnet18")
+    data = tmp_path / "data"
+    data.mkdir()
+    if setup == "non_images":
+        (data / "a.txt").write_text("x")
+    if setup == "wrong_npz":
+        data = tmp_path / "w.npz"
+        np.savez(data, input=np.zeros((4, 3, 32, 32), np.float32))
+    res = cli("quantize", parent.path, "--calibration", data, "-o", tmp_path / "out" / "x.onnx")
+    assert res.exit_code == 2
+    assert message in res.stderr.replace("\n", "")
+    assert files_in(tmp_path / "out") == []
+
+
+def test_corrupt_image_among_good_ones_is_named_and_skipped(cli, exported, tmp_path):
+    import shutil
+
+    parent = exported("textbook_resnet18")
+    data = tmp_path / "data"
+    shutil.copytree(CALIBRATION, data)
+    (data / "zz-broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    res = cli("quantize", parent.path, "--calibration", data, "-o", tmp_path / "x.onnx")
+    assert res.exit_code == 0, res.stderr
+    assert "skipped" in res.stdout and "zz-broken.jpg" in res.stdout
+
+
+def test_already_quantized_is_refused(cli, exported, tmp_path):
+    parent = exported("textbook_resnet18")
+    first = quantize(parent.path, output=tmp_path / "q.onnx")
+    res = cli("quantize", first.path, "-o", tmp_path / "qq.onnx")
+    assert res.exit_code == 2 and "already quantized" in res.stderr
+    assert not (tmp_path / "qq.onnx").exists()
+
+
+def test_output_cannot_be_written_or_is_the_input(cli, exported, tmp_path):
+    parent = exported("textbook_resnet18")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = cli("quantize", parent.path, "-o", blocker / "q.onnx")
+    assert res.exit_code == 2 and "cannot write to" in res.stderr
+    res = cli("quantize", parent.path, "-o", parent.path)
+    assert res.exit_code == 2 and "is the input file itself" in res.stderr
+
+
+def test_previous_output_survives_a_failed_run(exported, tmp_path, monkeypatch):
+    import edgekit.quantize as q
+
+    parent = exported("textbook_resnet18")
+    target = tmp_path / "keep.int8.onnx"
+    target.write_bytes(b"previous")
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("simulated failure inside quantize_static")
+
+    monkeypatch.setattr("onnxruntime.quantization.quantize_static", boom)
+    with pytest.raises(CheckFailed, match="simulated failure"):
+        quantize(parent.path, output=target)
+    assert target.read_bytes() == b"previous"
+    assert files_in(tmp_path) == ["keep.int8.onnx"]
+
+
+@pytest.mark.slow
+def test_densenet121_at_224_keeps_58_concats(exported, tmp_path):
+    result = quantize(exported("densenet121", 224).path, output=tmp_path / "d.onnx")
+    assert onnx_concat_count(onnx.load(str(result.path))) == 58
+    assert result.coverage.int8["Concat"] == 58 and result.coverage.int8["Conv"] == 120
+
+
+@pytest.mark.slow
+def test_resnext50_at_224_keeps_16_grouped_convs(exported, tmp_path):
+    result = quantize(exported("resnext50_32x4d", 224).path, output=tmp_path / "r.onnx")
+    assert onnx_grouped_conv_count(onnx.load(str(result.path))) == 16
+    assert result.size_ratio >= 3.9
