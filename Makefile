@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(BIN)/edgekit export densenet --opset 17
+	$(BIN)/edgekit quantize exports/densenet121.onnx
+	$(BIN)/edgekit verify exports/densenet121.int8.onnx
 
 test: setup
 	$(BIN)/python -m pytest -q

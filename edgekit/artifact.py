@@ -6,6 +6,8 @@ Every file edgekit writes carries a JSON object under the `edgekit` key of `meta
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import BadInput
+from edgekit.errors import BadInput, EdgekitError, EnvironmentUnavailable
 
 METADATA_KEY = "edgekit"
 # protobuf refuses messages over 2 GiB; past this many bytes of weights, save them as external data.
@@ -95,7 +97,7 @@ def load_onnx(path: Path, *, check: bool = True):
     path = check_readable_file(Path(path), "ONNX file")
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
+    except (DecodeError, RuntimeError, ValueError, OSError, UnicodeDecodeError) as exc:
         raise BadInput(
             f"{path} is not a valid ONNX file (cannot parse protobuf: {_first_line(exc)})",
             hint="is it truncated or another format?",
@@ -121,7 +123,8 @@ def check_onnx(path: Path, full_check: bool = False) -> None:
 
     try:
         onnx.checker.check_model(str(path), full_check=full_check)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, UnicodeDecodeError, ValueError) as exc:
+        # A damaged file can make the checker's own message undecodable (found by the fuzz test).
         raise BadInput(f"{path} fails the ONNX checker: {_first_line(exc)}") from None
 
 
@@ -191,17 +194,20 @@ class StagedOutput:
         import onnx
 
         large = model.ByteSize() > external_data_threshold() if _fits_bytesize(model) else True
-        if large:
-            onnx.save_model(
-                model,
-                str(self.path),
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=self.final.name + ".data",
-                size_threshold=1024,
-            )
-        else:
-            onnx.save_model(model, str(self.path))
+        try:
+            if large:
+                onnx.save_model(
+                    model,
+                    str(self.path),
+                    save_as_external_data=True,
+                    all_tensors_to_one_file=True,
+                    location=self.final.name + ".data",
+                    size_threshold=1024,
+                )
+            else:
+                onnx.save_model(model, str(self.path))
+        except OSError as exc:
+            raise write_error(self.final, exc) from None
         return self.path
 
     def commit(self) -> Path:
@@ -210,13 +216,24 @@ class StagedOutput:
         stale_data = self.final.with_name(self.final.name + ".data")
         if stale_data.exists() and not (self.folder / stale_data.name).exists():
             stale_data.unlink()  # the new file keeps its weights inline; an old data file would mislead
-        for item in staged:
-            os.replace(item, self.final.parent / item.name)
+        try:
+            for item in staged:
+                os.replace(item, self.final.parent / item.name)
+        except OSError as exc:
+            self.discard()
+            raise write_error(self.final, exc) from None
         self.discard()
         return self.final
 
     def discard(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def write_error(path: Path, exc: OSError) -> EdgekitError:
+    """A failed write as one line: a full disk is the environment (exit 3), anything else bad output (exit 2)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return EnvironmentUnavailable(f"cannot write {path}: no space left on the device", hint="free some space; nothing was written")
+    return BadInput(f"cannot write {path}: {exc.strerror or exc}", hint="choose another output with -o; nothing was written")
 
 
 def _fits_bytesize(model) -> bool:
@@ -242,3 +259,24 @@ def stage_output(final: Path) -> StagedOutput:
         shutil.rmtree(folder, ignore_errors=True)
         raise BadInput(f"output {final} is a directory", hint="name a .onnx file or a folder with -o")
     return StagedOutput(final=final, folder=folder)
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write a text file (a report) via a temp file in the same folder and os.replace."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise BadInput(f"cannot write {path}: {exc.strerror or exc}", hint="choose another path") from None
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from None
+        raise
+    return path

@@ -158,7 +158,7 @@ def _cache_dir() -> Path:
 def _content_key(files: list[Path], preprocessing: Preprocessing) -> str:
     digest = hashlib.sha256(json.dumps(preprocessing.to_dict(), sort_keys=True).encode())
     for path in files:
-        digest.update(path.name.encode())
+        digest.update(str(Path(path).resolve()).encode())  # the paths are part of the cached result
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
 

@@ -96,7 +96,7 @@ def build_model(
         from edgekit.artifact import sha256_file
 
         state = load_state_dict_file(Path(weights))
-        source = WeightsSource(kind="file", path=str(weights), sha256=sha256_file(Path(weights)))
+        source = WeightsSource(kind="file", path=str(Path(weights).resolve()), sha256=sha256_file(Path(weights)))
         where = str(weights)
     inferred = infer_num_classes(spec, state)
     if num_classes is not None and inferred is not None and num_classes != inferred:

@@ -242,7 +242,9 @@ def _quantize_staged(
     stage("pre-process")
     pre = workdir / "preprocessed.onnx"
     try:
-        quant_pre_process(str(model_path), str(pre), skip_symbolic_shape=True)
+        # The loaded model (external data already read and checked), not the path: ORT's
+        # pre-processing copies a path into a temp folder without its external data file.
+        quant_pre_process(model, str(pre), skip_symbolic_shape=True)
     except Exception as exc:
         raise CheckFailed(f"ONNX Runtime's quantization pre-processing failed on {model_path}: {str(exc).splitlines()[0][:200]}") from exc
     pre_model = onnx.load(str(pre))
