@@ -21,7 +21,6 @@ The test split is held out: it is never used for training, model selection or ea
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -334,19 +333,12 @@ def train(model, train_x, train_y, recipe: Recipe, val=None, log=print) -> Train
     return result
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def train_reference(name: str, data: dict, out: Path, recipe: Recipe, sizes: dict, log=print) -> dict:
     """Train one model on the digits, save <out>/<name>-digits.safetensors and .json; returns the JSON."""
     import torch
     from safetensors.torch import save_file
 
+    from edgekit.artifact import sha256_file
     from edgekit.calibration import Preprocessing
     from edgekit.models.registry import create_model, get_spec
 
@@ -384,7 +376,7 @@ def train_reference(name: str, data: dict, out: Path, recipe: Recipe, sizes: dic
         "recipe": recipe.to_dict(),
         "history": result.history,
         "weights": weights.name,
-        "weights_sha256": _sha256(weights),
+        "weights_sha256": sha256_file(weights),
         "torch": torch.__version__,
     }
     meta = weights.with_suffix(".json")
