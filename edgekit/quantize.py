@@ -284,7 +284,7 @@ def _quantize_staged(
     quantized = onnx.load(str(quantized_tmp))
     ops = op_counts(quantized)
     if not (ops.get("QuantizeLinear") and ops.get("DequantizeLinear")):
-        raise CheckFailed(f"the output of quantize_static has no QuantizeLinear/DequantizeLinear nodes: it is not quantized")
+        raise CheckFailed("the output of quantize_static has no QuantizeLinear/DequantizeLinear nodes: it is not quantized")
     from onnx import TensorProto
 
     int8_weights = sum(1 for t in quantized.graph.initializer if t.data_type in (TensorProto.INT8, TensorProto.UINT8) and len(t.dims) >= 2)

@@ -6,6 +6,9 @@ CPU (field-notes.md); every session made here is checked with `get_providers()`.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
 import re
 import tempfile
@@ -59,10 +62,46 @@ class Session:
     providers: list[str]  # what ORT reports it runs on
     fell_back: bool
     reason: str | None = None
+    profiling: bool = False  # a trace is being recorded (create_session(enable_profiling=True))
 
     @property
     def ran_on(self) -> str:
-        return "cpu" if self.fell_back else self.requested
+        """Short name of the provider that really runs the graph (TensorRT may fall back to CUDA, not CPU)."""
+        if not self.fell_back:
+            return self.requested
+        return next((k for p in self.providers for k, v in PROVIDERS.items() if v == p), "cpu")
+
+    def node_placement(self) -> dict[str, dict[str, int]]:
+        """{provider short name: {op type: nodes}} of the nodes that ran, from ORT's profile of the
+        runs so far; ends profiling and deletes the trace. Empty when the session was not profiled."""
+        events = self._end_profiling(read=True)
+        return placement_from_trace(events) if events else {}
+
+    def discard_profile(self) -> None:
+        """End profiling without reading the trace (ORT would write it when the session is freed)."""
+        self._end_profiling(read=False)
+
+    def _end_profiling(self, read: bool) -> list[dict] | None:
+        if not self.profiling:
+            return None
+        self.profiling = False
+        trace = self.session.end_profiling()
+        if not trace:
+            return None
+        try:
+            if read:
+                with open(trace) as f:
+                    return json.load(f)
+        except (OSError, ValueError):
+            return None
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(trace)
+        return None
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            self.discard_profile()
 
     @property
     def input_name(self) -> str:
@@ -74,6 +113,28 @@ class Session:
             return self.session.run(None, inputs)
         except Exception as exc:
             raise EdgekitError(f"ONNX Runtime failed to run the model on {self.ran_on}: {str(exc).splitlines()[0]}") from exc
+
+
+def placement_from_trace(events: list[dict]) -> dict[str, dict[str, int]]:
+    """Count the distinct nodes of an ORT profiling trace by the provider that ran them, per op type.
+
+    Counted after ORT's graph optimisations (fused nodes, inserted layout and Memcpy nodes), so the
+    totals differ from the file's node count; what matters is which provider ran them.
+    """
+    seen: dict[str, tuple[str, str]] = {}
+    for event in events:
+        args = event.get("args") or {}
+        if event.get("cat") != "Node" or "provider" not in args:
+            continue
+        # one node gives several events (kernel time, fences); its name before the suffix is the node
+        node = re.sub(r"_(kernel_time|fence_before|fence_after)$", "", str(event.get("name", "")))
+        seen[node] = (args["provider"], str(args.get("op_name", "?")))
+    placement: dict[str, dict[str, int]] = {}
+    for provider, op in seen.values():
+        short = next((k for k, v in PROVIDERS.items() if v == provider), provider)
+        ops = placement.setdefault(short, {})
+        ops[op] = ops.get(op, 0) + 1
+    return placement
 
 
 def check_inputs(session, inputs: dict[str, np.ndarray]) -> None:
@@ -132,10 +193,12 @@ def _captured_stderr():
             captured.append(sink.read().decode(errors="replace"))
 
 
-def _reason_from_log(log: str) -> str | None:
+def _reason_from_log(log: str, provider: str = "") -> str | None:
     lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if re.search(r"\bE:|error|fail", ln, re.IGNORECASE)]
-    pick = (errors or lines or [None])[-1]
+    errors = [ln for ln in lines if re.search(r"\bE:|\bW:|error|fail", ln, re.IGNORECASE)]
+    # TensorRT's failure is followed by CUDA's (its fallback): name the provider that was asked for.
+    own = [ln for ln in errors if provider and provider.lower() in ln.lower()]
+    pick = (own or errors or lines or [None])[-1]
     if pick is None:
         return None
     return re.sub(r"^.*?\] ", "", pick)[:300]
@@ -151,21 +214,29 @@ def create_session(
     optimization: str = "all",
     session_config: dict[str, str] | None = None,
     enable_profiling: bool = False,
+    provider_options: dict[str, str] | None = None,
 ) -> Session:
     """The one way edgekit creates an ORT session; a requested provider that did not start is
-    ProviderUnavailable (exit 3) unless `allow_fallback`, and then the Session says so."""
+    ProviderUnavailable (exit 3) unless `allow_fallback`, and then the Session says so.
+
+    `provider_options` go to the requested provider (e.g. {"use_tf32": "0"} for CUDA);
+    `enable_profiling` traces the runs into a temp file that `Session.node_placement()` reads."""
     import onnxruntime as ort
 
     provider = parse_providers(provider)[0]
     wanted = PROVIDERS[provider]
+    printed = io.StringIO()
     if provider != "cpu" and hasattr(ort, "preload_dlls"):
         # onnxruntime-gpu finds the CUDA/cuDNN libraries torch's wheel brings only after this.
+        # It prints its warnings with print(): keep them off edgekit's stdout.
         try:
-            ort.preload_dlls()
+            with contextlib.redirect_stdout(printed):
+                ort.preload_dlls()
         except Exception:
             pass
     options = ort.SessionOptions()
-    options.log_severity_level = 3 if provider == "cpu" else 1
+    # warnings too for GPU providers: why a provider did not start is logged at W/E level
+    options.log_severity_level = 3 if provider == "cpu" else 2
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -181,28 +252,35 @@ def create_session(
         options.add_session_config_entry(key, value)
     if enable_profiling:
         options.enable_profiling = True
-    providers = [wanted] if provider == "cpu" else [wanted, PROVIDERS["cpu"]]
+        # ORT writes the trace into the working directory unless told otherwise.
+        options.profile_file_prefix = os.path.join(tempfile.gettempdir(), f"edgekit-profile-{os.getpid()}")
+    chain = {"cpu": ["cpu"], "cuda": ["cuda", "cpu"], "tensorrt": ["tensorrt", "cuda", "cpu"]}[provider]
+    providers = [
+        (PROVIDERS[name], dict(provider_options or {})) if name == provider else PROVIDERS[name] for name in chain
+    ]
     source = str(model) if isinstance(model, Path) else model
     log = ""
     try:
         if provider == "cpu":
             session = ort.InferenceSession(source, sess_options=options, providers=providers)
         else:
-            with _captured_stderr() as captured:
+            # ORT's Python layer print()s its "EP Error ... Falling back" banner: capture it with the C++ log.
+            with _captured_stderr() as captured, contextlib.redirect_stdout(printed):
                 session = ort.InferenceSession(source, sess_options=options, providers=providers)
-            log = "".join(captured)
+            log = printed.getvalue() + "".join(captured)
     except Exception as exc:
         where = model if isinstance(model, Path) else "the model"
         raise BadInput(f"ONNX Runtime cannot load {where}: {str(exc).strip().splitlines()[0][:300]}") from None
     actual = session.get_providers()
     if wanted in actual:
-        return Session(session, provider, actual, fell_back=False)
-    reason = _reason_from_log(log) or f"{wanted} is not among the providers ORT started ({', '.join(actual)})"
+        return Session(session, provider, actual, fell_back=False, profiling=enable_profiling)
+    reason = _reason_from_log(log, provider) or f"{wanted} is not among the providers ORT started ({', '.join(actual)})"
     if not cuda_device_available() and provider in ("cuda", "tensorrt"):
         reason = f"no CUDA device is visible to this process; ORT said: {reason}"
     if not allow_fallback:
+        Session(session, provider, actual, fell_back=True, profiling=enable_profiling).discard_profile()
         raise ProviderUnavailable(
             f"{provider.upper()} did not start: {reason}",
             hint="run where the provider works, or pass --allow-fallback to run on CPU and say so",
         )
-    return Session(session, provider, actual, fell_back=True, reason=reason)
+    return Session(session, provider, actual, fell_back=True, reason=reason, profiling=enable_profiling)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 import torch
 
 from edgekit.artifact import read_metadata
-from edgekit.errors import BadInput, CheckFailed, EnvironmentUnavailable
+from edgekit.errors import BadInput, CheckFailed
 from edgekit.export import export
 from edgekit.models import list_models
 from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count

@@ -64,7 +64,7 @@ def quantize_command(
         tolerance = replace(tolerance, min_sqnr_db=min_sqnr)
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=True) as bar:
+    with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
         tasks: dict[str, int] = {}
         stage_task = bar.add_task("quantize", total=None)
 

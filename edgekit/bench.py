@@ -1,0 +1,337 @@
+"""Latency, throughput, size and memory of ONNX files (and the PyTorch model they came from),
+measured side by side in one run, interleaved so that drift on a shared machine hits every
+candidate equally, against this machine's own fp32 matrix-multiply peak."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgekit.errors import BadInput, ProviderUnavailable
+
+
+NO_SPIN = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
+
+
+@dataclass
+class Candidate:
+    """One thing to time: an ONNX file on a provider, or the PyTorch eager model."""
+
+    label: str
+    kind: str  # onnx | torch
+    provider: str
+    run: Callable[[], None]
+    file: str | None = None
+    file_bytes: int | None = None
+    precision: str | None = None
+    macs: int | None = None  # per image, from the model's architecture
+    memory_bytes: int | None = None
+    samples_ms: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Timing:
+    """Statistics of one candidate."""
+
+    label: str
+    kind: str
+    provider: str
+    file: str | None
+    precision: str | None
+    runs: int
+    p50_ms: float
+    p90_ms: float
+    mean_ms: float
+    throughput: float  # images per second
+    file_bytes: int | None
+    memory_bytes: int | None
+    gflops: float | None  # 2 x MACs / latency (for int8: "effective" fp32-equivalent)
+    peak_fraction: float | None
+    speedup: float | None = None  # baseline p50 / this p50
+    size_ratio: float | None = None  # baseline bytes / these bytes
+
+
+@dataclass
+class BenchReport:
+    threads: int
+    batch: int
+    warmup: int
+    machine: dict
+    sgemm_gflops: float
+    baseline: str
+    timings: list[Timing]
+    skipped: list[str]
+    order: list[str]
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["order"] = self.order[: 3 * max(1, len(self.timings))]  # the pattern, not every run
+        return data
+
+
+def percentiles(samples: list[float] | np.ndarray) -> tuple[float, float, float]:
+    """(p50, p90, mean) with numpy's linear interpolation."""
+    array = np.asarray(samples, dtype=np.float64)
+    if array.size == 0:
+        raise ValueError("no samples")
+    return float(np.percentile(array, 50)), float(np.percentile(array, 90)), float(array.mean())
+
+
+def interleaved_order(labels: list[str], runs: int) -> list[str]:
+    """A B C A B C ...: each round times every candidate once, so drift hits them equally."""
+    return [label for _ in range(runs) for label in labels]
+
+
+def machine_info() -> dict:
+    """CPU model, cores and the flags that matter for int8 kernels."""
+    from edgekit.targets import cpu_flags, detect_target
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = cpu_flags()
+    interesting = sorted(flags & {"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
+    return {
+        "cpu": model,
+        "machine": platform.machine(),
+        "cores": os.cpu_count(),
+        "flags": interesting,
+        "int8_target": detect_target(),
+    }
+
+
+def sgemm_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
+    """This machine's fp32 matrix-multiply throughput with `threads` threads (best of `repeats`)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        a = torch.randn(n, n, generator=generator)
+        b = torch.randn(n, n, generator=generator)
+        torch.mm(a, b)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return 2 * n**3 / best / 1e9
+
+
+def _rss_bytes() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _macs_for(meta: dict | None) -> int | None:
+    if not meta or "model" not in meta or "input_size" not in meta:
+        return None
+    import torch
+
+    from edgekit.models.blocks import materialize
+    from edgekit.models.registry import get_spec
+    from edgekit.structure import count_macs
+
+    spec = get_spec(meta["model"])
+    with torch.device("meta"):
+        model = materialize(spec.builder(int(meta.get("num_classes") or spec.default_num_classes))).eval()
+        return count_macs(model, int(meta["input_size"]))
+
+
+def _onnx_candidates(path: Path, providers: list[str], threads: int, batch: int, skipped: list[str], explicit: bool):
+    from edgekit.artifact import load_onnx, read_metadata
+    from edgekit.runtime import create_session, cuda_device_available
+
+    model = load_onnx(path)
+    meta = read_metadata(model)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    static = dims[0].dim_value if dims[0].HasField("dim_value") else None
+    if static and static != batch:
+        raise BadInput(f"{path} has a static batch of {static}; --batch {batch} cannot run it", hint=f"use --batch {static}")
+    shape = [batch] + [d.dim_value for d in dims[1:]]
+    if any(s <= 0 for s in shape[1:]):
+        raise BadInput(f"{path} has dynamic spatial dimensions {shape}; bench needs a static input size")
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    file_bytes = path.stat().st_size + (path.with_name(path.name + ".data").stat().st_size if path.with_name(path.name + ".data").exists() else 0)
+    macs = _macs_for(meta)
+    precision = (meta or {}).get("precision") or ("int8" if any(n.op_type == "QuantizeLinear" for n in model.graph.node) else "fp32")
+    out = []
+    for provider in providers:
+        if provider != "cpu" and not explicit and not cuda_device_available():
+            skipped.append(f"{path.name} on {provider}: no CUDA device visible")
+            continue
+        before = _rss_bytes()
+        # No spinning: an idle ORT thread pool otherwise busy-waits after each run and steals the
+        # cores from the candidate timed next (PyTorch eager read 20x slower beside spinning ORT).
+        session = create_session(path, provider, threads=threads, session_config=NO_SPIN)  # exit 3 if asked and absent
+        name = session.input_name
+        if provider == "cpu":
+            feed = {name: x}
+
+            def run(session=session, feed=feed):
+                session.session.run(None, feed)
+        else:
+            run = _cuda_runner(session, name, x)
+        run()
+        after = _rss_bytes()
+        out.append(
+            Candidate(
+                label=f"{path.name} [{provider}]" if len(providers) > 1 else path.name,
+                kind="onnx", provider=provider, run=run, file=str(path), file_bytes=file_bytes,
+                precision=precision, macs=macs,
+                memory_bytes=(after - before) if before is not None and after is not None else None,
+            )
+        )
+    return out, meta
+
+
+def _cuda_runner(session, input_name: str, x: np.ndarray):
+    """Time a CUDA session with I/O binding: input already on the device, outputs kept there, and a
+    synchronisation after each run so the time is the GPU's, not the launch's."""
+    import onnxruntime as ort
+
+    sess = session.session
+    device_input = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
+    binding = sess.io_binding()
+    binding.bind_ortvalue_input(input_name, device_input)
+    for output in sess.get_outputs():
+        binding.bind_output(output.name, "cuda", 0)
+
+    def run():
+        sess.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+
+    return run
+
+
+def _torch_candidate(path: Path, meta: dict | None, threads: int, batch: int) -> Candidate:
+    """The PyTorch eager model the file was exported from (rebuilt from its metadata), same threads and batch."""
+    import torch
+
+    from edgekit.artifact import load_onnx
+    from edgekit.verify import build_reference, plan_reference
+
+    if not meta:
+        raise BadInput(f"{path} has no edgekit metadata: --torch cannot rebuild its PyTorch model")
+    plan = plan_reference(path, load_onnx(path, check=False), meta, None, None, False, 0)
+    model = build_reference(plan)
+    size = int(meta["input_size"])
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+    def run():
+        with torch.inference_mode():
+            model(x)
+
+    before = _rss_bytes()
+    torch.set_num_threads(threads)
+    run()
+    after = _rss_bytes()
+    return Candidate(
+        label=f"PyTorch eager ({meta['model']})", kind="torch", provider="cpu", run=run,
+        precision="fp32", macs=_macs_for(meta),
+        memory_bytes=(after - before) if before is not None and after is not None else None,
+    )
+
+
+def bench(
+    files: list[Path],
+    *,
+    providers: list[str] | None = None,
+    threads: int | None = None,
+    batch: int = 1,
+    warmup: int = 5,
+    runs: int = 30,
+    seconds: float | None = None,
+    with_torch: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> BenchReport:
+    """Time every file (x provider), interleaved; ratios against the first file, or PyTorch with `with_torch`."""
+    from edgekit.runtime import parse_providers
+
+    if not files:
+        raise BadInput("no ONNX files to benchmark", hint="edgekit bench FILE.onnx [FILE.onnx ...]")
+    if batch < 1 or warmup < 0 or runs < 1:
+        raise BadInput("--batch and --runs must be at least 1 and --warmup at least 0")
+    threads = threads or os.cpu_count() or 1
+    explicit = providers is not None
+    provider_names = parse_providers(",".join(providers)) if providers else parse_providers(None)
+    skipped: list[str] = []
+    candidates: list[Candidate] = []
+    first_meta = None
+    for i, path in enumerate(files):
+        made, meta = _onnx_candidates(Path(path), provider_names, threads, batch, skipped, explicit)
+        candidates.extend(made)
+        if i == 0:
+            first_meta = meta
+    if with_torch:
+        candidates.insert(0, _torch_candidate(Path(files[0]), first_meta, threads, batch))
+    if not candidates:
+        raise ProviderUnavailable("nothing could be timed: " + "; ".join(skipped))
+    labels = [c.label for c in candidates]
+    if len(set(labels)) != len(labels):
+        raise BadInput("the same file is listed twice", hint="list each file once")
+    by_label = {c.label: c for c in candidates}
+
+    for _ in range(warmup):
+        for c in candidates:
+            c.run()
+    total_runs = runs
+    order = interleaved_order(labels, total_runs)
+    started = time.perf_counter()
+    done = 0
+    planned = len(order)
+    i = 0
+    while True:
+        if i >= len(order):
+            if seconds is None or time.perf_counter() - started >= seconds:
+                break
+            order.extend(labels)  # a time budget: keep whole rounds going until it is spent
+            planned = len(order)
+        c = by_label[order[i]]
+        t0 = time.perf_counter()
+        c.run()
+        c.samples_ms.append((time.perf_counter() - t0) * 1000)
+        i += 1
+        done += 1
+        if on_progress:
+            on_progress(done, planned)
+
+    peak = sgemm_gflops(threads)
+    timings = [_timing(c, batch, peak) for c in candidates]
+    base = timings[0]
+    for t in timings:
+        t.speedup = base.p50_ms / t.p50_ms
+        t.size_ratio = (base.file_bytes / t.file_bytes) if base.file_bytes and t.file_bytes else None
+    return BenchReport(
+        threads=threads, batch=batch, warmup=warmup, machine=machine_info(), sgemm_gflops=peak,
+        baseline=base.label, timings=timings, skipped=skipped, order=order,
+    )
+
+
+def _timing(c: Candidate, batch: int, peak: float) -> Timing:
+    p50, p90, mean = percentiles(c.samples_ms)
+    gflops = 2 * c.macs * batch / (p50 / 1000) / 1e9 if c.macs else None
+    return Timing(
+        label=c.label, kind=c.kind, provider=c.provider, file=c.file, precision=c.precision, runs=len(c.samples_ms),
+        p50_ms=p50, p90_ms=p90, mean_ms=mean, throughput=batch / (mean / 1000), file_bytes=c.file_bytes,
+        memory_bytes=c.memory_bytes, gflops=gflops, peak_fraction=(gflops / peak) if gflops and c.provider == "cpu" else None,
+    )

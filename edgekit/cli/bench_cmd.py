@@ -1,0 +1,80 @@
+"""`edgekit bench`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from edgekit.cli.app import app, console, err_console, handle_errors, human_bytes
+
+
+@app.command("bench")
+@handle_errors
+def bench_command(
+    files: Annotated[list[Path], typer.Argument(help="ONNX files; ratios are against the first (or PyTorch with --torch)")],
+    providers: Annotated[str | None, typer.Option("--providers", help="cpu,cuda,tensorrt (default: cpu, + cuda when usable)")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="intra-op threads (default: all cores)")] = None,
+    batch: Annotated[int, typer.Option("--batch")] = 1,
+    warmup: Annotated[int, typer.Option("--warmup")] = 5,
+    runs: Annotated[int, typer.Option("--runs", help="timed runs per candidate")] = 30,
+    seconds: Annotated[float | None, typer.Option("--seconds", help="keep timing whole rounds until this budget is spent")] = None,
+    torch: Annotated[bool, typer.Option("--torch", help="also time the PyTorch eager model rebuilt from the metadata")] = False,
+    report: Annotated[Path | None, typer.Option("--report", help="write all numbers as JSON")] = None,
+) -> None:
+    """Latency (p50/p90/mean), throughput, size and memory side by side, against this machine's sgemm peak."""
+    from edgekit.bench import bench
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
+        task = bar.add_task("timing (interleaved)", total=None)
+        result = bench(
+            files,
+            providers=[p for p in providers.split(",")] if providers else None,
+            threads=threads,
+            batch=batch,
+            warmup=warmup,
+            runs=runs,
+            seconds=seconds,
+            with_torch=torch,
+            on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    render_bench(result)
+    if report is not None:
+        from edgekit.artifact import write_text_atomic
+
+        write_text_atomic(report, json.dumps(result.to_dict(), indent=2))
+        console.print(f"report: {report}")
+
+
+def render_bench(result) -> None:
+    m = result.machine
+    table = Table(
+        title=f"{m['cpu']} ({', '.join(m['flags'])}), {result.threads} threads, batch {result.batch}, "
+        f"sgemm peak {result.sgemm_gflops:.0f} GFLOP/s",
+    )
+    for column in ("candidate", "provider", "p50 ms", "p90 ms", "mean ms", "img/s", "size", "memory", "GFLOP/s", "of peak", "speedup", "smaller"):
+        table.add_column(column, justify="left" if column in ("candidate", "provider") else "right")
+    for t in result.timings:
+        table.add_row(
+            t.label,
+            t.provider,
+            f"{t.p50_ms:.2f}",
+            f"{t.p90_ms:.2f}",
+            f"{t.mean_ms:.2f}",
+            f"{t.throughput:.1f}",
+            human_bytes(t.file_bytes) if t.file_bytes else "-",
+            human_bytes(t.memory_bytes) if t.memory_bytes and t.memory_bytes > 0 else "-",
+            f"{t.gflops:.0f}" if t.gflops else "-",
+            f"{t.peak_fraction:.0%}" if t.peak_fraction else "-",
+            f"{t.speedup:.2f}x",
+            f"{t.size_ratio:.2f}x" if t.size_ratio else "-",
+        )
+    console.print(table)
+    console.print(f"ratios are against {result.baseline}; int8 GFLOP/s are effective (2 x fp32 MACs / latency)")
+    for line in result.skipped:
+        console.print(f"[yellow]skipped:[/] {line}")

@@ -1,0 +1,275 @@
+"""A verify Report as a terminal table (rich renderables, printed by the CLI), JSON and Markdown;
+the files are written atomically (temp file in the same folder, then os.replace)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from edgekit.compare import OutputMetrics, Tolerance
+from edgekit.errors import BadInput
+from edgekit.verify import Comparison, Report
+
+
+def _num(x: float, fmt: str = ".2e") -> str:
+    if x is None:
+        return "-"
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return format(x, fmt)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%" if x < 1 else "100%"
+
+
+def describe_gates(tol: Tolerance) -> str:
+    """The gates in words, e.g. '|ORT - PyTorch| <= 1e-4 + 1e-3*|PyTorch|, identical top-1; NaN/Inf fail'."""
+    parts = []
+    if tol.atol is not None or tol.rtol is not None:
+        parts.append(f"|ORT - PyTorch| <= {tol.atol or 0:g} + {tol.rtol or 0:g}*|PyTorch| elementwise")
+    if tol.same_top1:
+        parts.append("identical top-1 (ties within the tolerance excepted)")
+    if tol.min_top1_agreement is not None:
+        parts.append(f"top-1 agreement >= {tol.min_top1_agreement:.0%}")
+    if tol.min_sqnr_db is not None:
+        parts.append(f"SQNR >= {tol.min_sqnr_db:g} dB")
+    parts.append("any NaN/Inf fails")
+    return ", ".join(parts)
+
+
+def short_failures(m: OutputMetrics, tol: Tolerance) -> str:
+    """The failed gates in a few words, for a table cell (the full sentences are in the error and the JSON)."""
+    if not m.failures:
+        return ""
+    out = []
+    if m.nan or m.inf:
+        out.append("NaN/Inf")
+    if (tol.atol is not None or tol.rtol is not None) and m.allclose_violations:
+        out.append(f"atol/rtol ({m.allclose_violations} el.)")
+    if tol.same_top1 and m.top1_mismatches:
+        out.append(f"top-1 ({m.top1_mismatches}/{m.samples} differ)")
+    if tol.min_top1_agreement is not None and m.top1_agreement < tol.min_top1_agreement:
+        out.append(f"top-1 agreement < {tol.min_top1_agreement:.0%}")
+    if tol.min_sqnr_db is not None and not (m.sqnr_db >= tol.min_sqnr_db):
+        out.append(f"SQNR < {tol.min_sqnr_db:g} dB")
+    return ", ".join(out)
+
+
+def _result(c: Comparison, m: OutputMetrics) -> str:
+    if not c.gated:
+        return "info"
+    if not m.passed:
+        return "FAIL"
+    return "ok (NaN/Inf)" if c.nan_only else "PASS"
+
+
+def _size(path: Path) -> str:
+    try:
+        n = path.stat().st_size
+    except OSError:
+        return "?"
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        n += data.stat().st_size
+    return f"{n / 1e6:.1f} MB"
+
+
+def header_lines(report: Report) -> list[str]:
+    """What was verified, against what, with which gates, on which inputs and providers (rich markup)."""
+    lines = [
+        f"[bold]verify[/] {report.file}  (sha256 {report.sha256[:12]}, {report.precision}, {_size(report.file)})",
+        f"reference: {report.reference.describe()}",
+        f"gates ({report.tolerance_source}): {describe_gates(report.tolerance)}",
+        "inputs: " + "; ".join(f"{s.name}: {s.description}" for s in report.input_sets),
+    ]
+    for run in report.providers:
+        style = "yellow" if run.fell_back or run.elsewhere else ""
+        text = f"provider {run.requested}: {run.describe()}"
+        lines.append(f"[{style}]{text}[/]" if style else text)
+    return lines
+
+
+def comparison_table(report: Report):
+    """One row per runtime/provider x input set x batch (x output): metrics, pass/fail, failed gates."""
+    from rich.table import Table
+
+    table = Table(title=f"{report.file.name} vs PyTorch", show_lines=False)
+    for name, justify in (
+        ("runtime", "left"), ("inputs", "left"), ("batch", "right"), ("n", "right"), ("output", "left"),
+        ("max abs", "right"), ("max rel", "right"), ("mean abs", "right"), ("cosine", "right"),
+        ("SQNR dB", "right"), ("top-1", "right"), ("top-5", "right"), ("NaN/Inf", "right"),
+        ("result", "left"), ("failed gates", "left"),
+    ):
+        table.add_column(name, justify=justify, overflow="fold")
+    for c in report.comparisons:
+        for m in c.outputs:
+            result = _result(c, m)
+            style = {"PASS": "green", "FAIL": "bold red", "info": "dim", "ok (NaN/Inf)": "green"}[result]
+            table.add_row(
+                c.label,
+                c.input_set,
+                str(c.batch),
+                str(c.samples),
+                m.name,
+                _num(m.max_abs),
+                _num(m.max_rel),
+                _num(m.mean_abs),
+                _num(m.cosine, ".6f"),
+                _num(m.sqnr_db, ".1f"),
+                _pct(m.top1_agreement),
+                _pct(m.top5_agreement),
+                f"{m.nan}/{m.inf}",
+                f"[{style}]{result}[/]",
+                short_failures(m, c.tolerance),
+            )
+    return table
+
+
+def dataset_table(report: Report):
+    """Top-1 on the labelled folder: PyTorch, each provider, and the drop (None without --dataset)."""
+    from rich.table import Table
+
+    d = report.dataset
+    if d is None:
+        return None
+    gate = f", gate: drop <= {d.max_drop:g} points" if d.max_drop is not None else ""
+    table = Table(title=f"accuracy on {d.folder} ({d.samples} images, {len(d.classes)} classes{gate})")
+    for name in ("model", "top-1 %", "drop (points)", "agrees with PyTorch", "result"):
+        table.add_column(name, justify="left" if name in ("model", "result") else "right")
+    table.add_row("PyTorch fp32 (reference)", f"{d.torch_top1:.2f}", "-", "-", "")
+    for p in d.providers:
+        failed = d.max_drop is not None and p.drop > d.max_drop
+        result = "" if d.max_drop is None else ("[bold red]FAIL[/]" if failed else "[green]PASS[/]")
+        where = p.provider if p.ran_on == p.provider else f"{p.provider} -> {p.ran_on}"
+        table.add_row(
+            f"ORT {where} ({report.precision})", f"{p.top1:.2f}", f"{p.drop:+.2f}", f"{p.agreement:.1f}%", result
+        )
+    return table
+
+
+def note_lines(report: Report) -> list[str]:
+    """The report's notes, then each row note once (with the rows it applies to)."""
+    notes = list(report.notes)
+    rows_of: dict[str, list[str]] = {}
+    for c in report.comparisons:
+        for n in c.notes:
+            rows_of.setdefault(n, []).append(f"{c.label}, {c.input_set}, batch {c.batch}")
+    notes += [f"{'; '.join(rows)}: {n}" for n, rows in rows_of.items()]
+    if report.dataset:
+        notes += report.dataset.notes
+        if report.dataset.skipped:
+            notes.append(f"skipped {len(report.dataset.skipped)} unreadable image(s) in {report.dataset.folder}")
+    return notes
+
+
+# --- files -----------------------------------------------------------------------------------
+
+
+def _json_safe(value):
+    """Non-finite floats as strings ("inf", "nan"): strict JSON has no Infinity/NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def to_json(report: Report) -> str:
+    return json.dumps(_json_safe(report.to_dict()), indent=2, allow_nan=False) + "\n"
+
+
+def to_markdown(report: Report) -> str:
+    """A human summary for a pull request or a release note."""
+    verdict = "PASS" if report.passed else "FAIL"
+    out = [
+        f"# edgekit verify: {report.file.name} — {verdict}",
+        "",
+        f"- file: `{report.file}` (sha256 `{report.sha256}`), precision {report.precision}",
+        f"- reference: {report.reference.describe()}",
+        f"- gates ({report.tolerance_source}): {describe_gates(report.tolerance)}",
+        "- inputs: " + "; ".join(f"{s.name}: {s.description}" for s in report.input_sets),
+    ]
+    for run in report.providers:
+        out.append(f"- provider {run.requested}: {run.describe()}")
+    versions = report.versions
+    out.append(
+        "- versions: "
+        + ", ".join(f"{k} {versions[k]}" for k in ("edgekit", "torch", "onnx", "onnxruntime") if k in versions)
+        + (f", GPU {versions['cuda_device']}" if "cuda_device" in versions else "")
+    )
+    out += [
+        "",
+        "| runtime | inputs | batch | n | output | max abs | max rel | mean abs | cosine | SQNR dB | top-1 | top-5 "
+        "| NaN/Inf | result | failed gates |",
+        "|---|---|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|---|---|",
+    ]
+    for c in report.comparisons:
+        for m in c.outputs:
+            out.append(
+                f"| {c.label} | {c.input_set} | {c.batch} | {c.samples} | {m.name} | {_num(m.max_abs)} | "
+                f"{_num(m.max_rel)} | {_num(m.mean_abs)} | {_num(m.cosine, '.6f')} | {_num(m.sqnr_db, '.1f')} | "
+                f"{_pct(m.top1_agreement)} | {_pct(m.top5_agreement)} | {m.nan}/{m.inf} | {_result(c, m)} | "
+                f"{'; '.join(m.failures).replace('|', '/')} |"
+            )
+    d = report.dataset
+    if d is not None:
+        out += [
+            "",
+            f"## Accuracy on `{d.folder}` ({d.samples} images, {len(d.classes)} classes)",
+            "",
+            "| model | top-1 % | drop (points) | agrees with PyTorch |",
+            "|---|--:|--:|--:|",
+            f"| PyTorch fp32 (reference) | {d.torch_top1:.2f} | - | - |",
+        ]
+        for p in d.providers:
+            where = p.provider if p.ran_on == p.provider else f"{p.provider} -> {p.ran_on}"
+            out.append(f"| ORT {where} ({report.precision}) | {p.top1:.2f} | {p.drop:+.2f} | {p.agreement:.1f}% |")
+        if d.max_drop is not None:
+            out.append(f"\nGate: drop <= {d.max_drop:g} points.")
+    notes = note_lines(report)
+    if notes:
+        out += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    failures = report.failures()
+    if failures:
+        out += ["", "## Failed gates", ""] + [f"- {f}" for f in failures]
+    return "\n".join(out) + "\n"
+
+
+def report_paths(path: Path) -> tuple[Path, Path]:
+    """(FILE.json, FILE.md) for --report FILE.json; an unusable path is BadInput before any work is done."""
+    path = Path(path)
+    if path.suffix.lower() != ".json":
+        raise BadInput(f"--report {path} does not end in .json", hint="name a .json file; the .md goes beside it")
+    if path.is_dir():
+        raise BadInput(f"--report {path} is a directory", hint="name a .json file")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise BadInput(
+            f"cannot write the report to {parent}: {exc.strerror or exc}", hint="choose another --report"
+        ) from None
+    return path, path.with_suffix(".md")
+
+
+def write_reports(report: Report, path: Path) -> tuple[Path, Path]:
+    """Write FILE.json (every number) and FILE.md (the summary) beside it, each atomically."""
+    from edgekit.artifact import write_text_atomic
+
+    json_path, md_path = report_paths(path)
+    write_text_atomic(json_path, to_json(report))
+    write_text_atomic(md_path, to_markdown(report))
+    return json_path, md_path

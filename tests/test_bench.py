@@ -1,0 +1,91 @@
+"""`edgekit bench`: statistics, interleaving, report schema, bad input. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgekit.bench import bench, interleaved_order, percentiles
+
+
+def test_percentiles_on_known_samples():
+    p50, p90, mean = percentiles([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+    assert p50 == 5.5 and p90 == pytest.approx(9.1) and mean == 5.5
+    assert percentiles([7.0]) == (7.0, 7.0, 7.0)
+    with pytest.raises(ValueError):
+        percentiles([])
+
+
+def test_interleaved_order():
+    assert interleaved_order(["A", "B", "C"], 3) == ["A", "B", "C"] * 3
+
+
+def test_runs_are_interleaved_and_counted(exported):
+    a = exported("textbook_resnet18").path
+    b = exported("textbook_resnext").path
+    report = bench([a, b], providers=["cpu"], threads=1, warmup=1, runs=4)
+    assert report.order == [a.name, b.name] * 4
+    assert [t.runs for t in report.timings] == [4, 4]
+    first, second = report.timings
+    assert first.speedup == 1.0 and second.speedup == pytest.approx(first.p50_ms / second.p50_ms)
+    assert first.size_ratio == 1.0
+    assert first.gflops is not None and first.gflops > 0
+    assert report.sgemm_gflops > 0 and first.peak_fraction is not None
+
+
+def test_macs_come_from_the_architecture(exported):
+    from edgekit.bench import _macs_for
+
+    meta = exported("textbook_resnet18").metadata
+    macs = _macs_for(meta)
+    # the chapter's ResNet-18 at 64x64: 1.81 GMACs at 224 scaled by (64/224)^2, within 10 %
+    assert macs == pytest.approx(1.8136e9 * (64 / 224) ** 2, rel=0.1)
+
+
+def test_torch_baseline_and_json_report(cli, exported, tmp_path):
+    path = exported("textbook_densenet").path
+    report_file = tmp_path / "bench.json"
+    res = cli("bench", path, "--torch", "--threads", "1", "--warmup", "1", "--runs", "3", "--report", report_file)
+    assert res.exit_code == 0, res.stderr
+    assert "PyTorch eager (textbook_densenet)" in res.stdout and "sgemm peak" in res.stdout
+    data = json.loads(report_file.read_text())
+    assert set(data) >= {"threads", "batch", "machine", "sgemm_gflops", "baseline", "timings", "skipped"}
+    assert data["baseline"].startswith("PyTorch eager")
+    t = data["timings"][1]
+    assert set(t) >= {"label", "p50_ms", "p90_ms", "mean_ms", "throughput", "file_bytes", "memory_bytes", "gflops", "peak_fraction", "speedup"}
+    assert data["timings"][0]["speedup"] == 1.0
+
+
+def test_missing_file_is_exit_2(cli, tmp_path):
+    res = cli("bench", tmp_path / "nope.onnx")
+    assert res.exit_code == 2 and "does not exist" in res.stderr
+
+
+def test_unavailable_provider_is_exit_3(cli, exported):
+    from edgekit.runtime import cuda_device_available
+
+    if cuda_device_available():
+        pytest.skip("a CUDA device is present: CUDA is available, nothing to refuse")
+    res = cli("bench", exported("textbook_resnet18").path, "--providers", "cuda", "--runs", "1")
+    assert res.exit_code == 3 and "CUDA did not start" in res.stderr
+
+
+def test_unknown_provider_is_exit_2(cli, exported):
+    res = cli("bench", exported("textbook_resnet18").path, "--providers", "tpu")
+    assert res.exit_code == 2 and "unknown execution provider 'tpu'" in res.stderr
+
+
+def test_static_batch_mismatch(cli, exported):
+    res = cli("bench", exported("textbook_resnet18").path, "--batch", "4")
+    assert res.exit_code == 2 and "static batch of 1" in res.stderr
+
+
+@pytest.mark.cuda
+def test_cuda_is_timed_with_io_binding(exported):
+    from edgekit.runtime import cuda_device_available
+
+    if not cuda_device_available():
+        pytest.skip("no CUDA device on this machine (torch.cuda.is_available() is False)")
+    report = bench([exported("textbook_resnet18").path], providers=["cpu", "cuda"], warmup=1, runs=3)
+    assert [t.provider for t in report.timings] == ["cpu", "cuda"]

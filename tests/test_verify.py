@@ -1,0 +1,497 @@
+"""`edgekit verify`: the reference rebuilt from metadata, providers without silent fallback, the gates
+per precision, the accuracy on labelled data, the reports, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from edgekit.artifact import read_metadata, write_metadata
+from edgekit.runtime import cuda_device_available
+from tests.conftest import SMALL, files_in
+
+MODEL = "textbook_densenet"  # the cheapest reference to rebuild; has Conv, Concat, BatchNorm, Gemm
+NO_CUDA = "no CUDA device visible to this process (torch.cuda.is_available() is False)"
+
+
+@pytest.fixture
+def fp32(exported) -> Path:
+    return exported(MODEL).path
+
+
+def _edit(src: Path, dst: Path, *, weights=None, metadata=None) -> Path:
+    """Copy an ONNX file with its initializers changed by weights(name, array) and its metadata by metadata(dict)."""
+    model = onnx.load(str(src))
+    if weights is not None:
+        for init in model.graph.initializer:
+            array = numpy_helper.to_array(init)
+            new = weights(init.name, array)
+            if new is not None:
+                init.CopyFrom(numpy_helper.from_array(new.astype(array.dtype), init.name))
+    if metadata is not None:
+        meta = read_metadata(model)
+        if meta is None:
+            del model.metadata_props[:]
+        else:
+            changed = metadata(dict(meta))
+            if changed is None:
+                del model.metadata_props[:]
+            else:
+                write_metadata(model, changed)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def _first_conv(model_path: Path) -> str:
+    model = onnx.load(str(model_path))
+    return next(n.input[1] for n in model.graph.node if n.op_type == "Conv")
+
+
+def _fake_int8(name, array):
+    """Per-output-channel symmetric 8-bit weights, dequantized: the rounding an int8 file carries."""
+    if array.ndim not in (2, 4):
+        return None
+    flat = array.reshape(array.shape[0], -1)
+    scale = np.abs(flat).max(axis=1, keepdims=True) / 127.0
+    scale[scale == 0] = 1.0
+    return (np.round(flat / scale) * scale).reshape(array.shape)
+
+
+def _as_int8(meta):
+    meta["precision"] = "int8"
+    meta["parent"] = {"file": "parent.onnx", "sha256": "0" * 64}
+    return meta
+
+
+@pytest.fixture(scope="module")
+def digits_folder(tmp_path_factory) -> Path:
+    """A real labelled ImageFolder: scikit-learn's 8x8 digits, 4 per class, upsampled to 32x32 PNGs."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    root = tmp_path_factory.mktemp("digits")
+    for label in range(10):
+        folder = root / str(label)
+        folder.mkdir()
+        for i, index in enumerate(np.flatnonzero(digits.target == label)[:4]):
+            pixels = (digits.images[index] * (255.0 / 16.0)).astype(np.uint8)
+            Image.fromarray(pixels).resize((32, 32), Image.Resampling.BILINEAR).save(folder / f"{i}.png")
+    return root
+
+
+def _report(path: Path) -> dict:
+    return json.loads(path.read_text())  # strict JSON: no NaN/Infinity tokens
+
+
+# --- the happy path and the report files ------------------------------------------------------
+
+
+def test_verify_passes_and_writes_json_and_markdown(cli, fp32, tmp_path):
+    res = cli("verify", fp32, "--report", tmp_path / "r.json")
+    assert res.exit_code == 0, res.stderr
+    assert "PASS" in res.stdout and "ORT cpu" in res.stdout
+    assert "nodes run: CPU" in res.stdout
+    assert sorted(files_in(tmp_path)) == ["r.json", "r.md"]  # nothing half-written left
+    report = _report(tmp_path / "r.json")
+    assert report["passed"] is True and report["failures"] == []
+    assert report["precision"] == "fp32" and len(report["sha256"]) == 64
+    assert report["metadata"]["model"] == MODEL
+    assert {"torch", "onnxruntime", "onnx", "python"} <= set(report["versions"])
+    assert report["gates"] == {
+        "atol": 1e-4, "rtol": 1e-3, "same_top1": True, "min_top1_agreement": None, "min_sqnr_db": None
+    }
+    (provider,) = report["providers"]
+    assert provider["requested"] == provider["ran_on"] == "cpu" and provider["fell_back"] is False
+    assert provider["node_counts"]["cpu"] > 0 and provider["node_placement"]["cpu"]["Concat"] >= 1
+    rows = {(c["input_set"], c["batch"]): c for c in report["comparisons"]}
+    assert set(rows) == {("photos", 1), ("random", 1)}
+    assert rows[("photos", 1)]["samples"] == 12 and rows[("random", 1)]["samples"] == 4
+    for row in rows.values():
+        (metrics,) = row["outputs"]
+        assert metrics["name"] == "logits" and metrics["passed"]
+        assert metrics["max_abs"] < 1e-4 and metrics["top1_agreement"] == 1.0 and metrics["nan"] == 0
+        assert metrics["sqnr_db"] > 60 and metrics["cosine"] > 0.999999
+    markdown = (tmp_path / "r.md").read_text()
+    assert "— PASS" in markdown and "| ORT cpu | photos |" in markdown
+
+
+def test_perturbed_weight_fails_naming_the_output_and_the_metric(cli, fp32, tmp_path):
+    conv = _first_conv(fp32)
+    bad = _edit(fp32, tmp_path / "bad.onnx", weights=lambda n, a: a + 0.05 * a.std() if n == conv else None)
+    res = cli("verify", bad, "--report", tmp_path / "bad.json")
+    assert res.exit_code == 1
+    assert "verification failed" in res.stderr
+    assert "output 'logits'" in res.stderr and "max abs diff" in res.stderr
+    assert "FAIL" in res.stdout
+    report = _report(tmp_path / "bad.json")  # written before the exit, for the post-mortem
+    assert report["passed"] is False and report["failures"]
+    assert all(not c["passed"] for c in report["comparisons"])
+
+
+def test_nan_in_the_output_fails_even_with_loose_tolerances(cli, fp32, tmp_path):
+    conv = _first_conv(fp32)
+    bad = _edit(fp32, tmp_path / "nan.onnx", weights=lambda n, a: np.full_like(a, np.nan) if n == conv else None)
+    res = cli("verify", bad, "--atol", "1e9", "--rtol", "1e9", "--random-inputs", "0")
+    assert res.exit_code == 1
+    assert "NaN" in res.stderr and "output 'logits'" in res.stderr
+
+
+# --- providers: no silent fallback ----------------------------------------------------------
+
+
+def test_cuda_that_cannot_start_is_exit_3(cli, fp32):
+    if cuda_device_available():
+        pytest.skip("a CUDA device is visible: CUDA starts here")
+    res = cli("verify", fp32, "--providers", "cuda")
+    assert res.exit_code == 3
+    assert "CUDA did not start" in res.stderr and "--allow-fallback" in res.stderr
+    assert "EP Error" not in res.stdout and res.stdout == ""
+
+
+def test_allow_fallback_passes_and_says_it_ran_on_cpu(cli, fp32, tmp_path, monkeypatch):
+    if cuda_device_available():
+        pytest.skip("a CUDA device is visible: CUDA would not fall back")
+    import edgekit.runtime
+
+    asked = {}
+    real = edgekit.runtime.create_session
+
+    def recording(model, provider="cpu", **kwargs):
+        asked[provider] = kwargs
+        return real(model, provider, **kwargs)
+
+    monkeypatch.setattr(edgekit.runtime, "create_session", recording)
+    res = cli("verify", fp32, "--providers", "cpu,cuda", "--allow-fallback", "--report", tmp_path / "f.json")
+    assert res.exit_code == 0, res.stderr
+    # fp32 means fp32 on the GPU too: ORT's CUDA provider would use TF32 convolutions by default
+    assert asked["cuda"]["provider_options"] == {"use_tf32": "0"} and asked["cpu"]["provider_options"] is None
+    assert asked["cuda"]["allow_fallback"] is True and asked["cuda"]["enable_profiling"] is True
+    assert "ran on CPU instead of CUDA" in res.stdout
+    assert "ORT cuda -> cpu" in res.stdout
+    providers = {p["requested"]: p for p in _report(tmp_path / "f.json")["providers"]}
+    assert providers["cuda"]["fell_back"] is True and providers["cuda"]["ran_on"] == "cpu"
+    assert providers["cuda"]["reason"] and providers["cuda"]["node_counts"] == providers["cpu"]["node_counts"]
+    assert "ran on CPU instead of CUDA" in (tmp_path / "f.md").read_text()
+
+
+@pytest.mark.cuda
+def test_cuda_runs_on_cuda_and_matches_pytorch(cli, fp32, tmp_path):
+    if not cuda_device_available():
+        pytest.skip(NO_CUDA)
+    res = cli("verify", fp32, "--providers", "cpu,cuda", "--report", tmp_path / "c.json")
+    assert res.exit_code == 0, res.stderr
+    report = _report(tmp_path / "c.json")
+    cuda = next(p for p in report["providers"] if p["requested"] == "cuda")
+    assert cuda["fell_back"] is False and cuda["node_counts"].get("cuda", 0) > 0
+    assert any(c["runtime"] == "pytorch" and not c["gated"] for c in report["comparisons"])
+
+
+# --- inputs --------------------------------------------------------------------------------
+
+
+def test_dynamic_batch_runs_batch_1_and_a_larger_batch(cli, exported, tmp_path):
+    path = exported(MODEL, dynamic_batch=True).path
+    res = cli("verify", path, "--report", tmp_path / "d.json")
+    assert res.exit_code == 0, res.stderr
+    batches = {(c["input_set"], c["batch"]) for c in _report(tmp_path / "d.json")["comparisons"]}
+    assert batches == {("photos", 1), ("photos", 8), ("random", 1), ("random", 8)}
+
+
+def test_inputs_from_a_tensor_file(cli, fp32, tmp_path):
+    tensors = np.random.default_rng(1).standard_normal((3, 3, SMALL, SMALL)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", input=tensors)
+    res = cli("verify", fp32, "--inputs", tmp_path / "x.npz", "--random-inputs", "0", "--report", tmp_path / "t.json")
+    assert res.exit_code == 0, res.stderr
+    (row,) = _report(tmp_path / "t.json")["comparisons"]
+    assert row["input_set"] == "tensors" and row["samples"] == 3
+
+
+def test_tensor_file_of_the_wrong_shape_names_the_expected_shape(cli, fp32, tmp_path):
+    import tempfile
+
+    def traces():
+        return {f for f in os.listdir(tempfile.gettempdir()) if f.startswith("edgekit-profile")}
+
+    before = traces()
+    np.save(tmp_path / "x.npy", np.zeros((2, 3, 32, 32), np.float32))
+    res = cli("verify", fp32, "--inputs", tmp_path / "x.npy")
+    assert res.exit_code == 2
+    assert f"(N, 3, {SMALL}, {SMALL})" in res.stderr and "(2, 3, 32, 32)" in res.stderr
+    assert traces() <= before  # the profiled session was ended although verify stopped early
+
+
+# --- the reference --------------------------------------------------------------------------
+
+
+def test_foreign_file_needs_model_and_then_verifies(cli, fp32, tmp_path):
+    foreign = _edit(fp32, tmp_path / "foreign.onnx", metadata=lambda m: None)
+    res = cli("verify", foreign)
+    assert res.exit_code == 2
+    assert "no edgekit metadata" in res.stderr and "--model" in res.stderr and "--weights" in res.stderr
+    res = cli("verify", foreign, "--model", MODEL)  # seeded random weights, as exported
+    assert res.exit_code == 0, res.stderr
+    assert "from --model/--weights" in res.stdout
+
+
+def test_model_that_contradicts_the_metadata_is_refused(cli, fp32):
+    res = cli("verify", fp32, "--model", "resnet18")
+    assert res.exit_code == 2
+    assert f"exported from {MODEL}" in res.stderr
+
+
+def test_random_weights_from_another_initialisation_cannot_be_rebuilt(cli, fp32, tmp_path):
+    def older(meta):
+        meta["weights"] = {"kind": "random", "seed": 0}  # what edgekit wrote before settling existed
+        return meta
+
+    stale = _edit(fp32, tmp_path / "stale.onnx", metadata=older)
+    res = cli("verify", stale)
+    assert res.exit_code == 2
+    assert "cannot be rebuilt" in res.stderr and "re-export" in res.stderr
+
+
+def test_weights_file_is_found_and_its_sha256_checked(cli, tmp_path):
+    import torch
+
+    from edgekit.export import export
+    from edgekit.models.registry import create_model
+
+    weights = tmp_path / "w.pt"
+    torch.save(create_model(MODEL, seed=3, input_size=SMALL).state_dict(), weights)
+    path = export(MODEL, input_size=SMALL, weights=weights, output=tmp_path / "m.onnx").path
+    assert cli("verify", path, "--random-inputs", "0").exit_code == 0
+
+    other = tmp_path / "other.pt"
+    torch.save(create_model(MODEL, seed=4, input_size=SMALL).state_dict(), other)
+    res = cli("verify", path, "--weights", other)
+    assert res.exit_code == 2
+    assert "sha256" in res.stderr and str(other) in res.stderr
+
+    moved = tmp_path / "moved.pt"
+    weights.rename(moved)
+    res = cli("verify", path)
+    assert res.exit_code == 2
+    assert "is not there" in res.stderr and "--weights" in res.stderr
+    res = cli("verify", path, "--weights", moved, "--random-inputs", "0")
+    assert res.exit_code == 0, res.stderr
+
+
+# --- int8: gates by precision, the fp32 ancestor as the reference ----------------------------
+
+
+def test_int8_file_is_held_to_the_int8_gates_against_its_fp32_ancestor(cli, fp32, tmp_path):
+    int8 = _edit(fp32, tmp_path / "m.int8.onnx", weights=_fake_int8, metadata=_as_int8)
+    res = cli("verify", int8, "--report", tmp_path / "q.json")
+    assert res.exit_code == 0, res.stderr
+    report = _report(tmp_path / "q.json")
+    assert report["precision"] == "int8" and report["gates_source"] == "int8 defaults"
+    assert report["reference"]["model"] == MODEL  # the fp32 PyTorch model it descends from
+    photos = next(c for c in report["comparisons"] if c["input_set"] == "photos")
+    assert photos["gates"]["atol"] is None and photos["gates"]["min_sqnr_db"] is not None
+    assert photos["outputs"][0]["max_abs"] > 1e-4  # really int8-like: fp32 gates would fail it
+    # the same file against fp32's elementwise gates (overridable) fails, naming the gate
+    res = cli("verify", int8, "--atol", "1e-4", "--rtol", "1e-3")
+    assert res.exit_code == 1 and "max abs diff" in res.stderr
+
+
+def test_int8_file_that_is_too_far_fails_on_sqnr_or_agreement(cli, fp32, tmp_path):
+    rng = np.random.default_rng(0)
+
+    def noisy(name, array):
+        if array.ndim != 4:
+            return None
+        return array + rng.standard_normal(array.shape) * array.std() * 0.7
+
+    bad = _edit(fp32, tmp_path / "bad.int8.onnx", weights=noisy, metadata=_as_int8)
+    res = cli("verify", bad)
+    assert res.exit_code == 1
+    assert "output 'logits'" in res.stderr
+    assert "SQNR" in res.stderr or "top-1 agreement" in res.stderr
+
+
+def test_real_int8_file_from_quantize(cli, exported, tmp_path, digits_folder):
+    quantize = pytest.importorskip("edgekit.quantize").quantize
+    parent = exported(MODEL)
+    int8 = quantize(parent.path, output=tmp_path / "q.int8.onnx").path
+    res = cli("verify", int8, "--dataset", digits_folder, "--report", tmp_path / "q.json")
+    assert res.exit_code == 0, res.stderr
+    report = _report(tmp_path / "q.json")
+    assert report["precision"] == "int8" and report["metadata"]["parent"]["sha256"]
+    assert report["reference"]["weights"] == parent.metadata["weights"]
+    assert report["dataset"]["samples"] == 40 and report["dataset"]["providers"][0]["drop_points"] is not None
+
+
+def _to_fp16(src: Path, dst: Path) -> Path:
+    """fp16 weights and activations, fp16 inputs and outputs too (ORT's converter), precision fp16."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src))
+    meta = read_metadata(model)
+    half = convert_float_to_float16(model, keep_io_types=False)
+    # the converter may append nodes out of order: sort them topologically for the checker
+    nodes, ready, ordered = list(half.graph.node), {i.name for i in half.graph.input}, []
+    ready |= {t.name for t in half.graph.initializer} | {""}
+    while nodes:
+        placed = [n for n in nodes if all(i in ready for i in n.input)]
+        assert placed, "cycle"
+        for n in placed:
+            ready.update(n.output)
+        ordered += placed
+        nodes = [n for n in nodes if n not in placed]
+    del half.graph.node[:]
+    half.graph.node.extend(ordered)
+    meta["precision"] = "fp16"
+    write_metadata(half, meta)
+    onnx.save(half, str(dst))
+    return dst
+
+
+def test_fp16_file_gets_cast_inputs_and_the_fp16_gates(cli, fp32, tmp_path):
+    half = _to_fp16(fp32, tmp_path / "m.fp16.onnx")
+    res = cli("verify", half, "--report", tmp_path / "h.json")
+    assert res.exit_code == 0, res.stderr
+    report = _report(tmp_path / "h.json")
+    assert report["precision"] == "fp16" and report["gates"]["min_sqnr_db"] == 30.0
+    assert any("cast to float16" in n for n in report["notes"])
+    photos = next(c for c in report["comparisons"] if c["input_set"] == "photos")["outputs"][0]
+    assert 30 < photos["sqnr_db"] < 100 and photos["max_abs"] > 0  # really half precision, and close
+
+
+# --- accuracy on labelled data ---------------------------------------------------------------
+
+
+def test_dataset_reports_top1_and_drop(cli, fp32, tmp_path, digits_folder):
+    int8 = _edit(fp32, tmp_path / "m.int8.onnx", weights=_fake_int8, metadata=_as_int8)
+    res = cli("verify", int8, "--dataset", digits_folder, "--images", digits_folder, "--report", tmp_path / "a.json")
+    assert res.exit_code == 0, res.stderr
+    assert "accuracy on" in res.stdout and "drop (points)" in res.stdout
+    report = _report(tmp_path / "a.json")
+    assert report["inputs"][0] == {"name": "photos", "description": f"40 images from {digits_folder}", "samples": 40}
+    data = report["dataset"]
+    assert data["samples"] == 40 and data["classes"] == [str(d) for d in range(10)]
+    (ort,) = data["providers"]
+    assert 0 <= data["pytorch_top1"] <= 100 and 0 <= ort["top1"] <= 100
+    assert ort["drop_points"] == pytest.approx(data["pytorch_top1"] - ort["top1"])
+    assert "| PyTorch fp32 (reference) |" in (tmp_path / "a.md").read_text()
+
+
+def _labelled_by(model_path: Path, images: Path, dst: Path) -> Path:
+    """The digits images relabelled with `model_path`'s own predictions: its PyTorch model scores
+    100 % there by construction, so any change of prediction in a candidate is a measurable drop."""
+    import shutil
+
+    from edgekit.calibration import Preprocessing, decode_image
+    from edgekit.runtime import create_session
+
+    preprocessing = Preprocessing.from_dict(read_metadata(onnx.load(str(model_path)))["preprocessing"])
+    session = create_session(model_path)
+    for label in range(10):
+        (dst / str(label)).mkdir(parents=True)
+    for i, image in enumerate(sorted(images.rglob("*.png"))):
+        x = decode_image(image, preprocessing)[None]
+        predicted = int(session.run({"input": x})[0].argmax())
+        shutil.copy(image, dst / str(predicted) / f"{i}.png")
+    return dst
+
+
+def test_max_drop_is_a_gate(cli, fp32, tmp_path, digits_folder):
+    labelled = _labelled_by(fp32, digits_folder, tmp_path / "labelled")
+    res = cli(
+        "verify", fp32, "--dataset", labelled, "--max-drop", "0", "--random-inputs", "0", "--report", tmp_path / "ok.json"
+    )
+    assert res.exit_code == 0, res.stderr
+    data = _report(tmp_path / "ok.json")["dataset"]
+    assert data["pytorch_top1"] == 100.0 and data["providers"][0]["drop_points"] == 0.0 and data["passed"]
+    # a file whose first conv is negated changes predictions: the drop gate fails and says so
+    # (the output gates are opened wide so that the accuracy gate is the one that fails)
+    conv = _first_conv(fp32)
+    bad = _edit(fp32, tmp_path / "bad.onnx", weights=lambda n, a: -a if n == conv else None, metadata=_as_int8)
+    res = cli(
+        "verify", bad, "--dataset", labelled, "--max-drop", "1", "--min-sqnr", "-1000",
+        "--min-top1-agreement", "0", "--random-inputs", "0", "--report", tmp_path / "bad.json",
+    )
+    assert res.exit_code == 1
+    assert "--max-drop 1" in res.stderr and "a drop of" in res.stderr
+    data = _report(tmp_path / "bad.json")["dataset"]
+    assert data["providers"][0]["drop_points"] > 1 and not data["passed"]
+    assert "FAIL" in res.stdout
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda d: d / "missing", "is not a folder"),
+        (lambda d: (d / "flat").mkdir() or d / "flat", "no class sub-folders"),
+        (lambda d: [(d / "many" / str(i)).mkdir(parents=True) for i in range(11)] and d / "many", "11 classes"),
+    ],
+)
+def test_bad_dataset_is_exit_2(cli, fp32, tmp_path, setup, message):
+    res = cli("verify", fp32, "--dataset", setup(tmp_path))
+    assert res.exit_code == 2
+    assert message in res.stderr
+
+
+# --- usage errors --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--max-drop", "1"], "--max-drop gates the accuracy on --dataset"),
+        (["--min-top1-agreement", "95"], "is not a fraction"),
+        (["--atol", "-1"], "--atol must be >= 0"),
+        (["--providers", "cpu,rocm"], "unknown execution provider 'rocm'"),
+        (["--report", "out.txt"], "does not end in .json"),
+        (["--random-inputs", "0", "--inputs", "nothing.npz"], "does not exist"),
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(cli, fp32, args, message):
+    res = cli("verify", fp32, *args)
+    assert res.exit_code == 2
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr and res.stderr.count("\n") <= 2
+
+
+def test_not_an_onnx_file_is_exit_2(cli, tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00not a model")
+    res = cli("verify", junk)
+    assert res.exit_code == 2 and "junk.onnx" in res.stderr
+    assert cli("verify", tmp_path / "absent.onnx").exit_code == 2
+
+
+def test_report_json_is_strict_with_infinite_sqnr():
+    from edgekit.compare import DEFAULT_TOLERANCES, compare_outputs
+    from edgekit.report import to_json
+
+    m = compare_outputs(np.ones((1, 3)), np.ones((1, 3)), "logits", DEFAULT_TOLERANCES["fp32"])
+    assert m.sqnr_db == float("inf")
+
+    class Stub:
+        def to_dict(self):
+            return {"sqnr": m.sqnr_db, "nan": float("nan"), "nested": [{"x": -float("inf")}], "path": Path("a")}
+
+    assert json.loads(to_json(Stub())) == {"sqnr": "inf", "nan": "nan", "nested": [{"x": "-inf"}], "path": "a"}
+
+
+def test_fp32_noise_floor_passes_only_what_pytorch_fp32_itself_misses():
+    from edgekit.compare import DEFAULT_TOLERANCES, compare_outputs
+    from edgekit.verify import _apply_noise_floor
+
+    exact = np.linspace(-3, 3, 20).reshape(2, 10)
+    torch_fp32 = exact + 3e-4  # deep random nets: PyTorch fp32 itself is 3e-4 from float64
+    ort_close = exact - 4e-4  # past atol 1e-4, but within twice PyTorch's own error
+    ort_far = exact + 5e-3
+    for candidate, passes in ((ort_close, True), (ort_far, False)):
+        metrics = compare_outputs(torch_fp32, candidate, "logits", DEFAULT_TOLERANCES["fp32"])
+        assert not metrics.passed
+        note = _apply_noise_floor(metrics, exact, torch_fp32, candidate)
+        assert metrics.passed is passes
+        assert ("as accurate as PyTorch fp32 itself" in note) is passes
