@@ -62,6 +62,7 @@ class BenchReport:
     threads: int
     batch: int
     warmup: int
+    spin: bool
     machine: dict
     sgemm_gflops: float
     baseline: str
@@ -157,7 +158,9 @@ def _macs_for(meta: dict | None) -> int | None:
         return count_macs(model, int(meta["input_size"]))
 
 
-def _onnx_candidates(path: Path, providers: list[str], threads: int, batch: int, skipped: list[str], explicit: bool):
+def _onnx_candidates(
+    path: Path, providers: list[str], threads: int, batch: int, skipped: list[str], explicit: bool, spin: bool
+):
     from edgekit.artifact import load_onnx, read_metadata
     from edgekit.runtime import create_session, cuda_device_available
 
@@ -180,9 +183,10 @@ def _onnx_candidates(path: Path, providers: list[str], threads: int, batch: int,
             skipped.append(f"{path.name} on {provider}: no CUDA device visible")
             continue
         before = _rss_bytes()
-        # No spinning: an idle ORT thread pool otherwise busy-waits after each run and steals the
-        # cores from the candidate timed next (PyTorch eager read 20x slower beside spinning ORT).
-        session = create_session(path, provider, threads=threads, session_config=NO_SPIN)  # exit 3 if asked and absent
+        # No spinning by default: an idle ORT thread pool otherwise busy-waits after each run and
+        # steals the cores from the candidate timed next. It costs ORT ~5 % on back-to-back runs.
+        config = None if spin else NO_SPIN
+        session = create_session(path, provider, threads=threads, session_config=config)  # exit 3 if asked and absent
         name = session.input_name
         if provider == "cpu":
             feed = {name: x}
@@ -262,6 +266,7 @@ def bench(
     runs: int = 30,
     seconds: float | None = None,
     with_torch: bool = False,
+    spin: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> BenchReport:
     """Time every file (x provider), interleaved; ratios against the first file, or PyTorch with `with_torch`."""
@@ -278,7 +283,7 @@ def bench(
     candidates: list[Candidate] = []
     first_meta = None
     for i, path in enumerate(files):
-        made, meta = _onnx_candidates(Path(path), provider_names, threads, batch, skipped, explicit)
+        made, meta = _onnx_candidates(Path(path), provider_names, threads, batch, skipped, explicit, spin)
         candidates.extend(made)
         if i == 0:
             first_meta = meta
@@ -322,7 +327,7 @@ def bench(
         t.speedup = base.p50_ms / t.p50_ms
         t.size_ratio = (base.file_bytes / t.file_bytes) if base.file_bytes and t.file_bytes else None
     return BenchReport(
-        threads=threads, batch=batch, warmup=warmup, machine=machine_info(), sgemm_gflops=peak,
+        threads=threads, batch=batch, warmup=warmup, spin=spin, machine=machine_info(), sgemm_gflops=peak,
         baseline=base.label, timings=timings, skipped=skipped, order=order,
     )
 

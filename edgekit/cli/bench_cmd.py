@@ -24,6 +24,9 @@ def bench_command(
     runs: Annotated[int, typer.Option("--runs", help="timed runs per candidate")] = 30,
     seconds: Annotated[float | None, typer.Option("--seconds", help="keep timing whole rounds until this budget is spent")] = None,
     torch: Annotated[bool, typer.Option("--torch", help="also time the PyTorch eager model rebuilt from the metadata")] = False,
+    spin: Annotated[
+        bool, typer.Option("--spin", help="let ORT threads spin between runs (faster back-to-back, unfair when interleaved)")
+    ] = False,
     report: Annotated[Path | None, typer.Option("--report", help="write all numbers as JSON")] = None,
 ) -> None:
     """Latency (p50/p90/mean), throughput, size and memory side by side, against this machine's sgemm peak."""
@@ -41,6 +44,7 @@ def bench_command(
             runs=runs,
             seconds=seconds,
             with_torch=torch,
+            spin=spin,
             on_progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     render_bench(result)
@@ -75,6 +79,9 @@ def render_bench(result) -> None:
             f"{t.size_ratio:.2f}x" if t.size_ratio else "-",
         )
     console.print(table)
-    console.print(f"ratios are against {result.baseline}; int8 GFLOP/s are effective (2 x fp32 MACs / latency)")
+    console.print(
+        f"ratios are against {result.baseline}; int8 GFLOP/s are effective (2 x fp32 MACs / latency); "
+        + ("ORT threads spin between runs" if result.spin else "ORT threads do not spin (fair interleaving; --spin to allow)")
+    )
     for line in result.skipped:
         console.print(f"[yellow]skipped:[/] {line}")
