@@ -56,8 +56,9 @@ class QuantizeResult:
     int8_bytes: int
     ops: dict[str, int]
     coverage: Coverage
-    grouped_convs: int
+    grouped_convs: int  # of the original model's (the depthwise convs made from BatchNormalization not counted)
     concats: int
+    batchnorm_rewritten: int
     holdout: OutputMetrics
     metadata: dict
     notes: list[str] = field(default_factory=list)
@@ -146,6 +147,48 @@ class _Reader:
 def _static_batch(model) -> int | None:
     dim = model.graph.input[0].type.tensor_type.shape.dim[0]
     return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
+
+
+def batchnorm_as_depthwise(model) -> int:
+    """Rewrite each 4-D BatchNormalization (inference form) as the depthwise 1x1 Conv it equals:
+    weight gamma/sqrt(var+eps) per channel, bias beta - weight*mean. Returns how many were rewritten.
+
+    Run after ORT's pre-processing, which has already folded every BN that follows a Conv; what is
+    left (DenseNet's pre-activation BN after each Concat) has no int8 kernel, but a depthwise
+    QLinearConv does.
+    """
+    from onnx import helper, numpy_helper
+
+    initializers = {t.name: t for t in model.graph.initializer}
+    rewritten = 0
+    nodes = []
+    for node in model.graph.node:
+        params = node.input[1:5]
+        if node.op_type != "BatchNormalization" or len(node.output) != 1 or not all(p in initializers for p in params):
+            nodes.append(node)
+            continue
+        scale, bias, mean, var = (numpy_helper.to_array(initializers[p]).astype(np.float64) for p in params)
+        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+        weight = scale / np.sqrt(var + eps)
+        channels = len(weight)
+        base = (node.name or node.output[0]) + "_as_depthwise"
+        model.graph.initializer.extend([
+            numpy_helper.from_array(weight.reshape(channels, 1, 1, 1).astype(np.float32), base + ".weight"),
+            numpy_helper.from_array((bias - weight * mean).astype(np.float32), base + ".bias"),
+        ])
+        nodes.append(helper.make_node(
+            "Conv", [node.input[0], base + ".weight", base + ".bias"], list(node.output),
+            name=base, group=channels, kernel_shape=[1, 1],
+        ))
+        rewritten += 1
+    if rewritten:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        used = {name for n in model.graph.node for name in n.input}
+        kept = [t for t in model.graph.initializer if t.name in used]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept)
+    return rewritten
 
 
 def int8_coverage(path: Path, workdir: Path) -> tuple[Coverage, dict[str, int]]:
@@ -250,6 +293,17 @@ def _quantize_staged(
     pre_model = onnx.load(str(pre))
     want_grouped = onnx_grouped_conv_count(model)
     want_concats = onnx_concat_count(model)
+    if onnx_grouped_conv_count(pre_model) != want_grouped:
+        raise CheckFailed(f"ORT's pre-processing changed the number of grouped convolutions of {model_path.name}")
+    bn_rewritten = batchnorm_as_depthwise(pre_model) if recipe.batchnorm_as_depthwise else 0
+    if bn_rewritten:
+        # the rewritten graph must still compute the same thing, to float rounding
+        probe = calib.holdout[: min(4, len(calib.holdout))]
+        before = _run(pre, probe, batch)
+        onnx.save(pre_model, str(pre))
+        drift = compare_outputs(before, _run(pre, probe, batch), model.graph.output[0].name, Tolerance(atol=1e-4, rtol=1e-4))
+        if not drift.passed:
+            raise CheckFailed(f"rewriting BatchNormalization as depthwise Conv changed the outputs: {'; '.join(drift.failures)}")
 
     stage("calibrate + quantize")
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
@@ -292,8 +346,11 @@ def _quantize_staged(
         raise CheckFailed("the quantized graph has no 8-bit weight initializers")
     grouped = onnx_grouped_conv_count(quantized)
     concats = onnx_concat_count(quantized)
-    if grouped != want_grouped or onnx_grouped_conv_count(pre_model) != want_grouped:
-        raise CheckFailed(f"grouped convolutions not preserved: {want_grouped} in {model_path.name}, {grouped} after quantization")
+    if grouped != want_grouped + bn_rewritten:
+        raise CheckFailed(
+            f"grouped convolutions not preserved: {want_grouped} in {model_path.name} (+{bn_rewritten} depthwise "
+            f"from BatchNormalization), {grouped} after quantization"
+        )
     if concats < want_concats:
         raise CheckFailed(f"concatenations not preserved: {want_concats} Concat in {model_path.name}, {concats} after quantization")
 
@@ -303,7 +360,7 @@ def _quantize_staged(
         "precision": "int8",
         "parent": {"file": model_path.name, "sha256": sha256_file(model_path), "metadata": bool(metadata)},
         "calibration": calib.to_metadata(),
-        "recipe": {**recipe.to_dict(), "format": "QDQ", "excluded_nodes": excluded},
+        "recipe": {**recipe.to_dict(), "format": "QDQ", "excluded_nodes": excluded, "batchnorm_rewritten": bn_rewritten},
     }
     if not metadata:
         new_meta["preprocessing"] = preprocessing.to_dict()
@@ -345,8 +402,9 @@ def _quantize_staged(
         int8_bytes=int8_bytes,
         ops=dict(ops),
         coverage=coverage,
-        grouped_convs=grouped,
+        grouped_convs=grouped - bn_rewritten,
         concats=concats,
+        batchnorm_rewritten=bn_rewritten,
         holdout=holdout,
         metadata=new_meta,
         notes=notes,

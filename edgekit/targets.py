@@ -30,6 +30,10 @@ class Recipe:
     activation_symmetric: bool
     method: str  # minmax | entropy | percentile
     reason: str
+    # BatchNormalization that could not be folded into a conv (DenseNet's pre-activation BN) has
+    # no int8 kernel on CPUs: rewritten as a depthwise 1x1 Conv it runs as QLinearConv instead of
+    # DequantizeLinear -> float BN -> QuantizeLinear with layout transposes around it.
+    batchnorm_as_depthwise: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,6 +55,7 @@ RECIPES: dict[str, Recipe] = {
     "generic": Recipe(
         "generic", "int8", "int8", per_channel=True, reduce_range=False, activation_symmetric=True, method="minmax",
         reason="symmetric s8s8 per-channel QDQ: the portable form TensorRT and most NPUs accept; not the fastest on x86 CPUs",
+        batchnorm_as_depthwise=False,  # accelerators fuse BN themselves; keep the graph as exported
     ),
 }
 TARGETS = ("auto", *RECIPES)

@@ -40,6 +40,38 @@ def test_densenet_concats_run_in_int8(exported, tmp_path):
     result = quantize(parent.path, output=tmp_path / "d.int8.onnx")
     assert onnx_concat_count(onnx.load(str(result.path))) == 16
     assert result.coverage.int8["Concat"] == result.coverage.total["Concat"] == 16
+    assert result.batchnorm_rewritten == 20 and result.grouped_convs == 0
+
+
+def test_batchnorm_rewrite_is_exact_in_float():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgekit.quantize import batchnorm_as_depthwise
+    from edgekit.runtime import create_session
+
+    rng = np.random.default_rng(0)
+    c = 6
+    params = [rng.uniform(0.5, 2, c), rng.normal(size=c), rng.normal(size=c), rng.uniform(0.1, 3, c)]
+    names = ["scale", "bias", "mean", "var"]
+    graph = helper.make_graph(
+        [helper.make_node("BatchNormalization", ["x", *names], ["y"], name="bn", epsilon=1e-3)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, c, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, c, 5, 5])],
+        [numpy_helper.from_array(p.astype(np.float32), n) for p, n in zip(params, names)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    x = rng.normal(size=(2, c, 5, 5)).astype(np.float32)
+    before = create_session(model.SerializeToString()).run({"x": x})[0]
+    assert batchnorm_as_depthwise(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["Conv"] and model.graph.node[0].attribute
+    after = create_session(model.SerializeToString()).run({"x": x})[0]
+    np.testing.assert_allclose(after, before, atol=1e-5)
+
+
+def test_generic_target_keeps_batchnorm(exported, tmp_path):
+    result = quantize(exported("textbook_densenet").path, target="generic", output=tmp_path / "g.onnx")
+    assert result.batchnorm_rewritten == 0
 
 
 def test_metadata_chain(exported, tmp_path):
@@ -173,8 +205,12 @@ def test_previous_output_survives_a_failed_run(exported, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_densenet121_at_224_keeps_58_concats(exported, tmp_path):
     result = quantize(exported("densenet121", 224).path, output=tmp_path / "d.onnx")
-    assert onnx_concat_count(onnx.load(str(result.path))) == 58
-    assert result.coverage.int8["Concat"] == 58 and result.coverage.int8["Conv"] == 120
+    model = onnx.load(str(result.path))
+    assert onnx_concat_count(model) == 58
+    # every BatchNormalization (62, none foldable) became a depthwise conv running in int8
+    assert result.batchnorm_rewritten == 62 and "BatchNormalization" not in {n.op_type for n in model.graph.node}
+    assert result.coverage.int8["Concat"] == 58 and result.coverage.int8["Conv"] == result.coverage.total["Conv"] == 120 + 62
+    assert result.grouped_convs == 0
 
 
 @pytest.mark.slow

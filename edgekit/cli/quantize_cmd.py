@@ -114,6 +114,11 @@ def render_quantize(result) -> None:
     )
     table.add_row("runs in int8 (after ORT optimisation)", result.coverage.describe())
     table.add_row("grouped convs / concats kept", f"{result.grouped_convs} / {result.concats}")
+    if result.batchnorm_rewritten:
+        table.add_row(
+            "BatchNormalization",
+            f"{result.batchnorm_rewritten} not foldable into a conv: rewritten as depthwise 1x1 Conv to run in int8",
+        )
     table.add_row("calibration", f"{result.calibration.description}; {result.calibration_seconds:.1f}s")
     h = result.holdout
     table.add_row(
