@@ -143,23 +143,35 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, name: str, tol
     return metrics
 
 
-def gate_failures(m: OutputMetrics, tol: Tolerance) -> list[str]:
-    """Human-readable names of the gates `m` fails (empty when it passes)."""
-    failures = []
+def failed_gates(m: OutputMetrics, tol: Tolerance) -> list[tuple[str, str]]:
+    """(a few words for a table cell, the full sentence) for each gate of `tol` that `m` fails."""
+    failed = []
     if m.nan or m.inf:
-        failures.append(f"{m.nan} NaN and {m.inf} Inf values")
+        failed.append(("NaN/Inf", f"{m.nan} NaN and {m.inf} Inf values"))
     if (tol.atol is not None or tol.rtol is not None) and m.allclose_violations:
-        failures.append(
+        failed.append((
+            f"atol/rtol ({m.allclose_violations} el.)",
             f"max abs diff {m.max_abs:.3g} > atol {tol.atol or 0:g} + rtol {tol.rtol or 0:g}*|ref| "
-            f"({m.allclose_violations} elements)"
-        )
+            f"({m.allclose_violations} elements)",
+        ))
     if tol.same_top1 and m.top1_mismatches:
-        failures.append(f"top-1 differs on {m.top1_mismatches} of {m.samples} samples")
+        failed.append((
+            f"top-1 ({m.top1_mismatches}/{m.samples} differ)",
+            f"top-1 differs on {m.top1_mismatches} of {m.samples} samples",
+        ))
     if tol.min_top1_agreement is not None and m.top1_agreement < tol.min_top1_agreement:
-        failures.append(f"top-1 agreement {m.top1_agreement:.1%} < {tol.min_top1_agreement:.1%}")
+        failed.append((
+            f"top-1 agreement < {tol.min_top1_agreement:.0%}",
+            f"top-1 agreement {m.top1_agreement:.1%} < {tol.min_top1_agreement:.1%}",
+        ))
     if tol.min_sqnr_db is not None and not (m.sqnr_db >= tol.min_sqnr_db):
-        failures.append(f"SQNR {m.sqnr_db:.1f} dB < {tol.min_sqnr_db:g} dB")
-    return failures
+        failed.append((f"SQNR < {tol.min_sqnr_db:g} dB", f"SQNR {m.sqnr_db:.1f} dB < {tol.min_sqnr_db:g} dB"))
+    return failed
+
+
+def gate_failures(m: OutputMetrics, tol: Tolerance) -> list[str]:
+    """The full sentence for each gate `m` fails (empty when it passes)."""
+    return [sentence for _short, sentence in failed_gates(m, tol)]
 
 
 def percentile(samples: list[float] | np.ndarray, q: float) -> float:

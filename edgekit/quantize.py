@@ -18,6 +18,7 @@ from edgekit.artifact import load_onnx, read_metadata, sha256_file, stage_output
 from edgekit.calibration import DEFAULT_CALIBRATION_DIR, CalibrationSet, Preprocessing, build_calibration_set
 from edgekit.compare import DEFAULT_TOLERANCES, OutputMetrics, Tolerance, compare_outputs
 from edgekit.errors import BadInput, CheckFailed
+from edgekit.export import run_onnx
 from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
 from edgekit.targets import Recipe, resolve_recipe
 
@@ -205,14 +206,6 @@ def int8_coverage(path: Path, workdir: Path) -> tuple[Coverage, dict[str, int]]:
     return Coverage(int8=int8, total=total), dict(ops)
 
 
-def _run(path_or_model, tensors: np.ndarray, batch: int | None, session_config=None) -> np.ndarray:
-    from edgekit.export import _run_batched
-    from edgekit.runtime import create_session
-
-    session = create_session(path_or_model, "cpu", session_config=session_config)
-    return _run_batched(lambda x: session.run({session.input_name: x})[0], tensors, batch)
-
-
 def quantize(
     model_path: Path,
     *,
@@ -299,9 +292,9 @@ def _quantize_staged(
     if bn_rewritten:
         # the rewritten graph must still compute the same thing, to float rounding
         probe = calib.holdout[: min(4, len(calib.holdout))]
-        before = _run(pre, probe, batch)
+        before = run_onnx(pre, probe, batch)
         onnx.save(pre_model, str(pre))
-        drift = compare_outputs(before, _run(pre, probe, batch), model.graph.output[0].name, Tolerance(atol=1e-4, rtol=1e-4))
+        drift = compare_outputs(before, run_onnx(pre, probe, batch), model.graph.output[0].name, Tolerance(atol=1e-4, rtol=1e-4))
         if not drift.passed:
             raise CheckFailed(f"rewriting BatchNormalization as depthwise Conv changed the outputs: {'; '.join(drift.failures)}")
 
@@ -371,8 +364,8 @@ def _quantize_staged(
 
     # Everything below runs on the staged file: what will ship.
     coverage, _optimized_ops = int8_coverage(staged.path, workdir)
-    fp32_out = _run(model_path, calib.holdout, batch)
-    int8_out = _run(staged.path, calib.holdout, batch)
+    fp32_out = run_onnx(model_path, calib.holdout, batch)
+    int8_out = run_onnx(staged.path, calib.holdout, batch)
     holdout = compare_outputs(fp32_out, int8_out, model.graph.output[0].name, tolerance)
     if not holdout.passed:
         raise CheckFailed(

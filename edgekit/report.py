@@ -9,7 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from edgekit.compare import OutputMetrics, Tolerance
+from edgekit.compare import OutputMetrics, Tolerance, failed_gates
 from edgekit.errors import BadInput
 from edgekit.verify import Comparison, Report
 
@@ -47,18 +47,7 @@ def short_failures(m: OutputMetrics, tol: Tolerance) -> str:
     """The failed gates in a few words, for a table cell (the full sentences are in the error and the JSON)."""
     if not m.failures:
         return ""
-    out = []
-    if m.nan or m.inf:
-        out.append("NaN/Inf")
-    if (tol.atol is not None or tol.rtol is not None) and m.allclose_violations:
-        out.append(f"atol/rtol ({m.allclose_violations} el.)")
-    if tol.same_top1 and m.top1_mismatches:
-        out.append(f"top-1 ({m.top1_mismatches}/{m.samples} differ)")
-    if tol.min_top1_agreement is not None and m.top1_agreement < tol.min_top1_agreement:
-        out.append(f"top-1 agreement < {tol.min_top1_agreement:.0%}")
-    if tol.min_sqnr_db is not None and not (m.sqnr_db >= tol.min_sqnr_db):
-        out.append(f"SQNR < {tol.min_sqnr_db:g} dB")
-    return ", ".join(out)
+    return ", ".join(short for short, _sentence in failed_gates(m, tol))
 
 
 def _result(c: Comparison, m: OutputMetrics) -> str:
