@@ -461,7 +461,7 @@ class NoiseFloor:
     def describe(self) -> str:
         return (
             f"fp32 noise floor: PyTorch fp32 is {self.torch_fp32_error:.2g} max abs from a float64 run, "
-            f"ONNX Runtime {self.onnx_error:.2g}; the export is "
+            f"ONNX Runtime {self.onnx_error:.2g}; the ONNX file is "
             + ("as accurate as PyTorch fp32 itself" if self.explains_difference else "less accurate than that")
         )
 

@@ -664,11 +664,7 @@ def _apply_noise_floor(
     )
     if floor.explains_difference:
         metrics.failures = []
-    verdict = "as accurate as PyTorch fp32 itself: passed" if floor.explains_difference else "less accurate than that"
-    return (
-        f"fp32 noise floor: PyTorch fp32 is {floor.torch_fp32_error:.2g} max abs from a float64 run, "
-        f"ONNX Runtime {floor.onnx_error:.2g}; the file is {verdict}"
-    )
+    return floor.describe()
 
 
 def _versions() -> dict:

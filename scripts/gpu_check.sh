@@ -8,14 +8,16 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 RESULTS="${OUT:-./gpu-check}"
-EDGEKIT=.venv/bin/edgekit
-PYTHON=.venv/bin/python
+# The lent GPU machines have their own python3 with torch and onnx but no onnxruntime-gpu or onnxsim,
+# and a .venv (5.5 GB) cannot travel there: point PYTHON/EDGEKIT at an environment that has them.
+PYTHON="${PYTHON:-.venv/bin/python}"
+EDGEKIT="${EDGEKIT:-$PYTHON -m edgekit}"
 MODELS=(resnet18 resnext50_32x4d densenet121)
 QUANTIZE_MODEL=resnet18
 
 fail() { echo "gpu_check: $1" >&2; exit "${2:-3}"; }
 
-[[ -x "$EDGEKIT" && -x "$PYTHON" ]] || fail "$EDGEKIT not found: run \`make setup\` (or bring the .venv) first"
+command -v "$PYTHON" >/dev/null 2>&1 || [[ -x "$PYTHON" ]] || fail "$PYTHON not found: run \`make setup\` (or set PYTHON=...) first"
 command -v nvidia-smi >/dev/null 2>&1 || fail "nvidia-smi not found: this machine has no NVIDIA driver/GPU"
 mkdir -p "$RESULTS/models"
 
@@ -40,16 +42,16 @@ files=()
 for model in "${MODELS[@]}"; do
   echo "== export $model (224)"
   t=$SECONDS
-  "$EDGEKIT" export "$model" --input-size 224 -o "$RESULTS/models/$model.onnx" >"$RESULTS/export-$model.log" 2>&1 \
+  $EDGEKIT export "$model" --input-size 224 -o "$RESULTS/models/$model.onnx" >"$RESULTS/export-$model.log" 2>&1 \
     || { echo "export $model failed (see $RESULTS/export-$model.log)"; tail -3 "$RESULTS/export-$model.log"; status=1; continue; }
   echo "   $((SECONDS - t)) s"
   files+=("$RESULTS/models/$model.onnx")
 done
 
-if "$EDGEKIT" quantize --help >/dev/null 2>&1 && [[ -f "$RESULTS/models/$QUANTIZE_MODEL.onnx" ]]; then
+if $EDGEKIT quantize --help >/dev/null 2>&1 && [[ -f "$RESULTS/models/$QUANTIZE_MODEL.onnx" ]]; then
   echo "== quantize $QUANTIZE_MODEL"
   t=$SECONDS
-  if "$EDGEKIT" quantize "$RESULTS/models/$QUANTIZE_MODEL.onnx" -o "$RESULTS/models/$QUANTIZE_MODEL.int8.onnx" \
+  if $EDGEKIT quantize "$RESULTS/models/$QUANTIZE_MODEL.onnx" -o "$RESULTS/models/$QUANTIZE_MODEL.int8.onnx" \
       >"$RESULTS/quantize-$QUANTIZE_MODEL.log" 2>&1; then
     files+=("$RESULTS/models/$QUANTIZE_MODEL.int8.onnx")
     echo "   $((SECONDS - t)) s"
@@ -65,7 +67,7 @@ for file in "${files[@]}"; do
   echo "== verify $name on cpu,cuda"
   t=$SECONDS
   rc=0
-  "$EDGEKIT" verify "$file" --providers cpu,cuda --report "$RESULTS/verify-$name.json" >"$RESULTS/verify-$name.log" 2>&1 || rc=$?
+  $EDGEKIT verify "$file" --providers cpu,cuda --report "$RESULTS/verify-$name.json" >"$RESULTS/verify-$name.log" 2>&1 || rc=$?
   echo "   exit $rc, $((SECONDS - t)) s"
   if [[ $rc -ne 0 ]]; then
     tail -2 "$RESULTS/verify-$name.log"
