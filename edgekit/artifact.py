@@ -35,6 +35,17 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def data_file(path: Path) -> Path:
+    """Where edgekit keeps a model's external data: beside it, named <file>.onnx.data."""
+    return Path(path).with_name(Path(path).name + ".data")
+
+
+def artifact_bytes(path: Path) -> int:
+    """Bytes of an .onnx file plus its external data file, if it has one."""
+    data = data_file(path)
+    return Path(path).stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
 def check_readable_file(path: Path, what: str) -> Path:
     """A path that exists, is a regular file, is readable and is not empty; else BadInput naming it."""
     path = Path(path)
@@ -174,6 +185,18 @@ def external_data_threshold() -> int:
         raise BadInput(f"{EXTERNAL_DATA_THRESHOLD_ENV}={raw!r} is not a number of bytes") from None
 
 
+def resolve_output(output: Path | None, default: Path) -> Path:
+    """-o may be a .onnx file or a folder (the default file name inside it); None means `default`."""
+    if output is None:
+        return default
+    output = Path(output)
+    if output.is_dir() or output.suffix == "":
+        return output / default.name
+    if output.suffix != ".onnx":
+        raise BadInput(f"output {output} does not end in .onnx", hint="name a .onnx file or a folder with -o")
+    return output
+
+
 @dataclass
 class StagedOutput:
     """An output written into a hidden temp folder beside its final place, moved there only on commit.
@@ -201,7 +224,7 @@ class StagedOutput:
                     str(self.path),
                     save_as_external_data=True,
                     all_tensors_to_one_file=True,
-                    location=self.final.name + ".data",
+                    location=data_file(self.final).name,
                     size_threshold=1024,
                 )
             else:
@@ -213,7 +236,7 @@ class StagedOutput:
     def commit(self) -> Path:
         """Move the staged files into place: data files first, the .onnx last (each os.replace is atomic)."""
         staged = sorted(self.folder.iterdir(), key=lambda p: p.name == self.final.name)
-        stale_data = self.final.with_name(self.final.name + ".data")
+        stale_data = data_file(self.final)
         if stale_data.exists() and not (self.folder / stale_data.name).exists():
             stale_data.unlink()  # the new file keeps its weights inline; an old data file would mislead
         try:

@@ -161,7 +161,7 @@ def _macs_for(meta: dict | None) -> int | None:
 def _onnx_candidates(
     path: Path, providers: list[str], threads: int, batch: int, skipped: list[str], explicit: bool, spin: bool
 ):
-    from edgekit.artifact import load_onnx, read_metadata
+    from edgekit.artifact import artifact_bytes, load_onnx, read_metadata
     from edgekit.runtime import create_session, cuda_device_available
 
     model = load_onnx(path)
@@ -174,7 +174,7 @@ def _onnx_candidates(
     if any(s <= 0 for s in shape[1:]):
         raise BadInput(f"{path} has dynamic spatial dimensions {shape}; bench needs a static input size")
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    file_bytes = path.stat().st_size + (path.with_name(path.name + ".data").stat().st_size if path.with_name(path.name + ".data").exists() else 0)
+    file_bytes = artifact_bytes(path)
     macs = _macs_for(meta)
     precision = (meta or {}).get("precision") or ("int8" if any(n.op_type == "QuantizeLinear" for n in model.graph.node) else "fp32")
     out = []

@@ -15,7 +15,16 @@ from typing import Callable
 
 import numpy as np
 
-from edgekit.artifact import StagedOutput, check_onnx, load_onnx, opset_of, stage_output, write_metadata
+from edgekit.artifact import (
+    StagedOutput,
+    artifact_bytes,
+    check_onnx,
+    load_onnx,
+    opset_of,
+    resolve_output,
+    stage_output,
+    write_metadata,
+)
 from edgekit.calibration import DEFAULT_CALIBRATION_DIR, Preprocessing, load_image_folder, seeded_random_inputs
 from edgekit.compare import OutputMetrics, Tolerance, compare_outputs
 from edgekit.errors import BadInput, CheckFailed, EdgekitError
@@ -58,18 +67,6 @@ class ExportResult:
 
 def default_output(model_name: str, folder: Path = Path("exports")) -> Path:
     return folder / f"{model_name}.onnx"
-
-
-def resolve_output(output: Path | None, model_name: str) -> Path:
-    """-o may be a file or a folder; default exports/<model>.onnx."""
-    if output is None:
-        return default_output(model_name)
-    output = Path(output)
-    if output.is_dir() or str(output).endswith(("/", "\\")) or output.suffix == "":
-        return output / f"{model_name}.onnx"
-    if output.suffix != ".onnx":
-        raise BadInput(f"output {output} does not end in .onnx", hint="name a .onnx file or a folder with -o")
-    return output
 
 
 def build_model(
@@ -282,7 +279,7 @@ def export(
         raise BadInput(f"--batch must be at least 1, got {batch}")
     if not 7 <= opset <= 30:
         raise BadInput(f"--opset {opset} is not an ONNX opset edgekit can target", hint="use 13 to 21")
-    final = resolve_output(output, spec.name)
+    final = resolve_output(output, default_output(spec.name))
     staged = stage_output(final)  # an unwritable destination fails here, before any work
     try:
         return _export_staged(
@@ -432,7 +429,7 @@ def _export_staged(
         torch_structure=structure,
         grouped_convs=grouped,
         concats=concats,
-        file_bytes=path.stat().st_size + _data_size(path),
+        file_bytes=artifact_bytes(path),
         simplified=simplified,
         simplify_note=simplify_note,
         vs_torch=vs_torch,
@@ -481,11 +478,6 @@ def fp32_noise_floor(model, inputs, reference, candidate, batch) -> NoiseFloor:
         torch_fp32_error=float(np.abs(reference.astype(np.float64) - exact).max()),
         onnx_error=float(np.abs(candidate.astype(np.float64) - exact).max()),
     )
-
-
-def _data_size(path: Path) -> int:
-    data = path.with_name(path.name + ".data")
-    return data.stat().st_size if data.exists() else 0
 
 
 def _check_dynamic_batch(path: Path, inputs: np.ndarray) -> None:

@@ -14,7 +14,15 @@ from typing import Callable
 
 import numpy as np
 
-from edgekit.artifact import load_onnx, read_metadata, sha256_file, stage_output, write_metadata
+from edgekit.artifact import (
+    artifact_bytes,
+    load_onnx,
+    read_metadata,
+    resolve_output,
+    sha256_file,
+    stage_output,
+    write_metadata,
+)
 from edgekit.calibration import DEFAULT_CALIBRATION_DIR, CalibrationSet, Preprocessing, build_calibration_set
 from edgekit.compare import DEFAULT_TOLERANCES, OutputMetrics, Tolerance, compare_outputs
 from edgekit.errors import BadInput, CheckFailed
@@ -235,11 +243,7 @@ def quantize(
         raise BadInput(f"{model_path} does not take fp32 inputs; edgekit quantizes fp32 models only")
     recipe = resolve_recipe(target, method, per_channel)
     preprocessing = preprocessing_for(model, metadata, model_path)
-    final = Path(output) if output is not None else default_output(model_path)
-    if final.suffix != ".onnx":
-        final = final / default_output(model_path).name if final.is_dir() or final.suffix == "" else final
-    if final.suffix != ".onnx":
-        raise BadInput(f"output {final} does not end in .onnx", hint="name a .onnx file or a folder with -o")
+    final = resolve_output(output, default_output(model_path))
     if final.resolve() == model_path.resolve():
         raise BadInput(f"output {final} is the input file itself", hint="choose another -o")
     excluded = resolve_exclusions(model, exclude or [])
@@ -382,8 +386,8 @@ def _quantize_staged(
     }
     write_metadata(quantized, new_meta)
     staged.save(quantized)
-    fp32_bytes = model_path.stat().st_size + _data_size(model_path)
-    int8_bytes = staged.path.stat().st_size
+    fp32_bytes = artifact_bytes(model_path)
+    int8_bytes = artifact_bytes(staged.path)
     return QuantizeResult(
         path=staged.final,
         parent=model_path,
@@ -414,7 +418,3 @@ def _quiet_root_logger():
     finally:
         logging.disable(logging.NOTSET)
 
-
-def _data_size(path: Path) -> int:
-    data = path.with_name(path.name + ".data")
-    return data.stat().st_size if data.exists() else 0

@@ -59,14 +59,12 @@ def _result(c: Comparison, m: OutputMetrics) -> str:
 
 
 def _size(path: Path) -> str:
+    from edgekit.artifact import artifact_bytes
+
     try:
-        n = path.stat().st_size
+        return f"{artifact_bytes(path) / 1e6:.1f} MB"
     except OSError:
         return "?"
-    data = path.with_name(path.name + ".data")
-    if data.exists():
-        n += data.stat().st_size
-    return f"{n / 1e6:.1f} MB"
 
 
 def header_lines(report: Report) -> list[str]:
