@@ -162,12 +162,13 @@ def _onnx_candidates(
     path: Path, providers: list[str], threads: int, batch: int, skipped: list[str], explicit: bool, spin: bool
 ):
     from edgekit.artifact import artifact_bytes, load_onnx, read_metadata
+    from edgekit.structure import static_batch
     from edgekit.runtime import create_session, cuda_device_available
 
     model = load_onnx(path)
     meta = read_metadata(model)
     dims = model.graph.input[0].type.tensor_type.shape.dim
-    static = dims[0].dim_value if dims[0].HasField("dim_value") else None
+    static = static_batch(model)
     if static and static != batch:
         raise BadInput(f"{path} has a static batch of {static}; --batch {batch} cannot run it", hint=f"use --batch {static}")
     shape = [batch] + [d.dim_value for d in dims[1:]]

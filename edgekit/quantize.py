@@ -27,7 +27,7 @@ from edgekit.calibration import DEFAULT_CALIBRATION_DIR, CalibrationSet, Preproc
 from edgekit.compare import DEFAULT_TOLERANCES, OutputMetrics, Tolerance, compare_outputs
 from edgekit.errors import BadInput, CheckFailed
 from edgekit.export import run_onnx
-from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
+from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts, static_batch
 from edgekit.targets import Recipe, resolve_recipe
 
 DEFAULT_SAMPLES = 128
@@ -153,11 +153,6 @@ class _Reader:
         self._i = 0
 
 
-def _static_batch(model) -> int | None:
-    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
-    return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
-
-
 def batchnorm_as_depthwise(model) -> int:
     """Rewrite each 4-D BatchNormalization (inference form) as the depthwise 1x1 Conv it equals:
     weight gamma/sqrt(var+eps) per channel, bias beta - weight*mean. Returns how many were rewritten.
@@ -277,7 +272,7 @@ def _quantize_staged(
     )
     notes.extend(calib.warnings)
     input_name = model.graph.input[0].name
-    batch = _static_batch(model)
+    batch = static_batch(model)
 
     stage("pre-process")
     pre = workdir / "preprocessed.onnx"
