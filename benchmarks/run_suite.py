@@ -64,7 +64,8 @@ def digits_accuracy(name: str, folder: Path) -> dict | None:
     import torch
 
     import digits
-    from edgekit.export import build_model, run_onnx
+    from edgekit.models.reference import build_model
+    from edgekit.runners import run_onnx
     from edgekit.models.registry import get_spec
 
     weights = CHECKPOINTS / f"{name}-digits.safetensors"
@@ -92,7 +93,7 @@ def digits_accuracy(name: str, folder: Path) -> dict | None:
 
 
 def versions() -> dict:
-    from edgekit.export import library_versions
+    from edgekit.provenance import library_versions
 
     return library_versions()
 

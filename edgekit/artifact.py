@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import BadInput, EdgekitError, EnvironmentUnavailable
+from edgekit.errors import BadInput, EdgekitError, EnvironmentUnavailable, one_line
 
 METADATA_KEY = "edgekit"
 # protobuf refuses messages over 2 GiB; past this many bytes of weights, save them as external data.
@@ -140,8 +140,7 @@ def check_onnx(path: Path, full_check: bool = False) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
+    return one_line(exc, 300)
 
 
 def read_metadata(model) -> dict[str, Any] | None:
@@ -183,6 +182,20 @@ def external_data_threshold() -> int:
         return int(raw)
     except ValueError:
         raise BadInput(f"{EXTERNAL_DATA_THRESHOLD_ENV}={raw!r} is not a number of bytes") from None
+
+
+EXPORTS_DIR = Path("exports")
+
+
+def default_output(stem: str, tag: str | None = None) -> Path:
+    """exports/<stem>.onnx, or exports/<stem>.<tag>.onnx for a derived file (tag int8, fp16)."""
+    return EXPORTS_DIR / (f"{stem}.{tag}.onnx" if tag else f"{stem}.onnx")
+
+
+def derived_output(parent: Path, tag: str) -> Path:
+    """exports/<name>.<tag>.onnx for exports/<name>.onnx."""
+    name = parent.name[: -len(".onnx")] if parent.name.endswith(".onnx") else parent.stem
+    return default_output(name, tag)
 
 
 def resolve_output(output: Path | None, default: Path) -> Path:

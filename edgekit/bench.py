@@ -90,26 +90,12 @@ def interleaved_order(labels: list[str], runs: int) -> list[str]:
 
 
 def machine_info() -> dict:
-    """CPU model, cores and the flags that matter for int8 kernels."""
-    from edgekit.targets import cpu_flags, detect_target
+    """CPU model, cores and the flags that matter for int8 kernels, and the recipe `auto` picks here."""
+    from edgekit.provenance import this_cpu
+    from edgekit.targets import detect_target
 
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    flags = cpu_flags()
-    interesting = sorted(flags & {"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
-    return {
-        "cpu": model,
-        "machine": platform.machine(),
-        "cores": os.cpu_count(),
-        "flags": interesting,
-        "int8_target": detect_target(),
-    }
+    cpu = this_cpu()
+    return {**cpu.to_dict(), "cpu": cpu.model, "cores": os.cpu_count(), "int8_target": detect_target(cpu=cpu)}
 
 
 def sgemm_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
@@ -144,40 +130,32 @@ def _rss_bytes() -> int | None:
 
 
 def _macs_for(meta: dict | None) -> int | None:
+    """Multiply-accumulates per image of the model a file came from (None for a foreign file)."""
     if not meta or "model" not in meta or "input_size" not in meta:
         return None
-    import torch
+    from edgekit.zoo import model_macs
 
-    from edgekit.models.blocks import materialize
-    from edgekit.models.registry import get_spec
-    from edgekit.structure import count_macs
-
-    spec = get_spec(meta["model"])
-    with torch.device("meta"):
-        model = materialize(spec.builder(int(meta.get("num_classes") or spec.default_num_classes))).eval()
-        return count_macs(model, int(meta["input_size"]))
+    return model_macs(str(meta["model"]), int(meta.get("num_classes") or 0) or None, int(meta["input_size"]))
 
 
 def _onnx_candidates(
     path: Path, providers: list[str], threads: int, batch: int, skipped: list[str], explicit: bool, spin: bool
 ):
     from edgekit.artifact import artifact_bytes, load_onnx, read_metadata
-    from edgekit.structure import static_batch
+    from edgekit.graph import input_spec, precision_of
     from edgekit.runtime import create_session, cuda_device_available
 
     model = load_onnx(path)
     meta = read_metadata(model)
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    static = static_batch(model)
-    if static and static != batch:
-        raise BadInput(f"{path} has a static batch of {static}; --batch {batch} cannot run it", hint=f"use --batch {static}")
-    shape = [batch] + [d.dim_value for d in dims[1:]]
-    if any(s <= 0 for s in shape[1:]):
-        raise BadInput(f"{path} has dynamic spatial dimensions {shape}; bench needs a static input size")
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    spec = input_spec(model, path)
+    if spec.batch and spec.batch != batch:
+        raise BadInput(f"{path} has a static batch of {spec.batch}; --batch {batch} cannot run it", hint=f"use --batch {spec.batch}")
+    if any(d is None for d in spec.chw):
+        raise BadInput(f"{path} has dynamic dimensions {spec.chw}; bench needs a static input size")
+    x = np.random.default_rng(0).standard_normal([batch, *spec.chw]).astype(np.float16 if spec.dtype == "float16" else np.float32)
     file_bytes = artifact_bytes(path)
     macs = _macs_for(meta)
-    precision = (meta or {}).get("precision") or ("int8" if any(n.op_type == "QuantizeLinear" for n in model.graph.node) else "fp32")
+    precision = precision_of(model, meta)
     out = []
     for provider in providers:
         if provider != "cpu" and not explicit and not cuda_device_available():
@@ -233,12 +211,11 @@ def _torch_candidate(path: Path, meta: dict | None, threads: int, batch: int) ->
     import torch
 
     from edgekit.artifact import load_onnx
-    from edgekit.verify import build_reference, plan_reference
+    from edgekit.models.reference import rebuild_reference
 
     if not meta:
         raise BadInput(f"{path} has no edgekit metadata: --torch cannot rebuild its PyTorch model")
-    plan = plan_reference(path, load_onnx(path, check=False), meta, None, None, False, 0)
-    model = build_reference(plan)
+    model, _plan = rebuild_reference(path, load_onnx(path, check=False), meta)
     size = int(meta["input_size"])
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
 

@@ -13,82 +13,12 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from edgekit.errors import BadInput
+from edgekit.errors import BadInput, one_line
+from edgekit.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, to_rgb  # noqa: F401  (re-exported)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "calibration"
 CACHE_DIR_ENV = "EDGEKIT_CACHE_DIR"
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """What a model expects: shorter side resized to `resize`, centre crop `crop`, then (x/255-mean)/std."""
-
-    resize: int
-    crop: int
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    channel_order: str = "RGB"
-    layout: str = "NCHW"
-    interpolation: str = "bilinear"
-
-    @classmethod
-    def for_input_size(cls, size: int) -> "Preprocessing":
-        """torchvision's ImageNet evaluation recipe scaled to `size` (resize 256 -> crop 224)."""
-        return cls(resize=int(round(size * 256 / 224)), crop=size)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Preprocessing":
-        try:
-            return cls(
-                resize=int(data["resize"]),
-                crop=int(data["crop"]),
-                mean=tuple(float(v) for v in data["mean"]),
-                std=tuple(float(v) for v in data["std"]),
-                channel_order=data.get("channel_order", "RGB"),
-                layout=data.get("layout", "NCHW"),
-                interpolation=data.get("interpolation", "bilinear"),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BadInput(f"the model's preprocessing metadata is incomplete: {exc}") from None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def apply(self, image) -> np.ndarray:
-        """A PIL image (any mode) -> float32 CHW array."""
-        from PIL import Image
-
-        image = to_rgb(image)
-        w, h = image.size
-        scale = self.resize / min(w, h)
-        new_size = (max(self.crop, round(w * scale)), max(self.crop, round(h * scale)))
-        image = image.resize(new_size, Image.Resampling.BILINEAR)
-        left = (new_size[0] - self.crop) // 2
-        top = (new_size[1] - self.crop) // 2
-        image = image.crop((left, top, left + self.crop, top + self.crop))
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        if self.channel_order == "BGR":
-            array = array[..., ::-1]
-        array = (array - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(array.transpose(2, 0, 1))
-
-
-def to_rgb(image):
-    """Any PIL mode -> 8-bit RGB: 16-bit and float images rescaled, alpha composited on white."""
-    from PIL import Image
-
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), mode="L")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
 
 
 @dataclass
@@ -137,7 +67,7 @@ def decode_image(path: Path, preprocessing: Preprocessing) -> np.ndarray:
                 image.load()
                 return preprocessing.apply(image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(f"cannot decode: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise ValueError(f"cannot decode: {one_line(exc)}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ValueError(f"too large to decode safely ({exc})") from None
 

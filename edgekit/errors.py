@@ -21,6 +21,13 @@ class EdgekitError(Exception):
         return f"{self.message} ({self.hint})" if self.hint else self.message
 
 
+def one_line(exc: BaseException, limit: int = 2000) -> str:
+    """An exception as one line: its first non-empty line, or its type name when it says nothing."""
+    text = str(exc).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
 class BadInput(EdgekitError):
     """Unknown model, unreadable or invalid file, empty calibration set, wrong shapes (exit 2)."""
 

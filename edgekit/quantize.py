@@ -16,6 +16,7 @@ import numpy as np
 
 from edgekit.artifact import (
     artifact_bytes,
+    derived_output,
     load_onnx,
     read_metadata,
     resolve_output,
@@ -23,16 +24,18 @@ from edgekit.artifact import (
     stage_output,
     write_metadata,
 )
-from edgekit.calibration import DEFAULT_CALIBRATION_DIR, CalibrationSet, Preprocessing, build_calibration_set
-from edgekit.compare import DEFAULT_TOLERANCES, OutputMetrics, Tolerance, compare_outputs
-from edgekit.errors import BadInput, CheckFailed
-from edgekit.export import run_onnx
-from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts, static_batch
-from edgekit.targets import Recipe, resolve_recipe
+from edgekit.calibration import DEFAULT_CALIBRATION_DIR, CalibrationSet, build_calibration_set
+from edgekit.compare import REWRITE_TOLERANCE, OutputMetrics, Tolerance, compare_outputs, resolve_tolerance
+from edgekit.errors import BadInput, CheckFailed, one_line
+from edgekit.graph import input_spec, is_quantized, static_batch
+from edgekit.preprocessing import Preprocessing
+from edgekit.provenance import CpuInfo, library_versions, this_cpu
+from edgekit.rewrites import batchnorm_as_depthwise  # noqa: F401  (part of quantize's API)
+from edgekit.runners import padded_batches, run_onnx
+from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
+from edgekit.targets import Int8Judgement, Recipe, judge_int8, resolve_recipe
 
 DEFAULT_SAMPLES = 128
-QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
-                 "QLinearConcat", "QGemm", "QLinearAdd", "DynamicQuantizeLinear"}
 # What ORT really executes after its own graph optimisation: int8 kernels vs float ones.
 INT8_KERNELS = {"Conv": {"QLinearConv", "ConvInteger"}, "Gemm": {"QGemm", "QLinearMatMul", "MatMulInteger"},
                 "Concat": {"QLinearConcat"}}
@@ -68,45 +71,39 @@ class QuantizeResult:
     grouped_convs: int  # of the original model's (the depthwise convs made from BatchNormalization not counted)
     concats: int
     batchnorm_rewritten: int
-    holdout: OutputMetrics
+    holdout: OutputMetrics  # the gated run (see `judgement`)
     metadata: dict
+    cpu: CpuInfo
+    judgement: Int8Judgement
+    holdout_default: OutputMetrics | None = None  # ORT's default kernels on this CPU, when they differ from the gated run
     notes: list[str] = field(default_factory=list)
 
     @property
     def size_ratio(self) -> float:
         return self.fp32_bytes / self.int8_bytes
 
-
-def default_output(parent: Path) -> Path:
-    """exports/<name>.int8.onnx for exports/<name>.onnx."""
-    name = parent.name[: -len(".onnx")] if parent.name.endswith(".onnx") else parent.stem
-    return Path("exports") / f"{name}.int8.onnx"
-
-
-def is_quantized(model) -> bool:
-    """Quantization ops in the graph, or 8-bit weight initializers."""
-    from onnx import TensorProto
-
-    if any(n.op_type in QUANTIZED_OPS for n in model.graph.node):
-        return True
-    return any(t.data_type in (TensorProto.INT8, TensorProto.UINT8) for t in model.graph.initializer)
-
-
-def _float_dtype_ok(model) -> bool:
-    from onnx import TensorProto
-
-    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    return all(i.type.tensor_type.elem_type == TensorProto.FLOAT for i in inputs)
+    def to_dict(self) -> dict:
+        return {
+            "path": str(self.path), "parent": str(self.parent), "recipe": self.recipe.to_dict(), "excluded": self.excluded,
+            "calibration": {**self.calibration.to_metadata(), "description": self.calibration.description,
+                            "holdout": self.calibration.holdout_description},
+            "calibration_seconds": self.calibration_seconds, "fp32_bytes": self.fp32_bytes, "int8_bytes": self.int8_bytes,
+            "size_ratio": self.size_ratio, "ops": self.ops, "coverage": {"int8": self.coverage.int8, "total": self.coverage.total},
+            "grouped_convs": self.grouped_convs, "concats": self.concats, "batchnorm_rewritten": self.batchnorm_rewritten,
+            "holdout": self.holdout.to_dict(), "cpu": self.cpu.to_dict(), "judgement": self.judgement.to_dict(),
+            "holdout_default_kernels": self.holdout_default.to_dict() if self.holdout_default else None,
+            "notes": self.notes, "metadata": self.metadata,
+        }
 
 
 def preprocessing_for(model, metadata: dict | None, path: Path) -> Preprocessing:
     """From the metadata; a foreign file gets ImageNet preprocessing at its static input size."""
     if metadata and "preprocessing" in metadata:
         return Preprocessing.from_dict(metadata["preprocessing"])
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    if len(dims) != 4 or dims[1].dim_value != 3 or dims[2].dim_value < 1 or dims[2].dim_value != dims[3].dim_value:
+    spec = input_spec(model, path)
+    if spec.chw[0] != 3 or spec.spatial is None:
         raise BadInput(f"{path} has no edgekit metadata and its input is not (N, 3, S, S); cannot tell its preprocessing")
-    return Preprocessing.for_input_size(dims[2].dim_value)
+    return Preprocessing.for_input_size(spec.spatial)
 
 
 def resolve_exclusions(model, exclude: list[str]) -> list[str]:
@@ -133,9 +130,7 @@ class _Reader:
     """ORT CalibrationDataReader over preprocessed tensors, one static batch at a time."""
 
     def __init__(self, input_name: str, tensors: np.ndarray, batch: int | None, on_progress=None):
-        from edgekit.calibration import batches
-
-        self._batches = list(batches(tensors, batch)) if batch else [tensors]
+        self._batches = [chunk for chunk, _real in padded_batches(tensors, batch)]
         self._input = input_name
         self._i = 0
         self._on_progress = on_progress
@@ -151,48 +146,6 @@ class _Reader:
 
     def rewind(self):
         self._i = 0
-
-
-def batchnorm_as_depthwise(model) -> int:
-    """Rewrite each 4-D BatchNormalization (inference form) as the depthwise 1x1 Conv it equals:
-    weight gamma/sqrt(var+eps) per channel, bias beta - weight*mean. Returns how many were rewritten.
-
-    Run after ORT's pre-processing, which has already folded every BN that follows a Conv; what is
-    left (DenseNet's pre-activation BN after each Concat) has no int8 kernel, but a depthwise
-    QLinearConv does.
-    """
-    from onnx import helper, numpy_helper
-
-    initializers = {t.name: t for t in model.graph.initializer}
-    rewritten = 0
-    nodes = []
-    for node in model.graph.node:
-        params = node.input[1:5]
-        if node.op_type != "BatchNormalization" or len(node.output) != 1 or not all(p in initializers for p in params):
-            nodes.append(node)
-            continue
-        scale, bias, mean, var = (numpy_helper.to_array(initializers[p]).astype(np.float64) for p in params)
-        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
-        weight = scale / np.sqrt(var + eps)
-        channels = len(weight)
-        base = (node.name or node.output[0]) + "_as_depthwise"
-        model.graph.initializer.extend([
-            numpy_helper.from_array(weight.reshape(channels, 1, 1, 1).astype(np.float32), base + ".weight"),
-            numpy_helper.from_array((bias - weight * mean).astype(np.float32), base + ".bias"),
-        ])
-        nodes.append(helper.make_node(
-            "Conv", [node.input[0], base + ".weight", base + ".bias"], list(node.output),
-            name=base, group=channels, kernel_shape=[1, 1],
-        ))
-        rewritten += 1
-    if rewritten:
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-        used = {name for n in model.graph.node for name in n.input}
-        kept = [t for t in model.graph.initializer if t.name in used]
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(kept)
-    return rewritten
 
 
 def int8_coverage(path: Path, workdir: Path) -> tuple[Coverage, dict[str, int]]:
@@ -221,12 +174,14 @@ def quantize(
     augment: bool = False,
     seed: int = 0,
     output: Path | None = None,
-    tolerance: Tolerance | None = None,
+    min_top1_agreement: float | None = None,
+    min_sqnr: float | None = None,
     on_stage: Callable[[str], None] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> QuantizeResult:
     """Quantize an fp32 ONNX file to int8; nothing is written unless every check passes."""
     model_path = Path(model_path)
+    tolerance, _source = resolve_tolerance("int8", min_top1_agreement=min_top1_agreement, min_sqnr=min_sqnr)
     stage = on_stage or (lambda _s: None)
     progress = on_progress or (lambda *_a: None)
     model = load_onnx(model_path)
@@ -234,11 +189,11 @@ def quantize(
     if is_quantized(model) or (metadata and metadata.get("precision", "fp32") != "fp32"):
         raise BadInput(f"{model_path} is already quantized ({(metadata or {}).get('precision', 'int8')})",
                        hint="quantize the fp32 file it came from")
-    if not _float_dtype_ok(model):
+    if input_spec(model, model_path).dtype != "float32":
         raise BadInput(f"{model_path} does not take fp32 inputs; edgekit quantizes fp32 models only")
     recipe = resolve_recipe(target, method, per_channel)
     preprocessing = preprocessing_for(model, metadata, model_path)
-    final = resolve_output(output, default_output(model_path))
+    final = resolve_output(output, derived_output(model_path, "int8"))
     if final.resolve() == model_path.resolve():
         raise BadInput(f"output {final} is the input file itself", hint="choose another -o")
     excluded = resolve_exclusions(model, exclude or [])
@@ -247,7 +202,7 @@ def quantize(
         with tempfile.TemporaryDirectory(prefix="edgekit-quantize-") as tmp:
             result = _quantize_staged(
                 model_path, model, metadata, recipe, preprocessing, excluded, calibration, samples, augment, seed,
-                staged, Path(tmp), tolerance or DEFAULT_TOLERANCES["int8"], stage, progress,
+                staged, Path(tmp), tolerance, stage, progress, target.lower(),
             )
         staged.commit()
         return result
@@ -258,7 +213,7 @@ def quantize(
 
 def _quantize_staged(
     model_path, model, metadata, recipe: Recipe, preprocessing, excluded, calibration, samples, augment, seed,
-    staged, workdir: Path, tolerance: Tolerance, stage, progress,
+    staged, workdir: Path, tolerance: Tolerance, stage, progress, explicit_target: str,
 ) -> QuantizeResult:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -281,7 +236,7 @@ def _quantize_staged(
         # pre-processing copies a path into a temp folder without its external data file.
         quant_pre_process(model, str(pre), skip_symbolic_shape=True)
     except Exception as exc:
-        raise CheckFailed(f"ONNX Runtime's quantization pre-processing failed on {model_path}: {str(exc).splitlines()[0][:200]}") from exc
+        raise CheckFailed(f"ONNX Runtime's quantization pre-processing failed on {model_path}: {one_line(exc, 200)}") from exc
     pre_model = onnx.load(str(pre))
     want_grouped = onnx_grouped_conv_count(model)
     want_concats = onnx_concat_count(model)
@@ -293,7 +248,7 @@ def _quantize_staged(
         probe = calib.holdout[: min(4, len(calib.holdout))]
         before = run_onnx(pre, probe, batch)
         onnx.save(pre_model, str(pre))
-        drift = compare_outputs(before, run_onnx(pre, probe, batch), model.graph.output[0].name, Tolerance(atol=1e-4, rtol=1e-4))
+        drift = compare_outputs(before, run_onnx(pre, probe, batch), model.graph.output[0].name, REWRITE_TOLERANCE)
         if not drift.passed:
             raise CheckFailed(f"rewriting BatchNormalization as depthwise Conv changed the outputs: {'; '.join(drift.failures)}")
 
@@ -323,7 +278,7 @@ def _quantize_staged(
                 extra_options=extra,
             )
     except Exception as exc:
-        raise CheckFailed(f"quantize_static failed on {model_path}: {str(exc).splitlines()[0][:200]}") from exc
+        raise CheckFailed(f"quantize_static failed on {model_path}: {one_line(exc, 200)}") from exc
     calibration_seconds = time.perf_counter() - started
 
     stage("checks")
@@ -352,33 +307,49 @@ def _quantize_staged(
         "precision": "int8",
         "parent": {"file": model_path.name, "sha256": sha256_file(model_path), "metadata": bool(metadata)},
         "calibration": calib.to_metadata(),
-        "recipe": {**recipe.to_dict(), "format": "QDQ", "excluded_nodes": excluded, "batchnorm_rewritten": bn_rewritten},
+        "recipe": {
+            **recipe.to_dict(), "format": "QDQ", "excluded_nodes": excluded, "batchnorm_rewritten": bn_rewritten,
+            "session_options": recipe.session_options(),
+        },
     }
     if not metadata:
         new_meta["preprocessing"] = preprocessing.to_dict()
-    from edgekit.export import library_versions
     new_meta["versions"] = library_versions()
     write_metadata(quantized, new_meta)
     staged.save(quantized)
 
     # Everything below runs on the staged file: what will ship.
     coverage, _optimized_ops = int8_coverage(staged.path, workdir)
+    cpu = this_cpu()
+    # an explicit --target says where the file will run; `auto` is this CPU
+    judgement = judge_int8(new_meta["recipe"], cpu, None if explicit_target == "auto" else explicit_target)
+    if judgement.note:
+        notes.append(judgement.note)
+    output_name = model.graph.output[0].name
     fp32_out = run_onnx(model_path, calib.holdout, batch)
-    int8_out = run_onnx(staged.path, calib.holdout, batch)
-    holdout = compare_outputs(fp32_out, int8_out, model.graph.output[0].name, tolerance)
+    holdout = compare_outputs(fp32_out, run_onnx(staged.path, calib.holdout, batch, judgement.gate_session), output_name, tolerance)
+    holdout_default = None
+    if judgement.gate_session is not None and judgement.also_default:
+        holdout_default = compare_outputs(fp32_out, run_onnx(staged.path, calib.holdout, batch), output_name, tolerance)
     if not holdout.passed:
         raise CheckFailed(
-            f"int8 model is not accurate enough against fp32 on {calib.holdout_description}: "
-            + "; ".join(holdout.failures)
+            f"int8 model is not accurate enough against fp32 on {calib.holdout_description}"
+            + (" (run with session.x64quantprecision=1, as its target computes)" if judgement.gate_session else "")
+            + ": " + "; ".join(holdout.failures)
             + "; nothing was written",
             hint="try --method entropy/percentile, more calibration data, or --exclude the sensitive nodes",
         )
     new_meta["quantization_report"] = {
         "holdout_top1_agreement": holdout.top1_agreement,
         "holdout_sqnr_db": holdout.sqnr_db,
+        "gated_session_options": judgement.gate_session or {},
+        "cpu": cpu.to_dict(),
         "coverage_int8": coverage.int8,
         "coverage_total": coverage.total,
     }
+    if holdout_default is not None:
+        new_meta["quantization_report"]["holdout_sqnr_db_default_kernels"] = holdout_default.sqnr_db
+        new_meta["quantization_report"]["holdout_top1_agreement_default_kernels"] = holdout_default.top1_agreement
     write_metadata(quantized, new_meta)
     staged.save(quantized)
     fp32_bytes = artifact_bytes(model_path)
@@ -399,6 +370,9 @@ def _quantize_staged(
         batchnorm_rewritten=bn_rewritten,
         holdout=holdout,
         metadata=new_meta,
+        cpu=cpu,
+        judgement=judgement,
+        holdout_default=holdout_default,
         notes=notes,
     )
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import BadInput, EdgekitError, ProviderUnavailable
+from edgekit.errors import BadInput, CheckFailed, ProviderUnavailable, one_line
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -112,7 +112,8 @@ class Session:
         try:
             return self.session.run(None, inputs)
         except Exception as exc:
-            raise EdgekitError(f"ONNX Runtime failed to run the model on {self.ran_on}: {str(exc).splitlines()[0]}") from exc
+            # the file loaded but does not run: a failed check (exit 1), not bad input
+            raise CheckFailed(f"ONNX Runtime failed to run the model on {self.ran_on}: {one_line(exc, 300)}") from exc
 
 
 def placement_from_trace(events: list[dict]) -> dict[str, dict[str, int]]:
@@ -270,7 +271,14 @@ def create_session(
             log = printed.getvalue() + "".join(captured)
     except Exception as exc:
         where = model if isinstance(model, Path) else "the model"
-        raise BadInput(f"ONNX Runtime cannot load {where}: {str(exc).strip().splitlines()[0][:300]}") from None
+        text = one_line(exc, 300)
+        if provider != "cpu" and re.search(r"provider|cuda|cudnn|tensorrt|\.so|dll|library", text, re.IGNORECASE):
+            # the GPU provider's own libraries failed to load: the environment, not the file
+            raise ProviderUnavailable(
+                f"{provider.upper()} could not be loaded: {text}",
+                hint="install the provider's libraries, or pass --allow-fallback to run on CPU and say so",
+            ) from None
+        raise BadInput(f"ONNX Runtime cannot load {where}: {text}") from None
     actual = session.get_providers()
     if wanted in actual:
         return Session(session, provider, actual, fell_back=False, profiling=enable_profiling)

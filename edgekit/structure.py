@@ -41,12 +41,6 @@ def _concat_arity(node) -> int:
     return len(node.input)
 
 
-def static_batch(model) -> int | None:
-    """The fixed batch size of the model's first input, or None when that axis is dynamic."""
-    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
-    return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
-
-
 def torch_grouped_conv_count(model) -> int:
     """nn.Conv2d modules with groups > 1."""
     from torch import nn

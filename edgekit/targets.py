@@ -11,11 +11,15 @@ Why each choice (field-notes.md, ONNX Runtime's quantize_static guidance):
 
 from __future__ import annotations
 
-import platform
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from edgekit.errors import BadInput
+from edgekit.provenance import CpuInfo, this_cpu
+
+
+# ORT's session option that makes the AVX2 u8s8 kernels accumulate exactly (in int32), as a VNNI
+# or ARM CPU does by default; slower on AVX2 (field-notes: 1.22x instead of 1.65x for resnet18).
+EXACT_INT8_SESSION = {"session.x64quantprecision": "1"}
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,12 @@ class Recipe:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def session_options(self) -> dict[str, dict[str, str]]:
+        """The ORT session options a file of this recipe needs, per kind of CPU (recorded in its metadata)."""
+        if self.reduce_range:
+            return {}
+        return {"x86 without VNNI": dict(EXACT_INT8_SESSION)}
 
 
 RECIPES: dict[str, Recipe] = {
@@ -61,30 +71,58 @@ RECIPES: dict[str, Recipe] = {
 TARGETS = ("auto", *RECIPES)
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
-    """The feature flags of the first CPU in /proc/cpuinfo (empty where there is none)."""
-    try:
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def detect_target(machine: str | None = None, flags: set[str] | None = None) -> str:
-    """The recipe for this CPU: x86 with VNNI, x86 with AVX2, arm64, else generic."""
-    machine = (machine or platform.machine()).lower()
-    flags = cpu_flags() if flags is None else flags
-    if machine in ("x86_64", "amd64", "i686", "x86"):
-        if flags & {"avx512_vnni", "avx_vnni", "amx_int8", "avx512vnni"}:
+def detect_target(machine: str | None = None, flags: set[str] | None = None, cpu: CpuInfo | None = None) -> str:
+    """The recipe for a CPU (default: this one): x86 with VNNI, x86 with AVX2, arm64, else generic."""
+    if cpu is None:
+        here = this_cpu()
+        cpu = CpuInfo(machine or here.machine, here.model, frozenset(here.flags if flags is None else flags), here.faked)
+    if cpu.is_x86:
+        if cpu.has_vnni:
             return "x86-vnni"
-        if "avx2" in flags:
-            return "x86-avx2"
-        return "generic"
-    if machine in ("aarch64", "arm64"):
-        return "arm64"
-    return "generic"
+        return "x86-avx2" if "avx2" in cpu.flags else "generic"
+    return "arm64" if cpu.is_arm64 else "generic"
+
+
+def saturates_on(recipe: dict, cpu: CpuInfo) -> bool:
+    """Whether ORT's default int8 kernels on `cpu` can saturate on a file made with `recipe`:
+    full 8-bit weights (no reduce_range) on an x86 CPU without VNNI."""
+    return cpu.int8_saturates and not bool(recipe.get("reduce_range", False))
+
+
+@dataclass(frozen=True)
+class Int8Judgement:
+    """How an int8 file is run for its accuracy gates on this CPU, and why."""
+
+    gate_session: dict[str, str] | None  # session config of the gated run (None: ORT's defaults)
+    also_default: bool  # also run ORT's default kernels, to measure this CPU's saturation
+    for_this_cpu: bool  # the file's target is this CPU's
+    note: str | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def judge_int8(recipe: dict | None, cpu: CpuInfo, meant_for: str | None = None) -> Int8Judgement:
+    """Which kernels an int8 file's gates run on here.
+
+    `meant_for`: the target the user says the file is for (None: this CPU). On a CPU whose default
+    kernels can saturate the file, a file meant for another target is judged the way that target
+    computes (exact int32 accumulation) and this CPU's default kernels are measured beside it; a file
+    meant for this CPU is judged by what this CPU computes by default, exact accumulation beside it.
+    """
+    recipe = recipe or {}
+    here = detect_target(cpu=cpu)
+    for_here = meant_for is None or meant_for == here
+    if not saturates_on(recipe, cpu):
+        return Int8Judgement(None, False, for_here, None)
+    if for_here:
+        return Int8Judgement(None, True, True, None)
+    note = (
+        f"this CPU ({cpu.kind()}) can saturate int8 files with 8-bit weights in ORT's default kernels; the file "
+        f"is meant for {meant_for}, so its gates run with session.x64quantprecision=1 (exact int32 accumulation, "
+        f"what {meant_for} computes), and this CPU's default kernels are measured beside it"
+    )
+    return Int8Judgement(dict(EXACT_INT8_SESSION), True, False, note)
 
 
 def resolve_recipe(

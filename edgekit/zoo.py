@@ -19,19 +19,40 @@ class ModelFacts:
     concats: int
 
 
+def _meta_model(name: str, num_classes: int | None = None):
+    """The architecture on the meta device (shapes only: instant, no memory for weights), in eval mode."""
+    import torch
+
+    from edgekit.models.blocks import materialize
+
+    spec = get_spec(name)
+    with torch.device("meta"):
+        return materialize(spec.builder(num_classes or spec.default_num_classes)).eval()
+
+
+def model_macs(name: str, num_classes: int | None, input_size: int) -> int:
+    """Multiply-accumulates of one image through a registered model at `input_size`."""
+    import torch
+
+    from edgekit.structure import count_macs
+
+    model = _meta_model(name, num_classes)
+    with torch.device("meta"):
+        return count_macs(model, input_size)
+
+
 def describe_models() -> list[ModelFacts]:
     """Params, MACs, grouped convs and concats of every registered model, built on the meta device
     (shapes only: instant, no memory for weights)."""
     import torch
 
-    from edgekit.models.blocks import materialize
     from edgekit.structure import count_macs, torch_structure
 
     facts = []
     for spec in list_models():
+        model = _meta_model(spec.name)  # eval: no BN statistics to compute
+        size = spec.default_input_size
         with torch.device("meta"):
-            model = materialize(spec.builder(spec.default_num_classes)).eval()  # eval: no BN statistics to compute
-            size = spec.default_input_size
             structure = torch_structure(model, torch.zeros(1, 3, size, size))
             macs = count_macs(model, size)
         facts.append(
@@ -42,15 +63,10 @@ def describe_models() -> list[ModelFacts]:
 
 def layer_summary(name: str, input_size: int | None = None, num_classes: int | None = None, depth: int = 3) -> str:
     """torchinfo's table for one model at (1, 3, size, size)."""
-    import torch
     import torchinfo
-
-    from edgekit.models.blocks import materialize
 
     spec = get_spec(name)
     size = input_size or spec.default_input_size
-    with torch.device("meta"):
-        model = materialize(spec.builder(num_classes or spec.default_num_classes))
-    model = model.to_empty(device="cpu").eval()
+    model = _meta_model(name, num_classes).to_empty(device="cpu")
     stats = torchinfo.summary(model, input_size=(1, 3, size, size), depth=depth, verbose=0, device="cpu")
     return str(stats)

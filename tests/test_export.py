@@ -227,7 +227,7 @@ def test_weights_checkpoint_dict_and_safetensors(tmp_path):
     save_file({k: v.contiguous() for k, v in state.items()}, str(st))
     a = export("textbook_resnet18", input_size=SMALL, weights=ckpt, output=tmp_path / "a.onnx")
     b = export("textbook_resnet18", input_size=SMALL, weights=st, output=tmp_path / "b.onnx")
-    from edgekit.export import run_onnx
+    from edgekit.runners import run_onnx
 
     x = np.random.default_rng(0).standard_normal((2, 3, SMALL, SMALL)).astype(np.float32)
     np.testing.assert_allclose(run_onnx(a.path, x, 1), run_onnx(b.path, x, 1), atol=1e-5)

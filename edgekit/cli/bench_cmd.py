@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -10,24 +9,29 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgekit.cli.app import app, console, err_console, handle_errors, human_bytes
+from edgekit.cli import options
+from edgekit.cli.app import app, console, err_console, escape, handle_errors, human_bytes, print_json, write_json_report
 
 
 @app.command("bench")
 @handle_errors
 def bench_command(
     files: Annotated[list[Path], typer.Argument(help="ONNX files; ratios are against the first (or PyTorch with --torch)")],
-    providers: Annotated[str | None, typer.Option("--providers", help="cpu,cuda,tensorrt (default: cpu, + cuda when usable)")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="intra-op threads (default: all cores)")] = None,
-    batch: Annotated[int, typer.Option("--batch")] = 1,
-    warmup: Annotated[int, typer.Option("--warmup")] = 5,
-    runs: Annotated[int, typer.Option("--runs", help="timed runs per candidate")] = 30,
-    seconds: Annotated[float | None, typer.Option("--seconds", help="keep timing whole rounds until this budget is spent")] = None,
+    providers: options.Providers = None,
+    threads: options.Threads = None,
+    batch: options.Batch = 1,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, max=10_000)] = 5,
+    runs: Annotated[int, typer.Option("--runs", min=1, max=1_000_000, help="timed runs per candidate")] = 30,
+    seconds: Annotated[
+        float | None,
+        typer.Option("--seconds", callback=options.between(0.0, 86_400.0), help="keep timing whole rounds until this budget is spent"),
+    ] = None,
     torch: Annotated[bool, typer.Option("--torch", help="also time the PyTorch eager model rebuilt from the metadata")] = False,
     spin: Annotated[
         bool, typer.Option("--spin", help="let ORT threads spin between runs (faster back-to-back, unfair when interleaved)")
     ] = False,
-    report: Annotated[Path | None, typer.Option("--report", help="write all numbers as JSON")] = None,
+    report: options.Report = None,
+    json_output: options.Json = False,
 ) -> None:
     """Latency (p50/p90/mean), throughput, size and memory side by side, against this machine's sgemm peak."""
     from edgekit.bench import bench
@@ -47,12 +51,14 @@ def bench_command(
             spin=spin,
             on_progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
+    if report is not None:
+        write_json_report(report, result)
+    if json_output:
+        print_json(result)
+        return
     render_bench(result)
     if report is not None:
-        from edgekit.artifact import write_text_atomic
-
-        write_text_atomic(report, json.dumps(result.to_dict(), indent=2))
-        console.print(f"report: {report}")
+        console.print(f"report: {escape(str(report))}")
 
 
 def render_bench(result) -> None:

@@ -9,66 +9,89 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgekit.cli.app import app, console, err_console, handle_errors, human_bytes
+from edgekit.cli import options
+from edgekit.cli.app import app, console, err_console, escape, handle_errors, human_bytes, print_json
+from edgekit.export import DEFAULT_EXPORTER, DEFAULT_OPSET, EXPORTERS
+from edgekit.preprocessing import CHANNELS, INTERPOLATIONS
 
-
-class Exporter(str, Enum):
-    torchscript = "torchscript"
-    dynamo = "dynamo"
+Exporter = Enum("Exporter", {name: name for name in EXPORTERS}, type=str)
+Interpolation = Enum("Interpolation", {name: name for name in INTERPOLATIONS}, type=str)
+Channels = Enum("Channels", {name: name for name in CHANNELS}, type=str)
 
 
 @app.command("export")
 @handle_errors
 def export_command(
     model: Annotated[str, typer.Argument(help="model name or alias (see `edgekit models`)")],
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset of the file; checked, never silently changed")] = 17,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset of the file; checked, never silently changed")] = DEFAULT_OPSET,
     input_size: Annotated[int | None, typer.Option("--input-size", help="height = width (default: the model's, 224)")] = None,
-    batch: Annotated[int, typer.Option("--batch", help="static batch size")] = 1,
+    batch: options.Batch = 1,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="make the batch axis dynamic")] = False,
-    num_classes: Annotated[int | None, typer.Option("--num-classes", help="default: the model's, or the weights file's")] = None,
-    weights: Annotated[
-        Path | None, typer.Option("--weights", help="state_dict / checkpoint (.pt, .pth, .safetensors)", dir_okay=False)
+    num_classes: Annotated[
+        int | None, typer.Option("--num-classes", min=1, max=100_000, help="default: the model's, or the weights file's")
     ] = None,
-    pretrained: Annotated[bool, typer.Option("--pretrained", help="torchvision weights from the local torch hub cache")] = False,
-    seed: Annotated[int, typer.Option("--seed", help="seed of the random weights")] = 0,
-    exporter: Annotated[Exporter, typer.Option("--exporter", case_sensitive=False)] = Exporter.torchscript,
+    weights: options.Weights = None,
+    pretrained: options.Pretrained = False,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=options.MAX_SEED, help="seed of the random weights")] = 0,
+    exporter: Annotated[Exporter, typer.Option("--exporter", case_sensitive=False)] = Exporter(DEFAULT_EXPORTER),
     no_simplify: Annotated[bool, typer.Option("--no-simplify", help="skip onnxsim")] = False,
-    images: Annotated[
-        Path | None, typer.Option("--images", help="photos for the check against PyTorch (default: calibration/)")
+    images: options.Images = None,
+    resize: Annotated[
+        str | None, typer.Option("--resize", help="shorter side before the centre crop, or 'none' (resize straight to the crop)")
     ] = None,
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="file or folder (default exports/<model>.onnx)")] = None,
+    crop: Annotated[int | None, typer.Option("--crop", help="centre crop = the model's input size (default: --input-size)")] = None,
+    mean: Annotated[str | None, typer.Option("--mean", help="per-channel mean on 0..1 pixels, e.g. 0.485,0.456,0.406")] = None,
+    std: Annotated[str | None, typer.Option("--std", help="per-channel std, e.g. 0.229,0.224,0.225")] = None,
+    interpolation: Annotated[Interpolation | None, typer.Option("--interpolation", case_sensitive=False)] = None,
+    channels: Annotated[Channels | None, typer.Option("--channels", case_sensitive=False, help="channel order / gray")] = None,
+    input_channels: Annotated[
+        int | None, typer.Option("--input-channels", min=1, max=3, help="with --channels gray: 1, or 3 (gray replicated)")
+    ] = None,
+    preprocessing_file: Annotated[
+        Path | None,
+        typer.Option("--preprocessing", dir_okay=False, help="JSON file with all of the above (options given override it)"),
+    ] = None,
+    output: options.Output = None,
+    json_output: options.Json = False,
 ) -> None:
     """Build MODEL in PyTorch, export it to ONNX, simplify it, check it against PyTorch, write it."""
     from edgekit.export import export
+    from edgekit.models.registry import get_spec
+    from edgekit.preprocessing import Preprocessing
 
+    declared = any(v is not None for v in (resize, crop, mean, std, interpolation, channels, input_channels, preprocessing_file))
+    preprocessing = None
+    if declared:
+        size = input_size or crop or get_spec(model).default_input_size
+        preprocessing = Preprocessing.from_options(
+            size, resize=resize, crop=crop, mean=mean, std=std,
+            interpolation=interpolation.value if interpolation else None, channels=channels.value if channels else None,
+            input_channels=input_channels, file=preprocessing_file,
+        )
+        input_size = input_size or preprocessing.crop
     with err_console.status("exporting") as status:
         result = export(
-            model,
-            opset=opset,
-            input_size=input_size,
-            batch=batch,
-            dynamic_batch=dynamic_batch,
-            num_classes=num_classes,
-            weights=weights,
-            pretrained=pretrained,
-            seed=seed,
-            exporter=exporter.value,
-            simplify_graph=not no_simplify,
-            output=output,
-            images=images,
+            model, opset=opset, input_size=input_size, batch=batch, dynamic_batch=dynamic_batch,
+            num_classes=num_classes, weights=weights, pretrained=pretrained, seed=seed, exporter=exporter.value,
+            simplify_graph=not no_simplify, output=output, images=images, preprocessing=preprocessing,
             on_stage=lambda stage: status.update(f"{model}: {stage}"),
         )
-    render_export(result)
+    if json_output:
+        print_json(result)
+    else:
+        render_export(result)
 
 
 def render_export(result) -> None:
+    from edgekit.preprocessing import Preprocessing
+
     meta = result.metadata
     console.print(
-        f"[bold green]wrote[/] {result.path}  ({human_bytes(result.file_bytes)}, opset {meta['opset']}, "
+        f"[bold green]wrote[/] {escape(str(result.path))}  ({human_bytes(result.file_bytes)}, opset {meta['opset']}, "
         f"{meta['exporter']} exporter, {'simplified' if result.simplified else 'not simplified'})"
     )
     for note in result.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(f"[yellow]note:[/] {escape(note)}")
 
     ops = Table(title="ONNX nodes", show_edge=False)
     ops.add_column("op")
@@ -86,12 +109,13 @@ def render_export(result) -> None:
     facts.add_row("params", f"{structure.params:,}")
     facts.add_row("grouped convs (PyTorch / ONNX)", f"{structure.grouped_convs} / {result.grouped_convs}")
     facts.add_row("concatenations (PyTorch / ONNX)", f"{structure.concats} / {result.concats}")
-    facts.add_row("weights", _weights_text(meta["weights"]))
+    facts.add_row("weights", escape(_weights_text(meta["weights"])))
+    facts.add_row("preprocessing", escape(Preprocessing.from_dict(meta["preprocessing"]).describe()))
     vs = result.vs_torch
     facts.add_row(
         "vs PyTorch (ORT CPU)",
         f"max abs {vs.max_abs:.2e}, mean abs {vs.mean_abs:.2e}, top-1 agreement {vs.top1_agreement:.0%}, "
-        f"SQNR {vs.sqnr_db:.1f} dB on {result.check_inputs}",
+        f"SQNR {vs.sqnr_db:.1f} dB on {escape(result.check_inputs)}",
     )
     facts.add_row("time per stage", ", ".join(f"{k} {v:.2f}s" for k, v in result.stage_seconds.items()))
     console.print(facts)

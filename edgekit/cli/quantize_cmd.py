@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -10,21 +9,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgekit.cli.app import app, console, err_console, handle_errors, human_bytes
-
-
-class Method(str, Enum):
-    minmax = "minmax"
-    entropy = "entropy"
-    percentile = "percentile"
-
-
-class Target(str, Enum):
-    auto = "auto"
-    x86_avx2 = "x86-avx2"
-    x86_vnni = "x86-vnni"
-    arm64 = "arm64"
-    generic = "generic"
+from edgekit.cli import options
+from edgekit.cli.app import app, console, err_console, escape, handle_errors, human_bytes, print_json
+from edgekit.quantize import DEFAULT_SAMPLES
 
 
 @app.command("quantize")
@@ -34,9 +21,11 @@ def quantize_command(
     calibration: Annotated[
         Path | None, typer.Option("--calibration", help="image folder or .npz/.npy of preprocessed tensors (default: calibration/)")
     ] = None,
-    samples: Annotated[int, typer.Option("--samples", help="calibration samples, picked deterministically")] = 128,
-    method: Annotated[Method | None, typer.Option("--method", case_sensitive=False, help="default: the target's")] = None,
-    target: Annotated[Target, typer.Option("--target", case_sensitive=False, help="auto reads this CPU's flags")] = Target.auto,
+    samples: Annotated[
+        int, typer.Option("--samples", min=1, max=100_000, help="calibration samples, picked deterministically")
+    ] = DEFAULT_SAMPLES,
+    method: Annotated[options.Method | None, typer.Option("--method", case_sensitive=False, help="default: the target's")] = None,
+    target: options.TargetOption = options.Target.auto,
     per_channel: Annotated[
         bool | None, typer.Option("--per-channel/--per-tensor", help="weight scales (default: the target's)")
     ] = None,
@@ -44,24 +33,14 @@ def quantize_command(
         list[str] | None, typer.Option("--exclude", help="node name or op type to keep in float (repeatable)")
     ] = None,
     augment: Annotated[bool, typer.Option("--augment", help="fill up to --samples with seeded crops and flips")] = False,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    min_top1_agreement: Annotated[
-        float | None, typer.Option("--min-top1-agreement", help="gate on held-out images (default 0.5)")
-    ] = None,
-    min_sqnr: Annotated[float | None, typer.Option("--min-sqnr", help="gate on held-out logits, dB (default 10)")] = None,
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="default exports/<name>.int8.onnx")] = None,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=options.MAX_SEED, help="seed of the calibration pick")] = 0,
+    min_top1_agreement: options.MinTop1 = None,
+    min_sqnr: options.MinSqnr = None,
+    output: options.Output = None,
+    json_output: options.Json = False,
 ) -> None:
     """Static INT8 quantization (QDQ) with calibration data and a recipe for the target CPU."""
-    from dataclasses import replace
-
-    from edgekit.compare import DEFAULT_TOLERANCES
     from edgekit.quantize import quantize
-
-    tolerance = DEFAULT_TOLERANCES["int8"]
-    if min_top1_agreement is not None:
-        tolerance = replace(tolerance, min_top1_agreement=min_top1_agreement)
-    if min_sqnr is not None:
-        tolerance = replace(tolerance, min_sqnr_db=min_sqnr)
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
@@ -84,18 +63,22 @@ def quantize_command(
             augment=augment,
             seed=seed,
             output=output,
-            tolerance=tolerance,
+            min_top1_agreement=min_top1_agreement,
+            min_sqnr=min_sqnr,
             on_stage=lambda s: bar.update(stage_task, description=f"quantize: {s}"),
             on_progress=on_progress,
         )
-    render_quantize(result)
+    if json_output:
+        print_json(result)
+    else:
+        render_quantize(result)
 
 
 def render_quantize(result) -> None:
     r = result.recipe
-    console.print(f"[bold green]wrote[/] {result.path}  (int8, QDQ, target {r.target})")
+    console.print(f"[bold green]wrote[/] {escape(str(result.path))}  (int8, QDQ, target {r.target})")
     for note in result.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(f"[yellow]note:[/] {escape(note)}")
     table = Table(show_header=False, show_edge=False)
     table.add_column("what")
     table.add_column("value")
@@ -119,11 +102,20 @@ def render_quantize(result) -> None:
             "BatchNormalization",
             f"{result.batchnorm_rewritten} not foldable into a conv: rewritten as depthwise 1x1 Conv to run in int8",
         )
-    table.add_row("calibration", f"{result.calibration.description}; {result.calibration_seconds:.1f}s")
+    table.add_row("calibration", escape(f"{result.calibration.description}; {result.calibration_seconds:.1f}s"))
     h = result.holdout
     table.add_row(
         "vs fp32 on held-out data",
         f"top-1 agreement {h.top1_agreement:.1%}, top-5 {h.top5_agreement:.1%}, SQNR {h.sqnr_db:.1f} dB, "
-        f"cosine {h.cosine:.4f} ({result.calibration.holdout_description})",
+        f"cosine {h.cosine:.4f} ({escape(result.calibration.holdout_description)})"
+        + (" [x64quantprecision=1, as its target computes]" if result.judgement.gate_session else ""),
     )
+    if result.holdout_default is not None:
+        d = result.holdout_default
+        table.add_row(
+            "this CPU's default int8 kernels",
+            f"top-1 agreement {d.top1_agreement:.1%}, SQNR {d.sqnr_db:.1f} dB ({result.cpu.kind()}; not the file's target)",
+        )
+    if result.metadata.get("weights", {}).get("kind") == "random":
+        table.add_row("note", "random weights: these figures show the file computes what fp32 does; they do not predict accuracy")
     console.print(table)

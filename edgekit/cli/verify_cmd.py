@@ -7,51 +7,62 @@ from typing import Annotated
 
 import typer
 
-from edgekit.cli.app import app, console, err_console, handle_errors
+from edgekit.cli import options
+from edgekit.cli.app import app, console, err_console, escape, handle_errors, print_json
+from edgekit.verify.inputs import DEFAULT_RANDOM_INPUTS
 
 
 @app.command("verify")
 @handle_errors
 def verify_command(
     model_file: Annotated[Path, typer.Argument(help="the .onnx file to verify")],
-    providers: Annotated[
-        str | None,
-        typer.Option("--providers", help="comma-separated: cpu,cuda,tensorrt (default: cpu, plus cuda when a CUDA device is usable)"),
-    ] = None,
+    providers: options.Providers = None,
     allow_fallback: Annotated[
         bool, typer.Option("--allow-fallback", help="a provider that does not start runs on CPU and the report says so (else exit 3)")
     ] = False,
-    images: Annotated[Path | None, typer.Option("--images", help="photos to compare on (default: the bundled calibration/)")] = None,
+    images: options.Images = None,
     inputs: Annotated[
         Path | None, typer.Option("--inputs", help=".npz/.npy of preprocessed (N, C, H, W) tensors (instead of the default photos)", dir_okay=False)
     ] = None,
-    random_inputs: Annotated[int, typer.Option("--random-inputs", help="seeded standard-normal inputs added (0: none)")] = 4,
-    seed: Annotated[int, typer.Option("--seed", help="seed of the random inputs (and of random weights with --model)")] = 0,
+    random_inputs: Annotated[
+        int, typer.Option("--random-inputs", min=0, max=10_000, help="seeded standard-normal inputs added (0: none)")
+    ] = DEFAULT_RANDOM_INPUTS,
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, max=options.MAX_SEED, help="seed of the random inputs (and of random weights with --model)")
+    ] = 0,
     model: Annotated[str | None, typer.Option("--model", help="the model a file without edgekit metadata was exported from")] = None,
-    weights: Annotated[
-        Path | None, typer.Option("--weights", help="its weights file (sha256 checked against the file's metadata)", dir_okay=False)
+    weights: options.Weights = None,
+    pretrained: options.Pretrained = False,
+    atol: Annotated[
+        float | None, typer.Option("--atol", callback=options.between(0.0, 1e6), help="elementwise absolute tolerance (fp32 default 1e-4)")
     ] = None,
-    pretrained: Annotated[bool, typer.Option("--pretrained", help="with --model: torchvision weights from the local hub cache")] = False,
-    atol: Annotated[float | None, typer.Option("--atol", help="elementwise absolute tolerance (fp32 default 1e-4)")] = None,
-    rtol: Annotated[float | None, typer.Option("--rtol", help="elementwise relative tolerance (fp32 default 1e-3)")] = None,
-    min_top1_agreement: Annotated[
-        float | None, typer.Option("--min-top1-agreement", help="fraction of samples whose top-1 must match PyTorch's (0..1)")
+    rtol: Annotated[
+        float | None, typer.Option("--rtol", callback=options.between(0.0, 1e6), help="elementwise relative tolerance (fp32 default 1e-3)")
     ] = None,
-    min_sqnr: Annotated[float | None, typer.Option("--min-sqnr", help="minimum SQNR of the outputs, dB")] = None,
+    min_top1_agreement: options.MinTop1 = None,
+    min_sqnr: options.MinSqnr = None,
     dataset: Annotated[
         Path | None, typer.Option("--dataset", help="labelled images, one sub-folder per class (ImageFolder): top-1 accuracy")
     ] = None,
     max_drop: Annotated[
-        float | None, typer.Option("--max-drop", help="fail when top-1 on --dataset drops more than this many points")
+        float | None,
+        typer.Option("--max-drop", callback=options.between(0.0, 100.0), help="fail when top-1 on --dataset drops more than this many points"),
     ] = None,
-    samples: Annotated[int | None, typer.Option("--samples", help="at most this many --dataset images (seeded pick)")] = None,
+    samples: Annotated[
+        int | None, typer.Option("--samples", min=1, max=1_000_000, help="at most this many --dataset images (seeded pick)")
+    ] = None,
+    target: Annotated[
+        options.Target | None,
+        typer.Option("--target", case_sensitive=False, help="int8: the CPU the file is meant for (default: this one)"),
+    ] = None,
     report: Annotated[
         Path | None, typer.Option("--report", help="write all numbers to FILE.json and a summary to FILE.md", dir_okay=False)
     ] = None,
+    json_output: options.Json = False,
 ) -> None:
     """Run MODEL_FILE on each ONNX Runtime execution provider and compare it with the PyTorch model it came from."""
     from edgekit.errors import CheckFailed
-    from edgekit.report import comparison_table, dataset_table, header_lines, note_lines, report_paths, write_reports
+    from edgekit.verify.report import comparison_table, dataset_table, header_lines, note_lines, report_paths, write_reports
     from edgekit.verify import verify
 
     if report is not None:
@@ -75,21 +86,27 @@ def verify_command(
             dataset=dataset,
             max_drop=max_drop,
             dataset_samples=samples,
+            target=target.value if target is not None and target.value != "auto" else None,
             on_stage=lambda stage: status.update(f"{model_file.name}: {stage}"),
         )
-    for line in header_lines(result):
-        console.print(line, soft_wrap=True)
-    console.print(comparison_table(result))
-    accuracy = dataset_table(result)
-    if accuracy is not None:
-        console.print(accuracy)
-    for note in note_lines(result):
-        console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
-    if report is not None:
-        json_path, md_path = write_reports(result, report)
-        console.print(f"wrote {json_path} and {md_path}")
+    written = write_reports(result, report) if report is not None else None
+    if json_output:
+        print_json(result)
+    else:
+        for line in header_lines(result):
+            console.print(line, soft_wrap=True)
+        console.print(comparison_table(result))
+        accuracy = dataset_table(result)
+        if accuracy is not None:
+            console.print(accuracy)
+        for note in note_lines(result):
+            console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+        if written:
+            console.print(f"wrote {escape(str(written[0]))} and {escape(str(written[1]))}")
     failures = result.failures()
     if failures:
         more = f" (+{len(failures) - 1} more in the table)" if len(failures) > 1 else ""
         raise CheckFailed(f"{model_file}: verification failed: {failures[0]}{more}")
-    console.print(f"[bold green]PASS[/] {model_file} matches PyTorch on {', '.join(r.label for r in result.providers)} ({result.seconds:.1f} s)")
+    if json_output:
+        return
+    console.print(f"[bold green]PASS[/] {escape(str(model_file))} matches PyTorch on {', '.join(r.label for r in result.providers)} ({result.seconds:.1f} s)")

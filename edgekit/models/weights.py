@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.artifact import check_readable_file, sha256_file
-from edgekit.errors import BadInput, EnvironmentUnavailable
+from edgekit.errors import BadInput, EnvironmentUnavailable, one_line
 
 
 @dataclass(frozen=True)
@@ -50,12 +50,12 @@ def load_state_dict_file(path: Path) -> dict:
         try:
             state = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
-            raise BadInput(f"{path} is not a valid safetensors file: {str(exc).splitlines()[0]}") from None
+            raise BadInput(f"{path} is not a valid safetensors file: {one_line(exc)}") from None
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # UnpicklingError, RuntimeError (truncated zip), EOFError, ...
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            text = one_line(exc)
             if "weights_only" in str(exc) or "Unsupported global" in str(exc):
                 raise BadInput(
                     f"{path} holds Python objects that are not plain tensors; refusing to unpickle it",

@@ -3,7 +3,6 @@ the files are written atomically (temp file in the same folder, then os.replace)
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
@@ -11,7 +10,7 @@ from pathlib import Path
 
 from edgekit.compare import OutputMetrics, Tolerance, failed_gates
 from edgekit.errors import BadInput
-from edgekit.verify import Comparison, Report
+from edgekit.verify.results import Comparison, Report
 
 
 def _num(x: float, fmt: str = ".2e") -> str:
@@ -158,21 +157,10 @@ def note_lines(report: Report) -> list[str]:
 # --- files -----------------------------------------------------------------------------------
 
 
-def _json_safe(value):
-    """Non-finite floats as strings ("inf", "nan"): strict JSON has no Infinity/NaN."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def to_json(report: Report) -> str:
-    return json.dumps(_json_safe(report.to_dict()), indent=2, allow_nan=False) + "\n"
+    from edgekit.serialize import to_json as dumps
+
+    return dumps(report)
 
 
 def to_markdown(report: Report) -> str:

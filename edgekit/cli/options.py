@@ -1,0 +1,55 @@
+"""The command-line options that several commands share, declared once: names, help, ranges and
+defaults come from the core's constants, so a command cannot drift from another or from the core."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgekit.calibration import DEFAULT_CALIBRATION_DIR
+from edgekit.targets import RECIPES
+
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds
+
+
+def between(low: float, high: float):
+    """Typer callback: a finite number in [low, high], the range named in the error."""
+
+    def check(value: float | None) -> float | None:
+        import math
+
+        if value is not None and not (math.isfinite(value) and low <= value <= high):
+            raise typer.BadParameter(f"{value} is not a finite number from {low:g} to {high:g}")
+        return value
+
+    return check
+
+
+Target = Enum("Target", {name.replace("-", "_"): name for name in ("auto", *RECIPES)}, type=str)
+Method = Enum("Method", {m: m for m in ("minmax", "entropy", "percentile")}, type=str)
+
+Json = Annotated[bool, typer.Option("--json", help="print one JSON object on stdout (for scripts) instead of tables")]
+Seed = Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED, help="seed (0..2^32-1)")]
+Images = Annotated[
+    Path | None,
+    typer.Option("--images", file_okay=False, help=f"folder of photos (default: the bundled {DEFAULT_CALIBRATION_DIR.name}/)"),
+]
+Weights = Annotated[
+    Path | None, typer.Option("--weights", dir_okay=False, help="state_dict / checkpoint (.pt, .pth, .safetensors)")
+]
+Pretrained = Annotated[bool, typer.Option("--pretrained", help="torchvision weights from the local torch hub cache")]
+Providers = Annotated[
+    str | None, typer.Option("--providers", help="comma-separated: cpu,cuda,tensorrt (default: cpu, + cuda when usable)")
+]
+Output = Annotated[Path | None, typer.Option("-o", "--output", help="file or folder (default: under exports/)")]
+Report = Annotated[Path | None, typer.Option("--report", dir_okay=False, help="write every number to this JSON file")]
+Threads = Annotated[int | None, typer.Option("--threads", min=1, max=1024, help="intra-op threads (default: all cores)")]
+Batch = Annotated[int, typer.Option("--batch", min=1, max=4096, help="batch size")]
+MinTop1 = Annotated[
+    float | None, typer.Option("--min-top1-agreement", callback=between(0.0, 1.0), help="fraction of top-1 that must match (0..1)")
+]
+MinSqnr = Annotated[float | None, typer.Option("--min-sqnr", callback=between(0.0, 200.0), help="minimum SQNR of the logits, dB")]
+TargetOption = Annotated[Target, typer.Option("--target", case_sensitive=False, help="int8 target CPU; auto reads this CPU's flags")]

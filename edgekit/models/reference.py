@@ -1,0 +1,214 @@
+"""The PyTorch model an ONNX file came from: built from a registered name and a weights source,
+or rebuilt from a file's edgekit metadata (or from --model/--weights for a foreign file).
+
+The same code builds the model at export and rebuilds it for verify, bench and the bundle, so a
+seeded random model comes back bit-identical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgekit.artifact import check_readable_file, sha256_file
+from edgekit.errors import BadInput
+from edgekit.models.registry import ModelSpec, classifier_weight_key, create_model, get_spec
+from edgekit.preprocessing import Preprocessing
+
+RANDOM_INIT = "seeded init; BatchNorm statistics and classifier scale settled on the bundled calibration photos"
+
+
+def build_model(
+    spec: ModelSpec,
+    num_classes: int | None,
+    weights: Path | None,
+    pretrained: bool,
+    seed: int,
+    input_size: int | None = None,
+):
+    """The PyTorch model in eval mode and where its weights came from."""
+    from edgekit.models.weights import WeightsSource, apply_state_dict, load_pretrained_state, load_state_dict_file
+
+    if weights is not None and pretrained:
+        raise BadInput("--weights and --pretrained exclude each other", hint="choose one")
+    if weights is None and not pretrained:
+        return create_model(spec.name, num_classes, seed, input_size), WeightsSource(
+            kind="random", seed=seed, init=RANDOM_INIT
+        )
+    if pretrained:
+        state, source = load_pretrained_state(spec.name, spec.torchvision_weights)
+        where = source.path
+    else:
+        state = load_state_dict_file(Path(weights))
+        source = WeightsSource(kind="file", path=str(Path(weights).resolve()), sha256=sha256_file(Path(weights)))
+        where = str(weights)
+    inferred = infer_num_classes(spec, state)
+    if num_classes is not None and inferred is not None and num_classes != inferred:
+        raise BadInput(
+            f"{where} has {inferred} classes but --num-classes {num_classes} was given",
+            hint="drop --num-classes to use the file's",
+        )
+    model = create_model(spec.name, num_classes or inferred, seed, input_size, settle=False)
+    apply_state_dict(model, state, where, spec.name)
+    return model.eval(), source
+
+
+def infer_num_classes(spec: ModelSpec, state: dict) -> int | None:
+    """Rows of the classifier weight in `state` (the key is found on a meta-device copy of the model)."""
+    import torch
+
+    with torch.device("meta"):
+        key = classifier_weight_key(spec.builder(spec.default_num_classes))
+    tensor = state.get(key)
+    return int(tensor.shape[0]) if tensor is not None and tensor.ndim == 2 else None
+
+
+@dataclass
+class ReferencePlan:
+    spec: object  # ModelSpec
+    num_classes: int | None
+    input_size: int
+    weights_file: Path | None
+    pretrained: bool
+    seed: int
+    preprocessing: Preprocessing
+    from_metadata: bool
+    weights: dict
+
+
+_REQUIRED_KEYS = ("model", "num_classes", "input_size", "weights", "preprocessing")
+
+
+def plan_reference(
+    path: Path,
+    model_proto,
+    meta: dict | None,
+    model: str | None,
+    weights: Path | None,
+    pretrained: bool,
+    seed: int,
+) -> ReferencePlan:
+    """Decide how to rebuild the PyTorch reference, checking weights files and their sha256 (no torch yet)."""
+    from edgekit.models.registry import get_spec
+
+    if meta is None:
+        if model is None:
+            raise BadInput(
+                f"{path} carries no edgekit metadata, so the PyTorch model it came from is unknown",
+                hint="pass --model NAME and --weights FILE (or --pretrained) it was exported from",
+            )
+        spec = get_spec(model)
+        from edgekit.graph import input_spec, output_classes
+
+        size = input_spec(model_proto, path).spatial or spec.default_input_size
+        num_classes = output_classes(model_proto)
+        weights_dict = weights_for_cli(weights, pretrained, seed)
+        return ReferencePlan(
+            spec, num_classes, size, weights, pretrained, seed, Preprocessing.for_input_size(size), False, weights_dict
+        )
+
+    missing = [k for k in _REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise BadInput(
+            f"the edgekit metadata of {path} lacks {', '.join(map(repr, missing))}",
+            hint="re-export the file, or strip its metadata and pass --model/--weights",
+        )
+    spec = get_spec(str(meta["model"]))
+    if model is not None and get_spec(model).name != spec.name:
+        raise BadInput(
+            f"{path} was exported from {spec.name} (its metadata says so), not {get_spec(model).name}",
+            hint="drop --model; it is only for files without edgekit metadata",
+        )
+    recorded = meta["weights"] if isinstance(meta["weights"], dict) else {}
+    kind = recorded.get("kind")
+    weights_file: Path | None = None
+    use_pretrained = False
+    ref_seed = seed
+    if kind == "random":
+        if weights is not None or pretrained:
+            raise BadInput(
+                f"{path} was exported with seeded random weights (seed {recorded.get('seed')}); "
+                "--weights/--pretrained do not apply",
+                hint="drop them: the reference is rebuilt from the seed",
+            )
+        ref_seed = int(recorded.get("seed", 0))
+        if recorded.get("init") != RANDOM_INIT:
+            # Same seed, different initialisation code: the rebuilt model would differ from the one
+            # exported, and every gate would fail for a reason that is not the file's fault.
+            raise BadInput(
+                f"{path} has seeded random weights initialised by another edgekit version "
+                f"(init {recorded.get('init')!r}, now {RANDOM_INIT!r}), so its PyTorch reference cannot be rebuilt",
+                hint=f"re-export it: edgekit export {spec.name} --input-size {meta.get('input_size')}",
+            )
+    elif kind in ("file", "pretrained"):
+        expected = recorded.get("sha256")
+        if weights is not None:
+            weights_file = Path(weights)
+        elif kind == "file":
+            weights_file = Path(recorded.get("path") or "")
+            if not weights_file.is_file():
+                raise BadInput(
+                    f"the weights file {weights_file} that {path} was exported from is not there",
+                    hint=f"pass it with --weights FILE (sha256 {str(expected)[:16]}...)",
+                )
+        else:
+            use_pretrained = True
+        if weights_file is not None:
+            check_readable_file(weights_file, "weights file")
+            actual = sha256_file(weights_file)
+            if expected and actual != expected:
+                raise BadInput(
+                    f"weights {weights_file} have sha256 {actual}, but {path} was exported from weights "
+                    f"with sha256 {expected}",
+                    hint="pass the weights file it was exported from with --weights",
+                )
+    else:
+        raise BadInput(f"the metadata of {path} records an unknown weights source {recorded!r}")
+    try:
+        size = int(meta["input_size"])
+        num_classes = int(meta["num_classes"])
+    except (TypeError, ValueError):
+        raise BadInput(f"the metadata of {path} has a malformed input_size or num_classes") from None
+    preprocessing = Preprocessing.from_dict(meta["preprocessing"])
+    return ReferencePlan(
+        spec, num_classes, size, weights_file, use_pretrained, ref_seed, preprocessing, True, dict(recorded)
+    )
+
+
+def weights_for_cli(weights: Path | None, pretrained: bool, seed: int) -> dict:
+    if weights is not None:
+        check_readable_file(Path(weights), "weights file")
+        return {"kind": "file", "path": str(weights), "sha256": sha256_file(Path(weights))}
+    if pretrained:
+        return {"kind": "pretrained"}
+    return {"kind": "random", "seed": seed}
+
+
+def build_reference(plan: ReferencePlan):
+    """The PyTorch fp32 model in eval mode (build_model: the same code that made the file)."""
+    model, source = build_model(
+        plan.spec, plan.num_classes, plan.weights_file, plan.pretrained, plan.seed, plan.input_size
+    )
+    if plan.pretrained and plan.weights.get("sha256") and source.sha256 != plan.weights["sha256"]:
+        raise BadInput(
+            f"the pretrained weights in the local cache ({source.path}) have sha256 {source.sha256}, but the file "
+            f"was exported from weights with sha256 {plan.weights['sha256']}",
+            hint="pass the weights file it was exported from with --weights",
+        )
+    if not plan.from_metadata:
+        plan.weights = source.to_dict()
+    return model
+
+
+def rebuild_reference(
+    path: Path,
+    model_proto,
+    meta: dict | None,
+    model: str | None = None,
+    weights: Path | None = None,
+    pretrained: bool = False,
+    seed: int = 0,
+):
+    """(PyTorch model, plan) of the fp32 model an ONNX file came from."""
+    plan = plan_reference(path, model_proto, meta, model, weights, pretrained, seed)
+    return build_reference(plan), plan

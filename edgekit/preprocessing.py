@@ -1,0 +1,320 @@
+"""The model's preprocessing contract: how an image becomes the tensor the model takes.
+
+Stored in every file's metadata and read back by every command that feeds images (export's
+check, calibration, verify, bench, the device bundle). The steps follow torchvision's
+ImageClassification preset exactly on PIL images, so a model trained with torchvision's
+transforms sees the same numbers here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import BadInput
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_IMAGE_SIDE = 4096  # ceiling for resize and crop: a typo (22400) would otherwise allocate gigabytes per image
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+CHANNELS = ("rgb", "bgr", "gray")
+FORMAT_VERSION = 2
+_KEYS = ("resize", "crop", "mean", "std", "interpolation", "channels", "input_channels")
+# what from_dict and a --preprocessing-file accept: today's keys plus the first form's channel_order
+_ACCEPTED = frozenset(_KEYS) | {"version", "layout", "channel_order"}
+
+
+class _FieldError(BadInput):
+    """One field is wrong; callers re-raise it naming where the value came from (option, file, metadata)."""
+
+    def __init__(self, field: str, value, fix: str):
+        self.field, self.shown, self.fix = field, _show(value), fix
+        super().__init__(f"the preprocessing field '{field}' is {self.shown}: {fix}")
+
+    def named(self, label: str) -> BadInput:
+        return BadInput(f"{label} is {self.shown}: {self.fix}")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a model expects, applied in this order to a PIL image (any mode):
+
+    1. `channels`: "rgb", "bgr" (RGB with the channel axis reversed at the end) or "gray"
+       (PIL's convert("L"), ITU-R 601 luma); the model takes `input_channels` (1, or 3 for gray
+       replicated into 3 channels, as torchvision's Grayscale(num_output_channels=3) does).
+    2. resize with `interpolation`: `resize=N` scales the shorter side to N (longer side
+       truncated, torchvision's `Resize(N)`) then centre-crops `crop` x `crop`;
+       `resize=None` resizes the whole image straight to `crop` x `crop`, aspect not kept,
+       no crop (torchvision's `Resize((crop, crop))`: how small-image models such as 8x8
+       digits upscaled to 32x32 are trained).
+    3. x / 255, then (x - mean) / std per channel, mean and std in the model's channel order
+       (one value for a gray model broadcasts); layout NCHW.
+    """
+
+    resize: int | None
+    crop: int
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    channels: str = "rgb"
+    input_channels: int = 3
+    layout: str = "NCHW"
+
+    def __post_init__(self):
+        # every path (CLI options, metadata, JSON file, direct construction) is checked here
+        resize, crop = self.resize, self.crop
+        if resize is not None:
+            _check_side("resize", resize, "the shorter side in pixels, or none to resize straight to the crop")
+        _check_side("crop", crop, "the model's input size in pixels")
+        if resize is not None and crop > resize:
+            raise _FieldError("crop", crop, f"larger than resize {resize}; the crop is cut from the resized image, "
+                                            "so give resize >= crop (or resize none)")
+        if self.interpolation not in INTERPOLATIONS:
+            raise _FieldError("interpolation", self.interpolation, f"use one of {', '.join(INTERPOLATIONS)}")
+        if self.channels not in CHANNELS:
+            raise _FieldError("channels", self.channels, f"use one of {', '.join(CHANNELS)}")
+        if self.input_channels not in (1, 3) or isinstance(self.input_channels, bool):
+            raise _FieldError("input_channels", self.input_channels, "the model's first convolution takes 1 or 3")
+        if self.channels != "gray" and self.input_channels != 3:
+            raise _FieldError("input_channels", self.input_channels, f"a {self.channels} model takes 3 channels; "
+                                                                      "use channels gray for a 1-channel model")
+        if self.layout != "NCHW":
+            raise _FieldError("layout", self.layout, "edgekit feeds NCHW tensors only")
+        counts = (3,) if self.channels != "gray" else (1,) if self.input_channels == 1 else (1, 3)
+        for name in ("mean", "std"):
+            values = _check_values(name, getattr(self, name), counts, self.channels, self.input_channels)
+            object.__setattr__(self, name, values)  # frozen: normalise lists and numpy scalars to a float tuple
+
+    @classmethod
+    def for_input_size(cls, size: int) -> "Preprocessing":
+        """torchvision's ImageNet evaluation recipe scaled to `size` (resize 256 -> crop 224)."""
+        return cls(resize=int(round(size * 256 / 224)), crop=size)
+
+    @classmethod
+    def from_dict(cls, data) -> "Preprocessing":
+        """From a file's metadata: today's form (to_dict) or the first one (channel_order "RGB"/"BGR", no version)."""
+        label = "the model's preprocessing metadata"
+        values = _read_mapping(data, label)
+        missing = [key for key in ("resize", "crop", "mean", "std") if key not in values]
+        if missing:
+            raise BadInput(f"{label} has no {', '.join(missing)}; re-export the model or pass its preprocessing")
+        try:
+            return cls(**values)
+        except _FieldError as exc:
+            raise exc.named(f"{label} field '{exc.field}'") from None
+
+    def to_dict(self) -> dict:
+        """JSON-ready, with a version so that readers can tell it from the first form."""
+        return {"version": FORMAT_VERSION, "resize": self.resize, "crop": self.crop, "mean": list(self.mean),
+                "std": list(self.std), "interpolation": self.interpolation, "channels": self.channels,
+                "input_channels": self.input_channels, "layout": self.layout}
+
+    @classmethod
+    def from_options(cls, input_size, *, resize=None, crop=None, mean=None, std=None, interpolation=None,
+                     channels=None, input_channels=None, file: str | Path | None = None) -> "Preprocessing":
+        """From CLI options (None = not given; strings such as "none" or "0.5,0.5,0.5" are parsed) over a JSON
+        `file` of the same keys over for_input_size(input_size)'s values. The crop is the model's input size."""
+        size = _parse("input_size", input_size, label="--input-size")
+        if not 1 <= size <= MAX_IMAGE_SIDE:
+            raise BadInput(f"--input-size {input_size!r}: give the model's input size, 1..{MAX_IMAGE_SIDE} pixels")
+        values, labels = {}, {}
+        if file is not None:
+            values.update(_read_mapping(_load_json(Path(file)), f"preprocessing file {file}"))
+            labels.update({key: f"preprocessing file {file} field '{key}'" for key in values})
+        given = {"resize": resize, "crop": crop, "mean": mean, "std": std, "interpolation": interpolation,
+                 "channels": channels, "input_channels": input_channels}
+        for key, raw in given.items():
+            if raw is not None:
+                option = "--" + key.replace("_", "-")
+                values[key] = _parse(key, raw, label=option)
+                labels[key] = option
+        values.setdefault("crop", size)
+        if values["crop"] != size:
+            raise BadInput(f"{labels['crop']} is {values['crop']} but --input-size is {size}: the crop is the "
+                           f"model's input size; pass --input-size {values['crop']} or drop the crop")
+        default = cls.for_input_size(size)
+        values.setdefault("resize", default.resize)
+        try:
+            return cls(**values)
+        except _FieldError as exc:
+            raise exc.named(labels.get(exc.field, f"the default {exc.field}")) from None
+
+    @property
+    def chw(self) -> tuple[int, int, int]:
+        """The shape apply() returns: (input_channels, crop, crop)."""
+        return (self.input_channels, self.crop, self.crop)
+
+    def describe(self) -> str:
+        """One line for summaries."""
+        if self.resize is None:
+            geometry = f"resize to {self.crop}x{self.crop} ({self.interpolation}, aspect not kept)"
+        else:
+            geometry = f"resize {self.resize} (shorter side, {self.interpolation}), centre crop {self.crop}"
+        colour = self.channels.upper() if self.channels != "gray" else f"gray x{self.input_channels}"
+        return f"{geometry}, {colour}, mean {_floats_text(self.mean)}, std {_floats_text(self.std)}"
+
+    def apply(self, image) -> np.ndarray:
+        """A PIL image (any mode) -> float32 (C, H, W) array, C = input_channels."""
+        from PIL import Image
+
+        image = to_rgb(image)
+        if self.channels == "gray":
+            image = image.convert("L")  # before resizing: one channel to resample, as gray datasets load
+        resample = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+                    "nearest": Image.Resampling.NEAREST}[self.interpolation]
+        if self.resize is None:
+            image = image.resize((self.crop, self.crop), resample)
+        else:
+            w, h = image.size
+            # torchvision's Resize(int): the longer side is truncated, not rounded; same for its centre crop offsets
+            size = (self.resize, int(self.resize * h / w)) if w <= h else (int(self.resize * w / h), self.resize)
+            image = image.resize(size, resample)
+            left = int(round((size[0] - self.crop) / 2.0))
+            top = int(round((size[1] - self.crop) / 2.0))
+            image = image.crop((left, top, left + self.crop, top + self.crop))
+        array = np.asarray(image, dtype=np.float32) / 255.0
+        if array.ndim == 2:
+            array = np.repeat(array[..., None], self.input_channels, axis=2)
+        if self.channels == "bgr":
+            array = array[..., ::-1]
+        array = (array - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)
+
+
+def preprocessing_for_torchvision_weights(weights_enum_name: str) -> Preprocessing | None:
+    """torchvision's own eval transforms for "ResNet50_Weights.IMAGENET1K_V2" (or .DEFAULT); None when
+    they are not an ImageClassification preset edgekit can express. Reads the enum only: no download."""
+    from torchvision.models import get_weight
+    from torchvision.transforms._presets import ImageClassification
+
+    try:
+        weights = get_weight(str(weights_enum_name))
+    except (ValueError, KeyError):
+        raise BadInput(f"torchvision weights {weights_enum_name!r} are unknown: give an enum entry such as "
+                       "ResNet50_Weights.IMAGENET1K_V2") from None
+    # building the preset (a functools.partial of ImageClassification) also fills the defaults its keywords omit
+    preset = weights.transforms()
+    if not isinstance(preset, ImageClassification):
+        return None
+    interpolation = getattr(preset.interpolation, "value", str(preset.interpolation))
+    if interpolation not in INTERPOLATIONS:
+        return None
+    return Preprocessing(resize=int(preset.resize_size[0]), crop=int(preset.crop_size[0]), mean=tuple(preset.mean),
+                         std=tuple(preset.std), interpolation=interpolation)
+
+
+def to_rgb(image):
+    """Any PIL mode -> 8-bit RGB: 16-bit and float images rescaled, alpha composited on white."""
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def _check_side(name: str, value, what: str) -> None:
+    if not _is_int(value) or not 1 <= value <= MAX_IMAGE_SIDE:
+        raise _FieldError(name, value, f"give {what}, a whole number from 1 to {MAX_IMAGE_SIDE}")
+
+
+def _check_values(name: str, values, counts: tuple[int, ...], channels: str, input_channels: int) -> tuple:
+    example = "0.229,0.224,0.225" if name == "std" else "0.485,0.456,0.406"
+    if not isinstance(values, (tuple, list)) or not all(
+        isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values
+    ):
+        raise _FieldError(name, values, f"give numbers, one per channel, e.g. {example}")
+    if len(values) not in counts:
+        wanted = " or ".join(str(c) for c in counts)
+        raise _FieldError(name, tuple(values), f"a {channels} model with {input_channels} input channel(s) takes "
+                                               f"{wanted} value(s); give the {name} the model was trained with")
+    values = tuple(float(v) for v in values)
+    if not all(math.isfinite(v) for v in values) or (name == "std" and min(values) <= 0):
+        need = "finite and > 0" if name == "std" else "finite"
+        raise _FieldError(name, values, f"every value must be {need}; give the {name} the model was trained with")
+    return values
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _parse(key: str, value, label: str | None = None):
+    """One option or JSON value -> the field's type; strings are parsed. Type errors name `label`."""
+    label = label or f"the preprocessing field '{key}'"
+    text = value.strip() if isinstance(value, str) else None
+    if key == "resize" and (value is None or (text or "").lower() == "none"):
+        return None
+    if key in ("resize", "crop", "input_channels", "input_size"):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if text is not None and text.lstrip("+-").isdigit():
+            return int(text)
+        if not _is_int(value):
+            extra = " or none" if key == "resize" else ""
+            raise BadInput(f"{label} is {_show(value)}: expected a whole number{extra}")
+        return int(value)
+    if key in ("mean", "std"):
+        parts = text.split(",") if text is not None else [value] if isinstance(value, numbers.Real) else value
+        try:
+            if isinstance(parts, (str, bytes, dict)) or any(isinstance(v, bool) for v in parts):
+                raise TypeError
+            return tuple(float(v) for v in parts)
+        except (TypeError, ValueError):
+            raise BadInput(f"{label} is {_show(value)}: expected numbers, one per channel, e.g. 0.5,0.5,0.5") from None
+    if text is None:
+        raise BadInput(f"{label} is {_show(value)}: expected a name")
+    return text.upper() if key == "layout" else text.lower()
+
+
+def _read_mapping(data, label: str) -> dict:
+    """A metadata dict or JSON file's object -> constructor keywords (both forms), type errors naming `label`."""
+    if not isinstance(data, dict):
+        raise BadInput(f"{label} is {_show(data)}: expected an object with resize, crop, mean, std")
+    unknown = sorted(set(data) - _ACCEPTED)
+    if unknown:
+        raise BadInput(f"{label} has unknown field(s) {', '.join(map(repr, unknown))}: "
+                       f"known ones are {', '.join(_KEYS)}")
+    version = data.get("version", 1)
+    if not _is_int(version) or not 1 <= version <= FORMAT_VERSION:
+        raise BadInput(f"{label} field 'version' is {_show(version)}: this edgekit reads versions 1 to "
+                       f"{FORMAT_VERSION}; upgrade edgekit")
+    values = {}
+    for key in (*_KEYS, "layout", "channel_order"):
+        if key in data:
+            values[key] = _parse(key, data[key], label=f"{label} field '{key}'")
+    order = values.pop("channel_order", None)  # the first form: "RGB" / "BGR"
+    if order is not None and "channels" not in values:
+        if order not in ("rgb", "bgr"):
+            raise BadInput(f"{label} field 'channel_order' is {_show(data['channel_order'])}: expected RGB or BGR")
+        values["channels"] = order
+    return values
+
+
+def _load_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BadInput(f"preprocessing file {path} does not exist: give a JSON file of resize, crop, mean, std")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"preprocessing file {path} cannot be read: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"preprocessing file {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+
+
+def _show(value) -> str:
+    return repr(tuple(value)) if isinstance(value, list) else repr(value)
+
+
+def _floats_text(values) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"

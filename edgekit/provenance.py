@@ -1,0 +1,130 @@
+"""Where a result came from: library versions and the facts of this machine (CPU model and flags).
+
+The CPU's flags decide how ONNX Runtime computes int8 (field-notes.md, "Int8 across CPUs"), so they
+are read in one place, and can be faked for tests with EDGEKIT_FAKE_CPU_FLAGS (every report that
+depends on them says when they were faked).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+FAKE_CPU_FLAGS_ENV = "EDGEKIT_FAKE_CPU_FLAGS"  # e.g. "avx2 fma": pretend this CPU has only these flags
+FAKE_CPU_MACHINE_ENV = "EDGEKIT_FAKE_CPU_MACHINE"  # e.g. "aarch64"
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "avx512vnni"})
+INT8_FLAGS = frozenset({"avx2", "fma", "avx512f", "avx512bw", *VNNI_FLAGS, "asimddp"})
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """The CPU as far as int8 kernels care: architecture, model name and feature flags."""
+
+    machine: str  # x86_64 | aarch64 | ...
+    model: str
+    flags: frozenset[str]
+    faked: bool = False
+
+    @property
+    def is_x86(self) -> bool:
+        return self.machine.lower() in ("x86_64", "amd64", "i686", "x86")
+
+    @property
+    def is_arm64(self) -> bool:
+        return self.machine.lower() in ("aarch64", "arm64")
+
+    @property
+    def has_vnni(self) -> bool:
+        """int8 dot products accumulate in int32 (AVX512-VNNI, AVX-VNNI, AMX)."""
+        return bool(self.flags & VNNI_FLAGS)
+
+    @property
+    def int8_saturates(self) -> bool:
+        """x86 without VNNI: ORT's u8s8 AVX2 kernel sums pairs of products in int16 and can saturate."""
+        return self.is_x86 and not self.has_vnni
+
+    def kind(self) -> str:
+        """A few words for reports: 'x86 with VNNI', 'x86 AVX2 without VNNI', 'arm64'."""
+        if self.is_x86:
+            if self.has_vnni:
+                return "x86 with VNNI"
+            return "x86 AVX2 without VNNI" if "avx2" in self.flags else "x86 without AVX2"
+        return self.machine
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["flags"] = sorted(self.flags & INT8_FLAGS)
+        data["kind"] = self.kind()
+        return data
+
+
+def _read_cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in path.read_text().splitlines():
+            if line.startswith("model name") and ":" in line and model == (platform.processor() or platform.machine()):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith(("flags", "Features")) and ":" in line and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return model, flags
+
+
+def this_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuInfo:
+    """This machine's CPU, or the one EDGEKIT_FAKE_CPU_FLAGS / EDGEKIT_FAKE_CPU_MACHINE describe."""
+    model, flags = _read_cpuinfo(cpuinfo)
+    machine = platform.machine()
+    fake_flags = os.environ.get(FAKE_CPU_FLAGS_ENV)
+    fake_machine = os.environ.get(FAKE_CPU_MACHINE_ENV)
+    if fake_flags is None and fake_machine is None:
+        return CpuInfo(machine, model, frozenset(flags))
+    return CpuInfo(
+        fake_machine or machine,
+        f"{model} (faked: {FAKE_CPU_FLAGS_ENV}={fake_flags!r})",
+        frozenset(fake_flags.replace(",", " ").split()) if fake_flags is not None else frozenset(flags),
+        faked=True,
+    )
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a file (recorded in its metadata)."""
+    import onnx
+    import onnxruntime
+    import onnxsim
+    import torch
+    import torchvision
+
+    import edgekit
+
+    return {
+        "edgekit": edgekit.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "onnxsim": getattr(onnxsim, "__version__", "unknown"),
+    }
+
+
+def run_environment() -> dict:
+    """library_versions plus where a measurement ran: Python, platform, CPU, ORT providers, GPU."""
+    import onnxruntime as ort
+
+    from edgekit.runtime import cuda_device_available
+
+    info = dict(library_versions())
+    info["python"] = sys.version.split()[0]
+    info["platform"] = platform.platform()
+    info["cpu"] = this_cpu().to_dict()
+    info["cores"] = os.cpu_count()
+    info["ort_available_providers"] = ort.get_available_providers()
+    if cuda_device_available():
+        import torch
+
+        info["cuda_device"] = torch.cuda.get_device_name(0)
+        info["torch_cuda"] = torch.version.cuda
+    return info

@@ -1,0 +1,100 @@
+"""Running a model on a batch of inputs: one ONNX Runtime runner, one PyTorch runner, one batching rule.
+
+The batching rule: inputs are fed exactly `batch` samples at a time; a last chunk that is short is
+padded with copies of its last sample, and only the real rows are kept. A static batch axis is
+honoured, and a dynamic one really sees `batch`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+REFERENCE_BATCH = 32  # PyTorch runs in chunks of this many samples (bounded memory)
+DYNAMIC_LARGE_BATCH = 8  # a dynamic batch axis is exercised at batch 1 and at this batch
+
+
+def padded_batches(inputs: np.ndarray, batch: int | None) -> Iterator[tuple[np.ndarray, int]]:
+    """(chunk of exactly `batch` samples, how many of them are real); None: everything at once."""
+    if batch is None:
+        yield inputs, len(inputs)
+        return
+    for start in range(0, len(inputs), batch):
+        chunk = inputs[start : start + batch]
+        real = len(chunk)
+        if real < batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - real, axis=0)])
+        yield chunk, real
+
+
+def run_batched(fn: Callable[[np.ndarray], list[np.ndarray]], inputs: np.ndarray, batch: int | None) -> list[np.ndarray]:
+    """Every output of `fn` over `inputs`, fed by the batching rule, real rows only."""
+    chunks = [[np.asarray(o)[:real] for o in fn(chunk)] for chunk, real in padded_batches(inputs, batch)]
+    return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+
+
+def input_dtype(session) -> type:
+    """numpy dtype of the session's first input (float16 models take float16)."""
+    return np.float16 if session.session.get_inputs()[0].type == "tensor(float16)" else np.float32
+
+
+def batch_sizes(session) -> list[int]:
+    """The batch sizes to exercise: the static one, or 1 and DYNAMIC_LARGE_BATCH."""
+    dim = session.session.get_inputs()[0].shape[0]
+    return [int(dim)] if isinstance(dim, int) and dim > 0 else [1, DYNAMIC_LARGE_BATCH]
+
+
+def run_session(session, inputs: np.ndarray, batch: int | None) -> list[np.ndarray]:
+    """All outputs of an edgekit runtime.Session on `inputs` (cast to the model's input dtype)."""
+    name = session.input_name
+    dtype = input_dtype(session)
+    return run_batched(
+        lambda x: session.run({name: np.ascontiguousarray(x.astype(dtype, copy=False))}), inputs, batch
+    )
+
+
+def run_onnx(
+    model: Path | bytes | object, inputs: np.ndarray, batch: int | None, session_config: dict[str, str] | None = None
+) -> np.ndarray:
+    """The first output of an ONNX file (or ModelProto, or bytes) on the CPU provider."""
+    from edgekit.runtime import create_session
+
+    if not isinstance(model, (Path, bytes)):
+        model = model.SerializeToString()
+    session = create_session(model, "cpu", session_config=session_config)
+    return run_session(session, inputs, batch)[0]
+
+
+def run_torch(model, inputs: np.ndarray, device: str = "cpu", dtype=None, batch: int = REFERENCE_BATCH) -> np.ndarray:
+    """Logits of a PyTorch model in chunks of `batch` (float64 when dtype is torch.float64)."""
+    import torch
+
+    def forward(x: np.ndarray) -> list[np.ndarray]:
+        t = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+        if dtype is not None:
+            t = t.to(dtype)
+        y = model(t)
+        y = y[0] if isinstance(y, (tuple, list)) else y
+        y = y.detach().cpu()
+        return [y.double().numpy() if dtype is not None else y.float().numpy()]
+
+    with torch.no_grad():
+        outs = [forward(inputs[start : start + batch])[0] for start in range(0, len(inputs), batch)]
+    return np.concatenate(outs)
+
+
+@contextlib.contextmanager
+def no_tf32():
+    """PyTorch lets cuDNN convolutions use TF32 by default: not fp32, so not a reference."""
+    import torch
+
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

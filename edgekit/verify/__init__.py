@@ -1,0 +1,328 @@
+"""`verify`: an ONNX file on each ONNX Runtime execution provider against the PyTorch model it was
+made from, rebuilt from the file's own metadata. Returns a Report; never prints.
+
+The reference is always PyTorch fp32 on CPU (for an int8 or fp16 file: the fp32 model it descends
+from). Gates depend on the file's precision (compare.DEFAULT_TOLERANCES) and can be overridden.
+An int8 file on an x86 CPU without VNNI also runs with exact accumulation, so this CPU's kernel
+saturation is measured and named apart from the file's quantization error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgekit.artifact import load_onnx, read_metadata, sha256_file
+from edgekit.compare import DEFAULT_TOLERANCES, NAN_ONLY, Tolerance, apply_noise_floor, compare_outputs, mismatched_output
+from edgekit.errors import BadInput, CheckFailed
+from edgekit.graph import precision_of
+from edgekit.models.reference import build_reference, plan_reference
+from edgekit.provenance import run_environment, this_cpu
+from edgekit.runners import REFERENCE_BATCH, batch_sizes, input_dtype, no_tf32, run_session, run_torch
+from edgekit.targets import EXACT_INT8_SESSION, TARGETS, judge_int8
+from edgekit.verify.dataset import check_dataset, measure_dataset
+from edgekit.verify.inputs import DEFAULT_RANDOM_INPUTS, expected_chw, load_input_sets
+from edgekit.verify.results import (
+    Comparison,
+    DatasetAccuracy,
+    InputSet,
+    ProviderAccuracy,
+    ProviderRun,
+    Reference,
+    Report,
+    Saturation,
+)
+
+__all__ = [
+    "verify", "Report", "Comparison", "DatasetAccuracy", "InputSet", "ProviderAccuracy", "ProviderRun", "Reference",
+    "Saturation", "DEFAULT_RANDOM_INPUTS",
+]
+# Default kernels more than this many dB below exact accumulation on the same inputs: saturation.
+# (Measured on trained digits nets on an AVX2 CPU: 8-bit-weight files lose 12-14 dB; exact runs differ
+# from default ones by < 0.1 dB where nothing saturates.)
+SATURATION_GAP_DB = 3.0
+
+
+class _ExactReference:
+    """Float64 PyTorch outputs, computed at most once per input set, for the fp32 noise-floor check."""
+
+    def __init__(self, model):
+        self.model = model
+        self.double = None
+        self.cache: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, inputs: np.ndarray) -> np.ndarray:
+        import torch
+
+        if name not in self.cache:
+            if self.double is None:
+                self.double = copy.deepcopy(self.model).double()
+            self.cache[name] = run_torch(self.double, inputs, dtype=torch.float64)
+        return self.cache[name]
+
+
+def _rows(
+    session, input_sets: list[InputSet], expected: dict[str, np.ndarray], precision: str, tolerance: Tolerance,
+    exact: _ExactReference | None, on_stage: Callable[[str], None], kernels: str = "", gated: bool = True,
+) -> list[Comparison]:
+    """One Comparison per input set x batch size for one ORT session."""
+    output_name = session.session.get_outputs()[0].name
+    rows = []
+    for s in input_sets:
+        for batch in batch_sizes(session):
+            on_stage(f"ONNX Runtime on {session.requested}{' ' + kernels if kernels else ''}: {s.name}, batch {batch}")
+            got = run_session(session, s.tensors, batch)[0]
+            ref = expected[s.name]
+            row_tol, notes = tolerance, []
+            if precision == "int8" and s.name == "random":
+                # int8 scales are calibrated on images; standard-normal noise lies outside the
+                # calibrated ranges and saturates (random-weight resnet18 at 224: 4.7 dB, 0 % top-1
+                # agreement, against 27 dB and 100 % on the photos). Only NaN/Inf are gated there.
+                row_tol = NAN_ONLY
+            if got.shape != ref.shape:
+                metrics = mismatched_output(output_name, ref.shape, got.shape)
+            else:
+                metrics = compare_outputs(ref, got, output_name, row_tol)
+                if exact is not None and not metrics.passed:
+                    on_stage("float64 PyTorch run (fp32 noise floor)")
+                    floor = apply_noise_floor(metrics, exact.get(s.name, s.tensors), ref, got)
+                    if floor is not None:
+                        notes.append(floor.describe())
+            rows.append(Comparison(
+                "onnxruntime", session.requested, session.ran_on, s.name, batch, len(s.tensors), [metrics], row_tol,
+                gated=gated, notes=notes, kernels=kernels,
+            ))
+    return rows
+
+
+def _placement(session, input_sets: list[InputSet], on_stage: Callable[[str], None]) -> ProviderRun:
+    """One profiled run tells which provider ran each node; node_placement() then ends profiling."""
+    on_stage(f"ONNX Runtime on {session.requested}: node placement")
+    first = batch_sizes(session)[0]
+    run_session(session, input_sets[0].tensors[:first], first)
+    return ProviderRun(
+        requested=session.requested, ran_on=session.ran_on, fell_back=session.fell_back, reason=session.reason,
+        ort_providers=list(session.providers), placement=session.node_placement(),
+    )
+
+
+def _torch_cuda_rows(
+    torch_model, input_sets: list[InputSet], expected: dict[str, np.ndarray], output_name: str,
+    on_stage: Callable[[str], None],
+) -> list[Comparison]:
+    """PyTorch's own GPU result against its CPU one, for scale (not a gate): fp32 noise on this GPU."""
+    import torch
+
+    on_stage("PyTorch on CUDA")
+    fp32 = DEFAULT_TOLERANCES["fp32"]
+    rows = []
+    cuda_model = copy.deepcopy(torch_model).to("cuda")
+    try:
+        with no_tf32():
+            for s in input_sets:
+                got = run_torch(cuda_model, s.tensors, device="cuda")
+                rows.append(Comparison(
+                    "pytorch", "cuda", "cuda", s.name, min(REFERENCE_BATCH, len(s.tensors)), len(s.tensors),
+                    [compare_outputs(expected[s.name], got, output_name, fp32)], fp32, gated=False,
+                    notes=["PyTorch CUDA vs PyTorch CPU, for scale; not a gate"],
+                ))
+    finally:
+        del cuda_model
+        torch.cuda.empty_cache()
+    return rows
+
+
+def _saturation(rows: list[Comparison], exact_rows: list[Comparison], cpu, recipe: dict, judged_for: str,
+                gated_on_default: bool) -> Saturation | None:
+    """Default vs exact int8 kernels on the first image input set (the photos or tensors)."""
+    def first(rs):
+        return next((r for r in rs if r.input_set != "random"), None)
+
+    default, exact = first(rows), first(exact_rows)
+    if default is None or exact is None:
+        return None
+    d, e = default.outputs[0], exact.outputs[0]
+    return Saturation(
+        cpu=cpu.to_dict(), recipe_target=recipe.get("target"), judged_for=judged_for,
+        default_sqnr_db=d.sqnr_db, exact_sqnr_db=e.sqnr_db, default_top1_agreement=d.top1_agreement,
+        exact_top1_agreement=e.top1_agreement, gated_on_default=gated_on_default, max_gap_db=SATURATION_GAP_DB,
+    )
+
+
+def verify(
+    path: Path,
+    *,
+    providers: str | None = None,
+    allow_fallback: bool = False,
+    images: Path | None = None,
+    inputs: Path | None = None,
+    random_inputs: int = DEFAULT_RANDOM_INPUTS,
+    seed: int = 0,
+    model: str | None = None,
+    weights: Path | None = None,
+    pretrained: bool = False,
+    atol: float | None = None,
+    rtol: float | None = None,
+    min_top1_agreement: float | None = None,
+    min_sqnr: float | None = None,
+    dataset: Path | None = None,
+    max_drop: float | None = None,
+    dataset_samples: int | None = None,
+    target: str | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> Report:
+    """Compare ONNX Runtime on each provider with the PyTorch reference; the Report says what passed.
+
+    `target`: the CPU an int8 file is meant for (default: this one). On an x86 CPU without VNNI, a file
+    meant for another target is gated on exact accumulation, and this CPU's default kernels are measured
+    beside it; a file meant for this CPU is gated on what this CPU computes, saturation included.
+    """
+    from edgekit.compare import resolve_tolerance
+    from edgekit.runtime import check_inputs, create_session, cuda_device_available, parse_providers
+
+    on_stage = on_stage or (lambda _s: None)
+    started = time.perf_counter()
+    path = Path(path)
+    if weights is not None and pretrained:
+        raise BadInput("--weights and --pretrained exclude each other", hint="choose one")
+    if max_drop is not None and not (np.isfinite(max_drop) and max_drop >= 0):
+        raise BadInput(f"--max-drop must be a number of points >= 0, got {max_drop}")
+    if max_drop is not None and dataset is None:
+        raise BadInput("--max-drop gates the accuracy on --dataset", hint="give --dataset DIR too")
+    if dataset_samples is not None and dataset_samples < 1:
+        raise BadInput(f"--samples must be at least 1, got {dataset_samples}")
+    if target is not None and (target == "auto" or target not in TARGETS):
+        raise BadInput(f"unknown --target {target!r}", hint=f"use one of {', '.join(t for t in TARGETS if t != 'auto')}")
+
+    on_stage("loading the file")
+    model_proto = load_onnx(path)
+    meta = read_metadata(model_proto)
+    plan = plan_reference(path, model_proto, meta, model, weights, pretrained, seed)
+    precision = precision_of(model_proto, meta)
+    tolerance, tolerance_source = resolve_tolerance(precision, atol, rtol, min_top1_agreement, min_sqnr)
+    if dataset is not None:
+        check_dataset(Path(dataset), plan.num_classes)  # a bad folder fails now, not after the reference is built
+    user_elementwise = atol is not None or rtol is not None
+    digest = sha256_file(path)
+    del model_proto  # the sessions read the file themselves; large graphs need not stay in memory
+
+    cpu = this_cpu()
+    recipe = (meta or {}).get("recipe") or {}
+    judgement = judge_int8(recipe, cpu, target) if precision == "int8" else None
+
+    # Sessions before any PyTorch work: a provider that cannot start fails in seconds (exit 3).
+    wanted = parse_providers(providers)
+    sessions: list = []
+    with contextlib.ExitStack() as cleanup:
+        # ORT writes a profiled session's trace when it is freed: end every one, whatever fails
+        cleanup.callback(lambda: [s.discard_profile() for s in sessions])
+        notes: list[str] = []
+        for provider in wanted:
+            on_stage(f"starting ONNX Runtime on {provider}")
+            # ORT's CUDA provider uses TF32 for fp32 convolutions by default: that is not fp32 math.
+            # (TensorRT has no such option in ORT; its fp32 engines may use TF32 on Ampere and later.)
+            options = {"use_tf32": "0"} if provider == "cuda" else None
+            config = judgement.gate_session if judgement and provider == "cpu" else None
+            sessions.append(create_session(
+                path, provider, allow_fallback=allow_fallback, enable_profiling=True, provider_options=options,
+                session_config=config,
+            ))
+        exact_session = None
+        if judgement is not None and judgement.also_default and "cpu" in wanted:
+            # the other CPU path: exact accumulation when the gates run on the defaults, and vice versa
+            other = None if judgement.gate_session else dict(EXACT_INT8_SESSION)
+            exact_session = create_session(path, "cpu", session_config=other)
+        if judgement is not None and judgement.note:
+            notes.append(judgement.note)
+
+        first = sessions[0]
+        chw = expected_chw(first, plan.preprocessing)
+        on_stage("loading inputs")
+        input_sets, input_notes = load_input_sets(plan.preprocessing, chw, images, inputs, random_inputs, seed)
+        notes += input_notes
+        for session in sessions:
+            probe = np.repeat(input_sets[0].tensors[:1], batch_sizes(session)[0], axis=0).astype(input_dtype(session))
+            check_inputs(session.session, {session.input_name: probe})
+        if input_dtype(first) == np.float16:
+            notes.append("the model takes float16 inputs: the float32 inputs are cast to float16 for ONNX Runtime")
+
+        on_stage(f"building the PyTorch reference ({plan.spec.name})")
+        torch_model = build_reference(plan)
+        reference = Reference(
+            model=plan.spec.name, family=plan.spec.family, from_metadata=plan.from_metadata, weights=plan.weights,
+            num_classes=plan.num_classes, input_size=plan.input_size, preprocessing=plan.preprocessing,
+        )
+        if not plan.from_metadata and plan.weights.get("kind") == "random":
+            notes.append(
+                f"no --weights: the reference has seeded random weights (seed {seed}); a foreign file matches it "
+                "only if it was exported from the same seeded model"
+            )
+        expected_outputs = {}
+        for s in input_sets:
+            on_stage(f"PyTorch on {s.name}")
+            ref = run_torch(torch_model, s.tensors)
+            if not np.isfinite(ref).all():
+                raise CheckFailed(
+                    f"the PyTorch reference itself produced NaN/Inf on the {s.name} inputs; nothing to compare against"
+                )
+            expected_outputs[s.name] = ref
+        first_ref = expected_outputs[input_sets[0].name]
+        num_classes = int(first_ref.reshape(len(first_ref), -1).shape[1])
+        reference.num_classes = num_classes
+
+        if precision == "int8" and any(s.name == "random" for s in input_sets):
+            notes.append(
+                "int8 on the random inputs: only NaN/Inf are gated (standard-normal noise lies outside the ranges "
+                "the int8 scales were calibrated on, and saturates); the photos carry the int8 gates"
+            )
+        if precision == "int8" and (meta or {}).get("weights", {}).get("kind") == "random":
+            notes.append(
+                "random weights: int8 agreement and SQNR here show the file computes what its fp32 parent does; "
+                "they do not predict accuracy on real data (use --dataset with a trained model)"
+            )
+        first_output = first.session.get_outputs()[0].name
+        if len(first.session.get_outputs()) > 1:
+            notes.append(f"the model has several outputs; PyTorch gives one, compared with {first_output!r}")
+        exact = _ExactReference(torch_model) if precision == "fp32" and not user_elementwise else None
+        runs: list[ProviderRun] = []
+        comparisons: list[Comparison] = []
+        gated_kernels = "x64quantprecision=1" if judgement and judgement.gate_session else ""
+        for session in sessions:
+            runs.append(_placement(session, input_sets, on_stage))
+            comparisons += _rows(session, input_sets, expected_outputs, precision, tolerance, exact, on_stage,
+                                 kernels=gated_kernels if session.requested == "cpu" else "")
+        saturation = None
+        if exact_session is not None:
+            other_kernels = "" if gated_kernels else "x64quantprecision=1"
+            other_rows = _rows(exact_session, input_sets, expected_outputs, precision, tolerance, None, on_stage,
+                               kernels=other_kernels, gated=False)
+            for row in other_rows:
+                row.notes.append("the other int8 kernels of this CPU, for the saturation measurement; not a gate")
+            comparisons += other_rows
+            cpu_rows = [c for c in comparisons if c.provider == "cpu" and c.gated]
+            default_rows, exact_rows = (other_rows, cpu_rows) if gated_kernels else (cpu_rows, other_rows)
+            saturation = _saturation(default_rows, exact_rows, cpu, recipe, target or "this CPU",
+                                     gated_on_default=not gated_kernels)
+        if cuda_device_available() and any(p in ("cuda", "tensorrt") for p in wanted):
+            reference.devices = ["cpu", "cuda"]
+            comparisons += _torch_cuda_rows(torch_model, input_sets, expected_outputs, first_output, on_stage)
+
+        accuracy = None
+        if dataset is not None:
+            on_stage("dataset")
+            accuracy = measure_dataset(
+                Path(dataset), torch_model, sessions, plan.preprocessing, num_classes, max_drop, dataset_samples, seed,
+                on_stage,
+            )
+
+        return Report(
+            file=path, sha256=digest, precision=precision, metadata=meta, reference=reference, tolerance=tolerance,
+            tolerance_source=tolerance_source, input_sets=input_sets, providers=runs, comparisons=comparisons,
+            dataset=accuracy, versions=run_environment(), notes=notes, seconds=time.perf_counter() - started,
+            saturation=saturation,
+        )
