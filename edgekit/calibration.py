@@ -63,7 +63,8 @@ def decode_image(path: Path, preprocessing: Preprocessing) -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 # JPEG can decode at a reduced scale: much faster for huge photos, same result after resize.
-                image.draft("RGB", (preprocessing.resize, preprocessing.resize))
+                side = preprocessing.resize or preprocessing.crop
+                image.draft("RGB", (side, side))
                 image.load()
                 return preprocessing.apply(image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -275,7 +276,7 @@ def build_calibration_set(
     source = Path(source)
     if samples < 1:
         raise BadInput(f"--samples must be at least 1, got {samples}")
-    chw = (3, preprocessing.crop, preprocessing.crop)
+    chw = preprocessing.chw
     notes: list[str] = []
     if source.is_file() or source.suffix in (".npz", ".npy"):
         tensors = load_tensor_file(source, chw)

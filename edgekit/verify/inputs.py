@@ -63,5 +63,4 @@ def expected_chw(session, preprocessing: Preprocessing) -> tuple[int, int, int]:
             f"input {session.input_name!r} of the model has rank {len(shape)} ({shape}); "
             "edgekit verifies image classifiers with (N, C, H, W) inputs"
         )
-    crop = preprocessing.crop
-    return tuple(int(d) if isinstance(d, int) else default for d, default in zip(shape[1:], (3, crop, crop)))
+    return tuple(int(d) if isinstance(d, int) else default for d, default in zip(shape[1:], preprocessing.chw))
