@@ -41,6 +41,14 @@ DEFAULT_MODELS = ("resnet18", "resnext50_32x4d", "densenet121")
 DEFAULT_DATA = ROOT / "benchmarks" / "work" / "digits"
 DEFAULT_OUT = ROOT / "benchmarks" / "checkpoints"
 MANIFEST = "digits-split.json"
+
+
+def preprocessing():
+    """How the references are trained and must be fed: the 32x32 images as they are (shorter side 32,
+    centre crop 32: no rescale, no crop), ImageNet mean/std. Export them with `--resize 32 --crop 32`."""
+    from edgekit.preprocessing import Preprocessing
+
+    return Preprocessing(resize=INPUT, crop=INPUT)
 TEST_FRACTION = 0.15
 CALIB_FRACTION = 0.15
 
@@ -179,12 +187,13 @@ def load_split(root: Path, split: str, input_size: int = INPUT):
     """(images (N, 3, S, S) float32 tensor, labels (N,) int64 tensor) through edgekit's preprocessing."""
     import torch
 
-    from edgekit.calibration import Preprocessing, load_image_folder
+    from edgekit.calibration import load_image_folder
+    from edgekit.preprocessing import Preprocessing
 
-    preprocessing = Preprocessing.for_input_size(input_size)
+    recipe = preprocessing() if input_size == INPUT else Preprocessing(resize=input_size, crop=input_size)
     arrays, labels = [], []
     for c in CLASSES:
-        images = load_image_folder(Path(root) / split / c, preprocessing, use_cache=False)
+        images = load_image_folder(Path(root) / split / c, recipe, use_cache=False)
         if images.corrupt:
             raise SystemExit(f"error: unreadable images in {root}/{split}/{c}: {images.corrupt[:3]}")
         arrays.append(images.tensors)
@@ -339,7 +348,6 @@ def train_reference(name: str, data: dict, out: Path, recipe: Recipe, sizes: dic
     from safetensors.torch import save_file
 
     from edgekit.artifact import sha256_file
-    from edgekit.calibration import Preprocessing
     from edgekit.models.registry import create_model, get_spec
 
     canonical = get_spec(name).name
@@ -364,7 +372,7 @@ def train_reference(name: str, data: dict, out: Path, recipe: Recipe, sizes: dic
         "dataset": "sklearn.datasets.load_digits (1797 real 8x8 digits), ImageFolder written by benchmarks/digits.py",
         "num_classes": 10,
         "input_size": INPUT,
-        "preprocessing": Preprocessing.for_input_size(INPUT).to_dict(),
+        "preprocessing": preprocessing().to_dict(),
         "test_accuracy": round(test_acc, 6),
         "test_correct": test_correct,
         "calib_accuracy": round(calib_acc, 6),
@@ -429,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     t = time.perf_counter()
     data = {split: load_split(args.data, split) for split in SPLITS}
-    print(f"loaded through edgekit's preprocessing (resize 37, crop 32, ImageNet mean/std) in {time.perf_counter() - t:.1f} s")
+    print(f"loaded through {preprocessing().describe()} in {time.perf_counter() - t:.1f} s")
 
     recipe = Recipe(epochs=args.epochs, lr=args.lr, seed=args.seed)
     reports = []

@@ -6,7 +6,6 @@ the folder is an ImageFolder with 10 classes that edgekit's own loader reads; wr
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -19,15 +18,7 @@ pytest.importorskip("sklearn")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_digits_module():
-    spec = importlib.util.spec_from_file_location("edgekit_benchmarks_digits", ROOT / "benchmarks" / "digits.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-digits = _load_digits_module()
+from benchmarks import digits  # noqa: E402  (after the importorskip)
 
 
 @pytest.fixture(scope="module")

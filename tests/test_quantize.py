@@ -117,10 +117,105 @@ def test_accuracy_gate_fails_and_writes_nothing(cli, exported, tmp_path):
     out = tmp_path / "out" / "g.int8.onnx"
     out.parent.mkdir()
     out.write_bytes(b"previous")
-    res = cli("quantize", parent.path, "--min-sqnr", "200", "-o", out)
+    res = cli("quantize", parent.path, "--min-sqnr", "200", "--no-fallback", "-o", out)
     assert res.exit_code == 1
     assert "not accurate enough against fp32" in res.stderr and "dB < 200 dB" in res.stderr
+    assert "fallback off" in res.stderr
     assert out.read_bytes() == b"previous" and files_in(out.parent) == ["g.int8.onnx"]
+
+
+# --- the accuracy budget and its fp32 fallback ----------------------------------------------
+
+
+def test_fallback_keeps_the_fewest_sensitive_nodes_in_fp32(exported, tmp_path):
+    # A random-weight textbook_resnet18 at 32 px misses the default held-out gate (SQNR 10 dB) in
+    # full int8: its last block saturates. The fallback must meet it with the fewest nodes it can.
+    parent = exported("textbook_resnet18", 32)
+    result = quantize(parent.path, output=tmp_path / "m.int8.onnx")
+    fb = result.fallback
+    assert fb is not None and fb.chosen is not None and fb.trials[1].fp32_nodes == [fb.ranking[0]["node"]]
+    kept = fb.chosen.fp32_nodes
+    assert kept and all(not t.passed(_budget(result)) for t in fb.trials if len(t.fp32_nodes) < len(kept))
+    assert result.holdout.passed and result.holdout.sqnr_db >= 10
+    meta = read_metadata(onnx.load(str(result.path)))
+    assert meta["recipe"]["fp32_fallback_nodes"] == kept and set(kept) <= set(meta["recipe"]["excluded_nodes"])
+    # the kept nodes really are float: no DequantizeLinear feeds their weights
+    model = onnx.load(str(result.path))
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    for node in (n for n in model.graph.node if n.name in kept):
+        assert producers.get(node.input[1]) != "DequantizeLinear"
+    assert set(fb.latency_ms) == {"fp32", "int8", "mixed"} and all(v > 0 for v in fb.latency_ms.values())
+
+
+def _budget(result):
+    from edgekit.quantize.budget import Budget
+
+    from edgekit.compare import DEFAULT_TOLERANCES
+
+    return Budget(None, None, DEFAULT_TOLERANCES["int8"])
+
+
+def test_budget_that_cannot_be_met_is_exit_1_and_writes_nothing(cli, exported, tmp_path):
+    parent = exported("textbook_resnet18", 32)
+    out = tmp_path / "never.int8.onnx"
+    res = cli("quantize", parent.path, "--min-sqnr", "80", "-o", out)
+    assert res.exit_code == 1 and "did not meet it either" in res.stderr
+    assert res.stderr.count("\n") == 1 and not out.exists() and files_in(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--max-drop", "0.5"], "--max-drop is a top-1 budget on --dataset"),
+        (["--max-drop", "-1"], "not a finite number from 0 to 100"),
+        (["--min-agreement", "1.5"], "not a finite number from 0 to 1"),
+        (["--min-sqnr", "nan"], "not a finite number from 0 to 200"),
+    ],
+)
+def test_budget_usage_errors_are_exit_2_before_any_work(cli, exported, tmp_path, args, message):
+    res = cli("quantize", exported("textbook_resnet18").path, *args, "-o", tmp_path / "x.onnx")
+    assert res.exit_code == 2 and message in res.stderr and files_in(tmp_path) == []
+
+
+def test_dataset_with_more_classes_than_the_model_is_refused(cli, exported, tmp_path):
+    from PIL import Image
+
+    for c in range(11):  # textbook models have 10 classes
+        (tmp_path / "d" / str(c)).mkdir(parents=True)
+        Image.new("RGB", (40, 40), (c * 20, 0, 0)).save(tmp_path / "d" / str(c) / "a.png")
+    res = cli("quantize", exported("textbook_resnet18").path, "--dataset", tmp_path / "d", "--max-drop", "1",
+              "-o", tmp_path / "x.onnx")
+    assert res.exit_code == 2 and "11 classes but the model has 10 outputs" in res.stderr
+
+
+# --- judged the way the target CPU computes (faked CPU flags) -------------------------------
+
+
+def test_file_for_another_target_is_gated_on_exact_accumulation_on_a_cpu_without_vnni(exported, tmp_path, monkeypatch):
+    # What an AVX2-only CPU (AMD Zen 3) does with an 8-bit-weight file made for VNNI CPUs: the gates
+    # run with session.x64quantprecision=1, and this CPU's default kernels are measured beside it.
+    monkeypatch.setenv("EDGEKIT_FAKE_CPU_FLAGS", "avx2 fma")
+    result = quantize(exported("textbook_resnext").path, target="x86-vnni", output=tmp_path / "v.onnx")
+    assert result.cpu.faked and not result.cpu.has_vnni
+    assert result.judgement.gate_session == {"session.x64quantprecision": "1"} and not result.judgement.for_this_cpu
+    assert result.holdout_default is not None and "x64quantprecision" in " ".join(result.notes)
+    report = read_metadata(onnx.load(str(result.path)))["quantization_report"]
+    assert report["gated_session_options"] == {"session.x64quantprecision": "1"}
+    assert "holdout_sqnr_db_default_kernels" in report and report["cpu"]["kind"] == "x86 AVX2 without VNNI"
+
+
+def test_auto_on_a_cpu_without_vnni_picks_7_bit_weights_and_needs_no_option(exported, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKIT_FAKE_CPU_FLAGS", "avx2 fma")
+    result = quantize(exported("textbook_resnet18").path, output=tmp_path / "a.onnx")
+    assert result.recipe.target == "x86-avx2" and result.recipe.reduce_range
+    assert result.judgement.gate_session is None and result.holdout_default is None
+    assert read_metadata(onnx.load(str(result.path)))["recipe"]["session_options"] == {}
+
+
+def test_on_a_vnni_cpu_the_8_bit_file_is_judged_as_computed(exported, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKIT_FAKE_CPU_FLAGS", "avx2 fma avx512_vnni")
+    result = quantize(exported("textbook_resnext").path, target="x86-vnni", output=tmp_path / "v.onnx")
+    assert result.judgement.gate_session is None and result.holdout_default is None and result.judgement.for_this_cpu
 
 
 def test_cli_quantize_report(cli, exported, tmp_path):

@@ -34,8 +34,26 @@ def quantize_command(
     ] = None,
     augment: Annotated[bool, typer.Option("--augment", help="fill up to --samples with seeded crops and flips")] = False,
     seed: Annotated[int, typer.Option("--seed", min=0, max=options.MAX_SEED, help="seed of the calibration pick")] = 0,
-    min_top1_agreement: options.MinTop1 = None,
-    min_sqnr: options.MinSqnr = None,
+    min_top1_agreement: Annotated[
+        float | None,
+        typer.Option("--min-agreement", "--min-top1-agreement", callback=options.between(0.0, 1.0),
+                     help="budget: held-out top-1 agreement with fp32, 0..1 (default 0.5; 0.95 for trained weights)"),
+    ] = None,
+    min_sqnr: Annotated[
+        float | None,
+        typer.Option("--min-sqnr", callback=options.between(0.0, 200.0),
+                     help="budget: held-out SQNR of the logits, dB (default 10; 20 for trained weights)"),
+    ] = None,
+    dataset: Annotated[
+        Path | None, typer.Option("--dataset", file_okay=False, help="labelled images (one sub-folder per class) for --max-drop")
+    ] = None,
+    max_drop: Annotated[
+        float | None,
+        typer.Option("--max-drop", callback=options.between(0.0, 100.0), help="budget: top-1 drop on --dataset, points"),
+    ] = None,
+    fallback: Annotated[
+        bool, typer.Option("--fallback/--no-fallback", help="keep the most sensitive layers in fp32 when the budget is missed")
+    ] = True,
     output: options.Output = None,
     json_output: options.Json = False,
 ) -> None:
@@ -65,6 +83,9 @@ def quantize_command(
             output=output,
             min_top1_agreement=min_top1_agreement,
             min_sqnr=min_sqnr,
+            dataset=dataset,
+            max_drop=max_drop,
+            fallback=fallback,
             on_stage=lambda s: bar.update(stage_task, description=f"quantize: {s}"),
             on_progress=on_progress,
         )
@@ -116,6 +137,38 @@ def render_quantize(result) -> None:
             "this CPU's default int8 kernels",
             f"top-1 agreement {d.top1_agreement:.1%}, SQNR {d.sqnr_db:.1f} dB ({result.cpu.kind()}; not the file's target)",
         )
+    table.add_row("budget", escape(result.budget))
+    if result.dataset_top1:
+        fp32, int8 = result.dataset_top1
+        table.add_row("top-1 on --dataset", f"fp32 {fp32:.2f} %, int8 {int8:.2f} % (drop {fp32 - int8:+.2f} points)")
     if result.metadata.get("weights", {}).get("kind") == "random":
         table.add_row("note", "random weights: these figures show the file computes what fp32 does; they do not predict accuracy")
     console.print(table)
+    if result.fallback is not None:
+        render_fallback(result.fallback)
+
+
+def render_fallback(fallback) -> None:
+    """The nodes kept in fp32, the trials, and what the fallback costs in latency."""
+    kept = set(fallback.chosen.fp32_nodes) if fallback.chosen else set()
+    nodes = Table(title="kept in fp32 (most added error first, from the per-layer analysis)")
+    for column in ("node", "op", "int8 SQNR dB"):
+        nodes.add_column(column, justify="right" if column.endswith("dB") else "left")
+    for row in fallback.ranking:
+        if row["node"] in kept:
+            nodes.add_row(escape(row["node"]), row["op_type"], f"{row['sqnr_db']:.1f}")
+    console.print(nodes)
+    trials = Table(title=f"fallback trials ({fallback.seconds:.1f} s)")
+    for column in ("fp32 nodes", "held-out SQNR dB", "agreement", "top-1 drop", "passed"):
+        trials.add_column(column, justify="right")
+    for t in fallback.trials:
+        trials.add_row(str(len(t.fp32_nodes)), f"{t.holdout.sqnr_db:.1f}", f"{t.holdout.top1_agreement:.1%}",
+                       "-" if t.drop is None else f"{t.drop:+.2f}", "yes" if t is fallback.chosen else "")
+    console.print(trials)
+    if fallback.latency_ms:
+        ms = fallback.latency_ms
+        console.print(
+            "latency (CPU, batch 1, interleaved p50): "
+            + ", ".join(f"{k} {v:.2f} ms" for k, v in ms.items())
+            + f"; the fallback costs {ms['mixed'] / ms['int8']:.2f}x the full-int8 time"
+        )

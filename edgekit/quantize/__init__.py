@@ -1,18 +1,15 @@
 """Static INT8 quantization (ONNX Runtime, QDQ) with a recipe for the target CPU, and the checks
-that make it trustworthy: really quantized, structure kept, runs, measured against fp32."""
+that make it trustworthy: really quantized, structure kept, runs, measured against fp32 the way
+its target CPU computes, within an accuracy budget (keeping the most sensitive layers in fp32 when
+full int8 misses it)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import tempfile
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
-
-import numpy as np
 
 from edgekit.artifact import (
     artifact_bytes,
@@ -25,33 +22,19 @@ from edgekit.artifact import (
     write_metadata,
 )
 from edgekit.calibration import DEFAULT_CALIBRATION_DIR, CalibrationSet, build_calibration_set
-from edgekit.compare import REWRITE_TOLERANCE, OutputMetrics, Tolerance, compare_outputs, resolve_tolerance
+from edgekit.compare import REWRITE_TOLERANCE, OutputMetrics, compare_outputs, resolve_tolerance, trained_defaults
 from edgekit.errors import BadInput, CheckFailed, one_line
 from edgekit.graph import input_spec, is_quantized, static_batch
 from edgekit.preprocessing import Preprocessing
 from edgekit.provenance import CpuInfo, library_versions, this_cpu
-from edgekit.rewrites import batchnorm_as_depthwise  # noqa: F401  (part of quantize's API)
-from edgekit.runners import padded_batches, run_onnx
+from edgekit.quantize.budget import Budget, Fallback, Measure, interleaved_p50_ms, load_labelled, search
+from edgekit.quantize.static import Coverage, check_quantized, int8_coverage, quantize_once
+from edgekit.rewrites import batchnorm_as_depthwise
 from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
 from edgekit.targets import Int8Judgement, Recipe, judge_int8, resolve_recipe
 
+__all__ = ["quantize", "QuantizeResult", "batchnorm_as_depthwise", "is_quantized", "DEFAULT_SAMPLES"]
 DEFAULT_SAMPLES = 128
-# What ORT really executes after its own graph optimisation: int8 kernels vs float ones.
-INT8_KERNELS = {"Conv": {"QLinearConv", "ConvInteger"}, "Gemm": {"QGemm", "QLinearMatMul", "MatMulInteger"},
-                "Concat": {"QLinearConcat"}}
-FLOAT_KERNELS = {"Conv": {"Conv", "FusedConv", "NchwcConv"}, "Gemm": {"Gemm", "FusedGemm", "MatMul", "FusedMatMul"},
-                 "Concat": {"Concat"}}
-
-
-@dataclass
-class Coverage:
-    """How many Conv / Gemm / Concat nodes ORT runs in int8, out of how many."""
-
-    int8: dict[str, int]
-    total: dict[str, int]
-
-    def describe(self) -> str:
-        return ", ".join(f"{op} {self.int8[op]}/{self.total[op]}" for op in INT8_KERNELS if self.total[op])
 
 
 @dataclass
@@ -76,6 +59,9 @@ class QuantizeResult:
     cpu: CpuInfo
     judgement: Int8Judgement
     holdout_default: OutputMetrics | None = None  # ORT's default kernels on this CPU, when they differ from the gated run
+    budget: str = ""
+    fallback: Fallback | None = None  # what the accuracy budget's fp32 fallback tried and kept
+    dataset_top1: tuple[float, float] | None = None  # (fp32, int8) top-1 on --dataset
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -92,6 +78,8 @@ class QuantizeResult:
             "grouped_convs": self.grouped_convs, "concats": self.concats, "batchnorm_rewritten": self.batchnorm_rewritten,
             "holdout": self.holdout.to_dict(), "cpu": self.cpu.to_dict(), "judgement": self.judgement.to_dict(),
             "holdout_default_kernels": self.holdout_default.to_dict() if self.holdout_default else None,
+            "budget": self.budget, "fallback": self.fallback.to_dict() if self.fallback else None,
+            "dataset_top1": {"fp32": self.dataset_top1[0], "int8": self.dataset_top1[1]} if self.dataset_top1 else None,
             "notes": self.notes, "metadata": self.metadata,
         }
 
@@ -126,42 +114,6 @@ def resolve_exclusions(model, exclude: list[str]) -> list[str]:
     return sorted(set(resolved))
 
 
-class _Reader:
-    """ORT CalibrationDataReader over preprocessed tensors, one static batch at a time."""
-
-    def __init__(self, input_name: str, tensors: np.ndarray, batch: int | None, on_progress=None):
-        self._batches = [chunk for chunk, _real in padded_batches(tensors, batch)]
-        self._input = input_name
-        self._i = 0
-        self._on_progress = on_progress
-
-    def get_next(self):
-        if self._i >= len(self._batches):
-            return None
-        item = {self._input: self._batches[self._i]}
-        self._i += 1
-        if self._on_progress:
-            self._on_progress(self._i, len(self._batches))
-        return item
-
-    def rewind(self):
-        self._i = 0
-
-
-def int8_coverage(path: Path, workdir: Path) -> tuple[Coverage, dict[str, int]]:
-    """Run ORT's own optimisation (as a session does) and count what executes in int8."""
-    from edgekit.runtime import create_session
-
-    optimized = workdir / "ort-optimized.onnx"
-    create_session(path, "cpu", optimized_model_path=optimized)
-    import onnx
-
-    ops = Counter(n.op_type for n in onnx.load(str(optimized), load_external_data=False).graph.node)
-    int8 = {op: sum(ops[k] for k in kinds) for op, kinds in INT8_KERNELS.items()}
-    total = {op: int8[op] + sum(ops[k] for k in FLOAT_KERNELS[op]) for op in INT8_KERNELS}
-    return Coverage(int8=int8, total=total), dict(ops)
-
-
 def quantize(
     model_path: Path,
     *,
@@ -176,12 +128,23 @@ def quantize(
     output: Path | None = None,
     min_top1_agreement: float | None = None,
     min_sqnr: float | None = None,
+    dataset: Path | None = None,
+    max_drop: float | None = None,
+    fallback: bool = True,
     on_stage: Callable[[str], None] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> QuantizeResult:
-    """Quantize an fp32 ONNX file to int8; nothing is written unless every check passes."""
+    """Quantize an fp32 ONNX file to int8; nothing is written unless every check passes.
+
+    The accuracy budget: the held-out gates (`min_top1_agreement`, `min_sqnr`; stricter defaults for
+    trained weights than for random ones) and, with `dataset`, a top-1 drop of at most `max_drop`
+    points. With `fallback`, a file that misses it gets its most sensitive nodes kept in fp32.
+    """
     model_path = Path(model_path)
-    tolerance, _source = resolve_tolerance("int8", min_top1_agreement=min_top1_agreement, min_sqnr=min_sqnr)
+    if max_drop is not None and dataset is None:
+        raise BadInput("--max-drop is a top-1 budget on --dataset", hint="give --dataset DIR (labelled, one folder per class)")
+    if max_drop is not None and not (max_drop >= 0 and max_drop < 100):
+        raise BadInput(f"--max-drop must be 0 to 100 points, got {max_drop}")
     stage = on_stage or (lambda _s: None)
     progress = on_progress or (lambda *_a: None)
     model = load_onnx(model_path)
@@ -191,8 +154,19 @@ def quantize(
                        hint="quantize the fp32 file it came from")
     if input_spec(model, model_path).dtype != "float32":
         raise BadInput(f"{model_path} does not take fp32 inputs; edgekit quantizes fp32 models only")
+    trained = (metadata or {}).get("weights", {}).get("kind") in ("file", "pretrained")
+    tolerance, _source = resolve_tolerance(
+        "int8", min_top1_agreement=min_top1_agreement, min_sqnr=min_sqnr, defaults=trained_defaults() if trained else None
+    )
     recipe = resolve_recipe(target, method, per_channel)
     preprocessing = preprocessing_for(model, metadata, model_path)
+    labelled = None
+    if dataset is not None:
+        from edgekit.graph import output_classes
+
+        stage("labelled dataset")
+        labelled = load_labelled(Path(dataset), preprocessing, output_classes(model) or (metadata or {}).get("num_classes"))
+    budget = Budget(max_drop, labelled, tolerance)
     final = resolve_output(output, derived_output(model_path, "int8"))
     if final.resolve() == model_path.resolve():
         raise BadInput(f"output {final} is the input file itself", hint="choose another -o")
@@ -202,7 +176,7 @@ def quantize(
         with tempfile.TemporaryDirectory(prefix="edgekit-quantize-") as tmp:
             result = _quantize_staged(
                 model_path, model, metadata, recipe, preprocessing, excluded, calibration, samples, augment, seed,
-                staged, Path(tmp), tolerance, stage, progress, target.lower(),
+                staged, Path(tmp), budget, fallback, stage, progress, target.lower(),
             )
         staged.commit()
         return result
@@ -213,10 +187,9 @@ def quantize(
 
 def _quantize_staged(
     model_path, model, metadata, recipe: Recipe, preprocessing, excluded, calibration, samples, augment, seed,
-    staged, workdir: Path, tolerance: Tolerance, stage, progress, explicit_target: str,
+    staged, workdir: Path, budget: Budget, use_fallback: bool, stage, progress, explicit_target: str,
 ) -> QuantizeResult:
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     notes: list[str] = []
@@ -227,6 +200,7 @@ def _quantize_staged(
     )
     notes.extend(calib.warnings)
     input_name = model.graph.input[0].name
+    output_name = model.graph.output[0].name
     batch = static_batch(model)
 
     stage("pre-process")
@@ -245,72 +219,67 @@ def _quantize_staged(
     bn_rewritten = batchnorm_as_depthwise(pre_model) if recipe.batchnorm_as_depthwise else 0
     if bn_rewritten:
         # the rewritten graph must still compute the same thing, to float rounding
+        from edgekit.runners import run_onnx
+
         probe = calib.holdout[: min(4, len(calib.holdout))]
         before = run_onnx(pre, probe, batch)
         onnx.save(pre_model, str(pre))
-        drift = compare_outputs(before, run_onnx(pre, probe, batch), model.graph.output[0].name, REWRITE_TOLERANCE)
+        drift = compare_outputs(before, run_onnx(pre, probe, batch), output_name, REWRITE_TOLERANCE)
         if not drift.passed:
             raise CheckFailed(f"rewriting BatchNormalization as depthwise Conv changed the outputs: {'; '.join(drift.failures)}")
 
+    def make(fp32_nodes: list[str], name: str = "quantized.onnx", report=None) -> Path:
+        out = workdir / name
+        quantize_once(pre, out, input_name, calib.tensors, batch, recipe, sorted(set(excluded) | set(fp32_nodes)), report)
+        return out
+
     stage("calibrate + quantize")
-    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
-    extra = {"ActivationSymmetric": recipe.activation_symmetric, "WeightSymmetric": True}
-    if recipe.method == "percentile":
-        extra["CalibPercentile"] = 99.999
-    quantized_tmp = workdir / "quantized.onnx"
-    reader = _Reader(input_name, calib.tensors, batch, lambda i, n: progress("calibrate", i, n))
     started = time.perf_counter()
-    try:
-        # ORT's calibrators print progress to stdout; only the cli package prints.
-        # ...and warn through the root logger about every BatchNormalization they cannot quantize per channel.
-        with contextlib.redirect_stdout(io.StringIO()), _quiet_root_logger():
-            quantize_static(
-                str(pre), str(quantized_tmp), reader,
-                quant_format=QuantFormat.QDQ,
-                per_channel=recipe.per_channel,
-                reduce_range=recipe.reduce_range,
-                activation_type=types[recipe.activation_type],
-                weight_type=types[recipe.weight_type],
-                nodes_to_exclude=excluded or None,
-                calibrate_method=methods[recipe.method],
-                extra_options=extra,
-            )
-    except Exception as exc:
-        raise CheckFailed(f"quantize_static failed on {model_path}: {one_line(exc, 200)}") from exc
+    full = make([], report=lambda i, n: progress("calibrate", i, n))
     calibration_seconds = time.perf_counter() - started
 
     stage("checks")
-    quantized = onnx.load(str(quantized_tmp))
-    ops = op_counts(quantized)
-    if not (ops.get("QuantizeLinear") and ops.get("DequantizeLinear")):
-        raise CheckFailed("the output of quantize_static has no QuantizeLinear/DequantizeLinear nodes: it is not quantized")
-    from onnx import TensorProto
-
-    int8_weights = sum(1 for t in quantized.graph.initializer if t.data_type in (TensorProto.INT8, TensorProto.UINT8) and len(t.dims) >= 2)
-    if not int8_weights:
-        raise CheckFailed("the quantized graph has no 8-bit weight initializers")
-    grouped = onnx_grouped_conv_count(quantized)
-    concats = onnx_concat_count(quantized)
-    if grouped != want_grouped + bn_rewritten:
-        raise CheckFailed(
-            f"grouped convolutions not preserved: {want_grouped} in {model_path.name} (+{bn_rewritten} depthwise "
-            f"from BatchNormalization), {grouped} after quantization"
+    check_quantized(onnx.load(str(full)), model_path.name, want_grouped, want_concats, bn_rewritten)
+    cpu = this_cpu()
+    # an explicit --target says where the file will run; `auto` is this CPU
+    recipe_meta = {**recipe.to_dict(), "format": "QDQ", "batchnorm_rewritten": bn_rewritten,
+                   "session_options": recipe.session_options()}
+    judgement = judge_int8(recipe_meta, cpu, None if explicit_target == "auto" else explicit_target)
+    if judgement.note:
+        notes.append(judgement.note)
+    stage("accuracy budget")
+    measure = Measure(model_path, calib.holdout, output_name, batch, budget, judgement.gate_session)
+    trial = measure(full, [])
+    fallback = None
+    chosen = full
+    if not trial.passed(budget):
+        if not use_fallback:
+            _budget_missed(trial, budget, calib, judgement, "; fp32 fallback off (--no-fallback)")
+        fallback = _fallback(pre, full, calib.holdout, judgement, budget, measure, make, stage, excluded)
+        if fallback.chosen is None:
+            best = max(fallback.trials, key=lambda t: t.holdout.sqnr_db) if fallback.trials else trial
+            _budget_missed(best, budget, calib, judgement,
+                           f"; keeping up to {len(fallback.trials[-1].fp32_nodes) if fallback.trials else 0} "
+                           "of the most sensitive nodes in fp32 did not meet it either")
+        trial = fallback.chosen
+        chosen = make(trial.fp32_nodes, "mixed.onnx")
+        notes.append(
+            f"full int8 missed the budget; {len(trial.fp32_nodes)} node(s) kept in fp32 to meet it: {', '.join(trial.fp32_nodes)}"
         )
-    if concats < want_concats:
-        raise CheckFailed(f"concatenations not preserved: {want_concats} Concat in {model_path.name}, {concats} after quantization")
+        fallback.latency_ms = interleaved_p50_ms(
+            {"fp32": model_path, "int8": full, "mixed": chosen}, calib.holdout[: batch or 1]
+        )
 
-    parent_meta = dict(metadata or {})
+    quantized = onnx.load(str(chosen))
+    grouped, concats = check_quantized(quantized, model_path.name, want_grouped, want_concats, bn_rewritten)
+    fp32_nodes = trial.fp32_nodes
     new_meta = {
-        **parent_meta,
+        **dict(metadata or {}),
         "precision": "int8",
         "parent": {"file": model_path.name, "sha256": sha256_file(model_path), "metadata": bool(metadata)},
         "calibration": calib.to_metadata(),
-        "recipe": {
-            **recipe.to_dict(), "format": "QDQ", "excluded_nodes": excluded, "batchnorm_rewritten": bn_rewritten,
-            "session_options": recipe.session_options(),
-        },
+        "recipe": {**recipe_meta, "excluded_nodes": sorted(set(excluded) | set(fp32_nodes)),
+                   "fp32_fallback_nodes": fp32_nodes},
     }
     if not metadata:
         new_meta["preprocessing"] = preprocessing.to_dict()
@@ -320,70 +289,66 @@ def _quantize_staged(
 
     # Everything below runs on the staged file: what will ship.
     coverage, _optimized_ops = int8_coverage(staged.path, workdir)
-    cpu = this_cpu()
-    # an explicit --target says where the file will run; `auto` is this CPU
-    judgement = judge_int8(new_meta["recipe"], cpu, None if explicit_target == "auto" else explicit_target)
-    if judgement.note:
-        notes.append(judgement.note)
-    output_name = model.graph.output[0].name
-    fp32_out = run_onnx(model_path, calib.holdout, batch)
-    holdout = compare_outputs(fp32_out, run_onnx(staged.path, calib.holdout, batch, judgement.gate_session), output_name, tolerance)
+    holdout = measure(staged.path, fp32_nodes).holdout
     holdout_default = None
     if judgement.gate_session is not None and judgement.also_default:
-        holdout_default = compare_outputs(fp32_out, run_onnx(staged.path, calib.holdout, batch), output_name, tolerance)
-    if not holdout.passed:
-        raise CheckFailed(
-            f"int8 model is not accurate enough against fp32 on {calib.holdout_description}"
-            + (" (run with session.x64quantprecision=1, as its target computes)" if judgement.gate_session else "")
-            + ": " + "; ".join(holdout.failures)
-            + "; nothing was written",
-            hint="try --method entropy/percentile, more calibration data, or --exclude the sensitive nodes",
-        )
+        holdout_default = measure(staged.path, fp32_nodes, session_config=None).holdout
+    if not holdout.passed:  # the written bytes must pass what the trial passed
+        _budget_missed(measure(staged.path, fp32_nodes), budget, calib, judgement, "")
     new_meta["quantization_report"] = {
         "holdout_top1_agreement": holdout.top1_agreement,
         "holdout_sqnr_db": holdout.sqnr_db,
+        "budget": budget.describe(),
         "gated_session_options": judgement.gate_session or {},
         "cpu": cpu.to_dict(),
         "coverage_int8": coverage.int8,
         "coverage_total": coverage.total,
     }
+    if trial.drop is not None:
+        new_meta["quantization_report"].update(dataset_fp32_top1=trial.fp32_top1, dataset_int8_top1=trial.int8_top1)
     if holdout_default is not None:
         new_meta["quantization_report"]["holdout_sqnr_db_default_kernels"] = holdout_default.sqnr_db
         new_meta["quantization_report"]["holdout_top1_agreement_default_kernels"] = holdout_default.top1_agreement
     write_metadata(quantized, new_meta)
     staged.save(quantized)
-    fp32_bytes = artifact_bytes(model_path)
-    int8_bytes = artifact_bytes(staged.path)
     return QuantizeResult(
-        path=staged.final,
-        parent=model_path,
-        recipe=recipe,
-        excluded=excluded,
-        calibration=calib,
-        calibration_seconds=calibration_seconds,
-        fp32_bytes=fp32_bytes,
-        int8_bytes=int8_bytes,
-        ops=dict(ops),
-        coverage=coverage,
-        grouped_convs=grouped - bn_rewritten,
-        concats=concats,
-        batchnorm_rewritten=bn_rewritten,
-        holdout=holdout,
-        metadata=new_meta,
-        cpu=cpu,
-        judgement=judgement,
-        holdout_default=holdout_default,
+        path=staged.final, parent=model_path, recipe=recipe, excluded=sorted(set(excluded) | set(fp32_nodes)),
+        calibration=calib, calibration_seconds=calibration_seconds, fp32_bytes=artifact_bytes(model_path),
+        int8_bytes=artifact_bytes(staged.path), ops=dict(op_counts(quantized)), coverage=coverage,
+        grouped_convs=grouped - bn_rewritten, concats=concats, batchnorm_rewritten=bn_rewritten, holdout=holdout,
+        metadata=new_meta, cpu=cpu, judgement=judgement, holdout_default=holdout_default, budget=budget.describe(),
+        fallback=fallback, dataset_top1=(trial.fp32_top1, trial.int8_top1) if trial.drop is not None else None,
         notes=notes,
     )
 
 
-@contextlib.contextmanager
-def _quiet_root_logger():
-    import logging
+def _fallback(pre: Path, full: Path, holdout, judgement, budget: Budget, measure, make, stage, excluded) -> Fallback:
+    """Rank the nodes by the error they add (per-layer analysis on the held-out images, as the target
+    computes), then keep the fewest leading ones in fp32 that meet the budget."""
+    from edgekit.layers import layer_errors
 
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(logging.NOTSET)
+    started = time.perf_counter()
+    stage("per-layer error (fp32 fallback)")
+    report = layer_errors(pre, full, holdout, session_config=judgement.gate_session)
+    ranked = [a for a in report.ranked() if a.fp32_node not in excluded]
+    order: list[str] = []
+    for a in ranked:
+        if a.fp32_node not in order:
+            order.append(a.fp32_node)
+    order = order[: max(len(order) - 1, 0)]  # all in fp32 is not an int8 file: leave at least one node quantized
+    ranking = [{"node": a.fp32_node, "op_type": a.op_type, "sqnr_db": a.sqnr_db, "added_noise": a.added_noise}
+               for a in ranked[:50]]
+    chosen, trials = search(order, lambda nodes: make(nodes, f"trial-{len(nodes)}.onnx"), measure, budget, stage)
+    return Fallback(ranking=ranking, trials=trials, chosen=chosen, seconds=time.perf_counter() - started)
 
+
+def _budget_missed(trial, budget: Budget, calib: CalibrationSet, judgement, why: str):
+    kernels = " (run with session.x64quantprecision=1, as its target computes)" if judgement.gate_session else ""
+    reasons = list(trial.holdout.failures)
+    if trial.drop is not None and budget.max_drop is not None and trial.drop > budget.max_drop:
+        reasons.append(f"top-1 drop {trial.drop:.2f} points > --max-drop {budget.max_drop:g} on {budget.dataset.folder}")
+    raise CheckFailed(
+        f"int8 model is not accurate enough against fp32 on {calib.holdout_description}{kernels}: "
+        + "; ".join(reasons) + why + "; nothing was written",
+        hint="try --method entropy/percentile, more calibration data, or --exclude the sensitive nodes",
+    )

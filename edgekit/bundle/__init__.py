@@ -1,0 +1,124 @@
+"""What a deployable bundle carries besides the model, and the check of a bundle from edgekit.
+
+`check.py` (the standalone device check: numpy and onnxruntime only) and `metrics.py` (the metric core it
+shares with edgekit.compare) are copied into every bundle verbatim. `check_bundle` runs check.py's own
+checks from edgekit (edgekit's metric core, edgekit's sessions): what `edgekit package` runs before it
+commits a bundle, and what `edgekit verify DIR` is to call (it lives here, below the stages, so that
+verify need not import the package stage).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgekit.errors import BadInput, ProviderUnavailable, one_line
+
+# check.py and metrics.py import numpy only; provenance and runtime are imported where used, so that
+# edgekit.compare (which imports edgekit.bundle.metrics) stays light.
+BUNDLE_SCRIPTS = ("check.py", "metrics.py")
+
+
+def script_path(name: str) -> Path:
+    """The source of a file copied into every bundle."""
+    return Path(__file__).resolve().parent / name
+
+
+@dataclass
+class BundleCheck:
+    """check.py's checks of a bundle, run by edgekit (the same code, edgekit's sessions)."""
+
+    folder: Path
+    model: str | None
+    precision: str | None
+    passed: bool
+    exit_code: int
+    checksums: list[dict]
+    rows: list[dict]
+    gates: dict
+    cpu: dict
+    session_options: dict
+    notes: list[str]
+    reasons: list[str]
+    golden_samples: int
+
+    @classmethod
+    def from_result(cls, result: dict) -> "BundleCheck":
+        return cls(
+            folder=Path(result["bundle"]), model=result["model"], precision=result["precision"],
+            passed=result["passed"], exit_code=result["exit_code"], checksums=result["checksums"], rows=result["rows"],
+            gates=result["gates"], cpu=result["cpu"], session_options=result["session_options"],
+            notes=result["notes"], reasons=result["reasons"], golden_samples=result["golden_samples"],
+        )
+
+    def as_check_result(self) -> dict:
+        """The dict check.py's format_report prints."""
+        data = self.to_dict()
+        data["bundle"] = str(self.folder)
+        return data
+
+    def describe(self) -> str:
+        """check.py's own table."""
+        from edgekit.bundle import check as bundle_check
+
+        return bundle_check.format_report(self.as_check_result())
+
+    def to_dict(self) -> dict:
+        return {
+            "folder": str(self.folder), "model": self.model, "precision": self.precision, "passed": self.passed,
+            "exit_code": self.exit_code, "checksums": self.checksums, "rows": self.rows, "gates": self.gates,
+            "cpu": self.cpu, "session_options": self.session_options, "notes": self.notes, "reasons": self.reasons,
+            "golden_samples": self.golden_samples,
+        }
+
+
+def this_cpu_for_check() -> dict:
+    """This CPU as check.py describes one (edgekit's reading, so EDGEKIT_FAKE_CPU_FLAGS applies)."""
+    from edgekit.provenance import this_cpu
+
+    cpu = this_cpu()
+    return {"machine": cpu.machine, "model": cpu.model, "flags": sorted(cpu.flags),
+            "flags_known": bool(cpu.flags) or cpu.faked, "faked": cpu.faked}
+
+
+def _edgekit_session(path: Path, provider: str, config: dict):
+    """check.py's session factory, made with edgekit's create_session (no silent provider fallback)."""
+    from edgekit.bundle import check as bundle_check
+    from edgekit.runtime import PROVIDERS, create_session
+
+    short = next((k for k, v in PROVIDERS.items() if v == provider), None)
+    if short is None:
+        raise bundle_check.ProviderNotStarted(f"{provider} is not a provider edgekit runs ({', '.join(PROVIDERS)})")
+    try:
+        return create_session(Path(path), short, session_config=config or None).session
+    except ProviderUnavailable as exc:
+        raise bundle_check.ProviderNotStarted(one_line(exc)) from None
+
+
+def check_bundle(folder: Path, providers: list[str] | None = None, apply_session_options: bool = True) -> BundleCheck:
+    """Run a bundle's check.py checks from edgekit: checksums, both model formats on the golden inputs on each
+    provider (short names: cpu, cuda, tensorrt; default cpu), the manifest's gates, with edgekit's metric core.
+
+    A broken bundle (no manifest, a listed file missing, unreadable golden data) is BadInput (exit 2); a failed
+    check is returned (passed False, exit_code 1), not raised: the caller decides."""
+    from edgekit.bundle import check as bundle_check
+    from edgekit.bundle import metrics as bundle_metrics
+    from edgekit.runtime import PROVIDERS
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BadInput(f"bundle {folder} is not a folder", hint="give the folder `edgekit package` wrote")
+    wanted = []
+    for name in providers or ["cpu"]:
+        key = name.strip().lower()
+        if key not in PROVIDERS:
+            raise BadInput(f"unknown execution provider {name!r}", hint=f"use one of {', '.join(PROVIDERS)}")
+        wanted.append(PROVIDERS[key])
+    try:
+        result = bundle_check.run_checks(
+            folder, wanted, this_cpu_for_check(), make_session=_edgekit_session, metrics=bundle_metrics,
+            apply_session_options=apply_session_options,
+        )
+    except bundle_check.BrokenBundle as exc:
+        raise BadInput(f"broken bundle: {exc}") from None
+    return BundleCheck.from_result(result)

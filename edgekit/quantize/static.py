@@ -1,0 +1,142 @@
+"""One static int8 quantization with ONNX Runtime (QDQ) and the checks its output must pass.
+
+Called once for a plain quantize and once per trial by the accuracy-budget fallback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgekit.errors import CheckFailed, one_line
+from edgekit.runners import padded_batches
+from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
+from edgekit.targets import Recipe
+
+# What ORT really executes after its own graph optimisation: int8 kernels vs float ones.
+INT8_KERNELS = {"Conv": {"QLinearConv", "ConvInteger"}, "Gemm": {"QGemm", "QLinearMatMul", "MatMulInteger"},
+                "Concat": {"QLinearConcat"}}
+FLOAT_KERNELS = {"Conv": {"Conv", "FusedConv", "NchwcConv"}, "Gemm": {"Gemm", "FusedGemm", "MatMul", "FusedMatMul"},
+                 "Concat": {"Concat"}}
+
+
+@dataclass
+class Coverage:
+    """How many Conv / Gemm / Concat nodes ORT runs in int8, out of how many."""
+
+    int8: dict[str, int]
+    total: dict[str, int]
+
+    def describe(self) -> str:
+        return ", ".join(f"{op} {self.int8[op]}/{self.total[op]}" for op in INT8_KERNELS if self.total[op])
+
+
+class _Reader:
+    """ORT CalibrationDataReader over preprocessed tensors, one static batch at a time."""
+
+    def __init__(self, input_name: str, tensors: np.ndarray, batch: int | None, on_progress=None):
+        self._batches = [chunk for chunk, _real in padded_batches(tensors, batch)]
+        self._input = input_name
+        self._i = 0
+        self._on_progress = on_progress
+
+    def get_next(self):
+        if self._i >= len(self._batches):
+            return None
+        item = {self._input: self._batches[self._i]}
+        self._i += 1
+        if self._on_progress:
+            self._on_progress(self._i, len(self._batches))
+        return item
+
+    def rewind(self):
+        self._i = 0
+
+
+def quantize_once(
+    pre: Path, out: Path, input_name: str, tensors: np.ndarray, batch: int | None, recipe: Recipe,
+    excluded: list[str], on_progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """quantize_static on a pre-processed fp32 file, QDQ, with the recipe; `excluded` nodes stay float."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    extra = {"ActivationSymmetric": recipe.activation_symmetric, "WeightSymmetric": True}
+    if recipe.method == "percentile":
+        extra["CalibPercentile"] = 99.999
+    reader = _Reader(input_name, tensors, batch, on_progress)
+    try:
+        # ORT's calibrators print progress to stdout; only the cli package prints.
+        # ...and warn through the root logger about every BatchNormalization they cannot quantize per channel.
+        with contextlib.redirect_stdout(io.StringIO()), _quiet_root_logger():
+            quantize_static(
+                str(pre), str(out), reader,
+                quant_format=QuantFormat.QDQ,
+                per_channel=recipe.per_channel,
+                reduce_range=recipe.reduce_range,
+                activation_type=types[recipe.activation_type],
+                weight_type=types[recipe.weight_type],
+                nodes_to_exclude=excluded or None,
+                calibrate_method=methods[recipe.method],
+                extra_options=extra,
+            )
+    except Exception as exc:
+        raise CheckFailed(f"quantize_static failed on {pre.name}: {one_line(exc, 200)}") from exc
+
+
+def check_quantized(quantized, parent_name: str, want_grouped: int, want_concats: int, bn_rewritten: int) -> tuple[int, int]:
+    """Really quantized, grouped convs and concats kept; returns (grouped convs, concats) of the int8 graph."""
+    from onnx import TensorProto
+
+    ops = op_counts(quantized)
+    if not (ops.get("QuantizeLinear") and ops.get("DequantizeLinear")):
+        raise CheckFailed("the output of quantize_static has no QuantizeLinear/DequantizeLinear nodes: it is not quantized")
+    int8_weights = sum(
+        1 for t in quantized.graph.initializer if t.data_type in (TensorProto.INT8, TensorProto.UINT8) and len(t.dims) >= 2
+    )
+    if not int8_weights:
+        raise CheckFailed("the quantized graph has no 8-bit weight initializers")
+    grouped = onnx_grouped_conv_count(quantized)
+    concats = onnx_concat_count(quantized)
+    if grouped != want_grouped + bn_rewritten:
+        raise CheckFailed(
+            f"grouped convolutions not preserved: {want_grouped} in {parent_name} (+{bn_rewritten} depthwise "
+            f"from BatchNormalization), {grouped} after quantization"
+        )
+    if concats < want_concats:
+        raise CheckFailed(f"concatenations not preserved: {want_concats} Concat in {parent_name}, {concats} after quantization")
+    return grouped, concats
+
+
+def int8_coverage(path: Path, workdir: Path) -> tuple[Coverage, dict[str, int]]:
+    """Run ORT's own optimisation (as a session does) and count what executes in int8."""
+    from edgekit.runtime import create_session
+
+    optimized = workdir / "ort-optimized.onnx"
+    create_session(path, "cpu", optimized_model_path=optimized)
+    import onnx
+
+    ops = Counter(n.op_type for n in onnx.load(str(optimized), load_external_data=False).graph.node)
+    int8 = {op: sum(ops[k] for k in kinds) for op, kinds in INT8_KERNELS.items()}
+    total = {op: int8[op] + sum(ops[k] for k in FLOAT_KERNELS[op]) for op in INT8_KERNELS}
+    return Coverage(int8=int8, total=total), dict(ops)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    import logging
+
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
