@@ -91,8 +91,8 @@ class LayerReport:
     seconds: float
     activations: list[ActivationError]
     weights: list[WeightError]
-    unmatched_activations: list[str] = field(default_factory=list)  # quantized in the int8 file, absent from the fp32 one
-    unmatched_weights: list[str] = field(default_factory=list)  # quantized initializers with no fp32 counterpart
+    unmatched_activations: list[str] = field(default_factory=list)  # quantized in the int8 file, not in the fp32 one
+    unmatched_weights: list[str] = field(default_factory=list)  # quantized initializers without an fp32 counterpart
     notes: list[str] = field(default_factory=list)
 
     def worst(self, n: int = 10) -> list[ActivationError]:
@@ -117,11 +117,18 @@ class LayerReport:
         from 45 to 35 dB (adds 3e-4) above one going from 20 to 18 dB (adds 6e-3).
 
         A node's added noise covers its weights' quantization, its arithmetic in int8 on this
-        CPU, and the quantization of its output. Limits, measured on textbook_resnet18: (1) with
-        QDQ, excluding one node leaves a tensor quantized while any neighbour still quantizes it,
-        so error caused by the quantization of a tensor shows up at the consumer and is removed
-        only by excluding the tensor's producer and consumers together; (2) it is a first-order
-        estimate: re-measure after each exclusion, as a fallback loop does.
+        CPU, and the quantization of its output. Limits, measured on textbook_resnet18:
+        (1) with QDQ a tensor stays quantized while its producer or any consumer is quantized. A
+        tensor whose per-tensor range is set by one outlier channel loses its other channels, yet
+        reads well in SQNR (the outlier carries the energy); the loss shows at its consumer, which
+        ranks first, and is removed only by excluding producer and consumer together (each alone:
+        no gain). `ActivationError.inputs` names the tensors to widen the exclusion to.
+        (2) ORT's WeightBiasQuantization optimizer re-quantizes the float weights of an excluded
+        Conv/Gemm that sits between a DequantizeLinear and a QuantizeLinear when the session
+        starts, so the node is not in fp32 at run time unless the session has
+        {"optimization.disable_specified_optimizers": "WeightBiasQuantization"}; measure with the
+        session config the deployment uses (`session_config`).
+        (3) It is a first-order estimate: re-measure after each exclusion, as a fallback loop does.
         """
         names: list[str] = []
         for act in self.ranked():
@@ -150,6 +157,11 @@ class LayerReport:
             "notes": list(self.notes),
         }
         return _json_safe(data)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 def _json_safe(value):
@@ -268,6 +280,14 @@ def _check_pair(fp32_path: Path, int8_path: Path, fp32_model, int8_model) -> Non
     if fp32_input != int8_input:
         raise BadInput(f"{fp32_path.name} takes {fp32_input[0]} {fp32_input[1]} but {int8_path.name} takes "
                        f"{int8_input[0]} {int8_input[1]}: not an fp32/int8 pair")
+    fp32_precision = (read_metadata(fp32_model) or {}).get("precision", "fp32")
+    if fp32_precision != "fp32":
+        raise BadInput(f"{fp32_path} is an {fp32_precision} file, not fp32",
+                       hint="give the fp32 file the int8 one was quantized from")
+    for path, model in ((fp32_path, fp32_model), (int8_path, int8_model)):
+        initializers = {t.name for t in model.graph.initializer}
+        if any(i.type.tensor_type.elem_type != 1 for i in model.graph.input if i.name not in initializers):
+            raise BadInput(f"{path} does not take float32 inputs; layer errors compare fp32-input models")
     parent = (read_metadata(int8_model) or {}).get("parent") or {}
     if parent.get("sha256") and parent["sha256"] != sha256_file(fp32_path):
         raise BadInput(f"{int8_path.name} was quantized from another file than {fp32_path} "
@@ -394,10 +414,14 @@ class _Graphs:
         """(fp32 node name usable in nodes_to_exclude, its topological index in the fp32 graph)."""
         if node is not None and node.name in self.fp32_index:
             return node.name, self.fp32_index[node.name]
-        if activation in self.fp32_producer:  # same output name, renamed node (e.g. BN rewritten as Conv)
-            index, fp32_node = self.fp32_producer[activation]
-            return (fp32_node.name or None), index
-        return None, -1
+        if activation not in self.fp32_producer:
+            return None, -1
+        # renamed in the int8 graph (edgekit rewrites DenseNet's BatchNormalization as a Conv): the fp32
+        # node writing the same tensor, stepping back over a Relu/Clip the quantizer folded into it
+        index, fp32_node = self.fp32_producer[activation]
+        if activation in self.folded and fp32_node.input and fp32_node.input[0] in self.fp32_producer:
+            index, fp32_node = self.fp32_producer[fp32_node.input[0]]
+        return (fp32_node.name or None), index
 
     def quantized_inputs(self, node, matched: set[str]) -> list[str]:
         """The quantized activations a node reads, looking through float-only nodes in between."""
@@ -413,9 +437,9 @@ class _Graphs:
                 if name in matched:
                     found.append(name)
                     return
-                tensor = name  # not in the fp32 file: look further up
-            if tensor in self.initializers or tensor in self.graph_inputs and tensor not in matched:
-                return
+                tensor = self.pre.get(name, name)  # not in the fp32 file: look further up
+            if tensor in self.initializers or tensor in self.graph_inputs:
+                return  # constants and an unquantized graph input carry no int8 error
             producer = self.producer.get(tensor)
             if producer is None:
                 return
@@ -497,7 +521,6 @@ def layer_errors(
         tmp = Path(tmp)
         stage("augment")
         fp32_aug, sim_aug, dep_aug = _augment(fp32_model, int8_model, tmp)
-        del fp32_model  # the augmented copies are all that is needed from here
         stage("activations")
         energies, runs = _collect(
             fp32_aug, sim_aug, dep_aug, input_name, _padded(inputs, batch), batch, graphs, session_config,
@@ -512,11 +535,15 @@ def layer_errors(
 
     stage("rank")
     activations, unmatched = _activation_records(energies, graphs)
+    simulated_only = sorted(n for n, kinds in energies.items() if "simulated" in kinds and "deployed" not in kinds)
     if not activations:
         raise CheckFailed(f"no quantized activation of {int8_path.name} has a counterpart in {fp32_path.name}: "
                           "the files are not an fp32/int8 pair")
     weights, unmatched_weights = _weight_records(weight_db, graphs, int8_model)
     notes = []
+    if simulated_only:
+        notes.append(f"{len(simulated_only)} activation(s) had no DequantizeLinear output in the deployed run; their "
+                     f"sqnr_db is the QDQ simulation's: {', '.join(simulated_only[:5])}")
     if session_config:
         notes.append("session config applied to the int8 runs: "
                      + ", ".join(f"{k}={v}" for k, v in sorted(session_config.items())))
@@ -550,7 +577,7 @@ def _augment(fp32_model, int8_model, tmp: Path) -> tuple[Path, Path, Path]:
         modify_model_output_intermediate_tensors(int8_copy, paths[2], op_types_for_saving=["DequantizeLinear"],
                                                  save_as_external_data=external)
     except Exception as exc:
-        raise CheckFailed(f"cannot add the intermediate outputs to the models: {str(exc).splitlines()[0][:200]}") from exc
+        raise CheckFailed(f"cannot add the intermediate outputs to the models: {_first_line(exc)}") from exc
     return paths
 
 
@@ -596,7 +623,7 @@ def _collect(fp32_aug, sim_aug, dep_aug, input_name, chunks, batch, graphs: _Gra
         try:
             return collect_activations(str(path), reader, session_options=options)
         except Exception as exc:
-            raise CheckFailed(f"ONNX Runtime failed on {Path(path).name}: {str(exc).strip().splitlines()[0][:200]}") from exc
+            raise CheckFailed(f"ONNX Runtime failed on {Path(path).name}: {_first_line(exc)}") from exc
 
     done = 0
     per_round = 1  # the first round measures how many bytes one run saves
@@ -632,7 +659,8 @@ def _collect(fp32_aug, sim_aug, dep_aug, input_name, chunks, batch, graphs: _Gra
 
 def _activation_records(totals, graphs: _Graphs) -> tuple[list[ActivationError], list[str]]:
     unmatched = sorted(name for name, kinds in totals.items() if "simulated" not in kinds)
-    db = {name: {kind: _db(*pair) for kind, pair in kinds.items()} for name, kinds in totals.items() if "simulated" in kinds}
+    db = {name: {kind: _db(*pair) for kind, pair in kinds.items()}
+          for name, kinds in totals.items() if "simulated" in kinds}
     matched = set(db)
     deployed = {name: kinds.get("deployed", kinds["simulated"]) for name, kinds in db.items()}
     records = []
@@ -687,7 +715,9 @@ def _weight_records(weight_db: dict[str, float], graphs: _Graphs, int8_model) ->
             role = "weight"
             if consumer is not None:
                 index = list(consumer.input).index(dq.output[0])
-                role = {1: "weight", 2: "bias"}.get(index, f"input {index}") if consumer.op_type in ("Conv", "Gemm", "ConvTranspose") else f"input {index}"
+                role = f"input {index}"
+                if consumer.op_type in ("Conv", "ConvTranspose", "Gemm") and index in (1, 2):
+                    role = "weight" if index == 1 else "bias"
             fp32_node, position = graphs.fp32_name(consumer, "") if consumer is not None else (None, -1)
             records.append(WeightError(
                 name=name,

@@ -16,7 +16,7 @@ from edgekit.layers import ActivationError, LayerReport, WeightError, layer_erro
 
 ROOT = Path(__file__).resolve().parent.parent
 CALIBRATION = ROOT / "calibration"
-SIZE = 64  # at 32 px the random-weight textbook_resnet18 misses quantize's 10 dB held-out gate (7.7 dB)
+SIZE = 64  # at 32 px this random-weight net's held-out int8 SQNR sits near quantize's 10 dB gate (7.7-13 dB seen)
 KEEP_FLOAT = {"optimization.disable_specified_optimizers": "WeightBiasQuantization"}
 
 
@@ -145,18 +145,16 @@ def test_plot_is_a_png(report, tmp_path):
     assert sorted(os.listdir(out.parent)) == ["layers.png"]
 
 
-def test_rounds_and_padding_give_the_same_numbers(pair, photos, tmp_path):
-    """Several collection rounds (tiny max_bytes) and a static batch of 3 fed 4 samples (the last chunk
-    padded, padded rows dropped) measure exactly what one round on the same samples does."""
+def test_rounds_and_padding_give_the_same_numbers(pair, photos, report, tmp_path):
+    """Several collection rounds (tiny max_bytes) and a static batch of 3 fed 8 samples (the last chunk
+    padded with a repeat, padded rows dropped) measure exactly what one round on the same samples does."""
     import onnx
 
-    from edgekit.artifact import read_metadata, sha256_file, write_metadata
-
     fp32, int8 = pair
-    x = photos[:4]
-    base = {a.tensor: a.sqnr_db for a in layer_errors(fp32, int8, x).activations}
+    x = photos
+    base = {a.tensor: a.sqnr_db for a in report.activations}
     rounds = layer_errors(fp32, int8, x, max_bytes=1)
-    assert rounds.runs == 4
+    assert rounds.runs == 8
     assert {a.tensor: a.sqnr_db for a in rounds.activations} == pytest.approx(base, abs=1e-6)
 
     paths = {}
@@ -165,14 +163,11 @@ def test_rounds_and_padding_give_the_same_numbers(pair, photos, tmp_path):
         for value in list(model.graph.input) + list(model.graph.output):
             value.type.tensor_type.shape.dim[0].dim_value = 3
         del model.graph.value_info[:]
-        if name == "int8":
-            meta = read_metadata(model)
-            meta["parent"]["sha256"] = sha256_file(paths["fp32"])
-            write_metadata(model, meta)
+        del model.metadata_props[:]  # foreign files now: their metadata would describe batch 1
         paths[name] = tmp_path / f"b3.{name}.onnx"
         onnx.save(model, str(paths[name]))
     batched = layer_errors(paths["fp32"], paths["int8"], x)
-    assert batched.batch == 3 and batched.runs == 2
+    assert batched.batch == 3 and batched.runs == 3
     assert {a.tensor: a.sqnr_db for a in batched.activations} == pytest.approx(base, abs=1e-3)
 
 
@@ -245,7 +240,8 @@ def _fp32_outputs(path: Path, x: np.ndarray) -> np.ndarray:
 def test_sensitive_nodes_names_the_damaged_layer(sensitive, photos):
     src, int8, _excluded, a, dead = sensitive
     x = photos[:4]
-    np.testing.assert_allclose(_fp32_outputs(src, x), _fp32_outputs(dead, x), atol=1e-5)  # the taps change nothing in fp32
+    # the outlier taps change nothing in fp32
+    np.testing.assert_allclose(_fp32_outputs(src, x), _fp32_outputs(dead, x), atol=1e-5)
     report = layer_errors(src, int8, x)
     assert report.sensitive_nodes(1) == [a]
     act = next(r for r in report.activations if r.fp32_node == a)

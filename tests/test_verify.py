@@ -500,3 +500,97 @@ def test_fp32_noise_floor_passes_only_what_pytorch_fp32_itself_misses():
         assert ("as accurate as PyTorch fp32 itself" in floor.describe()) is passes
         # a waived gate keeps its evidence
         assert bool(metrics.waived) is passes
+
+
+# --- int8 judged as the deployment CPU computes it; per-layer error ---------------------------
+
+
+@pytest.fixture(scope="module")
+def vnni_int8(exported, tmp_path_factory) -> Path:
+    """An 8-bit-weight (x86-vnni recipe) int8 file: what `auto` makes on a VNNI machine."""
+    from edgekit.quantize import quantize
+
+    return quantize(exported("textbook_resnext").path, target="x86-vnni",
+                    output=tmp_path_factory.mktemp("vnni") / "v.int8.onnx").path
+
+
+def test_on_a_cpu_without_vnni_an_8_bit_file_runs_both_kernels(cli, vnni_int8, tmp_path, monkeypatch):
+    # Faked AVX2-only flags (AMD Zen 3): verify gates what this CPU computes and measures exact
+    # accumulation beside it; the saturation block says which was gated.
+    monkeypatch.setenv("EDGEKIT_FAKE_CPU_FLAGS", "avx2 fma")
+    res = cli("verify", vnni_int8, "--random-inputs", "0", "--report", tmp_path / "s.json")
+    report = _report(tmp_path / "s.json")
+    sat = report["int8_saturation"]
+    assert sat["gated_on_default"] and sat["judged_for"] == "this CPU" and sat["cpu"]["kind"] == "x86 AVX2 without VNNI"
+    kernels = {(c["kernels"], c["gated"]) for c in report["comparisons"]}
+    assert kernels == {("default", True), ("x64quantprecision=1", False)}
+    # on a real VNNI machine nothing saturates (gap ~0, pass); on a real AVX2 one the gap is the cause named
+    if sat["gap_db"] > 3:
+        assert res.exit_code == 1 and "saturation on this CPU" in res.stderr and "--target x86-avx2" in res.stderr
+    else:
+        assert res.exit_code == 0, res.stderr
+
+
+def test_target_says_the_file_is_for_another_cpu(cli, vnni_int8, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKIT_FAKE_CPU_FLAGS", "avx2 fma")
+    res = cli("verify", vnni_int8, "--random-inputs", "0", "--target", "x86-vnni", "--report", tmp_path / "t.json")
+    assert res.exit_code == 0, res.stderr
+    report = _report(tmp_path / "t.json")
+    gated = {c["kernels"] for c in report["comparisons"] if c["gated"]}
+    assert gated == {"x64quantprecision=1"} and not report["int8_saturation"]["gated_on_default"]
+    assert report["int8_saturation"]["failure"] is None
+
+
+def test_a_vnni_cpu_runs_one_kernel_path(cli, vnni_int8, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKIT_FAKE_CPU_FLAGS", "avx2 fma avx512_vnni")
+    res = cli("verify", vnni_int8, "--random-inputs", "0", "--report", tmp_path / "v.json")
+    assert res.exit_code == 0, res.stderr
+    report = _report(tmp_path / "v.json")
+    assert report["int8_saturation"] is None and {c["kernels"] for c in report["comparisons"]} == {"default"}
+
+
+def test_saturation_failure_names_the_cause_and_the_fix():
+    from edgekit.verify import Saturation
+
+    sat = Saturation(cpu={"kind": "x86 AVX2 without VNNI"}, recipe_target="x86-vnni", judged_for="this CPU",
+                     default_sqnr_db=17.2, exact_sqnr_db=29.4, default_top1_agreement=0.93, exact_top1_agreement=0.995,
+                     gated_on_default=True, max_gap_db=3.0)
+    assert "saturation on this CPU" in sat.failure and "12.2 dB lost" in sat.failure
+    assert "--target x86-avx2" in sat.failure and "session.x64quantprecision=1" in sat.failure
+    assert Saturation(**{**sat.__dict__, "exact_sqnr_db": 18.0}).failure is None  # 0.8 dB: noise, not saturation
+
+
+@pytest.mark.skipif(
+    __import__("edgekit.provenance", fromlist=["this_cpu"]).this_cpu().has_vnni,
+    reason="this CPU has VNNI: ORT's int8 kernels do not saturate here (the decision logic is tested with faked flags)",
+)
+def test_real_saturation_on_a_cpu_without_vnni(vnni_int8):
+    from edgekit.runners import run_onnx
+    from edgekit.targets import EXACT_INT8_SESSION
+
+    x = np.random.default_rng(0).standard_normal((4, 3, SMALL, SMALL)).astype(np.float32) * 0.5
+    parent = vnni_int8.parent.parent  # noqa: F841  (the fp32 file is not needed: exact vs default is the measure)
+    default = run_onnx(vnni_int8, x, 1)
+    exact = run_onnx(vnni_int8, x, 1, EXACT_INT8_SESSION)
+    from edgekit.compare import DEFAULT_TOLERANCES, compare_outputs
+
+    # the exact path is the reference; the default kernels lose more than noise on an 8-bit-weight file
+    assert compare_outputs(exact, default, "logits", DEFAULT_TOLERANCES["int8"]).sqnr_db < 30
+
+
+def test_layers_report_table_json_and_plot(cli, exported, tmp_path):
+    from edgekit.quantize import quantize
+
+    parent = exported(MODEL)
+    int8 = quantize(parent.path, output=parent.path.with_name("layers.int8.onnx")).path
+    res = cli("verify", int8, "--layers", "--random-inputs", "0", "--report", tmp_path / "l.json")
+    assert res.exit_code == 0, res.stderr
+    assert "per-layer int8 error" in res.stdout
+    layers = _report(tmp_path / "l.json")["layers"]
+    sqnrs = [a["sqnr_db"] for a in layers["activations"]]
+    assert len(sqnrs) > 10 and sqnrs == sorted(sqnrs, key=lambda v: float(v))  # worst first
+    assert layers["weights"] and all("sqnr_db" in w for w in layers["weights"])
+    png = tmp_path / "l.layers.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    res = cli("verify", parent.path, "--layers")
+    assert res.exit_code == 2 and "--layers compares an int8 file" in res.stderr

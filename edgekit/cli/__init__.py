@@ -3,5 +3,7 @@
 from edgekit.cli.app import app, main
 from edgekit.cli import bench_cmd, export_cmd, models_cmd, quantize_cmd  # noqa: F401  (register commands)
 from edgekit.cli import verify_cmd  # noqa: F401
+from edgekit.cli import package_cmd  # noqa: F401
+from edgekit.cli import convert_cmd  # noqa: F401
 
 __all__ = ["app", "main"]

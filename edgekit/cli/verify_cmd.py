@@ -55,6 +55,15 @@ def verify_command(
         options.Target | None,
         typer.Option("--target", case_sensitive=False, help="int8: the CPU the file is meant for (default: this one)"),
     ] = None,
+    layers: Annotated[
+        bool, typer.Option("--layers", help="int8: per-layer error against the fp32 parent (table, JSON, PNG plot)")
+    ] = False,
+    parent: Annotated[
+        Path | None, typer.Option("--parent", dir_okay=False, help="with --layers: the fp32 file (default: the one the metadata names)")
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", dir_okay=False, help="with --layers: where the PNG goes (default: beside --report, or the file)")
+    ] = None,
     report: Annotated[
         Path | None, typer.Option("--report", help="write all numbers to FILE.json and a summary to FILE.md", dir_okay=False)
     ] = None,
@@ -62,7 +71,15 @@ def verify_command(
 ) -> None:
     """Run MODEL_FILE on each ONNX Runtime execution provider and compare it with the PyTorch model it came from."""
     from edgekit.errors import CheckFailed
-    from edgekit.verify.report import comparison_table, dataset_table, header_lines, note_lines, report_paths, write_reports
+    from edgekit.verify.report import (
+        comparison_table,
+        dataset_table,
+        header_lines,
+        layers_table,
+        note_lines,
+        report_paths,
+        write_reports,
+    )
     from edgekit.verify import verify
 
     if report is not None:
@@ -87,15 +104,27 @@ def verify_command(
             max_drop=max_drop,
             dataset_samples=samples,
             target=target.value if target is not None and target.value != "auto" else None,
+            layers=layers,
+            parent=parent,
             on_stage=lambda stage: status.update(f"{model_file.name}: {stage}"),
         )
     written = write_reports(result, report) if report is not None else None
+    png = None
+    if result.layers is not None:
+        from edgekit.layers import plot_layer_errors
+
+        png = plot or (report.with_suffix(".layers.png") if report is not None else model_file.with_suffix(".layers.png"))
+        plot_layer_errors(result.layers, png, f"{model_file.name}: int8 activation SQNR along the network")
     if json_output:
         print_json(result)
     else:
         for line in header_lines(result):
             console.print(line, soft_wrap=True)
         console.print(comparison_table(result))
+        per_layer = layers_table(result)
+        if per_layer is not None:
+            console.print(per_layer)
+            console.print(f"per-layer plot: {escape(str(png))}")
         accuracy = dataset_table(result)
         if accuracy is not None:
             console.print(accuracy)

@@ -31,7 +31,7 @@ from edgekit.quantize.budget import Budget, Fallback, Measure, interleaved_p50_m
 from edgekit.quantize.static import Coverage, check_quantized, int8_coverage, quantize_once
 from edgekit.rewrites import batchnorm_as_depthwise
 from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
-from edgekit.targets import Int8Judgement, Recipe, judge_int8, resolve_recipe
+from edgekit.targets import KEEP_FLOAT_SESSION, Int8Judgement, Recipe, judge_int8, resolve_recipe
 
 __all__ = ["quantize", "QuantizeResult", "batchnorm_as_depthwise", "is_quantized", "DEFAULT_SAMPLES"]
 DEFAULT_SAMPLES = 128
@@ -243,12 +243,12 @@ def _quantize_staged(
     cpu = this_cpu()
     # an explicit --target says where the file will run; `auto` is this CPU
     recipe_meta = {**recipe.to_dict(), "format": "QDQ", "batchnorm_rewritten": bn_rewritten,
-                   "session_options": recipe.session_options()}
+                   "session_options": recipe.session_options(float_nodes=bool(excluded))}
     judgement = judge_int8(recipe_meta, cpu, None if explicit_target == "auto" else explicit_target)
     if judgement.note:
         notes.append(judgement.note)
     stage("accuracy budget")
-    measure = Measure(model_path, calib.holdout, output_name, batch, budget, judgement.gate_session)
+    measure = Measure(model_path, calib.holdout, output_name, batch, budget, judgement.gate_session, bool(excluded))
     trial = measure(full, [])
     fallback = None
     chosen = full
@@ -267,7 +267,8 @@ def _quantize_staged(
             f"full int8 missed the budget; {len(trial.fp32_nodes)} node(s) kept in fp32 to meet it: {', '.join(trial.fp32_nodes)}"
         )
         fallback.latency_ms = interleaved_p50_ms(
-            {"fp32": model_path, "int8": full, "mixed": chosen}, calib.holdout[: batch or 1]
+            {"fp32": model_path, "int8": full, "mixed": chosen}, calib.holdout[: batch or 1],
+            {"mixed": dict(KEEP_FLOAT_SESSION)},
         )
 
     quantized = onnx.load(str(chosen))
@@ -279,7 +280,8 @@ def _quantize_staged(
         "parent": {"file": model_path.name, "sha256": sha256_file(model_path), "metadata": bool(metadata)},
         "calibration": calib.to_metadata(),
         "recipe": {**recipe_meta, "excluded_nodes": sorted(set(excluded) | set(fp32_nodes)),
-                   "fp32_fallback_nodes": fp32_nodes},
+                   "fp32_fallback_nodes": fp32_nodes,
+                   "session_options": recipe.session_options(float_nodes=bool(excluded or fp32_nodes))},
     }
     if not metadata:
         new_meta["preprocessing"] = preprocessing.to_dict()

@@ -109,9 +109,10 @@ class Measure:
     """Measures int8 files against the fp32 parent on the held-out images (and the labelled set)."""
 
     def __init__(self, fp32: Path, holdout: np.ndarray, output_name: str, batch: int | None, budget: Budget,
-                 session_config: dict[str, str] | None):
+                 session_config: dict[str, str] | None, excluded: bool = False):
         self.holdout, self.output_name, self.batch, self.budget = holdout, output_name, batch, budget
         self.session_config = session_config
+        self.excluded = excluded
         self.fp32_holdout = run_onnx(fp32, holdout, batch)
         self.fp32_top1 = None
         if budget.dataset is not None:
@@ -121,8 +122,12 @@ class Measure:
         return 100.0 * float(np.mean(logits.reshape(len(logits), -1).argmax(1) == self.budget.dataset.labels))
 
     def __call__(self, int8: Path, fp32_nodes: list[str], session_config: dict[str, str] | None = ...) -> Trial:
-        config = self.session_config if session_config is ... else session_config
-        out = run_onnx(int8, self.holdout, self.batch, config)
+        from edgekit.targets import KEEP_FLOAT_SESSION
+
+        config = dict((self.session_config if session_config is ... else session_config) or {})
+        if fp32_nodes or self.excluded:  # float nodes stay float only with ORT's re-quantizing optimizer off
+            config.update(KEEP_FLOAT_SESSION)
+        out = run_onnx(int8, self.holdout, self.batch, config or None)
         trial = Trial(list(fp32_nodes), compare_outputs(self.fp32_holdout, out, self.output_name, self.budget.tolerance))
         if self.budget.dataset is not None:
             trial.fp32_top1 = self.fp32_top1
@@ -183,12 +188,15 @@ def search(
     return tried[high], trials
 
 
-def interleaved_p50_ms(paths: dict[str, Path], x: np.ndarray, rounds: int = 15) -> dict[str, float]:
+def interleaved_p50_ms(
+    paths: dict[str, Path], x: np.ndarray, configs: dict[str, dict[str, str]] | None = None, rounds: int = 15
+) -> dict[str, float]:
     """p50 latency of each file at batch len(x), CPU, no thread spinning, interleaved A B C A B C ..."""
     from edgekit.runtime import create_session
 
     no_spin = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
-    sessions = {label: create_session(path, "cpu", session_config=no_spin) for label, path in paths.items()}
+    sessions = {label: create_session(path, "cpu", session_config={**no_spin, **(configs or {}).get(label, {})})
+                for label, path in paths.items()}
     feeds = {label: {s.input_name: x} for label, s in sessions.items()}
     samples: dict[str, list[float]] = {label: [] for label in sessions}
     for label, s in sessions.items():

@@ -24,7 +24,7 @@ from edgekit.graph import precision_of
 from edgekit.models.reference import build_reference, plan_reference
 from edgekit.provenance import run_environment, this_cpu
 from edgekit.runners import REFERENCE_BATCH, batch_sizes, input_dtype, no_tf32, run_session, run_torch
-from edgekit.targets import EXACT_INT8_SESSION, TARGETS, judge_int8
+from edgekit.targets import EXACT_INT8_SESSION, TARGETS, judge_int8, session_config_for
 from edgekit.verify.dataset import check_dataset, measure_dataset
 from edgekit.verify.inputs import DEFAULT_RANDOM_INPUTS, expected_chw, load_input_sets
 from edgekit.verify.results import (
@@ -174,6 +174,8 @@ def verify(
     max_drop: float | None = None,
     dataset_samples: int | None = None,
     target: str | None = None,
+    layers: bool = False,
+    parent: Path | None = None,
     on_stage: Callable[[str], None] | None = None,
 ) -> Report:
     """Compare ONNX Runtime on each provider with the PyTorch reference; the Report says what passed.
@@ -181,6 +183,8 @@ def verify(
     `target`: the CPU an int8 file is meant for (default: this one). On an x86 CPU without VNNI, a file
     meant for another target is gated on exact accumulation, and this CPU's default kernels are measured
     beside it; a file meant for this CPU is gated on what this CPU computes, saturation included.
+    `layers`: per-layer error of an int8 file against its fp32 parent (`parent`, default the file its
+    metadata names, in the same folder), on the photos, as the gated kernels compute it.
     """
     from edgekit.compare import resolve_tolerance
     from edgekit.runtime import check_inputs, create_session, cuda_device_available, parse_providers
@@ -211,9 +215,13 @@ def verify(
     digest = sha256_file(path)
     del model_proto  # the sessions read the file themselves; large graphs need not stay in memory
 
+    if layers and precision != "int8":
+        raise BadInput(f"--layers compares an int8 file with its fp32 parent; {path} is {precision}")
+    parent_path = _parent_for_layers(path, meta, parent) if layers else None
     cpu = this_cpu()
     recipe = (meta or {}).get("recipe") or {}
     judgement = judge_int8(recipe, cpu, target) if precision == "int8" else None
+    file_config = session_config_for(recipe)  # what the file needs on every CPU (float nodes kept float)
 
     # Sessions before any PyTorch work: a provider that cannot start fails in seconds (exit 3).
     wanted = parse_providers(providers)
@@ -227,16 +235,16 @@ def verify(
             # ORT's CUDA provider uses TF32 for fp32 convolutions by default: that is not fp32 math.
             # (TensorRT has no such option in ORT; its fp32 engines may use TF32 on Ampere and later.)
             options = {"use_tf32": "0"} if provider == "cuda" else None
-            config = judgement.gate_session if judgement and provider == "cpu" else None
+            config = {**file_config, **(judgement.gate_session or {})} if judgement and provider == "cpu" else file_config
             sessions.append(create_session(
                 path, provider, allow_fallback=allow_fallback, enable_profiling=True, provider_options=options,
-                session_config=config,
+                session_config=config or None,
             ))
         exact_session = None
         if judgement is not None and judgement.also_default and "cpu" in wanted:
             # the other CPU path: exact accumulation when the gates run on the defaults, and vice versa
-            other = None if judgement.gate_session else dict(EXACT_INT8_SESSION)
-            exact_session = create_session(path, "cpu", session_config=other)
+            other = {**file_config, **({} if judgement.gate_session else EXACT_INT8_SESSION)}
+            exact_session = create_session(path, "cpu", session_config=other or None)
         if judgement is not None and judgement.note:
             notes.append(judgement.note)
 
@@ -320,9 +328,31 @@ def verify(
                 on_stage,
             )
 
+        layer_report = None
+        if parent_path is not None:
+            from edgekit.layers import layer_errors
+
+            on_stage("per-layer error")
+            photos = next((s for s in input_sets if s.name != "random"), input_sets[0])
+            layer_report = layer_errors(parent_path, path, photos.tensors,
+                                        session_config={**file_config, **((judgement.gate_session if judgement else None) or {})})
         return Report(
             file=path, sha256=digest, precision=precision, metadata=meta, reference=reference, tolerance=tolerance,
             tolerance_source=tolerance_source, input_sets=input_sets, providers=runs, comparisons=comparisons,
             dataset=accuracy, versions=run_environment(), notes=notes, seconds=time.perf_counter() - started,
-            saturation=saturation,
+            saturation=saturation, layers=layer_report,
         )
+
+
+def _parent_for_layers(path: Path, meta: dict | None, parent: Path | None) -> Path:
+    """The fp32 file an int8 one was quantized from: --parent, or the name its metadata records, beside it."""
+    if parent is None:
+        name = ((meta or {}).get("parent") or {}).get("file")
+        if not name:
+            raise BadInput(f"{path} does not record the fp32 file it was quantized from", hint="pass it with --parent FILE")
+        parent = path.parent / Path(str(name)).name
+        if not parent.is_file():
+            raise BadInput(
+                f"--layers needs the fp32 parent of {path}: {parent} is not there", hint="pass it with --parent FILE"
+            )
+    return Path(parent)

@@ -288,6 +288,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     saturation: "Saturation | None" = None
+    layers: object | None = None  # edgekit.layers.LayerReport (verify --layers)
 
     def failures(self) -> list[str]:
         out = [self.saturation.failure] if self.saturation and self.saturation.failure else []
@@ -318,6 +319,7 @@ class Report:
             "dataset": self.dataset.to_dict() if self.dataset else None,
             "notes": self.notes,
             "int8_saturation": self.saturation.to_dict() if self.saturation else None,
+            "layers": self.layers.to_dict() if self.layers is not None else None,
             "versions": self.versions,
             "metadata": self.metadata,
             "seconds": round(self.seconds, 2),

@@ -1,0 +1,102 @@
+"""`edgekit package`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from edgekit.cli import options
+from edgekit.cli.app import app, console, err_console, escape, handle_errors, human_bytes, print_json
+
+
+@app.command("package")
+@handle_errors
+def package_command(
+    model: Annotated[Path, typer.Argument(help="the .onnx file (from edgekit export, quantize or convert)")],
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", file_okay=False, help="bundle folder (default: exports/<name>.bundle/)")
+    ] = None,
+    labels: Annotated[
+        Path | None, typer.Option("--labels", dir_okay=False, help="class names, one per line (as many as the model's classes)")
+    ] = None,
+    images: options.Images = None,
+    golden: Annotated[
+        int | None,
+        typer.Option("--golden", min=1, max=256, help="photos in the golden data (default 8, fewer if they would add > 10 % to the model files)"),
+    ] = None,
+    json_output: options.Json = False,
+) -> None:
+    """A folder for the device: .onnx + .ort, manifest, golden data, and check.py (numpy + onnxruntime only)."""
+    from edgekit.package import package
+
+    with err_console.status("package", spinner="dots") if err_console.is_terminal else _nothing() as status:
+        def on_stage(text: str) -> None:
+            if status is not None:
+                status.update(f"package: {text}")
+
+        result = package(model, output=output, labels=labels, images=images, golden=golden, on_stage=on_stage)
+    if json_output:
+        print_json(result)
+    else:
+        render_package(result)
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def render_package(result) -> None:
+    console.print(f"[bold green]wrote[/] {escape(str(result.folder))}/  ({result.precision}, from {escape(str(result.source))})")
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    table = Table(title="bundle contents", title_justify="left")
+    table.add_column("file")
+    table.add_column("size", justify="right")
+    table.add_column("what")
+    for f in result.files:
+        table.add_row(escape(f.name), human_bytes(f.bytes), escape(f.role))
+    table.add_section()
+    table.add_row("model files", human_bytes(result.model_bytes), ".onnx (+ data) and .ort")
+    table.add_row(
+        "everything else", human_bytes(result.overhead_bytes),
+        f"{result.overhead_fraction:.1%} of the model files (budget 10 %); {result.golden_samples} golden photos",
+    )
+    console.print(table)
+
+    check = result.check
+    rows = Table(title="check.py on this machine", title_justify="left")
+    for column in ("format", "provider", "batch", "max abs", "SQNR", "cosine", "top-1", "top-5", "result"):
+        rows.add_column(column)
+    for r in check.rows:
+        m = r["metrics"] or {}
+        ok = r["status"] == "PASS"
+        rows.add_row(
+            r["format"], r["provider"].replace("ExecutionProvider", ""), str(r["batch"] or "-"),
+            f"{m['max_abs']:.2e}" if m else "-", f"{m['sqnr_db']:.1f} dB" if m else "-",
+            f"{m['cosine']:.6f}" if m else "-", f"{m['top1_agreement']:.0%}" if m else "-",
+            f"{m['top5_agreement']:.0%}" if m else "-",
+            f"[green]PASS[/]" if ok else f"[red]{escape(r['status'])}[/] {escape('; '.join(r['failures']))}",
+        )
+    console.print(rows)
+    gates = ", ".join(f"{k} {v}" for k, v in result.gates.items() if k != "source" and v not in (None, False))
+    console.print(f"gates: {escape(gates)} ({escape(str(result.gates.get('source')))})")
+    if result.session_options:
+        needs = "; ".join(f"{k}: {', '.join(f'{o}={v}' for o, v in opts.items())}" for k, opts in result.session_options.items())
+        console.print(f"session options the file needs: {escape(needs)} (check.py applies them where /proc/cpuinfo says so)")
+    for note in check.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    mobile = result.mobile
+    if mobile.get("available"):
+        parts = [f"{ep} {e['partitions']} partition(s), {e['supported_nodes']}/{e['nodes']} nodes ({e['suitability']})"
+                 for ep, e in mobile["eps"].items()]
+        console.print(f"ORT Mobile: {escape('; '.join(parts))}. {escape(mobile['verdict'])}")
+    else:
+        console.print(f"ORT Mobile usability: not checked ({escape(mobile.get('reason', ''))})")
+    console.print(f"on the device: [bold]python {escape(str(result.folder / 'check.py'))}[/]")

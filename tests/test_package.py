@@ -1,0 +1,301 @@
+"""`edgekit package`: a bundle that verifies itself with numpy + onnxruntime only (no torch, no edgekit),
+fails on a tampered file, carries an .ort that matches, stays small, and is written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from edgekit.bundle import metrics as bundle_metrics
+from edgekit.bundle import script_path
+from edgekit.compare import DEFAULT_TOLERANCES, compare_outputs
+from edgekit.errors import BadInput, CheckFailed
+from tests.conftest import CALIBRATION, files_in
+
+# Runs check.py the way a device would: torch, torchvision and edgekit cannot be imported (a meta-path
+# finder refuses them before any other finder, editable installs included), the working directory is
+# elsewhere, and nothing of the test process's environment that names CPUs is inherited.
+DEVICE_BOOTSTRAP = """
+import runpy, sys
+class NoTorchNoEdgekit:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'torchvision', 'edgekit'):
+            raise ImportError(f'{name} is not installed on the device')
+        return None
+sys.meta_path.insert(0, NoTorchNoEdgekit())
+script, sys.argv = sys.argv[1], sys.argv[1:]
+runpy.run_path(script, run_name='__main__')
+"""
+
+
+def device_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEKIT_", "PYTHONPATH"))}
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def run_on_device(script: Path, *args, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", DEVICE_BOOTSTRAP, str(script), *map(str, args)],
+        capture_output=True, text=True, cwd=cwd, env=device_env(), timeout=120,
+    )
+
+
+def clone(bundle: Path, dest: Path, copy: tuple[str, ...] = ()) -> Path:
+    """A copy of a bundle: hard links, except real copies of the files a test will modify."""
+    dest.mkdir()
+    for item in bundle.iterdir():
+        (shutil.copyfile if item.name in copy else os.link)(item, dest / item.name)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def labels_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("labels") / "labels.txt"
+    path.write_text("".join(f"label-{i}\n" for i in range(10)))  # the textbook models have 10 classes
+    return path
+
+
+@pytest.fixture(scope="session")
+def fp32_bundle(exported, tmp_path_factory, labels_file):
+    """textbook_resnet18 fp32 (64 px: the size its int8 file passes its gates at), packaged through the CLI (--json)."""
+    from typer.testing import CliRunner
+
+    from edgekit.cli import app
+
+    out = tmp_path_factory.mktemp("fp32") / "r18.bundle"
+    result = CliRunner().invoke(
+        app, ["package", str(exported("textbook_resnet18").path), "-o", str(out), "--labels", str(labels_file), "--json"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.stdout)
+
+
+@pytest.fixture(scope="session")
+def int8_bundle(exported, tmp_path_factory):
+    """The same model quantized with 8-bit weights (x86-vnni: it needs x64quantprecision on AVX2), packaged."""
+    from edgekit.package import package
+    from edgekit.quantize import quantize
+
+    folder = tmp_path_factory.mktemp("int8")
+    q = quantize(exported("textbook_resnet18").path, target="x86-vnni", output=folder / "r18.int8.onnx")
+    return package(q.path, output=folder / "r18.int8.bundle")
+
+
+def test_fp32_bundle_passes_on_a_device_without_torch_or_edgekit(fp32_bundle, tmp_path):
+    folder, result = fp32_bundle
+    proc = run_on_device(folder / "check.py", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[-1] == "PASS"
+    assert any(line.startswith("onnx ") and line.rstrip().endswith("PASS") for line in lines)
+    assert any(line.startswith("ort ") and line.rstrip().endswith("PASS") for line in lines)
+    assert "checksums: 8/8 files match the manifest" in proc.stdout
+    # the guard is real: the same bootstrap cannot import edgekit or torch
+    probe = tmp_path / "probe.py"
+    probe.write_text("import edgekit\n")
+    assert run_on_device(probe, cwd=tmp_path).returncode != 0
+    probe.write_text("import torch\n")
+    assert "not installed on the device" in run_on_device(probe, cwd=tmp_path).stderr
+    # the CLI's JSON: contents, sizes, the overhead and the packaging-time check
+    names = {f["name"] for f in result["files"]}
+    assert names == {Path(result["source"]).name, Path(result["source"]).stem + ".ort",
+                     "manifest.json", "golden.npz", "check.py", "metrics.py", "README.txt",
+                     "mobile_usability.txt", "required_operators.config"}
+    assert result["check"]["passed"] and {r["format"] for r in result["check"]["rows"]} == {"onnx", "ort"}
+    assert 0 < result["overhead_fraction"] < 0.10 and result["overhead_budget"] == 0.10
+    assert result["golden_samples"] == 8
+
+
+def test_manifest_describes_the_model_for_the_device(fp32_bundle, labels_file):
+    folder, _ = fp32_bundle
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["inputs"] == [{"name": "input", "shape": [1, 3, 64, 64], "dtype": "float32"}]
+    assert manifest["outputs"][0]["shape"] == [1, 10]
+    assert manifest["classes"] == {"count": 10, "labels": labels_file.read_text().split()}
+    assert manifest["precision"] == "fp32" and manifest["recipe"] is None and manifest["session_options"] == {}
+    gates = {k: v for k, v in manifest["gates"].items() if k != "source"}
+    assert gates == DEFAULT_TOLERANCES["fp32"].to_dict()
+    pre = manifest["preprocessing"]
+    assert pre["crop"] == 64 and "centre crop 64" in pre["describe"]
+    assert set(manifest["files"]) == {p.name for p in folder.iterdir()} - {"manifest.json"}
+    assert {"edgekit", "torch", "onnxruntime"} <= set(manifest["versions"])
+    mobile = manifest["mobile_usability"]
+    assert mobile["available"] and set(mobile["eps"]) == {"NNAPI", "CoreML NeuralNetwork", "CoreML MLProgram"}
+    assert all(e["partitions"] >= 0 and e["suitability"] in ("YES", "MAYBE", "NO") for e in mobile["eps"].values())
+    assert "NNAPI" in (folder / "mobile_usability.txt").read_text()
+    ops = (folder / "required_operators.config").read_text()
+    assert "Conv" in ops and "/tmp" not in ops
+    # golden data: uint8 pixels, normalised by check.py's own function, reference outputs beside them
+    with np.load(folder / "golden.npz") as golden:
+        assert golden["images"].dtype == np.uint8 and golden["images"].shape == (8, 3, 64, 64)
+        assert golden["outputs"].shape == (8, 10) and golden["outputs"].dtype == np.float32
+    assert len((folder / "README.txt").read_text().splitlines()) <= 12
+
+
+def test_int8_bundle_passes_and_applies_the_session_options_a_cpu_without_vnni_needs(int8_bundle, tmp_path):
+    folder = int8_bundle.folder
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["precision"] == "int8" and manifest["recipe"]["target"] == "x86-vnni"
+    assert manifest["session_options"] == {"x86 without VNNI": {"session.x64quantprecision": "1"}}
+    assert manifest["gates"]["min_sqnr_db"] == DEFAULT_TOLERANCES["int8"].min_sqnr_db
+    avx2 = run_on_device(folder / "check.py", "--cpu-flags", "avx2 fma", "--json", cwd=tmp_path)
+    assert avx2.returncode == 0, avx2.stdout + avx2.stderr
+    report = json.loads(avx2.stdout)
+    assert report["session_options"] == {"session.x64quantprecision": "1"}
+    assert any("x86 without VNNI" in n and "x64quantprecision=1" in n for n in report["notes"])
+    assert all(r["status"] == "PASS" and r["session_options"] for r in report["rows"])
+    vnni = json.loads(run_on_device(folder / "check.py", "--cpu-flags", "avx2 avx512_vnni", "--json", cwd=tmp_path).stdout)
+    assert vnni["session_options"] == {} and vnni["passed"]
+
+
+def test_ort_format_loads_and_matches_the_onnx(int8_bundle, fp32_bundle):
+    from edgekit.package import check_bundle
+
+    for folder in (int8_bundle.folder, fp32_bundle[0]):
+        ort_file = next(folder.glob("*.ort"))
+        assert ort_file.read_bytes()[4:8] == b"ORTM"  # the ORT format's flatbuffer identifier
+        check = check_bundle(folder)
+        assert check.passed and check.exit_code == 0
+        rows = {r["format"]: r for r in check.rows}
+        assert rows["ort"]["status"] == rows["onnx"]["status"] == "PASS"
+        assert rows["ort"]["vs_onnx_max_abs"] <= (1e-4 if check.precision == "fp32" else 1e-3)
+    assert check.precision == "fp32" and rows["ort"]["metrics"]["max_abs"] <= 1e-4
+
+
+def test_a_tampered_weight_fails_naming_the_checksum(int8_bundle, tmp_path):
+    src = int8_bundle.folder
+    onnx_name = next(p.name for p in src.glob("*.onnx"))
+    bundle = clone(src, tmp_path / "b", copy=(onnx_name,))
+    model = onnx.load(str(bundle / onnx_name))
+    weight = max(model.graph.initializer, key=lambda t: len(t.raw_data)).raw_data
+    data = bytearray((bundle / onnx_name).read_bytes())
+    at = data.find(weight) + len(weight) // 2
+    data[at] ^= 0x5A
+    (bundle / onnx_name).write_bytes(bytes(data))
+    proc = run_on_device(bundle / "check.py", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"sha256 mismatch: {onnx_name}" in proc.stdout
+    assert proc.stdout.splitlines()[-1].startswith("FAIL")
+
+
+def test_a_tampered_manifest_checksum_fails_with_the_reason(int8_bundle, tmp_path):
+    bundle = clone(int8_bundle.folder, tmp_path / "b", copy=("manifest.json",))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["golden.npz"]["sha256"] = "0" * 64
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    proc = run_on_device(bundle / "check.py", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "sha256 mismatch: golden.npz" in proc.stdout and "the manifest says 0000000000000000" in proc.stdout
+    # the models themselves still pass: the table says which check failed
+    assert sum(line.rstrip().endswith("PASS") for line in proc.stdout.splitlines()) == 2
+
+
+def test_a_broken_bundle_is_exit_2(int8_bundle, tmp_path):
+    from edgekit.package import check_bundle
+
+    bundle = clone(int8_bundle.folder, tmp_path / "b")
+    (bundle / "golden.npz").unlink()
+    proc = run_on_device(bundle / "check.py", cwd=tmp_path)
+    assert proc.returncode == 2 and "golden.npz is listed in the manifest but missing" in proc.stderr
+    with pytest.raises(BadInput, match="broken bundle"):
+        check_bundle(bundle)
+    (bundle / "manifest.json").unlink()
+    assert run_on_device(bundle / "check.py", cwd=tmp_path).returncode == 2
+
+
+def test_image_mode_prints_the_top5_with_labels(fp32_bundle, tmp_path):
+    folder, _ = fp32_bundle
+    proc = run_on_device(folder / "check.py", "--image", CALIBRATION / "chelsea.jpg", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    ranked = [line for line in proc.stdout.splitlines() if line[:2] in {f"{i}." for i in range(1, 6)}]
+    assert len(ranked) == 5 and all("label-" in line for line in ranked)
+    assert "centre crop 64" in proc.stdout
+    # the same top-1 as the model on the golden tensor edgekit made from this photo (same pixels, same steps)
+    data = json.loads(run_on_device(folder / "check.py", "--image", CALIBRATION / "chelsea.jpg", "--json",
+                                    cwd=tmp_path).stdout)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    with np.load(folder / "golden.npz") as golden:
+        row = manifest["golden"]["images"].index("chelsea.jpg")
+        assert data["top5"][0]["class"] == int(np.argmax(golden["outputs"][row]))
+
+
+def test_bundle_metrics_are_edgekits_metric_core(fp32_bundle):
+    folder, _ = fp32_bundle
+    assert (folder / "metrics.py").read_bytes() == script_path("metrics.py").read_bytes()
+    assert (folder / "check.py").read_bytes() == script_path("check.py").read_bytes()
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((6, 10))
+    cand = ref + rng.standard_normal(ref.shape) * 0.05
+    tol = DEFAULT_TOLERANCES["int8"]
+    m = compare_outputs(ref, cand, "logits", tol)
+    core = bundle_metrics.output_metrics(ref, cand, tol.atol, tol.rtol)
+    assert {k: getattr(m, k) for k in core} == core
+    assert m.failures == bundle_metrics.gate_failures(core, tol.to_dict())
+
+
+def test_bad_input_is_exit_2_and_leaves_nothing(cli, exported, tmp_path):
+    text = tmp_path / "model.txt"
+    text.write_text("not a model")
+    out = tmp_path / "out"
+    result = cli("package", text, "-o", out / "b")
+    assert result.exit_code == 2 and "not an .onnx file" in result.stderr
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00\x01garbage" * 10)
+    assert cli("package", garbage, "-o", out / "b").exit_code == 2
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\n")
+    result = cli("package", exported("textbook_resnet18").path, "-o", out / "b", "--labels", labels)
+    assert result.exit_code == 2 and "2 labels but the model has 10 classes" in result.stderr
+    assert files_in(out) == []
+    # an existing folder that is not a bundle is never replaced
+    (out / "mine").mkdir(parents=True)
+    (out / "mine" / "notes.txt").write_text("keep me")
+    result = cli("package", exported("textbook_resnet18").path, "-o", out / "mine")
+    assert result.exit_code == 2 and "not an edgekit bundle" in result.stderr
+    assert files_in(out / "mine") == ["notes.txt"] and files_in(out) == ["mine"]
+
+
+def test_a_failure_midway_leaves_nothing_and_keeps_the_old_bundle(int8_bundle, tmp_path, monkeypatch):
+    import edgekit.package as package_module
+
+    source = next(int8_bundle.folder.glob("*.onnx"))
+    dest = clone(int8_bundle.folder, tmp_path / "old.bundle")
+    before = files_in(dest)
+
+    def broken(*_args, **_kwargs):
+        raise CheckFailed("converting to the ORT format failed: simulated")
+
+    monkeypatch.setattr(package_module, "_convert_to_ort", broken)
+    with pytest.raises(CheckFailed, match="simulated"):
+        package_module.package(source, output=dest)
+    assert files_in(tmp_path) == ["old.bundle"] and files_in(dest) == before
+
+
+def test_golden_count_is_cut_to_the_overhead_budget():
+    from edgekit.package import golden_within_budget
+
+    # 10 MB of model files, 40 KB of scripts and manifest, 8 photos of 150 KB: 1.24 MB > 1 MB
+    assert golden_within_budget(8, 8 * 150_000, 40_000, 10_000_000, 0.10) == 6
+    assert golden_within_budget(8, 8 * 100_000, 40_000, 10_000_000, 0.10) == 8
+    assert golden_within_budget(8, 8 * 150_000, 2_000_000, 10_000_000, 0.10) == 1  # never fewer than one
+
+
+def test_the_table_lists_contents_sizes_and_the_overhead(int8_bundle, capsys):
+    from edgekit.cli.package_cmd import render_package
+
+    render_package(int8_bundle)
+    out = capsys.readouterr().out
+    for name in ("r18.int8.onnx", "r18.int8.ort", "golden.npz", "manifest.json", "check.py", "required_operators.config"):
+        assert name in out
+    assert f"{int8_bundle.overhead_fraction:.1%} of the model files" in out
+    assert "session.x64quantprecision=1" in out and "NNAPI" in out and "PASS" in out
