@@ -14,10 +14,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --disable-pip-version-check -q -e '.[test,bench]'
 	touch $(STAMP)
 
+DIGITS := benchmarks/work/digits
+DIGITS_REF := benchmarks/reference/textbook_densenet-digits.safetensors
+
 demo: setup
 	$(BIN)/edgekit export densenet --opset 17
 	$(BIN)/edgekit quantize exports/densenet121.onnx
 	$(BIN)/edgekit verify exports/densenet121.int8.onnx
+	@echo "--- the same steps on a model trained on real labelled data (scikit-learn's digits) ---"
+	$(BIN)/python -m benchmarks.digits --data-only --data $(DIGITS)
+	$(BIN)/edgekit export textbook_densenet --weights $(DIGITS_REF) --input-size 32 --resize 32 --crop 32
+	$(BIN)/edgekit quantize exports/textbook_densenet.onnx --calibration $(DIGITS)/calib --dataset $(DIGITS)/calib --max-drop 0.5
+	$(BIN)/edgekit verify exports/textbook_densenet.int8.onnx --dataset $(DIGITS)/test --random-inputs 0
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -408,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the .safetensors/.json go")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="where the digits ImageFolder is written")
+    parser.add_argument("--data-only", action="store_true", help="write the ImageFolder and stop (no training)")
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error("--epochs must be at least 1")
@@ -435,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         f"digits ImageFolder {folder['root']} ({'written' if folder['written'] else 'already complete'}): "
         + ", ".join(f"{k} {v}" for k, v in folder["sizes"].items())
     )
+    if args.data_only:
+        return 0
     t = time.perf_counter()
     data = {split: load_split(args.data, split) for split in SPLITS}
     print(f"loaded through {preprocessing().describe()} in {time.perf_counter() - t:.1f} s")

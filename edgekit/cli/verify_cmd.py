@@ -69,8 +69,15 @@ def verify_command(
     ] = None,
     json_output: options.Json = False,
 ) -> None:
-    """Run MODEL_FILE on each ONNX Runtime execution provider and compare it with the PyTorch model it came from."""
+    """Run MODEL_FILE on each ONNX Runtime execution provider and compare it with the PyTorch model it came from.
+
+    MODEL_FILE may also be a bundle folder from `edgekit package`: its own checks (checksums, .onnx and .ort
+    on the golden inputs, the gates) run as check.py runs them on the device."""
     from edgekit.errors import CheckFailed
+
+    if model_file.is_dir() and (model_file / "manifest.json").is_file():
+        _verify_bundle(model_file, providers, report, json_output)
+        return
     from edgekit.verify.report import (
         comparison_table,
         dataset_table,
@@ -139,3 +146,22 @@ def verify_command(
     if json_output:
         return
     console.print(f"[bold green]PASS[/] {escape(str(model_file))} matches PyTorch on {', '.join(r.label for r in result.providers)} ({result.seconds:.1f} s)")
+
+
+def _verify_bundle(folder: Path, providers: str | None, report: Path | None, json_output: bool) -> None:
+    """`edgekit verify BUNDLE/`: check.py's checks, run by edgekit, with the same table."""
+    from edgekit.bundle import check_bundle
+    from edgekit.errors import CheckFailed
+    from edgekit.runtime import parse_providers
+
+    result = check_bundle(folder, parse_providers(providers))
+    if report is not None:
+        from edgekit.cli.app import write_json_report
+
+        write_json_report(report, result)
+    if json_output:
+        print_json(result)
+    else:
+        console.print(escape(result.describe()), soft_wrap=True)
+    if not result.passed:
+        raise CheckFailed(f"bundle {folder} failed its checks: {'; '.join(result.reasons) or 'see the table'}")
