@@ -44,12 +44,15 @@ DEFAULT_TOLERANCES = {
 def trained_defaults() -> dict[str, Tolerance]:
     """Gates for files whose weights were trained (a weights file or pretrained: the metadata says).
 
-    int8: measured on the digits references (trained on real labelled data) on held-out images:
-    correct int8 files read 24-38 dB and >= 99.6 % top-1 agreement; files that lose 6-8 top-1 points
-    to kernel saturation on an AVX2 CPU read 15.7-17.2 dB. 20 dB and 95 % sit between the two.
+    int8, from the digits references (trained on real labelled data, held-out images): correct files
+    agree with fp32 on >= 97.7 % of top-1 decisions at 17-38 dB, while files that lose 6-8 top-1 points to
+    kernel saturation agree on ~93 %. SQNR alone cannot separate them (a correct resnext50 reads 17.6 dB, a
+    saturated resnet18 17.2 dB), so the SQNR gate only catches broken files (12 dB) and agreement carries
+    the decision (95 %); saturation itself is measured directly where it can happen (default vs exact
+    kernels on an x86 CPU without VNNI).
     """
     return {**DEFAULT_TOLERANCES, "int8": Tolerance(atol=None, rtol=None, same_top1=False,
-                                                    min_top1_agreement=0.95, min_sqnr_db=20.0)}
+                                                    min_top1_agreement=0.95, min_sqnr_db=12.0)}
 
 
 @dataclass

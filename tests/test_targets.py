@@ -3,7 +3,7 @@
 import pytest
 
 from edgekit.errors import BadInput
-from edgekit.targets import RECIPES, detect_target, resolve_recipe
+from edgekit.targets import RECIPES, auto_target, detect_target, judge_int8, resolve_recipe
 
 
 @pytest.mark.parametrize(
@@ -35,3 +35,45 @@ def test_overrides_and_bad_names():
         resolve_recipe("x86")
     with pytest.raises(BadInput, match="unknown calibration method"):
         resolve_recipe("generic", method="kl")
+
+
+def _cpu(flags: str, machine: str = "x86_64"):
+    from edgekit.provenance import CpuInfo
+
+    return CpuInfo(machine, "fake", frozenset(flags.split()))
+
+
+@pytest.mark.parametrize(
+    "flags, machine, expected",
+    [("avx2 fma avx512_vnni", "x86_64", "x86-avx2"), ("avx2 fma", "x86_64", "x86-avx2"), ("asimd", "aarch64", "arm64")],
+)
+def test_auto_gives_a_file_that_is_safe_on_every_cpu_of_the_architecture(flags, machine, expected):
+    assert auto_target(_cpu(flags, machine)) == expected
+
+
+def test_auto_reads_faked_flags(monkeypatch):
+    monkeypatch.setenv("EDGEKIT_FAKE_CPU_FLAGS", "avx2 fma")
+    assert resolve_recipe("auto").target == "x86-avx2"
+    monkeypatch.setenv("EDGEKIT_FAKE_CPU_MACHINE", "aarch64")
+    assert resolve_recipe("auto").target == "arm64"
+
+
+@pytest.mark.parametrize(
+    "recipe, flags, meant_for, gate, both",
+    [
+        ("x86-avx2", "avx2 fma", None, None, False),  # 7-bit: nothing saturates anywhere
+        ("x86-vnni", "avx2 fma", None, None, True),  # meant for this AVX2 CPU: gated as computed, exact beside
+        ("x86-vnni", "avx2 fma", "x86-vnni", {"session.x64quantprecision": "1"}, True),  # for VNNI CPUs
+        ("generic", "avx2 fma", "generic", {"session.x64quantprecision": "1"}, True),  # for an NPU
+        ("x86-vnni", "avx2 fma avx512_vnni", None, None, False),  # VNNI: exact by default
+    ],
+)
+def test_judge_int8_with_faked_cpus(recipe, flags, meant_for, gate, both):
+    j = judge_int8(RECIPES[recipe].to_dict(), _cpu(flags), meant_for)
+    assert j.gate_session == gate and j.also_default is both
+
+
+def test_session_options_recorded_per_cpu():
+    assert RECIPES["x86-avx2"].session_options() == {}
+    assert RECIPES["x86-vnni"].session_options() == {"x86 without VNNI": {"session.x64quantprecision": "1"}}
+    assert "any CPU" in RECIPES["x86-avx2"].session_options(float_nodes=True)
