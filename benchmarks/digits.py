@@ -187,7 +187,7 @@ def load_split(root: Path, split: str, input_size: int = INPUT):
     """(images (N, 3, S, S) float32 tensor, labels (N,) int64 tensor) through edgekit's preprocessing."""
     import torch
 
-    from edgekit.calibration import load_image_folder
+    from edgekit.images import load_image_folder
     from edgekit.preprocessing import Preprocessing
 
     recipe = preprocessing() if input_size == INPUT else Preprocessing(resize=input_size, crop=input_size)
@@ -235,7 +235,7 @@ def background_value(mean=None, std=None):
     """A black pixel after edgekit's normalisation, shaped (1, 3, 1, 1)."""
     import torch
 
-    from edgekit.calibration import IMAGENET_MEAN, IMAGENET_STD
+    from edgekit.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
     mean = torch.tensor(mean or IMAGENET_MEAN)
     std = torch.tensor(std or IMAGENET_STD)

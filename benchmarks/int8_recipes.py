@@ -40,7 +40,7 @@ def top1(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def split(data: Path, name: str, preprocessing) -> tuple[np.ndarray, np.ndarray]:
-    from edgekit.calibration import load_image_folder
+    from edgekit.images import load_image_folder
 
     xs, ys = [], []
     for c in digits.CLASSES:
@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fallback-min-sqnr", type=float, default=None)
     parser.add_argument("--fallback-max-drop", type=float, default=0.0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks")
+    parser.add_argument("--reuse", action="store_true", help="keep the recipe rows of int8_results.json; redo the fallback")
     args = parser.parse_args(argv)
 
     from edgekit.provenance import library_versions, this_cpu
@@ -125,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     data = digits.DEFAULT_DATA
     digits.write_digits_imagefolder(data)
     rows = []
-    for name in [n for n in args.models.split(",") if n]:
+    if args.reuse:
+        rows = json.loads((args.out / "int8_results.json").read_text())["rows"]
+    for name in [n for n in args.models.split(",") if n and not args.reuse]:
         weights = args.checkpoints / f"{name}-digits.safetensors"
         if not weights.exists():
             log(f"{name}: no checkpoint {weights}; train it with benchmarks/digits.py")

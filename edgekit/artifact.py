@@ -8,31 +8,31 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgekit.errors import BadInput, EdgekitError, EnvironmentUnavailable, one_line
+from edgekit.files import check_readable_file, file_kind, open_regular, sha256_file, shown_path  # noqa: F401  (re-exported)
+from edgekit.graph import graph_dims, graph_inputs, input_spec
+from edgekit.metadata import METADATA_KEY, check_against_graph, metadata_of
 
-METADATA_KEY = "edgekit"
 # protobuf refuses messages over 2 GiB; past this many bytes of weights, save them as external data.
 EXTERNAL_DATA_THRESHOLD_ENV = "EDGEKIT_EXTERNAL_DATA_THRESHOLD"
 DEFAULT_EXTERNAL_DATA_THRESHOLD = 1_800_000_000
-_LFS_POINTER = b"version https://git-lfs"
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+# Staging folders: ".<final name>.<pid>-<random>.edgekit-tmp" beside the destination. One left by a
+# process that was killed (SIGKILL, power loss) is swept by the next write into that folder once it
+# is this old and its process is gone.
+STAGING_SUFFIX = ".edgekit-tmp"
+STALE_STAGING_SECONDS = 3600
+_STAGING_NAME = re.compile(r"^\..+\.(?P<pid>\d+)-[^.]*" + re.escape(STAGING_SUFFIX) + "$")
 
 
 def data_file(path: Path) -> Path:
@@ -44,27 +44,6 @@ def artifact_bytes(path: Path) -> int:
     """Bytes of an .onnx file plus its external data file, if it has one."""
     data = data_file(path)
     return Path(path).stat().st_size + (data.stat().st_size if data.exists() else 0)
-
-
-def check_readable_file(path: Path, what: str) -> Path:
-    """A path that exists, is a regular file, is readable and is not empty; else BadInput naming it."""
-    path = Path(path)
-    if not path.exists():
-        raise BadInput(f"{what} {path} does not exist", hint="check the path")
-    if path.is_dir():
-        raise BadInput(f"{what} {path} is a directory, not a file", hint="name the file inside it")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(64)
-    except OSError as exc:
-        raise BadInput(f"cannot read {what} {path}: {exc.strerror}", hint="check its permissions") from None
-    if not head:
-        raise BadInput(f"{what} {path} is empty (0 bytes)", hint="re-create or re-download it")
-    if head.startswith(_LFS_POINTER):
-        raise BadInput(
-            f"{what} {path} is a Git LFS pointer, not the file itself", hint="run `git lfs pull` to fetch it"
-        )
-    return path
 
 
 def _check_external_data_locations(model, folder: Path, path: Path) -> None:
@@ -79,17 +58,17 @@ def _check_external_data_locations(model, folder: Path, path: Path) -> None:
         candidate = folder / location
         if os.path.isabs(location) or ".." in Path(location).parts:
             raise BadInput(
-                f"{path}: external data location {location!r} of tensor {tensor.name!r} points outside its folder",
+                f"{shown_path(path)}: external data location {location!r} of tensor {tensor.name!r} points outside its folder",
                 hint="refusing to read it; keep the data file beside the model",
             )
         if candidate.is_symlink() or root not in candidate.resolve().parents:
             raise BadInput(
-                f"{path}: external data {location!r} of tensor {tensor.name!r} is a symlink or leaves the model's folder",
+                f"{shown_path(path)}: external data {location!r} of tensor {tensor.name!r} is a symlink or leaves the model's folder",
                 hint="refusing to read it; copy the data file beside the model",
             )
         if not candidate.is_file():
             raise BadInput(
-                f"{path}: external data file {location!r} (tensor {tensor.name!r}) is missing",
+                f"{shown_path(path)}: external data file {location!r} (tensor {tensor.name!r}) is missing",
                 hint="copy it beside the model",
             )
 
@@ -101,7 +80,13 @@ def _all_tensors(model):
 
 
 def load_onnx(path: Path, *, check: bool = True):
-    """Load and validate an ONNX file (with its external data); any problem is one BadInput line."""
+    """Load and validate an ONNX file (with its external data); any problem is one BadInput line.
+
+    Validated before anything else reads the model: the graph's signature (one float image input
+    of rank 4, at least one output: graph.input_spec) and its edgekit metadata (the schema, and
+    its agreement with the graph: metadata.metadata_of, check_against_graph). Every command loads
+    through here, so the same bad file is the same message and exit code (2) in each.
+    """
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -110,22 +95,44 @@ def load_onnx(path: Path, *, check: bool = True):
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, OSError, UnicodeDecodeError) as exc:
         raise BadInput(
-            f"{path} is not a valid ONNX file (cannot parse protobuf: {_first_line(exc)})",
+            f"{shown_path(path)} is not a valid ONNX file (cannot parse protobuf: {_first_line(exc)})",
             hint="is it truncated or another format?",
         ) from None
     if not model.graph.node and not model.graph.output:
         # protobuf parses many byte strings as an empty message: that is not a model.
-        raise BadInput(f"{path} is not a valid ONNX file (it parses to an empty graph)", hint="is it truncated?")
+        raise BadInput(f"{shown_path(path)} is not a valid ONNX file (it parses to an empty graph)", hint="is it truncated?")
+    check_signature(model, path)
     _check_external_data_locations(model, path.parent, path)
     try:
         from onnx.external_data_helper import load_external_data_for_model
 
         load_external_data_for_model(model, str(path.parent))
     except (OSError, ValueError) as exc:
-        raise BadInput(f"{path}: cannot read its external data: {_first_line(exc)}") from None
+        raise BadInput(f"{shown_path(path)}: cannot read its external data: {_first_line(exc)}") from None
     if check:
         check_onnx(path)
     return model
+
+
+def check_signature(model, where: Path | str) -> None:
+    """The graph is one edgekit handles, and its edgekit metadata (if any) is valid and describes it.
+
+    BadInput (exit 2) naming the file: two inputs, an int64 input, no output (graph.input_spec);
+    malformed metadata JSON, a field of the wrong type or out of range, or metadata that disagrees
+    with the graph's input or output (metadata.check_against_graph).
+    """
+    from edgekit import limits
+
+    where = Path(shown_path(where))
+    spec = input_spec(model, where)
+    # A crafted file of 1 kB can declare a (1, 3, 100000, 100000) input; commands make tensors of the
+    # input's shape, so its static dims are bounded here, before any command allocates from them.
+    declared = [d if isinstance(d, int) and d > 0 else 1 for d in graph_dims(graph_inputs(model)[0])]
+    limits.check_dims(declared, f"{where}: input {spec.name!r} has shape", bound=limits.MAX_INPUT_SIZE)
+    limits.check_tensor_budget(declared, 4, f"{where}: input {spec.name!r} of shape", hint="is the file damaged?")
+    meta = metadata_of(model, where)
+    if meta is not None:
+        check_against_graph(meta, graph_dims(graph_inputs(model)[0]), graph_dims(model.graph.output[0]), where)
 
 
 def check_onnx(path: Path, full_check: bool = False) -> None:
@@ -136,23 +143,22 @@ def check_onnx(path: Path, full_check: bool = False) -> None:
         onnx.checker.check_model(str(path), full_check=full_check)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, UnicodeDecodeError, ValueError) as exc:
         # A damaged file can make the checker's own message undecodable (found by the fuzz test).
-        raise BadInput(f"{path} fails the ONNX checker: {_first_line(exc)}") from None
+        raise BadInput(f"{shown_path(path)} fails the ONNX checker: {_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:
     return one_line(exc, 300)
 
 
-def read_metadata(model) -> dict[str, Any] | None:
-    """The `edgekit` provenance object of a ModelProto, or None for a foreign file."""
-    for prop in model.metadata_props:
-        if prop.key == METADATA_KEY:
-            try:
-                value = json.loads(prop.value)
-            except json.JSONDecodeError:
-                return None
-            return value if isinstance(value, dict) else None
-    return None
+def read_metadata(model, where: Path | str | None = None) -> dict[str, Any] | None:
+    """The validated `edgekit` provenance object of a ModelProto, or None when it has none (a foreign file).
+
+    Never a silent None for damaged metadata: malformed JSON, a wrong type, a missing field or an
+    out-of-range value is BadInput (exit 2) naming `where` (the file), the field and the value.
+    The dict is the object as written (metadata.EdgekitMetadata.to_dict()).
+    """
+    meta = metadata_of(model, Path(shown_path(where)) if where is not None else Path("the model"))
+    return None if meta is None else meta.to_dict()
 
 
 def write_metadata(model, metadata: dict[str, Any]) -> None:
@@ -268,8 +274,8 @@ class StagedOutput:
 def write_error(path: Path, exc: OSError) -> EdgekitError:
     """A failed write as one line: a full disk is the environment (exit 3), anything else bad output (exit 2)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return EnvironmentUnavailable(f"cannot write {path}: no space left on the device", hint="free some space; nothing was written")
-    return BadInput(f"cannot write {path}: {exc.strerror or exc}", hint="choose another output with -o; nothing was written")
+        return EnvironmentUnavailable(f"cannot write {shown_path(path)}: no space left on the device", hint="free some space; nothing was written")
+    return BadInput(f"cannot write {shown_path(path)}: {exc.strerror or exc}", hint="choose another output with -o; nothing was written")
 
 
 def _fits_bytesize(model) -> bool:
@@ -281,20 +287,98 @@ def _fits_bytesize(model) -> bool:
 
 
 def stage_output(final: Path) -> StagedOutput:
-    """Create the temp folder for `final` now, so an unwritable destination fails before any work."""
+    """Create the temp folder for `final` now, so an unwritable destination fails before any work.
+
+    Staging folders that a killed edgekit left in that folder (older than STALE_STAGING_SECONDS,
+    their process gone) are swept first.
+    """
     final = Path(final)
     parent = final.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".edgekit-tmp", dir=parent))
+        sweep_stale_staging(parent)
+        folder = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}-", suffix=STAGING_SUFFIX, dir=parent))
     except OSError as exc:
         raise BadInput(
-            f"cannot write to {parent}: {exc.strerror or exc}", hint="choose another output with -o"
+            f"cannot write to {shown_path(parent)}: {exc.strerror or exc}", hint="choose another output with -o"
         ) from None
     if final.is_dir():
         shutil.rmtree(folder, ignore_errors=True)
-        raise BadInput(f"output {final} is a directory", hint="name a .onnx file or a folder with -o")
+        raise BadInput(f"output {shown_path(final)} is a directory", hint="name a .onnx file or a folder with -o")
     return StagedOutput(final=final, folder=folder)
+
+
+def sweep_stale_staging(folder: Path, max_age: float = STALE_STAGING_SECONDS) -> list[Path]:
+    """Remove the staging folders (".NAME.*.edgekit-tmp") in `folder` that a killed process left behind.
+
+    Only real directories (never a symlink) older than `max_age` seconds, and not owned by a
+    process still running on this machine (the pid in the name), are removed. Returns what was
+    removed; a folder that cannot be listed or removed is left alone.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        if not (entry.name.startswith(".") and entry.name.endswith(STAGING_SUFFIX)):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or now - st.st_mtime < max_age:
+            continue
+        match = _STAGING_NAME.match(entry.name)
+        if match and int(match["pid"]) != os.getpid() and _process_alive(int(match["pid"])):
+            continue  # a long job of another edgekit still writing here
+        shutil.rmtree(entry.path, ignore_errors=True)
+        if not os.path.lexists(entry.path):
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # it exists (another user's); or the pid cannot be asked about: keep the folder
+    return True
+
+
+def stage_folder(final: Path) -> Path:
+    """A hidden temp folder beside `final` (a bundle folder), with the permissions a normal folder gets."""
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".edgekit-tmp", dir=final.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(folder, 0o777 & ~umask)  # mkdtemp's 0700 would follow the bundle to the device
+        return folder
+    except OSError as exc:
+        raise BadInput(f"cannot write to {final.parent}: {exc.strerror or exc}", hint="choose another -o") from None
+
+
+def commit_folder(staged: Path, final: Path) -> None:
+    """Rename the staged folder into place; an old bundle there is moved aside first and removed after."""
+    old = None
+    try:
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".edgekit-old", dir=final.parent))
+            os.replace(final, old / "bundle")
+        os.replace(staged, final)
+    except OSError as exc:
+        if old is not None and (old / "bundle").exists() and not final.exists():
+            os.replace(old / "bundle", final)
+        raise write_error(final, exc) from None
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
@@ -304,10 +388,10 @@ def write_text_atomic(path: Path, text: str) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise BadInput(f"cannot write {path}: {exc.strerror or exc}", hint="choose another path") from None
+        raise BadInput(f"cannot write {shown_path(path)}: {exc.strerror or exc}", hint="choose another path") from None
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(shown_path(text))  # a file name that is not UTF-8 is written as \xNN, not a crash
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):

@@ -5,7 +5,6 @@ candidate equally, against this machine's own fp32 matrix-multiply peak."""
 from __future__ import annotations
 
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,12 +20,16 @@ NO_SPIN = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinn
 
 @dataclass
 class Candidate:
-    """One thing to time: an ONNX file on a provider, or the PyTorch eager model."""
+    """One thing to time: an ONNX file in a runtime (ONNX Runtime on a provider, or OpenVINO on the CPU),
+    or the PyTorch eager model."""
 
     label: str
     kind: str  # onnx | torch
     provider: str
     run: Callable[[], None]
+    runtime: str = "ort"  # ort | openvino | torch
+    executed_precisions: dict[str, int] | None = None  # OpenVINO: what its compute layers really ran in
+    runtime_config: dict | None = None  # OpenVINO: the compiled model's threads, streams, precision hint
     file: str | None = None
     file_bytes: int | None = None
     precision: str | None = None
@@ -55,6 +58,9 @@ class Timing:
     peak_fraction: float | None
     speedup: float | None = None  # baseline p50 / this p50
     size_ratio: float | None = None  # baseline bytes / these bytes
+    runtime: str = "ort"  # ort | openvino | torch
+    executed_precisions: dict[str, int] | None = None  # OpenVINO: {runtime precision: compute layers}
+    runtime_config: dict | None = None
 
 
 @dataclass
@@ -69,6 +75,9 @@ class BenchReport:
     timings: list[Timing]
     skipped: list[str]
     order: list[str]
+    runtimes: list[str] = field(default_factory=lambda: ["ort"])
+    runtime_versions: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -92,10 +101,10 @@ def interleaved_order(labels: list[str], runs: int) -> list[str]:
 def machine_info() -> dict:
     """CPU model, cores and the flags that matter for int8 kernels, and the recipe `auto` picks here."""
     from edgekit.provenance import this_cpu
-    from edgekit.targets import detect_target
+    from edgekit.targets import auto_target
 
     cpu = this_cpu()
-    return {**cpu.to_dict(), "cpu": cpu.model, "cores": os.cpu_count(), "int8_target": detect_target(cpu=cpu)}
+    return {**cpu.to_dict(), "cpu": cpu.model, "cores": os.cpu_count(), "int8_target": auto_target(cpu)}
 
 
 def sgemm_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
@@ -138,24 +147,63 @@ def _macs_for(meta: dict | None) -> int | None:
     return model_macs(str(meta["model"]), int(meta.get("num_classes") or 0) or None, int(meta["input_size"]))
 
 
-def _onnx_candidates(
-    path: Path, providers: list[str], threads: int, batch: int, skipped: list[str], explicit: bool, spin: bool
+def _label(path: Path, runtime: str, provider: str, runtimes: list[str], providers: list[str]) -> str:
+    """file.onnx, or file.onnx [ort cpu] / [openvino] when several runtimes or providers are timed."""
+    parts = [runtime] if len(runtimes) > 1 else []
+    if runtime == "ort" and len(providers) > 1:
+        parts.append(provider)
+    return f"{path.name} [{' '.join(parts)}]" if parts else path.name
+
+
+def _file_candidates(
+    path: Path, runtimes: list[str], providers: list[str], threads: int, batch: int, skipped: list[str],
+    explicit: bool, spin: bool,
 ):
+    """The candidates of one file: each ORT provider, then OpenVINO, all fed the same seeded input."""
     from edgekit.artifact import artifact_bytes, load_onnx, read_metadata
     from edgekit.graph import input_spec, precision_of
-    from edgekit.runtime import create_session, cuda_device_available
 
-    model = load_onnx(path)
+    model = load_onnx(path)  # validated once (external data inside its folder, checker) for every runtime
     meta = read_metadata(model)
     spec = input_spec(model, path)
+    precision = precision_of(model, meta)
+    del model
     if spec.batch and spec.batch != batch:
         raise BadInput(f"{path} has a static batch of {spec.batch}; --batch {batch} cannot run it", hint=f"use --batch {spec.batch}")
     if any(d is None for d in spec.chw):
         raise BadInput(f"{path} has dynamic dimensions {spec.chw}; bench needs a static input size")
     x = np.random.default_rng(0).standard_normal([batch, *spec.chw]).astype(np.float16 if spec.dtype == "float16" else np.float32)
-    file_bytes = artifact_bytes(path)
-    macs = _macs_for(meta)
-    precision = precision_of(model, meta)
+    facts = dict(file=str(path), file_bytes=artifact_bytes(path), precision=precision, macs=_macs_for(meta))
+    out = []
+    if "ort" in runtimes:
+        out += _onnx_candidates(path, x, facts, runtimes, providers, threads, skipped, explicit, spin)
+    if "openvino" in runtimes:
+        out.append(_openvino_candidate(path, x, facts, runtimes, providers, threads, batch))
+    return out, meta
+
+
+def _openvino_candidate(path: Path, x: np.ndarray, facts: dict, runtimes, providers, threads: int, batch: int) -> Candidate:
+    """OpenVINO on the CPU, same threads and batch: one infer request reused, its input set once, synchronous infer."""
+    from edgekit.openvino_runtime import OpenVinoModel
+
+    before = _rss_bytes()
+    model = OpenVinoModel.load(path, threads=threads, batch=batch)
+    run = model.timed_runner(x)
+    run()
+    after = _rss_bytes()
+    return Candidate(
+        label=_label(path, "openvino", "cpu", runtimes, providers), kind="onnx", provider="cpu", run=run,
+        runtime="openvino", executed_precisions=model.executed_precisions(), runtime_config=model.config,
+        memory_bytes=(after - before) if before is not None and after is not None else None, **facts,
+    )
+
+
+def _onnx_candidates(
+    path: Path, x: np.ndarray, facts: dict, runtimes: list[str], providers: list[str], threads: int,
+    skipped: list[str], explicit: bool, spin: bool,
+) -> list[Candidate]:
+    from edgekit.runtime import create_session, cuda_device_available
+
     out = []
     for provider in providers:
         if provider != "cpu" and not explicit and not cuda_device_available():
@@ -178,13 +226,11 @@ def _onnx_candidates(
         after = _rss_bytes()
         out.append(
             Candidate(
-                label=f"{path.name} [{provider}]" if len(providers) > 1 else path.name,
-                kind="onnx", provider=provider, run=run, file=str(path), file_bytes=file_bytes,
-                precision=precision, macs=macs,
-                memory_bytes=(after - before) if before is not None and after is not None else None,
+                label=_label(path, "ort", provider, runtimes, providers), kind="onnx", provider=provider, run=run,
+                memory_bytes=(after - before) if before is not None and after is not None else None, **facts,
             )
         )
-    return out, meta
+    return out
 
 
 def _cuda_runner(session, input_name: str, x: np.ndarray):
@@ -228,7 +274,7 @@ def _torch_candidate(path: Path, meta: dict | None, threads: int, batch: int) ->
     run()
     after = _rss_bytes()
     return Candidate(
-        label=f"PyTorch eager ({meta['model']})", kind="torch", provider="cpu", run=run,
+        label=f"PyTorch eager ({meta['model']})", kind="torch", provider="cpu", run=run, runtime="torch",
         precision="fp32", macs=_macs_for(meta),
         memory_bytes=(after - before) if before is not None and after is not None else None,
     )
@@ -245,23 +291,29 @@ def bench(
     seconds: float | None = None,
     with_torch: bool = False,
     spin: bool = False,
+    runtimes: list[str] | str | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> BenchReport:
-    """Time every file (x provider), interleaved; ratios against the first file, or PyTorch with `with_torch`."""
+    """Time every file in every runtime (x provider for ONNX Runtime), interleaved in one round-robin;
+    ratios against the first file, or PyTorch with `with_torch`. `runtimes`: ort (default), openvino."""
+    from edgekit.openvino_runtime import parse_runtimes
     from edgekit.runtime import parse_providers
 
     if not files:
         raise BadInput("no ONNX files to benchmark", hint="edgekit bench FILE.onnx [FILE.onnx ...]")
     if batch < 1 or warmup < 0 or runs < 1:
         raise BadInput("--batch and --runs must be at least 1 and --warmup at least 0")
+    runtime_names = parse_runtimes(runtimes)  # exit 3 now if openvino is asked for and absent
     threads = threads or os.cpu_count() or 1
     explicit = providers is not None
+    if explicit and "ort" not in runtime_names:
+        raise BadInput("--providers chooses ONNX Runtime's execution providers", hint="add ort to --runtimes, or drop --providers")
     provider_names = parse_providers(",".join(providers)) if providers else parse_providers(None)
     skipped: list[str] = []
     candidates: list[Candidate] = []
     first_meta = None
     for i, path in enumerate(files):
-        made, meta = _onnx_candidates(Path(path), provider_names, threads, batch, skipped, explicit, spin)
+        made, meta = _file_candidates(Path(path), runtime_names, provider_names, threads, batch, skipped, explicit, spin)
         candidates.extend(made)
         if i == 0:
             first_meta = meta
@@ -306,8 +358,37 @@ def bench(
         t.size_ratio = (base.file_bytes / t.file_bytes) if base.file_bytes and t.file_bytes else None
     return BenchReport(
         threads=threads, batch=batch, warmup=warmup, spin=spin, machine=machine_info(), sgemm_gflops=peak,
-        baseline=base.label, timings=timings, skipped=skipped, order=order,
+        baseline=base.label, timings=timings, skipped=skipped, order=order, runtimes=runtime_names,
+        runtime_versions=_runtime_versions(runtime_names), notes=_runtime_notes(runtime_names),
     )
+
+
+def _runtime_versions(runtimes: list[str]) -> dict[str, str]:
+    import onnxruntime
+
+    versions = {"onnxruntime": onnxruntime.__version__}
+    if "openvino" in runtimes:
+        from edgekit.openvino_runtime import openvino_version
+
+        versions["openvino"] = openvino_version() or "unknown"
+    return versions
+
+
+def _runtime_notes(runtimes: list[str]) -> list[str]:
+    if "openvino" not in runtimes:
+        return []
+    from edgekit.openvino_runtime import DEFAULT_PRECISION_HINT, default_precision_hint
+
+    own = default_precision_hint()
+    notes = [
+        f"OpenVINO runs on the CPU with one stream, the LATENCY hint and inference precision {DEFAULT_PRECISION_HINT} "
+        "(int8 layers of a quantized file still run in int8); 'executed' is what its compiled graph ran in"
+    ]
+    if own and own != DEFAULT_PRECISION_HINT:
+        notes.append(
+            f"OpenVINO's own default on this CPU is {own}: it would run an fp32 file in {own}, not what the file says"
+        )
+    return notes
 
 
 def _timing(c: Candidate, batch: int, peak: float) -> Timing:
@@ -315,6 +396,7 @@ def _timing(c: Candidate, batch: int, peak: float) -> Timing:
     gflops = 2 * c.macs * batch / (p50 / 1000) / 1e9 if c.macs else None
     return Timing(
         label=c.label, kind=c.kind, provider=c.provider, file=c.file, precision=c.precision, runs=len(c.samples_ms),
+        runtime=c.runtime, executed_precisions=c.executed_precisions, runtime_config=c.runtime_config,
         p50_ms=p50, p90_ms=p90, mean_ms=mean, throughput=batch / (mean / 1000), file_bytes=c.file_bytes,
         memory_bytes=c.memory_bytes, gflops=gflops, peak_fraction=(gflops / peak) if gflops and c.provider == "cpu" else None,
     )

@@ -26,7 +26,8 @@ from edgekit.artifact import (
     stage_output,
     write_metadata,
 )
-from edgekit.calibration import DEFAULT_CALIBRATION_DIR, load_image_folder, seeded_random_inputs
+from edgekit.images import DEFAULT_CALIBRATION_DIR, load_image_folder
+from edgekit.tensors import seeded_random_inputs
 from edgekit.compare import (
     EXPORT_TOLERANCE,
     SIMPLIFY_TOLERANCE,

@@ -41,6 +41,14 @@ def _dims(value_info) -> list[int | None]:
             for d in value_info.type.tensor_type.shape.dim]
 
 
+def graph_dims(value_info) -> list[int | str | None]:
+    """A graph value's dims: an int when fixed, its name (or None) when dynamic."""
+    return [
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+        for d in value_info.type.tensor_type.shape.dim
+    ]
+
+
 def graph_inputs(model) -> list:
     """The graph inputs that are not initializers (old exporters list weights as inputs too)."""
     weights = {t.name for t in model.graph.initializer}

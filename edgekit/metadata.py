@@ -37,6 +37,8 @@ from edgekit.errors import BadInput
 from edgekit.limits import MAX_BATCH, MAX_CLASSES, MAX_INPUT_SIZE, MAX_METADATA_CHARS, MAX_OPSET, MAX_SAMPLES, MIN_OPSET
 from edgekit.preprocessing import Preprocessing
 
+METADATA_KEY = "edgekit"  # the metadata_props key of the provenance object
+
 SCHEMA_VERSION = 1  # bumped only when a key changes meaning; new keys alone do not bump it
 PRECISIONS = ("fp32", "fp16", "int8")
 WEIGHT_KINDS = ("random", "file", "pretrained")
@@ -87,7 +89,9 @@ class _Part(BaseModel):
 class RandomWeights(_Part):
     kind: Literal["random"]
     seed: StrictInt = Field(ge=0, le=2**64 - 1)  # torch.manual_seed's range
-    init: StrictStr
+    # Absent in files from before the BatchNorm settling: they parse, and verify says why their
+    # reference cannot be rebuilt (models/reference.py) rather than "weights.init is missing".
+    init: StrictStr | None = None
 
 
 class FileWeights(_Part):
@@ -140,8 +144,8 @@ class QuantRecipe(_Part):
 class QuantizationReport(_Part):
     holdout_top1_agreement: Number = Field(ge=0, le=1)
     holdout_sqnr_db: Number  # +inf when int8 reproduces fp32 exactly
-    coverage_int8: Count
-    coverage_total: Count
+    coverage_int8: Count | dict[StrictStr, Count]  # per op type (Conv, Gemm, Concat), as quantize writes it
+    coverage_total: Count | dict[StrictStr, Count]
 
 
 class EdgekitMetadata(_Part):
@@ -325,8 +329,6 @@ def validate_metadata(data: Any, where: Path) -> EdgekitMetadata:
 
 def metadata_of(model_proto, where: Path) -> EdgekitMetadata | None:
     """The parsed metadata of a loaded ModelProto; None for a foreign file; two `edgekit` entries is BadInput."""
-    from edgekit.artifact import METADATA_KEY
-
     values = [p.value for p in model_proto.metadata_props if p.key == METADATA_KEY]
     if len(values) > 1:
         raise _bad(where, f"it carries {len(values)} edgekit metadata entries; a file edgekit wrote has one")

@@ -12,10 +12,7 @@ with check.py's own checks, and renamed into place only when they pass; on any f
 from __future__ import annotations
 
 import json
-import logging
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -25,10 +22,11 @@ from typing import Callable
 
 import numpy as np
 
-from edgekit.artifact import EXPORTS_DIR, load_onnx, read_metadata, sha256_file, write_error
+from edgekit.artifact import EXPORTS_DIR, commit_folder, load_onnx, read_metadata, sha256_file, stage_folder
+from edgekit.ort_tools import ORT_OPTIMIZATION_STYLE, convert_to_ort, mobile_usability, portable_ops_config
 from edgekit.bundle import BUNDLE_SCRIPTS, BundleCheck, check_bundle, script_path, this_cpu_for_check
 from edgekit.bundle import check as bundle_check
-from edgekit.calibration import DEFAULT_CALIBRATION_DIR, pick_samples, scan_folder
+from edgekit.images import DEFAULT_CALIBRATION_DIR, pick_samples, scan_folder
 from edgekit.compare import resolve_tolerance, trained_defaults
 from edgekit.errors import BadInput, CheckFailed, EnvironmentUnavailable, one_line
 from edgekit.graph import graph_inputs, input_spec, output_classes, precision_of, static_batch
@@ -42,7 +40,6 @@ MAX_GOLDEN = 256
 # The golden data, manifest and scripts may add at most this fraction to the model files' size (issue 11).
 OVERHEAD_BUDGET = 0.10
 BUNDLE_SUFFIX = ".bundle"
-ORT_OPTIMIZATION_STYLE = "Fixed"
 README_NAME = "README.txt"
 MOBILE_REPORT = "mobile_usability.txt"
 OPS_CONFIG = "required_operators.config"
@@ -167,63 +164,6 @@ def _check_destination(final: Path) -> None:
         )
 
 
-def _stage_folder(final: Path) -> Path:
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".edgekit-tmp", dir=final.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(folder, 0o777 & ~umask)  # mkdtemp's 0700 would follow the bundle to the device
-        return folder
-    except OSError as exc:
-        raise BadInput(f"cannot write to {final.parent}: {exc.strerror or exc}", hint="choose another -o") from None
-
-
-def _commit_folder(staged: Path, final: Path) -> None:
-    """Rename the staged folder into place; an old bundle there is moved aside first and removed after."""
-    old = None
-    try:
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".edgekit-old", dir=final.parent))
-            os.replace(final, old / "bundle")
-        os.replace(staged, final)
-    except OSError as exc:
-        if old is not None and (old / "bundle").exists() and not final.exists():
-            os.replace(old / "bundle", final)
-        raise write_error(final, exc) from None
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _convert_to_ort(onnx_files: list[Path], workdir: Path, arm: bool) -> tuple[Path, Path]:
-    """onnxruntime.tools.convert_onnx_models_to_ort on a copy (fixed optimisations, NCHWc excluded: portable),
-    in a subprocess: its prints, its logging and ORT's C++ log stay out of this process."""
-    src = workdir / "src"
-    out = workdir / "out"
-    src.mkdir()
-    for path in onnx_files:
-        shutil.copyfile(path, src / path.name)
-    model = src / onnx_files[0].name
-    args = ["--optimization_style", ORT_OPTIMIZATION_STYLE, "--output_dir", str(out)]
-    if arm:
-        args += ["--target_platform", "arm"]
-    # onnxruntime.tools imports torch when it can (3 s here) and does not need it to convert: block it.
-    bootstrap = (
-        "import sys, runpy; sys.modules['torch'] = None; "
-        "sys.argv = ['convert_onnx_models_to_ort'] + sys.argv[1:]; "
-        "runpy.run_module('onnxruntime.tools.convert_onnx_models_to_ort', run_name='__main__')"
-    )
-    proc = subprocess.run([sys.executable, "-c", bootstrap, *args, str(model)], capture_output=True, text=True)
-    ort_file = out / (model.name[: -len(".onnx")] + ".ort")
-    configs = sorted(out.glob("*.config"))
-    if proc.returncode != 0 or not ort_file.is_file() or not configs:
-        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-        reason = next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else "no output")
-        raise CheckFailed(f"converting {onnx_files[0].name} to the ORT format failed: {reason[:300]}")
-    return ort_file, configs[0]
-
-
 def golden_within_budget(n: int, golden_bytes: int, other_bytes: int, model_bytes: int, budget: float) -> int:
     """How many of `n` golden photos (`golden_bytes` in all) fit beside `other_bytes` of manifest and scripts
     within `budget` x the model files' bytes; at least one."""
@@ -231,82 +171,6 @@ def golden_within_budget(n: int, golden_bytes: int, other_bytes: int, model_byte
         return n
     per_photo = max(1.0, golden_bytes / n)
     return max(1, min(n, int((budget * model_bytes - other_bytes) // per_photo)))
-
-
-def _portable_ops_config(config: Path, ort_name: str) -> str:
-    """The tool's config with its temp path replaced by the bundle's .ort name."""
-    lines = config.read_text().splitlines()
-    fixed = [f"# - {ort_name}" if line.startswith("# - ") else line for line in lines]
-    return "\n".join(fixed) + "\n"
-
-
-class _ListHandler(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
-def mobile_usability(path: Path) -> tuple[dict, str]:
-    """ORT Mobile usability (onnxruntime.tools.check_onnx_model_mobile_usability's checker): NNAPI and CoreML
-    partitions, per EP, and the verdict; its log captured, never printed. ({'available': False, ...} when the
-    tool cannot run here.)"""
-    logger = logging.getLogger("edgekit.package.mobile_usability")
-    handler = _ListHandler()
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    root = logging.getLogger()
-    guard = logging.NullHandler()
-    root.addHandler(guard)  # ORT's tools call logging.basicConfig() on import: with a handler there, it does nothing
-    try:
-        from onnxruntime.tools.mobile_helpers import usability_checker as uc
-        from onnxruntime.tools.onnx_model_utils import ModelProtoWithShapeInfo, optimize_model
-
-        eps = {
-            "NNAPI": lambda m, fixed: uc.check_nnapi_partitions(m, fixed),
-            "CoreML NeuralNetwork": lambda m, fixed: uc.check_coreml_partitions(m, fixed, "coreml_supported_neuralnetwork_ops.md"),
-            "CoreML MLProgram": lambda m, fixed: uc.check_coreml_partitions(m, fixed, "coreml_supported_mlprogram_ops.md"),
-        }
-        summary: dict = {"available": True, "tool": "onnxruntime.tools.check_onnx_model_mobile_usability", "eps": {}}
-        with tempfile.TemporaryDirectory(prefix="edgekit-mobile-") as tmp:
-            optimized = Path(tmp) / path.name  # as the tool does: ORT's basic optimisations first
-            optimize_model(path, optimized, use_external_initializers=True)
-            model = ModelProtoWithShapeInfo(optimized).model_with_shape_info
-            dynamic_inputs, _ = uc.check_shapes(model.graph)
-            for ep, check in eps.items():
-                logger.info(f"Checking {ep}")
-                info = check(model, True)
-                info.print_analysis(logger, ep)
-                suitability = info.suitability()
-                entry = {
-                    "partitions": int(info.num_partitions), "supported_nodes": int(info.num_supported_nodes),
-                    "nodes": int(info.num_nodes), "unsupported_ops": sorted(info.unsupported_ops),
-                    "suitability": suitability.name,
-                }
-                if suitability != uc.PartitioningInfo.TryWithEP.YES and dynamic_inputs:
-                    fixed = check(model, False)
-                    entry["suitability_with_fixed_shapes"] = fixed.suitability().name
-                    entry["partitions_with_fixed_shapes"] = int(fixed.num_partitions)
-                logger.info(f"Model should perform well with {ep} as is: {suitability.name}")
-                summary["eps"][ep] = entry
-        try_eps = any(e["suitability"] != "NO" or e.get("suitability_with_fixed_shapes", "NO") != "NO"
-                      for e in summary["eps"].values())
-        summary["try_nnapi_or_coreml"] = try_eps
-        summary["verdict"] = (
-            "NNAPI or CoreML may help: compare them with the CPU EP on the device" if try_eps
-            else "use the CPU EP: NNAPI and CoreML would split the model into too many partitions"
-        )
-        logger.info(summary["verdict"])
-    except Exception as exc:  # an ORT without the tools, or a graph the checker cannot read: say so, do not fail
-        summary = {"available": False, "reason": one_line(exc, 300)}
-        handler.lines.append(f"mobile usability check unavailable: {one_line(exc, 300)}")
-    finally:
-        root.removeHandler(guard)
-        logger.removeHandler(handler)
-    return summary, "\n".join(handler.lines) + "\n"
 
 
 def _golden_pixels(files: list[Path], pre: Preprocessing, want: int) -> tuple[np.ndarray, list[str], list[str]]:
@@ -438,7 +302,7 @@ def package(
     cpu = this_cpu_for_check()
     notes: list[str] = []
 
-    staged = _stage_folder(final)
+    staged = stage_folder(final)
     try:
         with tempfile.TemporaryDirectory(prefix="edgekit-package-") as tmp:
             stage("copying the model")
@@ -448,10 +312,10 @@ def package(
             onnx_name = model_path.name
             stage("converting to the ORT format")
             arm = bool(recipe and recipe.get("target") == "arm64")
-            ort_tmp, config_tmp = _convert_to_ort(sources, Path(tmp), arm)
+            ort_tmp, config_tmp = convert_to_ort(sources, Path(tmp), arm)
             ort_name = onnx_name[: -len(".onnx")] + ".ort"
             shutil.copyfile(ort_tmp, staged / ort_name)
-            (staged / OPS_CONFIG).write_text(_portable_ops_config(config_tmp, ort_name))
+            (staged / OPS_CONFIG).write_text(portable_ops_config(config_tmp, ort_name))
 
             stage("golden inputs")
             want = golden or DEFAULT_GOLDEN
@@ -550,7 +414,7 @@ def package(
         }
         _write_json(staged / "manifest.json", manifest)  # not hashed itself: the checksums above stay valid
         files = _bundle_files(staged, model_names)
-        _commit_folder(staged, final)
+        commit_folder(staged, final)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise

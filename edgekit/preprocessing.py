@@ -301,11 +301,21 @@ def _read_mapping(data, label: str) -> dict:
     return values
 
 
+MAX_PREPROCESSING_FILE = 64 * 1024  # a preprocessing JSON is a few hundred bytes
+
+
 def _load_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
+    from edgekit.files import check_readable_file
+
+    if not Path(path).exists():
         raise BadInput(f"preprocessing file {path} does not exist: give a JSON file of resize, crop, mean, std")
+    check_readable_file(Path(path), "preprocessing file")  # a regular, readable, non-empty file (never a FIFO)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_PREPROCESSING_FILE + 1)
+        if len(raw) > MAX_PREPROCESSING_FILE:
+            raise BadInput(f"preprocessing file {path} is over {MAX_PREPROCESSING_FILE} bytes: not a preprocessing JSON")
+        return json.loads(raw.decode())
     except (OSError, UnicodeDecodeError) as exc:
         raise BadInput(f"preprocessing file {path} cannot be read: {exc}") from None
     except json.JSONDecodeError as exc:

@@ -6,12 +6,15 @@ CPU (field-notes.md); every session made here is checked with `get_providers()`.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import json
 import os
 import re
 import tempfile
+import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,55 @@ PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
+
+
+PROFILE_PREFIX = "edgekit-profile-"
+STALE_PROFILE_SECONDS = 3600
+# Sessions still recording a profile: ended (and their traces deleted) at interpreter exit, before
+# ORT would write them to the temp folder while tearing the sessions down.
+# (keyed by id: a Session is a dataclass, so not hashable)
+_PROFILING: "weakref.WeakValueDictionary[int, Session]" = weakref.WeakValueDictionary()
+
+
+@atexit.register
+def _end_all_profiles() -> None:
+    for session in list(_PROFILING.values()):
+        with contextlib.suppress(Exception):
+            session.discard_profile()
+
+
+def _profile_prefix() -> str:
+    """Where ORT writes a profiled session's trace: the temp folder, named with this process's id."""
+    return os.path.join(tempfile.gettempdir(), f"{PROFILE_PREFIX}{os.getpid()}")
+
+
+def sweep_stale_profiles(folder: str | None = None, max_age: float = STALE_PROFILE_SECONDS) -> list[str]:
+    """Delete traces a killed edgekit left (edgekit-profile-<pid>_*.json older than `max_age`, process gone)."""
+    folder = folder or tempfile.gettempdir()
+    removed = []
+    pattern = re.compile(re.escape(PROFILE_PREFIX) + r"(\d+)_.*\.json$")
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if not match or int(match[1]) == os.getpid():
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False) or now - entry.stat(follow_symlinks=False).st_mtime < max_age:
+                continue
+            os.kill(int(match[1]), 0)
+            continue  # its process still runs
+        except ProcessLookupError:
+            pass
+        except (OSError, OverflowError):
+            continue
+        with contextlib.suppress(OSError):
+            os.remove(entry.path)
+            removed.append(entry.path)
+    return removed
 
 
 def parse_providers(spec: str | None) -> list[str]:
@@ -81,10 +133,15 @@ class Session:
         """End profiling without reading the trace (ORT would write it when the session is freed)."""
         self._end_profiling(read=False)
 
+    def __post_init__(self):
+        if self.profiling:
+            _PROFILING[id(self)] = self
+
     def _end_profiling(self, read: bool) -> list[dict] | None:
         if not self.profiling:
             return None
         self.profiling = False
+        _PROFILING.pop(id(self), None)
         trace = self.session.end_profiling()
         if not trace:
             return None
@@ -254,7 +311,8 @@ def create_session(
     if enable_profiling:
         options.enable_profiling = True
         # ORT writes the trace into the working directory unless told otherwise.
-        options.profile_file_prefix = os.path.join(tempfile.gettempdir(), f"edgekit-profile-{os.getpid()}")
+        options.profile_file_prefix = _profile_prefix()
+        sweep_stale_profiles()
     chain = {"cpu": ["cpu"], "cuda": ["cuda", "cpu"], "tensorrt": ["tensorrt", "cuda", "cpu"]}[provider]
     providers = [
         (PROVIDERS[name], dict(provider_options or {})) if name == provider else PROVIDERS[name] for name in chain

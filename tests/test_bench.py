@@ -7,6 +7,7 @@ import json
 import pytest
 
 from edgekit.bench import bench, interleaved_order, percentiles
+from edgekit.errors import BadInput
 
 
 def test_percentiles_on_known_samples():
@@ -89,3 +90,34 @@ def test_cuda_is_timed_with_io_binding(exported):
         pytest.skip("no CUDA device on this machine (torch.cuda.is_available() is False)")
     report = bench([exported("textbook_resnet18").path], providers=["cpu", "cuda"], warmup=1, runs=3)
     assert [t.provider for t in report.timings] == ["cpu", "cuda"]
+
+
+def test_runtimes_parse():
+    from edgekit.openvino_runtime import parse_runtimes
+
+    assert parse_runtimes(None) == ["ort"] and parse_runtimes("") == ["ort"]
+    assert parse_runtimes("onnxruntime, ORT") == ["ort"]
+    with pytest.raises(BadInput, match="unknown runtime 'tflite'"):
+        parse_runtimes("ort,tflite")
+
+
+def test_unknown_runtime_is_exit_2(cli, exported):
+    res = cli("bench", exported("textbook_resnet18").path, "--runtimes", "ort,tvm")
+    assert res.exit_code == 2 and "unknown runtime 'tvm'" in res.stderr
+
+
+def test_openvino_not_installed_is_exit_3_with_one_line(cli, exported, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` now fails as if it were not installed
+    res = cli("bench", exported("textbook_resnet18").path, "--runtimes", "ort,openvino", "--runs", "1")
+    assert res.exit_code == 3
+    assert res.stderr.strip() == "error: OpenVINO is not installed: pip install 'edgekit[openvino]'"
+    assert res.stdout == ""
+
+
+def test_default_runtime_is_ort_and_labels_stay_plain(exported):
+    path = exported("textbook_resnet18").path
+    report = bench([path], providers=["cpu"], threads=1, warmup=0, runs=1)
+    assert report.runtimes == ["ort"] and report.timings[0].runtime == "ort" and report.timings[0].label == path.name
+    assert report.timings[0].executed_precisions is None and report.notes == []

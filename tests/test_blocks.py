@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from edgekit.models.blocks import DenseBlock, Residual, ResNeXtBlock, materialize, transition_block
-from edgekit.models.textbook import textbook_densenet, textbook_resnet, textbook_resnext
+from edgekit.models.textbook_nets import textbook_densenet, textbook_resnet, textbook_resnext
 
 
 def test_seed_dense_block_shape():

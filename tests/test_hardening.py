@@ -167,7 +167,8 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
 def test_huge_image_is_skipped_not_decoded(tmp_path):
     from PIL import Image
 
-    from edgekit.calibration import Preprocessing, load_image_folder
+    from edgekit.images import load_image_folder
+    from edgekit.preprocessing import Preprocessing
 
     Image.new("1", (14_000, 14_000)).save(tmp_path / "huge.png")  # 196 Mpx: a decompression bomb
     Image.new("RGB", (40, 40), (10, 20, 30)).save(tmp_path / "small.png")
@@ -234,7 +235,8 @@ def test_fuzz_onnx_loader(good_onnx_bytes, tmp_path, data):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzz_image_decoder(tmp_path, data):
-    from edgekit.calibration import Preprocessing, decode_image
+    from edgekit.images import decode_image
+    from edgekit.preprocessing import Preprocessing
 
     source = sorted((Path(__file__).resolve().parent.parent / "calibration").glob("*.*g"))
     original = data.draw(st.sampled_from(source)).read_bytes()
@@ -248,3 +250,266 @@ def test_fuzz_image_decoder(tmp_path, data):
         assert out.shape == (3, 32, 32)
     except ValueError:
         pass
+
+
+# ---- the same bad file, the same exit code and message class in every command --------------------
+
+
+def _same_condition_file(kind: str, folder: Path) -> tuple[Path, str]:
+    """(a bad .onnx file, the words its error must contain)."""
+    from tests.tiny_models import tiny_metadata, tiny_model, write_tiny
+
+    path = folder / f"{kind}.onnx"
+    if kind == "truncated":
+        blob = tiny_model().SerializeToString()
+        path.write_bytes(blob[: len(blob) // 2])
+        return path, "is not a valid ONNX file"
+    if kind == "lfs-pointer":
+        path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 31000000\n")
+        return path, "is a Git LFS pointer"
+    if kind == "two-inputs":
+        return write_tiny(path, inputs=2), "has 2 input(s) and 1 output(s)"
+    if kind == "int64-input":
+        return write_tiny(path, input_type="int64"), "input 'input' is int64"
+    if kind == "metadata-not-json":
+        return write_tiny(path, metadata='{"model": "textbook_resnet18",'), "its edgekit metadata is not valid JSON"
+    if kind == "metadata-seed-string":
+        meta = tiny_metadata()
+        meta["weights"]["seed"] = "3"
+        return write_tiny(path, metadata=meta), 'edgekit metadata field weights.seed is "3"'
+    if kind == "metadata-size-disagrees":
+        return write_tiny(path, metadata=tiny_metadata(), size=40), "input_size is 32, but the graph's input (1, 3, 40, 40)"
+    if kind == "fifo":
+        os.mkfifo(path)
+        return path, "is a named pipe (FIFO), not a regular file"
+    raise AssertionError(kind)
+
+
+SAME_CONDITION = ["truncated", "lfs-pointer", "two-inputs", "int64-input", "metadata-not-json",
+                  "metadata-seed-string", "metadata-size-disagrees", "fifo"]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("command", ["quantize", "verify", "bench"])
+@pytest.mark.parametrize("kind", SAME_CONDITION)
+def test_same_bad_file_same_exit_code_in_every_command(cli, tmp_path, command, kind):
+    path, expected = _same_condition_file(kind, tmp_path)
+    out = tmp_path / "out"
+    args = {"quantize": ["-o", out / "q.onnx"], "verify": ["--random-inputs", "1"], "bench": ["--runs", "1"]}[command]
+    res = cli(command, path, *args)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.exit_code == 2, res.stdout + res.stderr
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert expected in lines[0] and path.name in lines[0]
+    assert files_in(out) == []
+
+
+# ---- signals and leftovers -----------------------------------------------------------------------
+
+
+def test_sigterm_is_exit_143_and_leaves_nothing(cli, tmp_path, monkeypatch):
+    import signal
+    import time
+
+    import edgekit.export as export_module
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the handler interrupts this
+
+    monkeypatch.setattr(export_module, "export_to_onnx", terminated)
+    out = tmp_path / "out"
+    before = signal.getsignal(signal.SIGTERM)
+    res = cli("export", "textbook_resnet18", "--input-size", 32, "-o", out / "m.onnx")
+    assert res.exit_code == 143, res.stderr
+    assert res.stderr.strip() == "terminated: nothing was written"
+    assert files_in(out) == []
+    assert signal.getsignal(signal.SIGTERM) == before  # the CLI restores the handler it replaced
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_through_the_real_entry_point(tmp_path):
+    """`python -m edgekit quantize` killed with SIGTERM mid-calibration: exit 143, one line, no staging folder."""
+    import subprocess
+    import sys
+
+    from tests.tiny_models import tiny_metadata, write_tiny
+
+    model = write_tiny(tmp_path / "m.onnx", metadata=tiny_metadata())
+    out = tmp_path / "out"
+    script = (
+        "import os, signal, time, edgekit.calibration as c\n"
+        "def decode(*a, **k):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(60)\n"
+        "c.decode_image = decode\n"
+        "from edgekit.cli import main\n"
+        "main()\n"
+    )
+    env = {**os.environ, "EDGEKIT_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, "-c", script, "quantize", str(model), "-o", str(out / "m.int8.onnx")],
+        capture_output=True, text=True, timeout=150, env=env, cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert proc.returncode == 143, proc.stderr
+    assert proc.stderr.strip().splitlines() == ["terminated: nothing was written"]
+    assert files_in(out) == []
+
+
+def test_stale_staging_folders_are_swept(tmp_path):
+    import time
+
+    from edgekit.artifact import STALE_STAGING_SECONDS, stage_output
+
+    old = time.time() - STALE_STAGING_SECONDS - 60
+
+    def leftover(name: str, age: float | None) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "m.onnx").write_bytes(b"x" * 1000)  # a staged model a SIGKILL left behind
+        if age is not None:
+            os.utime(folder, (age, age))
+        return folder
+
+    stale = leftover(".m.onnx.99999999-abcd1234.edgekit-tmp", old)  # its process is gone
+    stale_other = leftover(".other.onnx.abcd1234.edgekit-tmp", old)  # an older naming: age alone decides
+    fresh = leftover(".m.onnx.99999998-efgh5678.edgekit-tmp", None)  # a write in progress
+    alive = leftover(f".m.onnx.{os.getppid()}-ijkl9012.edgekit-tmp", old)  # a long job still running
+    not_ours = leftover("keep.edgekit-tmp", old)
+    link_target = tmp_path / "target"
+    link_target.mkdir()
+    (tmp_path / ".link.onnx.1-x.edgekit-tmp").symlink_to(link_target)
+    os.utime(tmp_path / ".link.onnx.1-x.edgekit-tmp", (old, old), follow_symlinks=False)
+    staged = stage_output(tmp_path / "m.onnx")
+    try:
+        assert not stale.exists() and not stale_other.exists()
+        assert fresh.exists() and alive.exists() and not_ours.exists()
+        assert link_target.exists() and (tmp_path / ".link.onnx.1-x.edgekit-tmp").is_symlink()  # never followed
+        assert staged.folder.name.startswith(f".m.onnx.{os.getpid()}-")
+    finally:
+        staged.discard()
+
+
+def test_profiling_traces_are_removed_when_a_session_is_collected(tmp_path, monkeypatch):
+    import gc
+    import tempfile
+
+    from edgekit.runtime import create_session
+    from tests.tiny_models import write_tiny
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model = write_tiny(tmp_path / "m" / "m.onnx")
+    session = create_session(model, "cpu", enable_profiling=True)
+    session.session.run(None, {"input": np.zeros((1, 3, 32, 32), np.float32)})
+    cycle = {"session": session}
+    cycle["self"] = cycle
+    del session, cycle
+    gc.collect()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("edgekit-profile")] == []
+
+
+@pytest.mark.timeout(120)
+def test_profiling_traces_are_removed_at_exit(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.tiny_models import write_tiny
+
+    model = write_tiny(tmp_path / "m" / "m.onnx")
+    script = (
+        "import sys, numpy as np\nfrom pathlib import Path\nfrom edgekit.runtime import create_session\n"
+        f"s = create_session(Path({str(model)!r}), 'cpu', enable_profiling=True)\n"
+        "s.session.run(None, {'input': np.zeros((1, 3, 32, 32), np.float32)})\n"
+        "sys.modules['__main__'].KEEP = s\n"  # still alive when the interpreter exits
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=100,
+                          env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("edgekit-profile")] == []
+
+
+def test_stale_profiling_traces_are_swept(tmp_path):
+    import time
+
+    from edgekit.runtime import sweep_stale_profiles
+
+    old = time.time() - 7200
+    dead = tmp_path / "edgekit-profile-99999999_2026-01-01_00-00-00.json"
+    mine = tmp_path / f"edgekit-profile-{os.getpid()}_2026-01-01_00-00-00.json"
+    recent = tmp_path / "edgekit-profile-99999998_2026-01-01_00-00-00.json"
+    for path in (dead, mine, recent):
+        path.write_text("[]")
+    for path in (dead, mine):
+        os.utime(path, (old, old))
+    sweep_stale_profiles(str(tmp_path))
+    assert not dead.exists() and mine.exists() and recent.exists()
+
+
+# ---- paths printed literally -----------------------------------------------------------------------
+
+
+def test_bracketed_file_names_print_literally(cli, exported, tmp_path):
+    source = exported("textbook_resnet18", 32).path
+    folder = tmp_path / "x[/b]y"  # a path holding a closing tag: must neither crash nor vanish
+    folder.mkdir(parents=True)
+    path = folder / "model[v2].onnx"
+    shutil.copy(source, path)
+    res = cli("verify", path, "--random-inputs", "1", "--providers", "cpu")
+    assert res.exit_code == 0, res.stdout + res.stderr
+    header = res.stdout.splitlines()[0]
+    assert str(path) in header and header.startswith("verify ")
+    assert "model[v2].onnx vs PyTorch" in res.stdout
+    assert f"PASS {path}" in res.stdout
+
+
+def test_bracketed_names_in_errors_print_literally(cli, tmp_path):
+    path = tmp_path / "bad[/b][red]x[v2].onnx"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"")
+    for command in ("quantize", "verify", "bench"):
+        res = cli(command, path)
+        assert res.exit_code == 2 and res.stderr.strip() == f"error: ONNX file {path} is empty (0 bytes) (re-create or re-download it)"
+
+
+def test_file_name_that_is_not_utf8_prints_escaped(cli, tmp_path):
+    raw = os.path.join(os.fsencode(tmp_path), b"mod\xe9l.onnx")
+    with open(raw, "wb"):
+        pass
+    res = cli("verify", os.fsdecode(raw))
+    assert res.exit_code == 2 and "Traceback" not in res.stderr
+    assert "mod\\xe9l.onnx is empty (0 bytes)" in res.stderr
+
+
+# ---- the reference plan reads validated metadata ---------------------------------------------------
+
+
+def test_plan_reference_validates_the_metadata_it_is_given(tmp_path):
+    from edgekit.models.reference import plan_reference
+    from tests.tiny_models import tiny_metadata, tiny_model
+
+    model = tiny_model()
+    plan = plan_reference(tmp_path / "m.onnx", model, tiny_metadata(), None, None, False, 0)
+    assert plan.from_metadata and plan.input_size == 32 and plan.num_classes == 10 and plan.seed == 0
+    bad = tiny_metadata()
+    bad["weights"]["seed"] = "3"
+    with pytest.raises(BadInput, match='field weights.seed is "3"'):
+        plan_reference(tmp_path / "m.onnx", model, bad, None, None, False, 0)
+    with pytest.raises(BadInput, match=r"num_classes is 10, but the graph's output \(1, 1000\) has 1000 classes"):
+        plan_reference(tmp_path / "m.onnx", tiny_model(classes=1000), tiny_metadata(), None, None, False, 0)
+    older = tiny_metadata()
+    del older["weights"]["init"]  # written before the BatchNorm settling existed
+    with pytest.raises(BadInput, match="initialised by another edgekit version \\(init none recorded"):
+        plan_reference(tmp_path / "m.onnx", model, older, None, None, False, 0)
+
+
+@pytest.mark.timeout(300)
+def test_int8_of_a_foreign_file_needs_model_to_verify(cli, tmp_path):
+    from tests.tiny_models import write_tiny
+
+    foreign = write_tiny(tmp_path / "f.onnx")
+    tensors = tmp_path / "t.npz"
+    np.savez(tensors, input=np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32))
+    res = cli("quantize", foreign, "--calibration", tensors, "--samples", "4", "-o", tmp_path / "f.int8.onnx")
+    assert res.exit_code == 0, res.stderr
+    res = cli("verify", tmp_path / "f.int8.onnx", "--inputs", tensors, "--random-inputs", "0")
+    assert res.exit_code == 2
+    assert "was made from a file without edgekit metadata" in res.stderr and "--model" in res.stderr

@@ -34,7 +34,7 @@ def pair(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def photos():
-    from edgekit.calibration import load_image_folder
+    from edgekit.images import load_image_folder
     from edgekit.preprocessing import Preprocessing
 
     return load_image_folder(CALIBRATION, Preprocessing.for_input_size(SIZE), samples=8).tensors

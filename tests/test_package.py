@@ -275,7 +275,7 @@ def test_a_failure_midway_leaves_nothing_and_keeps_the_old_bundle(int8_bundle, t
     def broken(*_args, **_kwargs):
         raise CheckFailed("converting to the ORT format failed: simulated")
 
-    monkeypatch.setattr(package_module, "_convert_to_ort", broken)
+    monkeypatch.setattr(package_module, "convert_to_ort", broken)
     with pytest.raises(CheckFailed, match="simulated"):
         package_module.package(source, output=dest)
     assert files_in(tmp_path) == ["old.bundle"] and files_in(dest) == before

@@ -65,7 +65,11 @@ def _fake_int8(name, array):
 
 def _as_int8(meta):
     meta["precision"] = "int8"
-    meta["parent"] = {"file": "parent.onnx", "sha256": "0" * 64}
+    meta["parent"] = {"file": "parent.onnx", "sha256": "0" * 64, "metadata": True}
+    meta["calibration"] = {"source": "calibration", "kind": "images", "samples": 8, "sha256": "0" * 64, "holdout_samples": 4}
+    meta["recipe"] = {"target": "generic", "activation_type": "int8", "weight_type": "int8", "per_channel": True,
+                      "reduce_range": False, "activation_symmetric": True, "method": "minmax",
+                      "reason": "a test's fake int8 file", "format": "QDQ", "excluded_nodes": []}
     return meta
 
 
@@ -387,7 +391,8 @@ def _labelled_by(model_path: Path, images: Path, dst: Path) -> Path:
     100 % there by construction, so any change of prediction in a candidate is a measurable drop."""
     import shutil
 
-    from edgekit.calibration import Preprocessing, decode_image
+    from edgekit.images import decode_image
+    from edgekit.preprocessing import Preprocessing
     from edgekit.runtime import create_session
 
     preprocessing = Preprocessing.from_dict(read_metadata(onnx.load(str(model_path)))["preprocessing"])

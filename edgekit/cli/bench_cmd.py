@@ -12,12 +12,18 @@ from rich.table import Table
 from edgekit.cli import options
 from edgekit.cli.app import app, console, err_console, escape, handle_errors, human_bytes, print_json, write_json_report
 
+Runtimes = Annotated[
+    str | None,
+    typer.Option("--runtimes", help="comma-separated: ort,openvino (default: ort; openvino needs pip install 'edgekit[openvino]')"),
+]
+
 
 @app.command("bench")
 @handle_errors
 def bench_command(
     files: Annotated[list[Path], typer.Argument(help="ONNX files; ratios are against the first (or PyTorch with --torch)")],
     providers: options.Providers = None,
+    runtimes: Runtimes = None,
     threads: options.Threads = None,
     batch: options.Batch = 1,
     warmup: Annotated[int, typer.Option("--warmup", min=0, max=10_000)] = 5,
@@ -49,6 +55,7 @@ def bench_command(
             seconds=seconds,
             with_torch=torch,
             spin=spin,
+            runtimes=runtimes,
             on_progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     if report is not None:
@@ -62,17 +69,28 @@ def bench_command(
 
 
 def render_bench(result) -> None:
+    from edgekit.openvino_runtime import precision_summary
+
     m = result.machine
     table = Table(
         title=f"{m['cpu']} ({', '.join(m['flags'])}), {result.threads} threads, batch {result.batch}, "
         f"sgemm peak {result.sgemm_gflops:.0f} GFLOP/s",
     )
-    for column in ("candidate", "provider", "p50 ms", "p90 ms", "mean ms", "img/s", "size", "memory", "GFLOP/s", "of peak", "speedup", "smaller"):
-        table.add_column(column, justify="left" if column in ("candidate", "provider") else "right")
+    several = len(result.runtimes) > 1 or result.runtimes != ["ort"]
+    openvino = any(t.executed_precisions for t in result.timings)
+    columns = ["candidate"] + (["runtime"] if several else []) + ["provider"] + (["executed"] if openvino else [])
+    for column in columns:
+        table.add_column(column, justify="left")
+    for column in ("p50 ms", "p90 ms", "mean ms", "img/s", "size", "memory", "GFLOP/s", "of peak", "speedup", "smaller"):
+        table.add_column(column, justify="right")
     for t in result.timings:
+        # the runtime and provider columns say what the label's [ort cpu] / [openvino] says
+        name = Path(t.file).name if several and t.file else t.label
+        cells = [escape(name)] + ([t.runtime] if several else []) + [t.provider]
+        if openvino:
+            cells.append(precision_summary(t.executed_precisions) if t.executed_precisions else "-")
         table.add_row(
-            t.label,
-            t.provider,
+            *cells,
             f"{t.p50_ms:.2f}",
             f"{t.p90_ms:.2f}",
             f"{t.mean_ms:.2f}",
@@ -86,8 +104,12 @@ def render_bench(result) -> None:
         )
     console.print(table)
     console.print(
-        f"ratios are against {result.baseline}; int8 GFLOP/s are effective (2 x fp32 MACs / latency); "
+        f"ratios are against {escape(result.baseline)}; int8 GFLOP/s are effective (2 x fp32 MACs / latency); "
         + ("ORT threads spin between runs" if result.spin else "ORT threads do not spin (fair interleaving; --spin to allow)")
     )
+    if openvino:
+        console.print("executed: the precisions OpenVINO's compiled graph ran its compute layers in (u8/i8: int8 kernels)")
+    for note in result.notes:
+        console.print(f"note: {escape(note)}")
     for line in result.skipped:
-        console.print(f"[yellow]skipped:[/] {line}")
+        console.print(f"[yellow]skipped:[/] {escape(line)}")

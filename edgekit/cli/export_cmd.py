@@ -74,7 +74,7 @@ def export_command(
             model, opset=opset, input_size=input_size, batch=batch, dynamic_batch=dynamic_batch,
             num_classes=num_classes, weights=weights, pretrained=pretrained, seed=seed, exporter=exporter.value,
             simplify_graph=not no_simplify, output=output, images=images, preprocessing=preprocessing,
-            on_stage=lambda stage: status.update(f"{model}: {stage}"),
+            on_stage=lambda stage: status.update(f"{escape(model)}: {escape(stage)}"),
         )
     if json_output:
         print_json(result)

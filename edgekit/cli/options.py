@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from edgekit.calibration import DEFAULT_CALIBRATION_DIR
+from edgekit.images import DEFAULT_CALIBRATION_DIR
+from edgekit.limits import MAX_BATCH
 from edgekit.targets import RECIPES
 
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeds
@@ -47,7 +48,7 @@ Providers = Annotated[
 Output = Annotated[Path | None, typer.Option("-o", "--output", help="file or folder (default: under exports/)")]
 Report = Annotated[Path | None, typer.Option("--report", dir_okay=False, help="write every number to this JSON file")]
 Threads = Annotated[int | None, typer.Option("--threads", min=1, max=1024, help="intra-op threads (default: all cores)")]
-Batch = Annotated[int, typer.Option("--batch", min=1, max=4096, help="batch size")]
+Batch = Annotated[int, typer.Option("--batch", min=1, max=MAX_BATCH, help="batch size")]
 MinTop1 = Annotated[
     float | None, typer.Option("--min-top1-agreement", callback=between(0.0, 1.0), help="fraction of top-1 that must match (0..1)")
 ]

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from edgekit.cli import options
 from edgekit.cli.app import app, console, err_console, escape, handle_errors, human_bytes, print_json
+from edgekit.limits import MAX_SAMPLES
 from edgekit.quantize import DEFAULT_SAMPLES
 
 
@@ -22,7 +23,7 @@ def quantize_command(
         Path | None, typer.Option("--calibration", help="image folder or .npz/.npy of preprocessed tensors (default: calibration/)")
     ] = None,
     samples: Annotated[
-        int, typer.Option("--samples", min=1, max=100_000, help="calibration samples, picked deterministically")
+        int, typer.Option("--samples", min=1, max=MAX_SAMPLES, help="calibration samples, picked deterministically")
     ] = DEFAULT_SAMPLES,
     method: Annotated[options.Method | None, typer.Option("--method", case_sensitive=False, help="default: the target's")] = None,
     target: options.TargetOption = options.Target.auto,
@@ -86,7 +87,7 @@ def quantize_command(
             dataset=dataset,
             max_drop=max_drop,
             fallback=fallback,
-            on_stage=lambda s: bar.update(stage_task, description=f"quantize: {s}"),
+            on_stage=lambda s: bar.update(stage_task, description=f"quantize: {escape(s)}"),
             on_progress=on_progress,
         )
     if json_output:
@@ -129,13 +130,13 @@ def render_quantize(result) -> None:
         "vs fp32 on held-out data",
         f"top-1 agreement {h.top1_agreement:.1%}, top-5 {h.top5_agreement:.1%}, SQNR {h.sqnr_db:.1f} dB, "
         f"cosine {h.cosine:.4f} ({escape(result.calibration.holdout_description)})"
-        + (" [x64quantprecision=1, as its target computes]" if result.judgement.gate_session else ""),
+        + (escape(" [x64quantprecision=1, as its target computes]") if result.judgement.gate_session else ""),
     )
     if result.holdout_default is not None:
         d = result.holdout_default
         table.add_row(
             "this CPU's default int8 kernels",
-            f"top-1 agreement {d.top1_agreement:.1%}, SQNR {d.sqnr_db:.1f} dB ({result.cpu.kind()}; not the file's target)",
+            f"top-1 agreement {d.top1_agreement:.1%}, SQNR {d.sqnr_db:.1f} dB ({escape(result.cpu.kind())}; not the file's target)",
         )
     table.add_row("budget", escape(result.budget))
     if result.dataset_top1:

@@ -9,6 +9,7 @@ import typer
 
 from edgekit.cli import options
 from edgekit.cli.app import app, console, err_console, escape, handle_errors, print_json
+from edgekit.limits import MAX_RANDOM_INPUTS, MAX_SAMPLES
 from edgekit.verify.inputs import DEFAULT_RANDOM_INPUTS
 
 
@@ -25,7 +26,7 @@ def verify_command(
         Path | None, typer.Option("--inputs", help=".npz/.npy of preprocessed (N, C, H, W) tensors (instead of the default photos)", dir_okay=False)
     ] = None,
     random_inputs: Annotated[
-        int, typer.Option("--random-inputs", min=0, max=10_000, help="seeded standard-normal inputs added (0: none)")
+        int, typer.Option("--random-inputs", min=0, max=MAX_RANDOM_INPUTS, help="seeded standard-normal inputs added (0: none)")
     ] = DEFAULT_RANDOM_INPUTS,
     seed: Annotated[
         int, typer.Option("--seed", min=0, max=options.MAX_SEED, help="seed of the random inputs (and of random weights with --model)")
@@ -49,7 +50,7 @@ def verify_command(
         typer.Option("--max-drop", callback=options.between(0.0, 100.0), help="fail when top-1 on --dataset drops more than this many points"),
     ] = None,
     samples: Annotated[
-        int | None, typer.Option("--samples", min=1, max=1_000_000, help="at most this many --dataset images (seeded pick)")
+        int | None, typer.Option("--samples", min=1, max=MAX_SAMPLES, help="at most this many --dataset images (seeded pick)")
     ] = None,
     target: Annotated[
         options.Target | None,
@@ -113,7 +114,7 @@ def verify_command(
             target=target.value if target is not None and target.value != "auto" else None,
             layers=layers,
             parent=parent,
-            on_stage=lambda stage: status.update(f"{model_file.name}: {stage}"),
+            on_stage=lambda stage: status.update(f"{escape(model_file.name)}: {escape(stage)}"),
         )
     written = write_reports(result, report) if report is not None else None
     png = None

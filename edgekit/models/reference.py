@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit.artifact import check_readable_file, sha256_file
+from edgekit.files import check_readable_file, sha256_file
 from edgekit.errors import BadInput
 from edgekit.models.registry import ModelSpec, classifier_weight_key, create_model, get_spec
 from edgekit.preprocessing import Preprocessing
@@ -76,9 +76,6 @@ class ReferencePlan:
     weights: dict
 
 
-_REQUIRED_KEYS = ("model", "num_classes", "input_size", "weights", "preprocessing")
-
-
 def plan_reference(
     path: Path,
     model_proto,
@@ -88,91 +85,102 @@ def plan_reference(
     pretrained: bool,
     seed: int,
 ) -> ReferencePlan:
-    """Decide how to rebuild the PyTorch reference, checking weights files and their sha256 (no torch yet)."""
-    from edgekit.models.registry import get_spec
+    """Decide how to rebuild the PyTorch reference, checking weights files and their sha256 (no torch yet).
 
-    if meta is None:
+    `meta` is the file's edgekit metadata (artifact.read_metadata). It is validated here again
+    (metadata.validate_metadata: types, ranges, required fields) and checked against the graph it
+    describes (input size, channels, batch, classes), so a damaged or hand-edited file is one
+    BadInput line naming the field, never a traceback or a silent default.
+    """
+    from edgekit.files import shown_path
+    from edgekit.graph import graph_dims
+    from edgekit.graph import graph_inputs, input_spec, output_classes
+    from edgekit.metadata import check_against_graph, validate_metadata
+
+    where = Path(shown_path(path))
+    graph_input = input_spec(model_proto, where)  # one float (N, C, H, W) input, or BadInput
+    parsed = validate_metadata(meta, where) if meta is not None else None
+    if parsed is not None:
+        check_against_graph(
+            parsed, graph_dims(graph_inputs(model_proto)[0]), graph_dims(model_proto.graph.output[0]), where
+        )
+
+    if parsed is None or not parsed.has_provenance:
         if model is None:
+            if parsed is None:
+                raise BadInput(
+                    f"{where} carries no edgekit metadata, so the PyTorch model it came from is unknown",
+                    hint="pass --model NAME and --weights FILE (or --pretrained) it was exported from",
+                )
             raise BadInput(
-                f"{path} carries no edgekit metadata, so the PyTorch model it came from is unknown",
-                hint="pass --model NAME and --weights FILE (or --pretrained) it was exported from",
+                f"{where} was made from a file without edgekit metadata, so the PyTorch model it came from is unknown",
+                hint="pass --model NAME and --weights FILE (or --pretrained) its parent was exported from",
             )
         spec = get_spec(model)
-        from edgekit.graph import input_spec, output_classes
-
-        size = input_spec(model_proto, path).spatial or spec.default_input_size
+        size = graph_input.spatial or spec.default_input_size
         num_classes = output_classes(model_proto)
         weights_dict = weights_for_cli(weights, pretrained, seed)
-        return ReferencePlan(
-            spec, num_classes, size, weights, pretrained, seed, Preprocessing.for_input_size(size), False, weights_dict
-        )
+        # A derived file of a foreign parent still records the preprocessing it was calibrated with.
+        preprocessing = parsed.preprocessing_spec() if parsed is not None else Preprocessing.for_input_size(size)
+        return ReferencePlan(spec, num_classes, size, weights, pretrained, seed, preprocessing, False, weights_dict)
 
-    missing = [k for k in _REQUIRED_KEYS if k not in meta]
-    if missing:
-        raise BadInput(
-            f"the edgekit metadata of {path} lacks {', '.join(map(repr, missing))}",
-            hint="re-export the file, or strip its metadata and pass --model/--weights",
-        )
-    spec = get_spec(str(meta["model"]))
+    spec = get_spec(parsed.model)
     if model is not None and get_spec(model).name != spec.name:
         raise BadInput(
-            f"{path} was exported from {spec.name} (its metadata says so), not {get_spec(model).name}",
+            f"{where} was exported from {spec.name} (its metadata says so), not {get_spec(model).name}",
             hint="drop --model; it is only for files without edgekit metadata",
         )
-    recorded = meta["weights"] if isinstance(meta["weights"], dict) else {}
-    kind = recorded.get("kind")
+    recorded = parsed.weights  # the schema guarantees its kind and the fields of that kind
     weights_file: Path | None = None
     use_pretrained = False
     ref_seed = seed
-    if kind == "random":
+    if recorded.kind == "random":
         if weights is not None or pretrained:
             raise BadInput(
-                f"{path} was exported with seeded random weights (seed {recorded.get('seed')}); "
+                f"{where} was exported with seeded random weights (seed {recorded.seed}); "
                 "--weights/--pretrained do not apply",
                 hint="drop them: the reference is rebuilt from the seed",
             )
-        ref_seed = int(recorded.get("seed", 0))
-        if recorded.get("init") != RANDOM_INIT:
+        ref_seed = recorded.seed
+        if recorded.init != RANDOM_INIT:
             # Same seed, different initialisation code: the rebuilt model would differ from the one
             # exported, and every gate would fail for a reason that is not the file's fault.
+            recorded_init = "none recorded" if recorded.init is None else repr(_short(recorded.init))
             raise BadInput(
-                f"{path} has seeded random weights initialised by another edgekit version "
-                f"(init {recorded.get('init')!r}, now {RANDOM_INIT!r}), so its PyTorch reference cannot be rebuilt",
-                hint=f"re-export it: edgekit export {spec.name} --input-size {meta.get('input_size')}",
+                f"{where} has seeded random weights initialised by another edgekit version "
+                f"(init {recorded_init}, now {RANDOM_INIT!r}), so its PyTorch reference cannot be rebuilt",
+                hint=f"re-export it: edgekit export {spec.name} --input-size {parsed.input_size}",
             )
-    elif kind in ("file", "pretrained"):
-        expected = recorded.get("sha256")
+    else:
+        expected = recorded.sha256
         if weights is not None:
             weights_file = Path(weights)
-        elif kind == "file":
-            weights_file = Path(recorded.get("path") or "")
+        elif recorded.kind == "file":
+            weights_file = Path(recorded.path)
             if not weights_file.is_file():
                 raise BadInput(
-                    f"the weights file {weights_file} that {path} was exported from is not there",
-                    hint=f"pass it with --weights FILE (sha256 {str(expected)[:16]}...)",
+                    f"the weights file {shown_path(weights_file)} that {where} was exported from is not there",
+                    hint=f"pass it with --weights FILE (sha256 {expected[:16]}...)",
                 )
         else:
             use_pretrained = True
         if weights_file is not None:
             check_readable_file(weights_file, "weights file")
             actual = sha256_file(weights_file)
-            if expected and actual != expected:
+            if actual != expected:
                 raise BadInput(
-                    f"weights {weights_file} have sha256 {actual}, but {path} was exported from weights "
+                    f"weights {shown_path(weights_file)} have sha256 {actual}, but {where} was exported from weights "
                     f"with sha256 {expected}",
                     hint="pass the weights file it was exported from with --weights",
                 )
-    else:
-        raise BadInput(f"the metadata of {path} records an unknown weights source {recorded!r}")
-    try:
-        size = int(meta["input_size"])
-        num_classes = int(meta["num_classes"])
-    except (TypeError, ValueError):
-        raise BadInput(f"the metadata of {path} has a malformed input_size or num_classes") from None
-    preprocessing = Preprocessing.from_dict(meta["preprocessing"])
     return ReferencePlan(
-        spec, num_classes, size, weights_file, use_pretrained, ref_seed, preprocessing, True, dict(recorded)
+        spec, parsed.num_classes, parsed.input_size, weights_file, use_pretrained, ref_seed,
+        parsed.preprocessing_spec(), True, recorded.to_dict(),
     )
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def weights_for_cli(weights: Path | None, pretrained: bool, seed: int) -> dict:

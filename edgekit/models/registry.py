@@ -45,27 +45,18 @@ def register_model(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
-def _ensure_loaded() -> None:
-    # Importing the family modules registers their models; done lazily so importing the
-    # registry stays cheap and has no import cycle.
-    from edgekit.models import textbook, torchvision  # noqa: F401
-
-
 def list_models() -> list[ModelSpec]:
     """All registered models, textbook first, then torchvision, in registration order."""
-    _ensure_loaded()
     return list(_REGISTRY.values())
 
 
 def aliases() -> dict[str, str]:
     """Alias -> canonical model name."""
-    _ensure_loaded()
     return dict(_ALIASES)
 
 
 def get_spec(name: str) -> ModelSpec:
     """Resolve a model name or alias (case-insensitive); unknown names get close matches and the list."""
-    _ensure_loaded()
     key = name.strip().lower().replace("-", "_")
     key = _ALIASES.get(key, key)
     if key in _REGISTRY:
@@ -92,7 +83,8 @@ def create_model(
     """
     import torch
 
-    from edgekit.calibration import DEFAULT_CALIBRATION_DIR, Preprocessing, load_image_folder
+    from edgekit.images import DEFAULT_CALIBRATION_DIR, load_image_folder
+    from edgekit.preprocessing import Preprocessing
     from edgekit.models.blocks import materialize
     from edgekit.models.weights import settle_random_init
 

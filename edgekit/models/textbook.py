@@ -1,113 +1,31 @@
-"""The chapter's networks, assembled from blocks.py (ResNet-18, a ResNeXt, DenseNet)."""
+"""The chapter's networks registered by name; textbook_nets.py builds them (imported lazily)."""
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-
-from edgekit.models.blocks import (
-    DenseBlock,
-    Residual,
-    ResNeXtBlock,
-    classifier_head,
-    stem,
-    transition_block,
-)
 from edgekit.models.registry import ModelSpec, register_model
 
 
-class TextbookNet(nn.Module):
-    """A stem, a sequence of stages and a classifier head in one `net` Sequential, as in the chapter."""
+def _builder(function: str):
+    def build(num_classes: int):
+        from edgekit.models import textbook_nets
 
-    def __init__(self, stages: list[tuple[str, nn.Module]], head: nn.Module):
-        super().__init__()
-        self.net = nn.Sequential(stem())
-        for name, stage in stages:
-            self.net.add_module(name, stage)
-        self.net.add_module("last", head)
+        return getattr(textbook_nets, function)(num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    @torch.no_grad()
-    def reset_parameters_seeded(self) -> None:
-        """Xavier-uniform conv/linear weights and zero biases (the seed applied xavier to every
-        module, which fails on BatchNorm's 1-D weights); BatchNorm keeps weight 1, bias 0."""
-        for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+    build.__name__ = function
+    return build
 
 
-def _residual_stage(num_channels: int, num_blocks: int, first: bool) -> nn.Sequential:
-    # The first stage keeps the stem's resolution; later ones halve it with a strided 1x1 shortcut.
-    return nn.Sequential(
-        *(
-            Residual(num_channels, use_1x1conv=True, strides=2) if i == 0 and not first else Residual(num_channels)
-            for i in range(num_blocks)
-        )
-    )
-
-
-def _resnext_stage(
-    num_channels: int, num_blocks: int, first: bool, group_width: int, bottleneck_ratio: float
-) -> nn.Sequential:
-    return nn.Sequential(
-        *(
-            ResNeXtBlock(num_channels, group_width, bottleneck_ratio, use_1x1conv=True, strides=2)
-            if i == 0 and not first
-            else ResNeXtBlock(num_channels, group_width, bottleneck_ratio)
-            for i in range(num_blocks)
-        )
-    )
-
-
-def textbook_resnet(num_classes: int, arch=((2, 64), (2, 128), (2, 256), (2, 512))) -> TextbookNet:
-    """The chapter's ResNet-18: stem, four stages of two Residual blocks, global pool, linear."""
-    stages = [(f"b{i + 2}", _residual_stage(c, n, first=i == 0)) for i, (n, c) in enumerate(arch)]
-    return TextbookNet(stages, classifier_head(num_classes))
-
-
-def textbook_resnext(
-    num_classes: int,
-    arch=((2, 64), (2, 128), (2, 256), (2, 512)),
-    cardinality: int = 16,
-    bottleneck_ratio: float = 1.0,
-) -> TextbookNet:
-    """ResNet-18's layout with ResNeXt blocks: each grouped 3x3 conv has `cardinality` groups."""
-    stages = []
-    for i, (n, c) in enumerate(arch):
-        group_width = int(round(c * bottleneck_ratio)) // cardinality
-        stages.append((f"b{i + 2}", _resnext_stage(c, n, i == 0, group_width, bottleneck_ratio)))
-    return TextbookNet(stages, classifier_head(num_classes))
-
-
-def textbook_densenet(
-    num_classes: int, num_channels: int = 64, growth_rate: int = 32, arch=(4, 4, 4, 4)
-) -> TextbookNet:
-    """The chapter's DenseNet: four dense blocks of 4 convs (growth 32), transitions halving channels."""
-    stages: list[tuple[str, nn.Module]] = []
-    for i, num_convs in enumerate(arch):
-        stages.append((f"dense_blk{i + 1}", DenseBlock(num_convs, growth_rate)))
-        num_channels += num_convs * growth_rate
-        if i != len(arch) - 1:
-            num_channels //= 2
-            stages.append((f"tran_blk{i + 1}", transition_block(num_channels)))
-    return TextbookNet(stages, classifier_head(num_classes, pre_activation=True))
-
-
-for _name, _family, _builder, _doc in (
-    ("textbook_resnet18", "resnet", textbook_resnet, "the chapter's ResNet-18 (Residual blocks)"),
-    ("textbook_resnext", "resnext", textbook_resnext, "ResNet-18 layout with ResNeXt blocks, 16 groups"),
-    ("textbook_densenet", "densenet", textbook_densenet, "the chapter's DenseNet (4x4 convs, growth 32)"),
+for _name, _family, _function, _doc in (
+    ("textbook_resnet18", "resnet", "textbook_resnet", "the chapter's ResNet-18 (Residual blocks)"),
+    ("textbook_resnext", "resnext", "textbook_resnext", "ResNet-18 layout with ResNeXt blocks, 16 groups"),
+    ("textbook_densenet", "densenet", "textbook_densenet", "the chapter's DenseNet (4x4 convs, growth 32)"),
 ):
     register_model(
         ModelSpec(
             name=_name,
             family=_family,
             source="textbook",
-            builder=_builder,
+            builder=_builder(_function),
             default_num_classes=10,
             description=_doc,
         )

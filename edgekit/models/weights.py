@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit.artifact import check_readable_file, sha256_file
+from edgekit.files import check_readable_file, sha256_file
 from edgekit.errors import BadInput, EnvironmentUnavailable, one_line
 
 

@@ -92,17 +92,21 @@ def quantize_once(
         raise CheckFailed(f"quantize_static failed on {pre.name}: {one_line(exc, 200)}") from exc
 
 
-def check_quantized(quantized, parent_name: str, want_grouped: int, want_concats: int, bn_rewritten: int) -> tuple[int, int]:
-    """Really quantized, grouped convs and concats kept; returns (grouped convs, concats) of the int8 graph."""
+def int8_weight_count(model_or_path) -> int:
+    """8-bit weight initializers (rank >= 2) of an ONNX model or file."""
+    import onnx
     from onnx import TensorProto
 
+    model = onnx.load(str(model_or_path)) if isinstance(model_or_path, Path) else model_or_path
+    return sum(1 for t in model.graph.initializer if t.data_type in (TensorProto.INT8, TensorProto.UINT8) and len(t.dims) >= 2)
+
+
+def check_quantized(quantized, parent_name: str, want_grouped: int, want_concats: int, bn_rewritten: int) -> tuple[int, int]:
+    """Really quantized, grouped convs and concats kept; returns (grouped convs, concats) of the int8 graph."""
     ops = op_counts(quantized)
     if not (ops.get("QuantizeLinear") and ops.get("DequantizeLinear")):
         raise CheckFailed("the output of quantize_static has no QuantizeLinear/DequantizeLinear nodes: it is not quantized")
-    int8_weights = sum(
-        1 for t in quantized.graph.initializer if t.data_type in (TensorProto.INT8, TensorProto.UINT8) and len(t.dims) >= 2
-    )
-    if not int8_weights:
+    if not int8_weight_count(quantized):
         raise CheckFailed("the quantized graph has no 8-bit weight initializers")
     grouped = onnx_grouped_conv_count(quantized)
     concats = onnx_concat_count(quantized)
@@ -116,12 +120,13 @@ def check_quantized(quantized, parent_name: str, want_grouped: int, want_concats
     return grouped, concats
 
 
-def int8_coverage(path: Path, workdir: Path) -> tuple[Coverage, dict[str, int]]:
-    """Run ORT's own optimisation (as a session does) and count what executes in int8."""
+def int8_coverage(path: Path, workdir: Path, session_config: dict[str, str] | None = None) -> tuple[Coverage, dict[str, int]]:
+    """Run ORT's own optimisation (as a session with the file's own session options does) and count
+    what executes in int8."""
     from edgekit.runtime import create_session
 
     optimized = workdir / "ort-optimized.onnx"
-    create_session(path, "cpu", optimized_model_path=optimized)
+    create_session(path, "cpu", optimized_model_path=optimized, session_config=session_config or None)
     import onnx
 
     ops = Counter(n.op_type for n in onnx.load(str(optimized), load_external_data=False).graph.node)

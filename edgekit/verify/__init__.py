@@ -186,7 +186,7 @@ def verify(
     `layers`: per-layer error of an int8 file against its fp32 parent (`parent`, default the file its
     metadata names, in the same folder), on the photos, as the gated kernels compute it.
     """
-    from edgekit.compare import resolve_tolerance
+    from edgekit.compare import resolve_tolerance, trained_defaults
     from edgekit.runtime import check_inputs, create_session, cuda_device_available, parse_providers
 
     on_stage = on_stage or (lambda _s: None)
@@ -205,10 +205,15 @@ def verify(
 
     on_stage("loading the file")
     model_proto = load_onnx(path)
-    meta = read_metadata(model_proto)
+    meta = read_metadata(model_proto, path)
     plan = plan_reference(path, model_proto, meta, model, weights, pretrained, seed)
     precision = precision_of(model_proto, meta)
-    tolerance, tolerance_source = resolve_tolerance(precision, atol, rtol, min_top1_agreement, min_sqnr)
+    trained = plan.weights.get("kind") in ("file", "pretrained")
+    tolerance, tolerance_source = resolve_tolerance(
+        precision, atol, rtol, min_top1_agreement, min_sqnr, defaults=trained_defaults() if trained else None
+    )
+    if trained:
+        tolerance_source = tolerance_source.replace("defaults", "defaults for trained weights", 1)
     if dataset is not None:
         check_dataset(Path(dataset), plan.num_classes)  # a bad folder fails now, not after the reference is built
     user_elementwise = atol is not None or rtol is not None

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from edgekit.calibration import decode_image, pick_samples, scan_folder
+from edgekit import limits
+from edgekit.files import shown_path
+from edgekit.images import decode_image, pick_samples, scan_image_folder, skipped_note
 from edgekit.errors import BadInput
 from edgekit.preprocessing import Preprocessing
 from edgekit.runners import batch_sizes, run_session, run_torch
@@ -19,38 +22,82 @@ DATASET_CHUNK = 64  # --dataset images are decoded and run this many at a time
 def scan_dataset(folder: Path) -> tuple[list[str], list[tuple[Path, int]], list[str]]:
     """(class names, (file, label) pairs, classes without images) of an ImageFolder-style tree:
     one sub-folder per class, labels are the indices of the sorted folder names (torchvision's rule)."""
+    classes, samples, empty, _skipped = _scan_dataset(folder)
+    return classes, samples, empty
+
+
+def _scan_dataset(folder: Path) -> tuple[list[str], list[tuple[Path, int]], list[str], list[tuple[Path, str]]]:
+    """scan_dataset, and the entries skipped because they are not regular files (FIFOs, broken links, ...).
+
+    Only regular files are listed (calibration.scan_image_folder); a class folder may be a symlink
+    to a folder. More than limits.MAX_IMAGES_IN_FOLDER files in all is BadInput.
+    """
     folder = Path(folder)
+    shown = shown_path(folder)
     if not folder.is_dir():
         raise BadInput(
-            f"--dataset {folder} is not a folder" + ("" if folder.exists() else " (it does not exist)"),
+            f"--dataset {shown} is not a folder" + ("" if os.path.lexists(folder) else " (it does not exist)"),
             hint="one sub-folder of images per class, as torchvision's ImageFolder",
         )
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+    except OSError as exc:
+        raise BadInput(f"--dataset {shown} cannot be listed: {exc.strerror or exc}", hint="check its permissions") from None
+    classes: list[str] = []
+    skipped: list[tuple[Path, str]] = []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=True):
+                classes.append(entry.name)
+        except OSError:
+            pass
+        if entry.is_symlink() and not os.path.exists(entry.path):
+            skipped.append((Path(entry.path), "a broken symlink or a symlink loop"))
     if not classes:
         raise BadInput(
-            f"--dataset {folder} has no class sub-folders", hint="one sub-folder of images per class, as ImageFolder"
+            f"--dataset {shown} has no class sub-folders", hint="one sub-folder of images per class, as ImageFolder"
         )
     samples: list[tuple[Path, int]] = []
     empty: list[str] = []
+    cap = limits.MAX_IMAGES_IN_FOLDER
     for label, name in enumerate(classes):
-        files, _others = scan_folder(folder / name)
-        if not files:
+        scan = scan_image_folder(folder / name)
+        skipped += scan.skipped
+        if not scan.images:
             empty.append(name)
-        samples += [(f, label) for f in files]
-    return classes, samples, empty
+        samples += [(f, label) for f in scan.images]
+        if len(samples) > cap:
+            raise BadInput(
+                f"--dataset {shown} holds more than {cap:,} images, over edgekit's limit for one folder",
+                hint="point to a smaller copy of it: a sample of each class folder",
+            )
+    return classes, samples, empty, skipped
 
 
-def check_dataset(folder: Path, num_classes: int | None) -> tuple[list[str], list[tuple[Path, int]], list[str]]:
-    """scan_dataset, and BadInput when the folder cannot be scored against a `num_classes` model."""
-    classes, samples, empty = scan_dataset(folder)
+def check_dataset(
+    folder: Path, num_classes: int | None, samples: int | None = None
+) -> tuple[list[str], list[tuple[Path, int]], list[str]]:
+    """scan_dataset, and BadInput when the folder cannot be scored against a `num_classes` model
+    (or `samples`, the --samples asked, is out of range)."""
+    if samples is not None:
+        limits.check_count(samples, "--samples", limits.MAX_SAMPLES)
+    classes, pairs, empty = scan_dataset(folder)
+    _check_scan(folder, num_classes, classes, pairs)
+    return classes, pairs, empty
+
+
+def _check_scan(folder: Path, num_classes: int | None, classes: list[str], pairs: list) -> None:
+    shown = shown_path(folder)
     if num_classes is not None and len(classes) > num_classes:
         raise BadInput(
-            f"--dataset {folder} has {len(classes)} classes but the model has {num_classes} outputs",
+            f"--dataset {shown} has {len(classes)} classes but the model has {num_classes} outputs",
             hint="point to a folder with at most as many class sub-folders as the model has classes",
         )
-    if not samples:
-        raise BadInput(f"--dataset {folder}: its {len(classes)} class folders hold no images")
-    return classes, samples, empty
+    if not pairs:
+        raise BadInput(f"--dataset {shown}: its {len(classes)} class folders hold no images")
 
 
 def measure_dataset(
@@ -65,12 +112,17 @@ def measure_dataset(
     on_stage: Callable[[str], None],
 ) -> DatasetAccuracy:
     """Top-1 of PyTorch and of each session on a labelled folder, decoded and run in chunks."""
-    classes, pairs, empty = check_dataset(folder, num_classes)
+    if samples is not None:
+        limits.check_count(samples, "--samples", limits.MAX_SAMPLES)
+    classes, pairs, empty, not_regular = _scan_dataset(folder)
+    _check_scan(folder, num_classes, classes, pairs)
     label_of = dict(pairs)
     chosen = pick_samples([p for p, _ in pairs], samples, seed)
     notes = []
     if empty:
-        notes.append(f"class folders without images: {', '.join(empty[:5])}")
+        notes.append(f"class folders without images: {', '.join(shown_path(e) for e in empty[:5])}")
+    if not_regular:
+        notes.append(skipped_note(Path(folder), not_regular))
     if len(classes) < num_classes:
         notes.append(
             f"{len(classes)} class folders for a {num_classes}-class model: label i is the i-th folder name in "
@@ -102,7 +154,7 @@ def measure_dataset(
             agree[i] += int((pred == torch_pred).sum())
         used += len(x)
     if used == 0:
-        raise BadInput(f"--dataset {folder}: none of its {len(chosen)} images could be decoded")
+        raise BadInput(f"--dataset {shown_path(folder)}: none of its {len(chosen)} images could be decoded")
     reference_top1 = 100.0 * torch_correct / used
     return DatasetAccuracy(
         folder=Path(folder),

@@ -66,17 +66,28 @@ def _size(path: Path) -> str:
         return "?"
 
 
+def _text(value) -> str:
+    """A path or a string from a file (a name, an ORT message) as literal text inside rich markup:
+    `model[v2].onnx` prints as such, and a name holding `[/b]` cannot break the markup."""
+    from rich.markup import escape
+
+    from edgekit.files import shown_path
+
+    return escape(shown_path(value if isinstance(value, (str, Path)) else str(value)))
+
+
 def header_lines(report: Report) -> list[str]:
-    """What was verified, against what, with which gates, on which inputs and providers (rich markup)."""
+    """What was verified, against what, with which gates, on which inputs and providers (rich markup;
+    every path and string from the file or the user is escaped)."""
     lines = [
-        f"[bold]verify[/] {report.file}  (sha256 {report.sha256[:12]}, {report.precision}, {_size(report.file)})",
-        f"reference: {report.reference.describe()}",
-        f"gates ({report.tolerance_source}): {describe_gates(report.tolerance)}",
-        "inputs: " + "; ".join(f"{s.name}: {s.description}" for s in report.input_sets),
+        f"[bold]verify[/] {_text(report.file)}  (sha256 {report.sha256[:12]}, {report.precision}, {_size(report.file)})",
+        f"reference: {_text(report.reference.describe())}",
+        f"gates ({_text(report.tolerance_source)}): {_text(describe_gates(report.tolerance))}",
+        "inputs: " + "; ".join(f"{_text(s.name)}: {_text(s.description)}" for s in report.input_sets),
     ]
     for run in report.providers:
         style = "yellow" if run.fell_back or run.elsewhere else ""
-        text = f"provider {run.requested}: {run.describe()}"
+        text = f"provider {_text(run.requested)}: {_text(run.describe())}"
         lines.append(f"[{style}]{text}[/]" if style else text)
     return lines
 
@@ -85,7 +96,7 @@ def comparison_table(report: Report):
     """One row per runtime/provider x input set x batch (x output): metrics, pass/fail, failed gates."""
     from rich.table import Table
 
-    table = Table(title=f"{report.file.name} vs PyTorch", show_lines=False)
+    table = Table(title=f"{_text(report.file.name)} vs PyTorch", show_lines=False)
     for name, justify in (
         ("runtime", "left"), ("inputs", "left"), ("batch", "right"), ("n", "right"), ("output", "left"),
         ("max abs", "right"), ("max rel", "right"), ("mean abs", "right"), ("cosine", "right"),
@@ -98,11 +109,11 @@ def comparison_table(report: Report):
             result = _result(c, m)
             style = {"PASS": "green", "FAIL": "bold red", "info": "dim", "ok (NaN/Inf)": "green"}[result]
             table.add_row(
-                c.label,
-                c.input_set,
+                _text(c.label),
+                _text(c.input_set),
                 str(c.batch),
                 str(c.samples),
-                m.name,
+                _text(m.name),
                 _num(m.max_abs),
                 _num(m.max_rel),
                 _num(m.mean_abs),
@@ -112,8 +123,26 @@ def comparison_table(report: Report):
                 _pct(m.top5_agreement),
                 f"{m.nan}/{m.inf}",
                 f"[{style}]{result}[/]",
-                short_failures(m, c.tolerance),
+                _text(short_failures(m, c.tolerance)),
             )
+    return table
+
+
+def layers_table(report: Report, rows: int = 15):
+    """The quantized activations with the lowest SQNR and the nodes adding the most error (None without --layers)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    lr = report.layers
+    if lr is None:
+        return None
+    kernels = ", ".join(f"{k}={v}" for k, v in lr.session_config.items()) or "ORT's default kernels"
+    table = Table(title=f"per-layer int8 error vs fp32 ({lr.samples} images, {kernels}), worst {rows} of {len(lr.activations)}")
+    for name in ("tensor", "node", "op", "depth", "SQNR dB", "input SQNR dB", "added noise"):
+        table.add_column(name, justify="left" if name in ("tensor", "node", "op") else "right")
+    for a in lr.worst(rows):
+        table.add_row(escape(a.tensor), escape(a.fp32_node or "-"), a.op_type, str(a.position), _num(a.sqnr_db, ".1f"),
+                      _num(a.input_sqnr_db, ".1f"), _num(a.added_noise, ".2e"))
     return table
 
 
@@ -125,7 +154,7 @@ def dataset_table(report: Report):
     if d is None:
         return None
     gate = f", gate: drop <= {d.max_drop:g} points" if d.max_drop is not None else ""
-    table = Table(title=f"accuracy on {d.folder} ({d.samples} images, {len(d.classes)} classes{gate})")
+    table = Table(title=f"accuracy on {_text(Path(d.folder))} ({d.samples} images, {len(d.classes)} classes{gate})")
     for name in ("model", "top-1 %", "drop (points)", "agrees with PyTorch", "result"):
         table.add_column(name, justify="left" if name in ("model", "result") else "right")
     table.add_row("PyTorch fp32 (reference)", f"{d.torch_top1:.2f}", "-", "-", "")
@@ -134,7 +163,7 @@ def dataset_table(report: Report):
         result = "" if d.max_drop is None else ("[bold red]FAIL[/]" if failed else "[green]PASS[/]")
         where = p.provider if p.ran_on == p.provider else f"{p.provider} -> {p.ran_on}"
         table.add_row(
-            f"ORT {where} ({report.precision})", f"{p.top1:.2f}", f"{p.drop:+.2f}", f"{p.agreement:.1f}%", result
+            _text(f"ORT {where} ({report.precision})"), f"{p.top1:.2f}", f"{p.drop:+.2f}", f"{p.agreement:.1f}%", result
         )
     return table
 
@@ -150,7 +179,9 @@ def note_lines(report: Report) -> list[str]:
     if report.dataset:
         notes += report.dataset.notes
         if report.dataset.skipped:
-            notes.append(f"skipped {len(report.dataset.skipped)} unreadable image(s) in {report.dataset.folder}")
+            from edgekit.files import shown_path
+
+            notes.append(f"skipped {len(report.dataset.skipped)} unreadable image(s) in {shown_path(report.dataset.folder)}")
     return notes
 
 

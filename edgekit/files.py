@@ -1,0 +1,102 @@
+"""Files edgekit reads: checked to be regular, readable, non-empty and what they claim, before they are read;
+paths shown so that any name can be printed."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+from edgekit.errors import BadInput
+
+_LFS_POINTER = b"version https://git-lfs"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def shown_path(path) -> str:
+    """A path as text that can always be printed: bytes that are not UTF-8 (a file name from another
+    system) become \\xNN escapes instead of lone surrogates, which no terminal encoding accepts."""
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        return text.decode("utf-8", "backslashreplace")
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+)
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words (from its st_mode)."""
+    return next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+def open_regular(path: Path, what: str = "file"):
+    """Open a path for reading only if it is a regular file (a symlink to one is fine).
+
+    A FIFO, socket or device is refused without blocking (O_NONBLOCK, then fstat on the open
+    descriptor, so nothing can be swapped in between a check and the open); a missing file,
+    a dangling or looping symlink is OSError. Returns a binary file object; raises ValueError
+    with the reason for a non-regular file.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"is {file_kind(mode)}, not a regular file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def check_readable_file(path: Path, what: str) -> Path:
+    """A path that exists, is a regular file, is readable and is not empty; else BadInput naming it."""
+    path = Path(path)
+    shown = shown_path(path)
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if os.path.lexists(path):  # a dangling or looping symlink
+            raise BadInput(f"{what} {shown} is a broken symlink ({exc.strerror})", hint="point it at a real file") from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise BadInput(f"{what} {shown} does not exist", hint="check the path") from None
+        raise BadInput(f"cannot read {what} {shown}: {exc.strerror or exc}", hint="check its permissions") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise BadInput(f"{what} {shown} is a directory, not a file", hint="name the file inside it")
+    try:
+        with open_regular(path, what) as f:
+            head = f.read(64)
+    except ValueError as exc:
+        raise BadInput(f"{what} {shown} {exc}", hint="name a regular file") from None
+    except OSError as exc:
+        raise BadInput(f"cannot read {what} {shown}: {exc.strerror or exc}", hint="check its permissions") from None
+    if not head:
+        raise BadInput(f"{what} {shown} is empty (0 bytes)", hint="re-create or re-download it")
+    if head.startswith(_LFS_POINTER):
+        raise BadInput(
+            f"{what} {shown} is a Git LFS pointer, not the file itself", hint="run `git lfs pull` to fetch it"
+        )
+    return path

@@ -1,0 +1,102 @@
+"""The house: stages only orchestrate and never import each other; no import circle; no module over ~400 lines
+outside the ones that say why."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "edgekit"
+STAGES = {"export", "quantize", "verify", "bench", "package", "convert"}
+
+
+def _imports(path: Path) -> set[str]:
+    """edgekit modules a file imports (absolute and relative, top level and inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = ".".join(path.relative_to(ROOT).with_suffix("").parts[: -node.level])
+                found.add(f"{base}.{node.module}" if node.module else base)
+            elif node.module:
+                found.add(node.module)
+                found.update(f"{node.module}.{a.name}" for a in node.names)
+    return {m for m in found if m == "edgekit" or m.startswith("edgekit.")}
+
+
+def _module_of(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_of(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def _stage(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in STAGES else None
+
+
+def test_no_stage_imports_another_stage():
+    crossings = []
+    for module, path in _modules().items():
+        mine = _stage(module)
+        if mine is None:
+            continue
+        for imported in _imports(path):
+            other = _stage(imported)
+            if other is not None and other != mine:
+                crossings.append(f"{module} imports {imported}")
+    assert not crossings, crossings
+
+
+def test_the_engine_imports_no_stage():
+    modules = _modules()
+    offenders = [
+        f"{m} imports {i}" for m, p in modules.items()
+        if _stage(m) is None and not m.startswith("edgekit.cli") for i in _imports(p) if _stage(i) is not None
+    ]
+    assert not offenders, offenders
+
+
+def test_no_import_circle_between_modules():
+    modules = _modules()
+    graph = {m: {i for i in _imports(p) if i in modules and i != m} for m, p in modules.items()}
+    # a package importing its own submodules (re-exports) is not a circle
+    for m in graph:
+        graph[m] = {i for i in graph[m] if not i.startswith(m + ".")}
+    seen, stack, circles = set(), [], []
+
+    def visit(node):
+        if node in stack:
+            circles.append(stack[stack.index(node):] + [node])
+            return
+        if node in seen:
+            return
+        seen.add(node)
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            visit(nxt)
+        stack.pop()
+
+    for m in sorted(graph):
+        visit(m)
+    assert not circles, circles[:3]
+
+
+def test_the_registry_imports_no_family():
+    imported = _imports(PACKAGE / "models" / "registry.py")
+    assert not imported & {"edgekit.models.textbook", "edgekit.models.torchvision", "edgekit.models.textbook_nets"}
+
+
+def test_modules_stay_small():
+    # bundle/check.py is copied alone onto the device and carries its own CLI; layers.py wraps ORT's debugger
+    allowed = {"edgekit.bundle.check": 700, "edgekit.layers": 800}
+    large = {
+        m: n for m, p in _modules().items() if (n := len(p.read_text().splitlines())) > allowed.get(m, 500)
+    }
+    assert not large, large
