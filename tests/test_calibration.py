@@ -345,7 +345,7 @@ def test_a_fifo_named_like_a_tensor_file_does_not_block(tmp_path):
 
 
 def _cache_entry(folder):
-    from edgekit.calibration import _cache_dir
+    from edgekit.images import _cache_dir
 
     entries = sorted(_cache_dir().glob("images-*.npz"))
     return entries

@@ -338,7 +338,7 @@ def test_sigterm_through_the_real_entry_point(tmp_path):
     model = write_tiny(tmp_path / "m.onnx", metadata=tiny_metadata())
     out = tmp_path / "out"
     script = (
-        "import os, signal, time, edgekit.calibration as c\n"
+        "import os, signal, time, edgekit.images as c\n"
         "def decode(*a, **k):\n"
         "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(60)\n"
         "c.decode_image = decode\n"
