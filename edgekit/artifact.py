@@ -12,15 +12,13 @@ import json
 import os
 import re
 import shutil
-import stat
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgekit.errors import BadInput, EdgekitError, EnvironmentUnavailable, one_line
-from edgekit.files import check_readable_file, file_kind, open_regular, sha256_file, shown_path  # noqa: F401  (re-exported)
+from edgekit.files import check_readable_file, file_kind, open_regular, sha256_file, shown_path, sweep_leftovers  # noqa: F401  (re-exported)
 from edgekit.graph import graph_dims, graph_inputs, input_spec
 from edgekit.metadata import METADATA_KEY, check_against_graph, metadata_of
 
@@ -32,7 +30,7 @@ DEFAULT_EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 # is this old and its process is gone.
 STAGING_SUFFIX = ".edgekit-tmp"
 STALE_STAGING_SECONDS = 3600
-_STAGING_NAME = re.compile(r"^\..+\.(?P<pid>\d+)-[^.]*" + re.escape(STAGING_SUFFIX) + "$")
+_STAGING_NAME = re.compile(r"^\..+\.(?:(?P<pid>\d+)-)?[^.]*" + re.escape(STAGING_SUFFIX) + "$")
 
 
 def data_file(path: Path) -> Path:
@@ -309,46 +307,8 @@ def stage_output(final: Path) -> StagedOutput:
 
 
 def sweep_stale_staging(folder: Path, max_age: float = STALE_STAGING_SECONDS) -> list[Path]:
-    """Remove the staging folders (".NAME.*.edgekit-tmp") in `folder` that a killed process left behind.
-
-    Only real directories (never a symlink) older than `max_age` seconds, and not owned by a
-    process still running on this machine (the pid in the name), are removed. Returns what was
-    removed; a folder that cannot be listed or removed is left alone.
-    """
-    removed: list[Path] = []
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return removed
-    now = time.time()
-    for entry in entries:
-        if not (entry.name.startswith(".") and entry.name.endswith(STAGING_SUFFIX)):
-            continue
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except OSError:
-            continue
-        if not stat.S_ISDIR(st.st_mode) or now - st.st_mtime < max_age:
-            continue
-        match = _STAGING_NAME.match(entry.name)
-        if match and int(match["pid"]) != os.getpid() and _process_alive(int(match["pid"])):
-            continue  # a long job of another edgekit still writing here
-        shutil.rmtree(entry.path, ignore_errors=True)
-        if not os.path.lexists(entry.path):
-            removed.append(Path(entry.path))
-    return removed
-
-
-def _process_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, OSError):
-        return True  # it exists (another user's); or the pid cannot be asked about: keep the folder
-    return True
+    """Remove the staging folders (".NAME.<pid>-*.edgekit-tmp") in `folder` that a killed process left behind."""
+    return sweep_leftovers(folder, _STAGING_NAME, want_dir=True, max_age=max_age)
 
 
 def stage_folder(final: Path) -> Path:

@@ -4,23 +4,14 @@ paths shown so that any name can be printed."""
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 from pathlib import Path
 
+from edgekit.bundle.metrics import sha256_file  # noqa: F401  (one implementation, shared with the device check)
 from edgekit.errors import BadInput
 
 _LFS_POINTER = b"version https://git-lfs"
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def shown_path(path) -> str:
@@ -100,3 +91,53 @@ def check_readable_file(path: Path, what: str) -> Path:
             f"{what} {shown} is a Git LFS pointer, not the file itself", hint="run `git lfs pull` to fetch it"
         )
     return path
+
+
+def sweep_leftovers(folder, pattern, want_dir: bool, max_age: float) -> list[Path]:
+    """Remove what a killed edgekit left in `folder`: entries whose name matches `pattern` (its group
+    `pid` is the process that made them), real directories (`want_dir`) or regular files, never a
+    symlink, older than `max_age` seconds, whose process no longer runs. Returns what was removed;
+    an entry that cannot be read or removed is left alone."""
+    import shutil
+    import time
+
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if not match:
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        right_kind = stat.S_ISDIR(st.st_mode) if want_dir else stat.S_ISREG(st.st_mode)
+        pid = int(match["pid"]) if match["pid"] else None  # an older naming without the pid: age alone decides
+        if not right_kind or now - st.st_mtime < max_age or (pid is not None and (pid == os.getpid() or _process_alive(pid))):
+            continue
+        if want_dir:
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            try:
+                os.remove(entry.path)
+            except OSError:
+                pass
+        if not os.path.lexists(entry.path):
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # it exists (another user's); or the pid cannot be asked about: keep it
+    return True

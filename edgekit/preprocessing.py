@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.bundle.metrics import to_rgb  # noqa: F401  (one implementation, shared with the device check)
 from edgekit.errors import BadInput
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -206,21 +207,6 @@ def preprocessing_for_torchvision_weights(weights_enum_name: str) -> Preprocessi
         return None
     return Preprocessing(resize=int(preset.resize_size[0]), crop=int(preset.crop_size[0]), mean=tuple(preset.mean),
                          std=tuple(preset.std), interpolation=interpolation)
-
-
-def to_rgb(image):
-    """Any PIL mode -> 8-bit RGB: 16-bit and float images rescaled, alpha composited on white."""
-    from PIL import Image
-
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), mode="L")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
 
 
 def _check_side(name: str, value, what: str) -> None:

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import tempfile
-import time
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,33 +49,12 @@ def _profile_prefix() -> str:
     return os.path.join(tempfile.gettempdir(), f"{PROFILE_PREFIX}{os.getpid()}")
 
 
-def sweep_stale_profiles(folder: str | None = None, max_age: float = STALE_PROFILE_SECONDS) -> list[str]:
+def sweep_stale_profiles(folder: str | None = None, max_age: float = STALE_PROFILE_SECONDS) -> list[Path]:
     """Delete traces a killed edgekit left (edgekit-profile-<pid>_*.json older than `max_age`, process gone)."""
-    folder = folder or tempfile.gettempdir()
-    removed = []
-    pattern = re.compile(re.escape(PROFILE_PREFIX) + r"(\d+)_.*\.json$")
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return removed
-    now = time.time()
-    for entry in entries:
-        match = pattern.match(entry.name)
-        if not match or int(match[1]) == os.getpid():
-            continue
-        try:
-            if not entry.is_file(follow_symlinks=False) or now - entry.stat(follow_symlinks=False).st_mtime < max_age:
-                continue
-            os.kill(int(match[1]), 0)
-            continue  # its process still runs
-        except ProcessLookupError:
-            pass
-        except (OSError, OverflowError):
-            continue
-        with contextlib.suppress(OSError):
-            os.remove(entry.path)
-            removed.append(entry.path)
-    return removed
+    from edgekit.files import sweep_leftovers
+
+    pattern = re.compile(re.escape(PROFILE_PREFIX) + r"(?P<pid>\d+)_.*\.json$")
+    return sweep_leftovers(folder or tempfile.gettempdir(), pattern, want_dir=False, max_age=max_age)
 
 
 def parse_providers(spec: str | None) -> list[str]:

@@ -97,14 +97,6 @@ def read_manifest(folder: Path) -> dict:
     return manifest
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify_checksums(folder: Path, manifest: dict) -> list[dict]:
     """One entry per file the manifest lists: ok, or why not. A listed file that is absent is a broken bundle."""
     rows = []
@@ -114,7 +106,7 @@ def verify_checksums(folder: Path, manifest: dict) -> list[dict]:
             raise BrokenBundle(f"the manifest lists {name!r}, which lies outside the bundle")
         if not path.is_file():
             raise BrokenBundle(f"{name} is listed in the manifest but missing from {folder}")
-        actual = sha256_file(path)
+        actual = _load_metrics().sha256_file(path)
         expected = str(entry.get("sha256", ""))
         ok = actual == expected
         rows.append({
@@ -175,21 +167,6 @@ def session_options_for(manifest: dict, cpu: dict) -> tuple[dict, list[str]]:
 # --- preprocessing: the exact steps, for the golden data and for --image -----------------------
 
 
-def to_rgb(image):
-    """Any PIL mode -> 8-bit RGB: 16-bit and float images rescaled, alpha composited on white."""
-    from PIL import Image
-
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), mode="L")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
-
-
 def crop_uint8(image, pre: dict) -> np.ndarray:
     """A PIL image -> the model's pixels before normalisation: uint8 (C, H, W), in the model's channel order.
 
@@ -199,7 +176,7 @@ def crop_uint8(image, pre: dict) -> np.ndarray:
     """
     from PIL import Image
 
-    image = to_rgb(image)
+    image = _load_metrics().to_rgb(image)
     if pre["channels"] == "gray":
         image = image.convert("L")
     resample = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,

@@ -6,6 +6,7 @@ bundle, so the device computes exactly what edgekit computes, from the same sour
 `output_metrics` measures how a candidate output differs from the reference; `failed_gates`
 says which of a precision's gates those numbers fail (a NaN or Inf always fails).
 Gates are a plain dict: atol, rtol, same_top1, min_top1_agreement, min_sqnr_db (None: off).
+Also here, because both sides need them and must agree: a file's sha256 and any image to 8-bit RGB.
 """
 
 from __future__ import annotations
@@ -15,6 +16,32 @@ import numpy as np
 GATE_KEYS = ("atol", "rtol", "same_top1", "min_top1_agreement", "min_sqnr_db")
 # what failed_gates reads from a metrics dict (or an object with these attributes)
 GATE_FIELDS = ("nan", "inf", "allclose_violations", "max_abs", "top1_mismatches", "samples", "top1_agreement", "sqnr_db")
+
+
+def sha256_file(path) -> str:
+    """Hex sha256 of a file's bytes."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def to_rgb(image):
+    """Any PIL mode -> 8-bit RGB: 16-bit and float images rescaled, alpha composited on white."""
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
 
 
 def _safe(value: float) -> float:
