@@ -22,7 +22,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 WORK = ROOT / "benchmarks" / "work"
 CHECKPOINTS = ROOT / "benchmarks" / "checkpoints"
@@ -63,7 +62,7 @@ def digits_accuracy(name: str, folder: Path) -> dict | None:
     """Export + quantize the digits-trained reference and measure top-1 on the held-out test split."""
     import torch
 
-    import digits
+    from benchmarks import digits
     from edgekit.models.reference import build_model
     from edgekit.runners import run_onnx
     from edgekit.models.registry import get_spec
@@ -73,7 +72,7 @@ def digits_accuracy(name: str, folder: Path) -> dict | None:
         return None
     data = WORK / "digits"
     digits.write_digits_imagefolder(data)
-    made = export_and_quantize(name, folder, weights=weights, input_size=digits.INPUT)
+    made = export_and_quantize(name, folder, weights=weights, input_size=digits.INPUT, preprocessing=digits.preprocessing())
     q = run_quantize(made["fp32"], calibration=data / "calib")
     x, y = digits.load_split(data, "test", digits.INPUT)
     x_np, y_np = x.numpy(), y.numpy()

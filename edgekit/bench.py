@@ -36,6 +36,7 @@ class Candidate:
     macs: int | None = None  # per image, from the model's architecture
     memory_bytes: int | None = None
     samples_ms: list[float] = field(default_factory=list)
+    paced_ms: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -61,6 +62,8 @@ class Timing:
     runtime: str = "ort"  # ort | openvino | torch
     executed_precisions: dict[str, int] | None = None  # OpenVINO: {runtime precision: compute layers}
     runtime_config: dict | None = None
+    paced_p50_ms: float | None = None  # one inference every `interval_ms` (a camera's pace), not back to back
+    paced_p90_ms: float | None = None
 
 
 @dataclass
@@ -78,9 +81,18 @@ class BenchReport:
     runtimes: list[str] = field(default_factory=lambda: ["ort"])
     runtime_versions: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    interval_ms: float | None = None
+    profiles: dict[str, dict] = field(default_factory=dict)  # ORT CPU files: per-op-type and per-node profile
+    profile_diffs: list[dict] = field(default_factory=list)  # each file against the first: where it gains and loses
+    profile_objects: dict = field(default_factory=dict, repr=False)  # the Profile objects, for the plot
 
     def to_dict(self) -> dict:
-        data = asdict(self)
+        objects, self.profile_objects = self.profile_objects, {}
+        try:
+            data = asdict(self)
+        finally:
+            self.profile_objects = objects
+        del data["profile_objects"]
         data["order"] = self.order[: 3 * max(1, len(self.timings))]  # the pattern, not every run
         return data
 
@@ -147,11 +159,13 @@ def _macs_for(meta: dict | None) -> int | None:
     return model_macs(str(meta["model"]), int(meta.get("num_classes") or 0) or None, int(meta["input_size"]))
 
 
-def _label(path: Path, runtime: str, provider: str, runtimes: list[str], providers: list[str]) -> str:
-    """file.onnx, or file.onnx [ort cpu] / [openvino] when several runtimes or providers are timed."""
+def _label(path: Path, runtime: str, provider: str, runtimes: list[str], providers: list[str], suffix: str = "") -> str:
+    """file.onnx, or file.onnx [ort cpu] / [openvino] / [x64quantprecision=1] when several are timed."""
     parts = [runtime] if len(runtimes) > 1 else []
     if runtime == "ort" and len(providers) > 1:
         parts.append(provider)
+    if suffix:
+        parts.append(suffix.strip())
     return f"{path.name} [{' '.join(parts)}]" if parts else path.name
 
 
@@ -174,9 +188,10 @@ def _file_candidates(
         raise BadInput(f"{path} has dynamic dimensions {spec.chw}; bench needs a static input size")
     x = np.random.default_rng(0).standard_normal([batch, *spec.chw]).astype(np.float16 if spec.dtype == "float16" else np.float32)
     facts = dict(file=str(path), file_bytes=artifact_bytes(path), precision=precision, macs=_macs_for(meta))
+    recipe = (meta or {}).get("recipe") if precision == "int8" else None
     out = []
     if "ort" in runtimes:
-        out += _onnx_candidates(path, x, facts, runtimes, providers, threads, skipped, explicit, spin)
+        out += _onnx_candidates(path, x, facts, runtimes, providers, threads, skipped, explicit, spin, recipe)
     if "openvino" in runtimes:
         out.append(_openvino_candidate(path, x, facts, runtimes, providers, threads, batch))
     return out, meta
@@ -200,20 +215,29 @@ def _openvino_candidate(path: Path, x: np.ndarray, facts: dict, runtimes, provid
 
 def _onnx_candidates(
     path: Path, x: np.ndarray, facts: dict, runtimes: list[str], providers: list[str], threads: int,
-    skipped: list[str], explicit: bool, spin: bool,
+    skipped: list[str], explicit: bool, spin: bool, recipe: dict | None = None,
 ) -> list[Candidate]:
+    """ORT on each provider, with the session options the file records as needed on every CPU; an int8
+    file that this CPU's default kernels can saturate is timed a second time with exact accumulation
+    (session.x64quantprecision=1), so the cost of the safe option is measured, not assumed."""
+    from edgekit.provenance import this_cpu
     from edgekit.runtime import create_session, cuda_device_available
+    from edgekit.targets import EXACT_INT8_SESSION, saturates_on, session_config_for
 
+    file_config = session_config_for(recipe)
+    variants = [("", {})]
+    if recipe is not None and saturates_on(recipe, this_cpu()):
+        variants.append((" x64quantprecision=1", dict(EXACT_INT8_SESSION)))
     out = []
-    for provider in providers:
+    for provider, (suffix, extra) in ((p, v) for p in providers for v in (variants if p == "cpu" else variants[:1])):
         if provider != "cpu" and not explicit and not cuda_device_available():
             skipped.append(f"{path.name} on {provider}: no CUDA device visible")
             continue
         before = _rss_bytes()
         # No spinning by default: an idle ORT thread pool otherwise busy-waits after each run and
         # steals the cores from the candidate timed next. It costs ORT ~5 % on back-to-back runs.
-        config = None if spin else NO_SPIN
-        session = create_session(path, provider, threads=threads, session_config=config)  # exit 3 if asked and absent
+        config = {**({} if spin else NO_SPIN), **file_config, **extra}
+        session = create_session(path, provider, threads=threads, session_config=config or None)  # exit 3 if asked and absent
         name = session.input_name
         if provider == "cpu":
             feed = {name: x}
@@ -226,7 +250,8 @@ def _onnx_candidates(
         after = _rss_bytes()
         out.append(
             Candidate(
-                label=_label(path, "ort", provider, runtimes, providers), kind="onnx", provider=provider, run=run,
+                label=_label(path, "ort", provider, runtimes, providers, suffix), kind="onnx", provider=provider, run=run,
+                runtime_config={**file_config, **extra} or None,
                 memory_bytes=(after - before) if before is not None and after is not None else None, **facts,
             )
         )
@@ -292,6 +317,8 @@ def bench(
     with_torch: bool = False,
     spin: bool = False,
     runtimes: list[str] | str | None = None,
+    interval_ms: float | None = None,
+    profile: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> BenchReport:
     """Time every file in every runtime (x provider for ONNX Runtime), interleaved in one round-robin;
@@ -350,17 +377,58 @@ def bench(
         if on_progress:
             on_progress(done, planned)
 
+    if interval_ms:
+        _paced(candidates, min(runs, 50), interval_ms)
     peak = sgemm_gflops(threads)
     timings = [_timing(c, batch, peak) for c in candidates]
     base = timings[0]
     for t in timings:
         t.speedup = base.p50_ms / t.p50_ms
         t.size_ratio = (base.file_bytes / t.file_bytes) if base.file_bytes and t.file_bytes else None
-    return BenchReport(
+    report = BenchReport(
         threads=threads, batch=batch, warmup=warmup, spin=spin, machine=machine_info(), sgemm_gflops=peak,
         baseline=base.label, timings=timings, skipped=skipped, order=order, runtimes=runtime_names,
-        runtime_versions=_runtime_versions(runtime_names), notes=_runtime_notes(runtime_names),
+        runtime_versions=_runtime_versions(runtime_names), notes=_runtime_notes(runtime_names), interval_ms=interval_ms,
     )
+    if profile:
+        _profile_into(report, [Path(f) for f in files], threads, batch, min(runs, 20))
+    return report
+
+
+def _paced(candidates: list[Candidate], runs: int, interval_ms: float) -> None:
+    """One inference every `interval_ms` (the candidates take turns): edge pipelines are paced by their
+    camera, and a thread pool that has gone idle between frames wakes up slower than back-to-back runs."""
+    period = interval_ms / 1000
+    next_tick = time.perf_counter()
+    for _ in range(runs):
+        for c in candidates:
+            next_tick += period
+            t0 = time.perf_counter()
+            c.run()
+            c.paced_ms.append((time.perf_counter() - t0) * 1000)
+            delay = next_tick - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                next_tick = time.perf_counter()  # a run longer than the interval: no catching up in bursts
+
+
+def _profile_into(report: BenchReport, files: list[Path], threads: int, batch: int, runs: int) -> None:
+    """ORT's per-node profile of each file on the CPU, interleaved; each file compared with the first."""
+    from edgekit.graph import input_spec
+    from edgekit.artifact import load_onnx
+    from edgekit.profile import compare_profiles, profile_files
+
+    spec = input_spec(load_onnx(files[0], check=False), files[0])
+    x = np.random.default_rng(0).standard_normal([batch, *spec.chw]).astype(np.float32)
+    profiles = profile_files(files, x, threads=threads, runs=runs)
+    report.profile_objects = {Path(k).name: v for k, v in profiles.items()}
+    report.profiles = {name: p.to_dict() for name, p in report.profile_objects.items()}
+    names = list(report.profile_objects)
+    report.profile_diffs = [
+        {"baseline": names[0], "file": n, **compare_profiles(report.profile_objects[names[0]], report.profile_objects[n]).to_dict()}
+        for n in names[1:]
+    ]
 
 
 def _runtime_versions(runtimes: list[str]) -> dict[str, str]:
@@ -393,10 +461,12 @@ def _runtime_notes(runtimes: list[str]) -> list[str]:
 
 def _timing(c: Candidate, batch: int, peak: float) -> Timing:
     p50, p90, mean = percentiles(c.samples_ms)
+    paced = percentiles(c.paced_ms)[:2] if c.paced_ms else (None, None)
     gflops = 2 * c.macs * batch / (p50 / 1000) / 1e9 if c.macs else None
     return Timing(
         label=c.label, kind=c.kind, provider=c.provider, file=c.file, precision=c.precision, runs=len(c.samples_ms),
         runtime=c.runtime, executed_precisions=c.executed_precisions, runtime_config=c.runtime_config,
         p50_ms=p50, p90_ms=p90, mean_ms=mean, throughput=batch / (mean / 1000), file_bytes=c.file_bytes,
         memory_bytes=c.memory_bytes, gflops=gflops, peak_fraction=(gflops / peak) if gflops and c.provider == "cpu" else None,
+        paced_p50_ms=paced[0], paced_p90_ms=paced[1],
     )

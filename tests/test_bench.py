@@ -121,3 +121,46 @@ def test_default_runtime_is_ort_and_labels_stay_plain(exported):
     report = bench([path], providers=["cpu"], threads=1, warmup=0, runs=1)
     assert report.runtimes == ["ort"] and report.timings[0].runtime == "ort" and report.timings[0].label == path.name
     assert report.timings[0].executed_precisions is None and report.notes == []
+
+
+# --- pacing, the per-node profile, the session options a file needs ---------------------------
+
+
+def test_interval_times_paced_runs_besides_back_to_back(exported):
+    path = exported("textbook_resnet18").path
+    report = bench([path], runs=3, warmup=0, interval_ms=5.0)
+    t = report.timings[0]
+    assert report.interval_ms == 5.0 and t.paced_p50_ms > 0 and t.paced_p90_ms >= t.paced_p50_ms
+    assert bench([path], runs=2, warmup=0).timings[0].paced_p50_ms is None
+
+
+def test_interval_is_validated(cli, exported):
+    res = cli("bench", exported("textbook_resnet18").path, "--interval", "0")
+    assert res.exit_code == 2 and "--interval" in res.stderr
+
+
+def test_profile_compares_fp32_and_int8_by_op_type(cli, exported, tmp_path):
+    from edgekit.quantize import quantize
+
+    fp32 = exported("textbook_resnet18").path
+    int8 = quantize(fp32, output=tmp_path / "p.int8.onnx").path
+    png = tmp_path / "p.png"
+    res = cli("bench", fp32, int8, "--runs", "3", "--warmup", "0", "--profile", "--plot", png, "--report", tmp_path / "b.json")
+    assert res.exit_code == 0, res.stderr
+    assert "per-node profile" in res.stdout and "QLinearConv" in res.stdout and "gains" in res.stdout
+    data = json.loads((tmp_path / "b.json").read_text())
+    ops = {o["op_type"]: o for o in data["profiles"]["p.int8.onnx"]["ops"]}
+    assert ops["QLinearConv"]["kind"] == "int8" and ops["QLinearConv"]["ms"] > 0
+    assert data["profile_diffs"][0]["baseline"] == fp32.name and data["profile_diffs"][0]["file"] == "p.int8.onnx"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_file_needing_exact_kernels_is_timed_both_ways_on_a_cpu_without_vnni(exported, tmp_path, monkeypatch):
+    from edgekit.quantize import quantize
+
+    int8 = quantize(exported("textbook_resnext").path, target="x86-vnni", output=tmp_path / "v.int8.onnx").path
+    monkeypatch.setenv("EDGEKIT_FAKE_CPU_FLAGS", "avx2 fma")
+    labels = [t.label for t in bench([int8], runs=2, warmup=0).timings]
+    assert labels == ["v.int8.onnx", "v.int8.onnx [x64quantprecision=1]"]
+    monkeypatch.setenv("EDGEKIT_FAKE_CPU_FLAGS", "avx2 fma avx512_vnni")
+    assert [t.label for t in bench([int8], runs=2, warmup=0).timings] == ["v.int8.onnx"]

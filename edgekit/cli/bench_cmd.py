@@ -12,18 +12,12 @@ from rich.table import Table
 from edgekit.cli import options
 from edgekit.cli.app import app, console, err_console, escape, handle_errors, human_bytes, print_json, write_json_report
 
-Runtimes = Annotated[
-    str | None,
-    typer.Option("--runtimes", help="comma-separated: ort,openvino (default: ort; openvino needs pip install 'edgekit[openvino]')"),
-]
-
-
 @app.command("bench")
 @handle_errors
 def bench_command(
     files: Annotated[list[Path], typer.Argument(help="ONNX files; ratios are against the first (or PyTorch with --torch)")],
     providers: options.Providers = None,
-    runtimes: Runtimes = None,
+    runtimes: options.Runtimes = None,
     threads: options.Threads = None,
     batch: options.Batch = 1,
     warmup: Annotated[int, typer.Option("--warmup", min=0, max=10_000)] = 5,
@@ -36,6 +30,17 @@ def bench_command(
     spin: Annotated[
         bool, typer.Option("--spin", help="let ORT threads spin between runs (faster back-to-back, unfair when interleaved)")
     ] = False,
+    interval: Annotated[
+        float | None,
+        typer.Option("--interval", callback=options.between(1.0, 10_000.0),
+                     help="also time one inference every INTERVAL ms (a 30 fps camera: 33), besides back to back"),
+    ] = None,
+    profile: Annotated[
+        bool, typer.Option("--profile", help="ORT's per-node profile of each file (CPU): time per op type, int8 vs float, layout")
+    ] = False,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", dir_okay=False, help="with --profile: where the PNG goes (default: beside the first file)")
+    ] = None,
     report: options.Report = None,
     json_output: options.Json = False,
 ) -> None:
@@ -56,14 +61,25 @@ def bench_command(
             with_torch=torch,
             spin=spin,
             runtimes=runtimes,
+            interval_ms=interval,
+            profile=profile,
             on_progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
+    png = None
+    if result.profile_objects:
+        from edgekit.profile import plot_profiles
+
+        png = plot or files[0].with_name(files[0].name.replace(".onnx", "") + ".profile.png")
+        plot_profiles(result.profile_objects, png)
     if report is not None:
         write_json_report(report, result)
     if json_output:
         print_json(result)
         return
     render_bench(result)
+    if result.profile_objects:
+        render_profiles(result)
+        console.print(f"profile plot: {escape(str(png))}")
     if report is not None:
         console.print(f"report: {escape(str(report))}")
 
@@ -81,11 +97,15 @@ def render_bench(result) -> None:
     columns = ["candidate"] + (["runtime"] if several else []) + ["provider"] + (["executed"] if openvino else [])
     for column in columns:
         table.add_column(column, justify="left")
-    for column in ("p50 ms", "p90 ms", "mean ms", "img/s", "size", "memory", "GFLOP/s", "of peak", "speedup", "smaller"):
+    paced = result.interval_ms is not None
+    numbers = ["p50 ms", "p90 ms", "mean ms"] + ([f"p50 every {result.interval_ms:g} ms", "p90 paced"] if paced else [])
+    for column in (*numbers, "img/s", "size", "memory", "GFLOP/s", "of peak", "speedup", "smaller"):
         table.add_column(column, justify="right")
     for t in result.timings:
         # the runtime and provider columns say what the label's [ort cpu] / [openvino] says
         name = Path(t.file).name if several and t.file else t.label
+        if several and "x64quantprecision" in t.label:
+            name += " [x64quantprecision=1]"
         cells = [escape(name)] + ([t.runtime] if several else []) + [t.provider]
         if openvino:
             cells.append(precision_summary(t.executed_precisions) if t.executed_precisions else "-")
@@ -94,6 +114,7 @@ def render_bench(result) -> None:
             f"{t.p50_ms:.2f}",
             f"{t.p90_ms:.2f}",
             f"{t.mean_ms:.2f}",
+            *([f"{t.paced_p50_ms:.2f}", f"{t.paced_p90_ms:.2f}"] if paced else []),
             f"{t.throughput:.1f}",
             human_bytes(t.file_bytes) if t.file_bytes else "-",
             human_bytes(t.memory_bytes) if t.memory_bytes and t.memory_bytes > 0 else "-",
@@ -113,3 +134,29 @@ def render_bench(result) -> None:
         console.print(f"note: {escape(note)}")
     for line in result.skipped:
         console.print(f"[yellow]skipped:[/] {escape(line)}")
+
+
+def render_profiles(result) -> None:
+    """Time per op type for each file (ORT CPU, median per node), and where each file gains or loses
+    against the first."""
+    names = list(result.profile_objects)
+    ops: dict[str, dict[str, float]] = {}
+    kinds: dict[str, str] = {}
+    for name, prof in result.profile_objects.items():
+        for op in prof.ops:
+            ops.setdefault(op.op_type, {})[name] = op.ms
+            kinds[op.op_type] = op.kind
+    table = Table(title="per-node profile (ORT CPU, ms per run, by op type)")
+    table.add_column("op type")
+    table.add_column("kernel")
+    for name in names:
+        table.add_column(escape(name), justify="right")
+    for op, row in sorted(ops.items(), key=lambda kv: -max(kv[1].values()))[:14]:
+        table.add_row(op, kinds[op], *(f"{row[n]:.2f}" if n in row else "-" for n in names))
+    table.add_row("[bold]total", "", *(f"{result.profile_objects[n].run_ms:.2f}" for n in names))
+    console.print(table)
+    for diff in result.profile_diffs:
+        gains = ", ".join(f"{d['name']} {d['delta_ms']:+.2f} ms" for d in diff.get("gains", [])[:4])
+        losses = ", ".join(f"{d['name']} {d['delta_ms']:+.2f} ms" for d in diff.get("losses", [])[:4])
+        speed = f"{diff['speedup']:.2f}x in kernel time" if diff.get("speedup") else ""
+        console.print(f"{escape(diff['file'])} vs {escape(diff['baseline'])} ({speed}): gains {gains or '-'}; loses {losses or '-'}")

@@ -54,3 +54,7 @@ MinTop1 = Annotated[
 ]
 MinSqnr = Annotated[float | None, typer.Option("--min-sqnr", callback=between(0.0, 200.0), help="minimum SQNR of the logits, dB")]
 TargetOption = Annotated[Target, typer.Option("--target", case_sensitive=False, help="int8 target CPU; auto reads this CPU's flags")]
+Runtimes = Annotated[
+    str | None,
+    typer.Option("--runtimes", help="comma-separated: ort,openvino (default: ort; openvino needs pip install 'edgekit[openvino]')"),
+]
