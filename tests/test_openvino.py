@@ -142,3 +142,16 @@ def test_bench_openvino_alone(files):
     report = bench([files[0]], runtimes="openvino", threads=1, warmup=0, runs=1)
     assert report.runtimes == ["openvino"] and [t.runtime for t in report.timings] == ["openvino"]
     assert report.timings[0].label == files[0].name
+
+
+def test_verify_runs_openvino_beside_ort_with_the_same_gates(cli, exported, tmp_path):
+    pytest.importorskip("openvino", reason="OpenVINO is an optional extra (pip install 'edgekit[openvino]')")
+    path = exported("textbook_resnet18").path
+    res = cli("verify", path, "--runtimes", "ort,openvino", "--random-inputs", "0", "--report", tmp_path / "v.json")
+    assert res.exit_code == 0, res.stderr
+    import json
+
+    rows = json.loads((tmp_path / "v.json").read_text())["comparisons"]
+    assert {r["runtime"] for r in rows} == {"onnxruntime", "openvino"}
+    ov = [r for r in rows if r["runtime"] == "openvino"]
+    assert len(ov) == 1 and ov[0]["passed"] and "executed: f32" in ov[0]["notes"][0]

@@ -18,6 +18,7 @@ from edgekit.verify.inputs import DEFAULT_RANDOM_INPUTS
 def verify_command(
     model_file: Annotated[Path, typer.Argument(help="the .onnx file to verify")],
     providers: options.Providers = None,
+    runtimes: options.Runtimes = None,
     allow_fallback: Annotated[
         bool, typer.Option("--allow-fallback", help="a provider that does not start runs on CPU and the report says so (else exit 3)")
     ] = False,
@@ -114,6 +115,7 @@ def verify_command(
             target=target.value if target is not None and target.value != "auto" else None,
             layers=layers,
             parent=parent,
+            runtimes=runtimes,
             on_stage=lambda stage: status.update(f"{escape(model_file.name)}: {escape(stage)}"),
         )
     written = write_reports(result, report) if report is not None else None

@@ -137,6 +137,35 @@ def _torch_cuda_rows(
     return rows
 
 
+def _openvino_rows(
+    path: Path, input_sets: list[InputSet], expected: dict[str, np.ndarray], output_name: str, precision: str,
+    tolerance: Tolerance, batches: list[int], on_stage: Callable[[str], None],
+) -> list[Comparison]:
+    """OpenVINO on the CPU, same file, inputs, reference and gates as ORT (int8 gated against PyTorch, not
+    against ORT: the two engines round at different points); the rows say what OpenVINO executed."""
+    from edgekit.openvino_runtime import OpenVinoModel, precision_summary
+    from edgekit.runners import run_batched
+
+    rows = []
+    models: dict[int, OpenVinoModel] = {}
+    for s in input_sets:
+        for batch in batches:
+            on_stage(f"OpenVINO: {s.name}, batch {batch}")
+            if batch not in models:
+                models[batch] = OpenVinoModel.load(path, batch=batch)
+            model = models[batch]
+            got = run_batched(model.run, s.tensors, batch)[0]
+            row_tol = NAN_ONLY if precision == "int8" and s.name == "random" else tolerance
+            ref = expected[s.name]
+            metrics = (mismatched_output(output_name, ref.shape, got.shape) if got.shape != ref.shape
+                       else compare_outputs(ref, got, output_name, row_tol))
+            rows.append(Comparison(
+                "openvino", "cpu", "cpu", s.name, batch, len(s.tensors), [metrics], row_tol,
+                notes=[f"OpenVINO {model.version} executed: {precision_summary(model.executed_precisions())}"],
+            ))
+    return rows
+
+
 def _saturation(rows: list[Comparison], exact_rows: list[Comparison], cpu, recipe: dict, judged_for: str,
                 gated_on_default: bool) -> Saturation | None:
     """Default vs exact int8 kernels on the first image input set (the photos or tensors)."""
@@ -176,6 +205,7 @@ def verify(
     target: str | None = None,
     layers: bool = False,
     parent: Path | None = None,
+    runtimes: str | None = None,
     on_stage: Callable[[str], None] | None = None,
 ) -> Report:
     """Compare ONNX Runtime on each provider with the PyTorch reference; the Report says what passed.
@@ -183,6 +213,8 @@ def verify(
     `target`: the CPU an int8 file is meant for (default: this one). On an x86 CPU without VNNI, a file
     meant for another target is gated on exact accumulation, and this CPU's default kernels are measured
     beside it; a file meant for this CPU is gated on what this CPU computes, saturation included.
+    `runtimes`: "ort" (default) or "ort,openvino": OpenVINO runs the same file on the CPU beside ONNX
+    Runtime, against the same reference and gates, and reports which precision it really executed.
     `layers`: per-layer error of an int8 file against its fp32 parent (`parent`, default the file its
     metadata names, in the same folder), on the photos, as the gated kernels compute it.
     """
@@ -203,6 +235,9 @@ def verify(
     if target is not None and (target == "auto" or target not in TARGETS):
         raise BadInput(f"unknown --target {target!r}", hint=f"use one of {', '.join(t for t in TARGETS if t != 'auto')}")
 
+    from edgekit.openvino_runtime import parse_runtimes
+
+    runtime_names = parse_runtimes(runtimes)  # exit 3 now when openvino is asked for and absent
     on_stage("loading the file")
     model_proto = load_onnx(path)
     meta = read_metadata(model_proto, path)
@@ -321,6 +356,9 @@ def verify(
             default_rows, exact_rows = (other_rows, cpu_rows) if gated_kernels else (cpu_rows, other_rows)
             saturation = _saturation(default_rows, exact_rows, cpu, recipe, target or "this CPU",
                                      gated_on_default=not gated_kernels)
+        if "openvino" in runtime_names:
+            comparisons += _openvino_rows(path, input_sets, expected_outputs, first_output, precision, tolerance,
+                                          batch_sizes(first), on_stage)
         if cuda_device_available() and any(p in ("cuda", "tensorrt") for p in wanted):
             reference.devices = ["cpu", "cuda"]
             comparisons += _torch_cuda_rows(torch_model, input_sets, expected_outputs, first_output, on_stage)

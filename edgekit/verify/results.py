@@ -132,7 +132,8 @@ class Comparison:
     def label(self) -> str:
         where = self.provider if self.ran_on == self.provider else f"{self.provider} -> {self.ran_on}"
         kernels = f" [{self.kernels}]" if self.kernels else ""
-        return f"{'ORT' if self.runtime == 'onnxruntime' else 'PyTorch'} {where}{kernels}"
+        name = {"onnxruntime": "ORT", "openvino": "OpenVINO"}.get(self.runtime, "PyTorch")
+        return f"{name} {where}{kernels}"
 
     def failures(self) -> list[str]:
         return [f"output {m.name!r}: {f}" for m in self.outputs for f in m.failures]
