@@ -254,12 +254,6 @@ class EdgekitMetadata(_Part):
         """The validated preprocessing as the object every image loader takes."""
         return Preprocessing.from_dict(self.preprocessing)
 
-    def weights_source(self):
-        """The weights as a models.weights.WeightsSource (None for a foreign-parent derived file)."""
-        from edgekit.models.weights import WeightsSource
-
-        return None if self.weights is None else WeightsSource.from_dict(self.weights.to_dict())
-
     @property
     def input_channels(self) -> int:
         """Channels of the model's input, as the preprocessing makes them (1, or 3)."""

@@ -161,9 +161,10 @@ def judge_int8(recipe: dict | None, cpu: CpuInfo, meant_for: str | None = None) 
 
 
 def resolve_recipe(
-    target: str = "auto", method: str | None = None, per_channel: bool | None = None
+    target: str = "auto", method: str | None = None, per_channel: bool | None = None, rewrites: bool = True
 ) -> Recipe:
-    """The target's recipe with the user's overrides applied."""
+    """The target's recipe with the user's overrides applied; `rewrites=False` keeps the graph as exported
+    (no BatchNorm/AveragePool-as-depthwise, no merged conv groups)."""
     name = target.lower()
     if name == "auto":
         name = auto_target()
@@ -177,4 +178,6 @@ def resolve_recipe(
         changes["method"] = method
     if per_channel is not None:
         changes["per_channel"] = per_channel
+    if not rewrites:
+        changes.update(batchnorm_as_depthwise=False, merge_conv_groups=0, avgpool_as_depthwise=False)
     return Recipe(**{**recipe.to_dict(), **changes}) if changes else recipe

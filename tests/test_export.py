@@ -330,3 +330,30 @@ def test_output_folder_that_cannot_be_written(cli, tmp_path):
 def test_output_must_be_onnx(cli, tmp_path):
     res = cli("export", "textbook_resnet18", "-o", tmp_path / "m.txt")
     assert res.exit_code == 2 and "does not end in .onnx" in res.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--std", "0,1,1"], "--std"),
+        (["--mean", "0.5,0.5"], "--mean"),
+        (["--input-size", "32", "--crop", "64"], "crop"),
+        (["--resize", "16", "--crop", "32", "--input-size", "32"], "resize"),
+        (["--interpolation", "lanczos"], "--interpolation"),
+    ],
+)
+def test_bad_preprocessing_options_are_one_line_exit_2(cli, tmp_path, args, message):
+    res = cli("export", "textbook_resnet18", *args, "-o", tmp_path / "x.onnx")
+    assert res.exit_code == 2 and message in res.stderr and res.stderr.count("\n") == 1
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_declared_preprocessing_round_trips_through_the_metadata(cli, tmp_path):
+    out = tmp_path / "p.onnx"
+    res = cli("export", "textbook_resnet18", "--input-size", "32", "--resize", "none", "--crop", "32",
+              "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--interpolation", "bicubic", "--channels", "bgr",
+              "-o", out)
+    assert res.exit_code == 0, res.stderr
+    pre = read_metadata(onnx.load(str(out)))["preprocessing"]
+    assert (pre["resize"], pre["crop"], pre["interpolation"], pre["channels"]) == (None, 32, "bicubic", "bgr")
+    assert pre["mean"] == [0.5, 0.5, 0.5] and pre["std"] == [0.25, 0.25, 0.25]

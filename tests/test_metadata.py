@@ -112,7 +112,7 @@ def test_export_metadata_parses_and_round_trips(dynamic_batch):
     assert parsed.model == "textbook_resnet18" and parsed.num_classes == 10 and parsed.weights.seed == 0
     assert parsed.schema_version == 1 and parsed.precision == "fp32" and parsed.has_provenance
     assert parsed.preprocessing_spec() == Preprocessing.for_input_size(32)
-    assert parsed.weights_source().describe() == "random(seed=0)"
+    assert parsed.weights.to_dict()["seed"] == 0
     assert raw(parsed.to_dict()) == raw(meta)
 
 
@@ -126,7 +126,7 @@ def test_int8_metadata_parses_and_round_trips():
 
 def test_int8_of_a_foreign_file_has_no_model_provenance():
     parsed = parse_metadata(raw(int8_metadata(None)), WHERE)
-    assert not parsed.has_provenance and parsed.model is None and parsed.weights_source() is None
+    assert not parsed.has_provenance and parsed.model is None and parsed.weights is None
     assert "model" not in parsed.to_dict()
 
 

@@ -599,3 +599,47 @@ def test_layers_report_table_json_and_plot(cli, exported, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     res = cli("verify", parent.path, "--layers")
     assert res.exit_code == 2 and "--layers compares an int8 file" in res.stderr
+
+
+# --- the model's own preprocessing, declared at export -----------------------------------------
+
+
+REFERENCE = Path(__file__).resolve().parent.parent / "benchmarks" / "reference" / "textbook_densenet-digits.safetensors"
+
+
+def _torchvision_top1(weights: Path, folder: Path, transform) -> float:
+    """Top-1 of the PyTorch model on an ImageFolder, through torchvision's own transforms: an evaluation
+    that shares no preprocessing code with edgekit."""
+    import torch
+    from torchvision import datasets
+
+    from edgekit.models.reference import build_model
+    from edgekit.models.registry import get_spec
+
+    model, _ = build_model(get_spec("textbook_densenet"), None, weights, False, 0, 32)
+    data = datasets.ImageFolder(str(folder), transform=transform)
+    x = torch.stack([data[i][0] for i in range(len(data))])
+    y = torch.tensor([data[i][1] for i in range(len(data))])
+    with torch.no_grad():
+        return 100.0 * float((model(x).argmax(1) == y).float().mean())
+
+
+def test_declared_preprocessing_measures_what_pytorch_measures(cli, tmp_path, digits_folder):
+    # A model trained on 32x32 digits without a crop: verify --dataset must score the PyTorch model as a
+    # direct torchvision evaluation of the same images does, through the preprocessing declared at export.
+    from torchvision import transforms
+
+    onnx_file = tmp_path / "d.onnx"
+    res = cli("export", "textbook_densenet", "--weights", REFERENCE, "--input-size", "32", "--resize", "32",
+              "--crop", "32", "-o", onnx_file)
+    assert res.exit_code == 0, res.stderr
+    assert "resize 32 (shorter side, bilinear), centre crop 32" in res.stdout
+    res = cli("verify", onnx_file, "--dataset", digits_folder, "--random-inputs", "0", "--report", tmp_path / "d.json")
+    assert res.exit_code == 0, res.stderr
+    measured = _report(tmp_path / "d.json")["dataset"]["pytorch_top1"]
+    imagenet = transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    direct = _torchvision_top1(REFERENCE, digits_folder, transforms.Compose([
+        transforms.Resize(32), transforms.CenterCrop(32), transforms.ToTensor(), imagenet]))
+    assert measured == pytest.approx(direct) and measured > 90
+    meta = read_metadata(onnx.load(str(onnx_file)))
+    assert meta["preprocessing"]["resize"] == 32 and meta["preprocessing"]["crop"] == 32

@@ -52,6 +52,9 @@ def quantize_command(
         float | None,
         typer.Option("--max-drop", callback=options.between(0.0, 100.0), help="budget: top-1 drop on --dataset, points"),
     ] = None,
+    rewrites: Annotated[
+        bool, typer.Option("--rewrites/--no-rewrites", help="the recipe's graph rewrites for speed (default on; see README)")
+    ] = True,
     fallback: Annotated[
         bool, typer.Option("--fallback/--no-fallback", help="keep the most sensitive layers in fp32 when the budget is missed")
     ] = True,
@@ -87,6 +90,7 @@ def quantize_command(
             dataset=dataset,
             max_drop=max_drop,
             fallback=fallback,
+            rewrites=rewrites,
             on_stage=lambda s: bar.update(stage_task, description=f"quantize: {escape(s)}"),
             on_progress=on_progress,
         )

@@ -133,6 +133,7 @@ def quantize(
     dataset: Path | None = None,
     max_drop: float | None = None,
     fallback: bool = True,
+    rewrites: bool = True,
     on_stage: Callable[[str], None] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> QuantizeResult:
@@ -160,7 +161,7 @@ def quantize(
     tolerance, _source = resolve_tolerance(
         "int8", min_top1_agreement=min_top1_agreement, min_sqnr=min_sqnr, defaults=trained_defaults() if trained else None
     )
-    recipe = resolve_recipe(target, method, per_channel)
+    recipe = resolve_recipe(target, method, per_channel, rewrites)
     preprocessing = preprocessing_for(model, metadata, model_path)
     labelled = None
     if dataset is not None:
