@@ -299,3 +299,15 @@ def test_the_table_lists_contents_sizes_and_the_overhead(int8_bundle, capsys):
         assert name in out
     assert f"{int8_bundle.overhead_fraction:.1%} of the model files" in out
     assert "session.x64quantprecision=1" in out and "NNAPI" in out and "PASS" in out
+
+
+def test_manifest_records_which_runtimes_passed(fp32_bundle):
+    folder = fp32_bundle[0] if isinstance(fp32_bundle, tuple) else fp32_bundle
+    folder = getattr(folder, "folder", folder)
+    runtimes = json.loads((Path(folder) / "manifest.json").read_text())["runtimes"]
+    assert runtimes["onnxruntime"]["passed"] is True
+    openvino = runtimes["openvino"]
+    if openvino["available"]:
+        assert openvino["passed"] is True and openvino["executed"] and openvino["sqnr_db"] > 30
+    else:
+        assert "pip install" in openvino["reason"]
