@@ -302,9 +302,8 @@ def test_the_table_lists_contents_sizes_and_the_overhead(int8_bundle, capsys):
 
 
 def test_manifest_records_which_runtimes_passed(fp32_bundle):
-    folder = fp32_bundle[0] if isinstance(fp32_bundle, tuple) else fp32_bundle
-    folder = getattr(folder, "folder", folder)
-    runtimes = json.loads((Path(folder) / "manifest.json").read_text())["runtimes"]
+    folder, _result = fp32_bundle
+    runtimes = json.loads((folder / "manifest.json").read_text())["runtimes"]
     assert runtimes["onnxruntime"]["passed"] is True
     openvino = runtimes["openvino"]
     if openvino["available"]:
