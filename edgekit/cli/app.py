@@ -169,6 +169,19 @@ def write_json_report(path, result) -> None:
     write_text_atomic(path, to_json(result))
 
 
+def wrote(path, details: str, notes: list[str]):
+    """'wrote PATH (details)', the result's notes, and an empty what/value table for its facts."""
+    from rich.table import Table
+
+    console.print(f"[bold green]wrote[/] {escape(str(path))}  ({details})")
+    for note in notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    table = Table(show_header=False, show_edge=False)
+    table.add_column("what")
+    table.add_column("value")
+    return table
+
+
 def human_bytes(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":

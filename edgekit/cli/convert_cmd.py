@@ -7,10 +7,9 @@ from typing import Annotated
 
 import typer
 from rich.progress import Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from edgekit.cli import options
-from edgekit.cli.app import app, console, err_console, escape, handle_errors, human_bytes, print_json
+from edgekit.cli.app import app, console, err_console, escape, handle_errors, human_bytes, print_json, wrote
 from edgekit.errors import BadInput
 
 CPU_NOTE = (
@@ -62,12 +61,7 @@ def convert_command(
 
 def render_convert(result) -> None:
     io = "float32 inputs/outputs" if result.keep_io_types else "float16 inputs/outputs"
-    console.print(f"[bold green]wrote[/] {escape(str(result.path))}  (fp16, {io}, {result.tool} {result.tool_version})")
-    for note in result.notes:
-        console.print(f"[yellow]note:[/] {escape(note)}")
-    table = Table(show_header=False, show_edge=False)
-    table.add_column("what")
-    table.add_column("value")
+    table = wrote(result.path, f"fp16, {io}, {result.tool} {result.tool_version}", result.notes)
     table.add_row(
         "size", f"{human_bytes(result.parent_bytes)} -> {human_bytes(result.bytes)} ({result.size_ratio:.2f}x smaller)"
     )

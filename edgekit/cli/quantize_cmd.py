@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from edgekit.cli import options
-from edgekit.cli.app import app, console, err_console, escape, handle_errors, human_bytes, print_json
+from edgekit.cli.app import app, console, err_console, escape, handle_errors, human_bytes, print_json, wrote
 from edgekit.limits import MAX_SAMPLES
 from edgekit.quantize import DEFAULT_SAMPLES
 
@@ -102,12 +102,7 @@ def quantize_command(
 
 def render_quantize(result) -> None:
     r = result.recipe
-    console.print(f"[bold green]wrote[/] {escape(str(result.path))}  (int8, QDQ, target {r.target})")
-    for note in result.notes:
-        console.print(f"[yellow]note:[/] {escape(note)}")
-    table = Table(show_header=False, show_edge=False)
-    table.add_column("what")
-    table.add_column("value")
+    table = wrote(result.path, f"int8, QDQ, target {r.target}", result.notes)
     table.add_row(
         "recipe",
         f"activations {r.activation_type}{' symmetric' if r.activation_symmetric else ''}, weights {r.weight_type} "
