@@ -25,7 +25,7 @@ demo: setup
 	$(BIN)/python -m benchmarks.digits --data-only --data $(DIGITS)
 	$(BIN)/edgekit export textbook_densenet --weights $(DIGITS_REF) --input-size 32 --resize 32 --crop 32
 	$(BIN)/edgekit quantize exports/textbook_densenet.onnx --calibration $(DIGITS)/calib --dataset $(DIGITS)/calib --max-drop 0.5
-	$(BIN)/edgekit verify exports/textbook_densenet.int8.onnx --dataset $(DIGITS)/test --random-inputs 0
+	$(BIN)/edgekit verify exports/textbook_densenet.int8.onnx --images $(DIGITS)/calib --dataset $(DIGITS)/test --random-inputs 0
 
 test: setup
 	$(BIN)/python -m pytest -q

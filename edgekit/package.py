@@ -404,7 +404,8 @@ def package(
         if not result.passed:
             raise CheckFailed(
                 f"the bundle fails its own check: {' | '.join(result.reasons)}; nothing was written",
-                hint="run edgekit verify on the file to see why",
+                hint="run edgekit verify on the file to see why; for a model trained on other images than the bundled "
+                "photos, pass --images DIR from its own domain",
             )
         manifest["checked_when_packaged"] = {
             "runtime": f"onnxruntime {_ort_version()}", "cpu": cpu.get("model"), "session_options": result.session_options,

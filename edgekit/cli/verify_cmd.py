@@ -145,7 +145,12 @@ def verify_command(
     failures = result.failures()
     if failures:
         more = f" (+{len(failures) - 1} more in the table)" if len(failures) > 1 else ""
-        raise CheckFailed(f"{model_file}: verification failed: {failures[0]}{more}")
+        photos_only = images is None and inputs is None and "trained" in result.tolerance_source
+        raise CheckFailed(
+            f"{model_file}: verification failed: {failures[0]}{more}",
+            hint="the bundled photos may not be your model's domain: pass --images DIR with images like the ones it "
+            "was trained on" if photos_only else None,
+        )
     if json_output:
         return
     console.print(f"[bold green]PASS[/] {escape(str(model_file))} matches PyTorch on {', '.join(r.label for r in result.providers)} ({result.seconds:.1f} s)")
