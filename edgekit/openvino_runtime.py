@@ -310,3 +310,19 @@ def parse_runtimes(spec: str | list[str] | None) -> list[str]:
     if "openvino" in names:
         require_openvino()
     return names
+
+
+def openvino_golden_check(path: Path, inputs, reference, tolerance, batch: int | None) -> dict:
+    """The bundle's model in OpenVINO on this CPU against the same reference and gates (recorded in the
+    manifest: which runtimes passed); {"available": False} without the optional extra."""
+    from edgekit.compare import compare_outputs
+    from edgekit.runners import run_batched
+
+    if not openvino_available():
+        return {"available": False, "reason": "OpenVINO is not installed (pip install 'edgekit[openvino]')"}
+    model = OpenVinoModel.load(path, batch=batch or 1)
+    got = run_batched(model.run, inputs, model.batch or batch or 1)[0]
+    metrics = compare_outputs(reference, got, "output", tolerance)
+    return {"available": True, "version": model.version, "passed": metrics.passed, "failures": metrics.failures,
+            "sqnr_db": metrics.sqnr_db, "top1_agreement": metrics.top1_agreement,
+            "executed": precision_summary(model.executed_precisions())}

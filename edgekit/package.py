@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 
 from edgekit.artifact import EXPORTS_DIR, commit_folder, load_onnx, read_metadata, sha256_file, stage_folder
+from edgekit.openvino_runtime import openvino_golden_check
 from edgekit.ort_tools import ORT_OPTIMIZATION_STYLE, convert_to_ort, mobile_usability, portable_ops_config
 from edgekit.bundle import BUNDLE_SCRIPTS, BundleCheck, check_bundle, script_path, this_cpu_for_check
 from edgekit.bundle import check as bundle_check
@@ -415,8 +416,8 @@ def package(
         }
         stage("other runtimes")
         manifest["runtimes"] = {"onnxruntime": {"version": _ort_version(), "passed": result.passed},
-                                "openvino": _openvino_check(staged / onnx_name, inputs[:n], reference[:n], tolerance,
-                                                            static_batch(model))}
+                                "openvino": openvino_golden_check(staged / onnx_name, inputs[:n], reference[:n], tolerance,
+                                                                  static_batch(model))}
         _write_json(staged / "manifest.json", manifest)  # not hashed itself: the checksums above stay valid
         files = _bundle_files(staged, model_names)
         commit_folder(staged, final)
@@ -487,19 +488,3 @@ def _bundle_files(staged: Path, model_names: list[str]) -> list[BundleFile]:
         files.append(BundleFile(p.name, p.stat().st_size, role, p.name in model_names))
     return files
 
-
-def _openvino_check(path: Path, inputs, reference, tolerance, batch: int | None) -> dict:
-    """The bundle's model in OpenVINO on this CPU against the same reference and gates (recorded in the
-    manifest: which runtimes passed); {"available": False} without the optional extra."""
-    from edgekit.compare import compare_outputs
-    from edgekit.openvino_runtime import OpenVinoModel, openvino_available, precision_summary
-    from edgekit.runners import run_batched
-
-    if not openvino_available():
-        return {"available": False, "reason": "OpenVINO is not installed (pip install 'edgekit[openvino]')"}
-    model = OpenVinoModel.load(path, batch=batch or 1)
-    got = run_batched(model.run, inputs, model.batch or batch or 1)[0]
-    metrics = compare_outputs(reference, got, "output", tolerance)
-    return {"available": True, "version": model.version, "passed": metrics.passed, "failures": metrics.failures,
-            "sqnr_db": metrics.sqnr_db, "top1_agreement": metrics.top1_agreement,
-            "executed": precision_summary(model.executed_precisions())}
