@@ -36,7 +36,9 @@ from typing import Callable
 
 import numpy as np
 
-from edgekit.errors import BadInput, CheckFailed
+from edgekit.errors import BadInput, CheckFailed, one_line
+from edgekit.runners import padded_batches
+from edgekit.serialize import json_safe
 
 DYNAMIC_BATCH = 8  # samples per run when the batch axis is dynamic
 DEFAULT_MAX_BYTES = 1 << 30  # saved tensors held at once (the three runs of one round together)
@@ -156,30 +158,7 @@ class LayerReport:
             "unmatched_weights": list(self.unmatched_weights),
             "notes": list(self.notes),
         }
-        return _json_safe(data)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:200]
-
-
-def _json_safe(value):
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return value
-    if isinstance(value, (np.floating, np.integer)):
-        return _json_safe(value.item())
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
+        return json_safe(data)
 
 
 def _finite_or(value: float, default: float) -> float:
@@ -319,18 +298,6 @@ def _save_copy(model, path: Path) -> bool:
     big = sum(len(t.raw_data) for t in model.graph.initializer) > 1_800_000_000
     onnx.save_model(model, str(path), save_as_external_data=big, location=path.name + ".data" if big else None)
     return big
-
-
-def _padded(inputs: np.ndarray, batch: int) -> list[tuple[np.ndarray, int]]:
-    """Chunks of exactly `batch` samples; a short last chunk repeats its last sample (edgekit's batching rule)."""
-    out = []
-    for start in range(0, len(inputs), batch):
-        chunk = inputs[start : start + batch]
-        real = len(chunk)
-        if real < batch:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - real, axis=0)])
-        out.append((chunk, real))
-    return out
 
 
 def _real_rows(arrays: list[np.ndarray], reals: list[int], batch: int) -> list[np.ndarray]:
@@ -523,7 +490,7 @@ def layer_errors(
         fp32_aug, sim_aug, dep_aug = _augment(fp32_model, int8_model, tmp)
         stage("activations")
         energies, runs = _collect(
-            fp32_aug, sim_aug, dep_aug, input_name, _padded(inputs, batch), batch, graphs, session_config,
+            fp32_aug, sim_aug, dep_aug, input_name, list(padded_batches(inputs, batch)), batch, graphs, session_config,
             max_bytes, stage,
         )
         stage("weights")
@@ -577,7 +544,7 @@ def _augment(fp32_model, int8_model, tmp: Path) -> tuple[Path, Path, Path]:
         modify_model_output_intermediate_tensors(int8_copy, paths[2], op_types_for_saving=["DequantizeLinear"],
                                                  save_as_external_data=external)
     except Exception as exc:
-        raise CheckFailed(f"cannot add the intermediate outputs to the models: {_first_line(exc)}") from exc
+        raise CheckFailed(f"cannot add the intermediate outputs to the models: {one_line(exc, 200)}") from exc
     return paths
 
 
@@ -623,7 +590,7 @@ def _collect(fp32_aug, sim_aug, dep_aug, input_name, chunks, batch, graphs: _Gra
         try:
             return collect_activations(str(path), reader, session_options=options)
         except Exception as exc:
-            raise CheckFailed(f"ONNX Runtime failed on {Path(path).name}: {_first_line(exc)}") from exc
+            raise CheckFailed(f"ONNX Runtime failed on {Path(path).name}: {one_line(exc, 200)}") from exc
 
     done = 0
     per_round = 1  # the first round measures how many bytes one run saves
