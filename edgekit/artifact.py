@@ -93,7 +93,7 @@ def load_onnx(path: Path, *, check: bool = True):
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, OSError, UnicodeDecodeError) as exc:
         raise BadInput(
-            f"{shown_path(path)} is not a valid ONNX file (cannot parse protobuf: {_first_line(exc)})",
+            f"{shown_path(path)} is not a valid ONNX file (cannot parse protobuf: {one_line(exc, 300)})",
             hint="is it truncated or another format?",
         ) from None
     if not model.graph.node and not model.graph.output:
@@ -106,7 +106,7 @@ def load_onnx(path: Path, *, check: bool = True):
 
         load_external_data_for_model(model, str(path.parent))
     except (OSError, ValueError) as exc:
-        raise BadInput(f"{shown_path(path)}: cannot read its external data: {_first_line(exc)}") from None
+        raise BadInput(f"{shown_path(path)}: cannot read its external data: {one_line(exc, 300)}") from None
     if check:
         check_onnx(path)
     return model
@@ -141,11 +141,7 @@ def check_onnx(path: Path, full_check: bool = False) -> None:
         onnx.checker.check_model(str(path), full_check=full_check)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, UnicodeDecodeError, ValueError) as exc:
         # A damaged file can make the checker's own message undecodable (found by the fuzz test).
-        raise BadInput(f"{shown_path(path)} fails the ONNX checker: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    return one_line(exc, 300)
+        raise BadInput(f"{shown_path(path)} fails the ONNX checker: {one_line(exc, 300)}") from None
 
 
 def read_metadata(model, where: Path | str | None = None) -> dict[str, Any] | None:
