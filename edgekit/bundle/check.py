@@ -22,6 +22,7 @@ This file is part of edgekit (edgekit/bundle/check.py) and copied verbatim into 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import importlib.util
 import json
@@ -63,8 +64,10 @@ class ProviderNotStarted(Exception):
     """A requested execution provider did not start here (exit 3)."""
 
 
+@functools.lru_cache(maxsize=None)
 def _load_metrics():
-    """metrics.py: edgekit's copy when imported as edgekit.bundle.check, else the one beside this file."""
+    """metrics.py: edgekit's copy when imported as edgekit.bundle.check, else the one beside this file
+    (loaded once: every checksum and image goes through it)."""
     if __package__:
         from . import metrics
 
