@@ -272,7 +272,7 @@ def _quantize_staged(
                            f"; keeping up to {len(fallback.trials[-1].fp32_nodes) if fallback.trials else 0} "
                            "of the most sensitive nodes in fp32 did not meet it either")
         trial = fallback.chosen
-        chosen = make(trial.fp32_nodes, "mixed.onnx")
+        chosen = trial.path  # the search made and measured it already
         notes.append(
             f"full int8 missed the budget; {len(trial.fp32_nodes)} node(s) kept in fp32 to meet it: {', '.join(trial.fp32_nodes)}"
         )
@@ -301,12 +301,13 @@ def _quantize_staged(
 
     # Everything below runs on the staged file: what will ship.
     coverage, _optimized_ops = int8_coverage(staged.path, workdir, session_config_for(new_meta["recipe"]))
-    holdout = measure(staged.path, fp32_nodes).holdout
+    shipped = measure(staged.path, fp32_nodes)
+    holdout = shipped.holdout
     holdout_default = None
     if judgement.gate_session is not None and judgement.also_default:
-        holdout_default = measure(staged.path, fp32_nodes, session_config=None).holdout
-    if not holdout.passed:  # the written bytes must pass what the trial passed
-        _budget_missed(measure(staged.path, fp32_nodes), budget, calib, judgement, "")
+        holdout_default = measure(staged.path, fp32_nodes, session_config=None, dataset=False).holdout
+    if not shipped.passed(budget):  # the written bytes must pass what the trial passed
+        _budget_missed(shipped, budget, calib, judgement, "")
     new_meta["quantization_report"] = {
         "holdout_top1_agreement": holdout.top1_agreement,
         "holdout_sqnr_db": holdout.sqnr_db,

@@ -83,6 +83,7 @@ class Trial:
     holdout: OutputMetrics
     fp32_top1: float | None = None
     int8_top1: float | None = None
+    path: Path | None = None  # the file measured
 
     @property
     def drop(self) -> float | None:
@@ -121,15 +122,19 @@ class Measure:
     def _top1(self, logits: np.ndarray) -> float:
         return 100.0 * float(np.mean(logits.reshape(len(logits), -1).argmax(1) == self.budget.dataset.labels))
 
-    def __call__(self, int8: Path, fp32_nodes: list[str], session_config: dict[str, str] | None = ...) -> Trial:
+    def __call__(self, int8: Path, fp32_nodes: list[str], session_config: dict[str, str] | None = ...,
+                 dataset: bool = True) -> Trial:
+        """The file on the held-out images (and, with `dataset`, its top-1 on the labelled set); `session_config`
+        overrides the gated kernels (None: ORT's defaults)."""
         from edgekit.targets import KEEP_FLOAT_SESSION
 
         config = dict((self.session_config if session_config is ... else session_config) or {})
         if fp32_nodes or self.excluded:  # float nodes stay float only with ORT's re-quantizing optimizer off
             config.update(KEEP_FLOAT_SESSION)
         out = run_onnx(int8, self.holdout, self.batch, config or None)
-        trial = Trial(list(fp32_nodes), compare_outputs(self.fp32_holdout, out, self.output_name, self.budget.tolerance))
-        if self.budget.dataset is not None:
+        trial = Trial(list(fp32_nodes), compare_outputs(self.fp32_holdout, out, self.output_name, self.budget.tolerance),
+                      path=Path(int8))
+        if dataset and self.budget.dataset is not None:
             trial.fp32_top1 = self.fp32_top1
             trial.int8_top1 = self._top1(run_onnx(int8, self.budget.dataset.tensors, self.batch, config))
         return trial
