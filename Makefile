@@ -27,10 +27,14 @@ demo: setup
 	$(BIN)/edgekit quantize exports/textbook_densenet.onnx --calibration $(DIGITS)/calib --dataset $(DIGITS)/calib --max-drop 0.5
 	$(BIN)/edgekit verify exports/textbook_densenet.int8.onnx --images $(DIGITS)/calib --dataset $(DIGITS)/test --random-inputs 0
 
+# The AVX2 lane (tests that need the int8 arithmetic of an x86 CPU without VNNI) runs natively on such a CPU and
+# under QEMU's user-mode emulator elsewhere: scripts/emulators.sh installs it where it can, else says what to install.
 test: setup
+	bash scripts/emulators.sh
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
+	bash scripts/emulators.sh
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: setup

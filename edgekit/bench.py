@@ -222,12 +222,13 @@ def _onnx_candidates(
     (session.x64quantprecision=1), so the cost of the safe option is measured, not assumed."""
     from edgekit.provenance import this_cpu
     from edgekit.runtime import create_session, cuda_device_available
-    from edgekit.targets import EXACT_INT8_SESSION, saturates_on, session_config_for
+    from edgekit.targets import exact_session_for, kernels_label, merge_session_configs, saturates_on, session_config_for
 
     file_config = session_config_for(recipe)
     variants = [("", {})]
     if recipe is not None and saturates_on(recipe, this_cpu()):
-        variants.append((" x64quantprecision=1", dict(EXACT_INT8_SESSION)))
+        exact = exact_session_for(recipe)
+        variants.append((f" {kernels_label(exact)}", exact))
     out = []
     for provider, (suffix, extra) in ((p, v) for p in providers for v in (variants if p == "cpu" else variants[:1])):
         if provider != "cpu" and not explicit and not cuda_device_available():
@@ -236,7 +237,7 @@ def _onnx_candidates(
         before = _rss_bytes()
         # No spinning by default: an idle ORT thread pool otherwise busy-waits after each run and
         # steals the cores from the candidate timed next. It costs ORT ~5 % on back-to-back runs.
-        config = {**({} if spin else NO_SPIN), **file_config, **extra}
+        config = merge_session_configs({} if spin else NO_SPIN, file_config, extra)
         session = create_session(path, provider, threads=threads, session_config=config or None)  # exit 3 if asked and absent
         name = session.input_name
         if provider == "cpu":

@@ -3,6 +3,7 @@ and the mobile usability checker (NNAPI / CoreML partitions). Their prints and l
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import subprocess
@@ -15,9 +16,14 @@ from edgekit.errors import CheckFailed, one_line
 ORT_OPTIMIZATION_STYLE = "Fixed"
 
 
-def convert_to_ort(onnx_files: list[Path], workdir: Path, arm: bool) -> tuple[Path, Path]:
+def convert_to_ort(onnx_files: list[Path], workdir: Path, arm: bool,
+                   session_config: dict[str, str] | None = None) -> tuple[Path, Path]:
     """onnxruntime.tools.convert_onnx_models_to_ort on a copy (fixed optimisations, NCHWc excluded: portable),
-    in a subprocess: its prints, its logging and ORT's C++ log stay out of this process."""
+    in a subprocess: its prints, its logging and ORT's C++ log stay out of this process.
+
+    `session_config`: entries the file needs on every CPU, added to the tool's own session config. The ORT
+    format keeps the graph as optimised at conversion, so an option that steers an optimizer (nodes kept in
+    float must not be quantized again) has effect only if the conversion sets it."""
     src = workdir / "src"
     out = workdir / "out"
     src.mkdir()
@@ -29,11 +35,20 @@ def convert_to_ort(onnx_files: list[Path], workdir: Path, arm: bool) -> tuple[Pa
         args += ["--target_platform", "arm"]
     # onnxruntime.tools imports torch when it can (3 s here) and does not need it to convert: block it.
     bootstrap = (
-        "import sys, runpy; sys.modules['torch'] = None; "
-        "sys.argv = ['convert_onnx_models_to_ort'] + sys.argv[1:]; "
-        "runpy.run_module('onnxruntime.tools.convert_onnx_models_to_ort', run_name='__main__')"
+        "import sys, json; sys.modules['torch'] = None\n"
+        "import onnxruntime.tools.convert_onnx_models_to_ort as tool\n"
+        "extra, sys.argv = json.loads(sys.argv[1]), ['convert_onnx_models_to_ort'] + sys.argv[2:]\n"
+        "convert = tool._convert\n"
+        "def with_extra(**kw):\n"
+        "    kw['session_options_config_entries'] = {**kw['session_options_config_entries'], **extra}\n"
+        "    return convert(**kw)\n"
+        "tool._convert = with_extra\n"
+        "a = tool.parse_args()\n"
+        "tool.convert_onnx_models_to_ort(a.model_path_or_dir, output_dir=a.output_dir, "
+        "optimization_styles=a.optimization_style, target_platform=a.target_platform)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", bootstrap, *args, str(model)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", bootstrap, json.dumps(session_config or {}), *args, str(model)],
+                          capture_output=True, text=True)
     ort_file = out / (model.name[: -len(".onnx")] + ".ort")
     configs = sorted(out.glob("*.config"))
     if proc.returncode != 0 or not ort_file.is_file() or not configs:
@@ -41,6 +56,25 @@ def convert_to_ort(onnx_files: list[Path], workdir: Path, arm: bool) -> tuple[Pa
         reason = next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else "no output")
         raise CheckFailed(f"converting {onnx_files[0].name} to the ORT format failed: {reason[:300]}")
     return ort_file, configs[0]
+
+
+def ort_left_out_because(session_options: dict) -> str | None:
+    """Why a bundle holds no .ort for a file with these per-CPU session options (None: it holds one).
+
+    The ORT format stores the graph as ONNX Runtime optimised it at conversion, on the packaging machine: an
+    option that changes how a CPU's optimizer rewrites the int8 graph (session.x64quantprecision, the S8->U8
+    rewrites) cannot reach into it on the device. Measured on an AVX2 CPU (issue 18): such an .ort read 11.5 dB
+    where its .onnx with the manifest's option read 22.4 dB. A bundle never holds a format that computes
+    differently from the file that was verified."""
+    from edgekit.targets import ANY_CPU
+
+    per_cpu = sorted(kind for kind in session_options if kind != ANY_CPU)
+    if not per_cpu:
+        return None
+    return (f"this file needs session options on {', '.join(per_cpu)} CPUs that change how ONNX Runtime's optimizer "
+            "rewrites it, and an .ort keeps the graph as optimised on the packaging machine, so it would compute "
+            "differently there; use the .onnx (or convert it on the device itself: python -m "
+            "onnxruntime.tools.convert_onnx_models_to_ort MODEL.onnx)")
 
 
 def portable_ops_config(config: Path, ort_name: str) -> str:

@@ -24,7 +24,8 @@ import numpy as np
 
 from edgekit.artifact import EXPORTS_DIR, commit_folder, load_onnx, read_metadata, sha256_file, stage_folder
 from edgekit.openvino_runtime import openvino_golden_check
-from edgekit.ort_tools import ORT_OPTIMIZATION_STYLE, convert_to_ort, mobile_usability, portable_ops_config
+from edgekit.ort_tools import ORT_OPTIMIZATION_STYLE, convert_to_ort, mobile_usability, ort_left_out_because
+from edgekit.ort_tools import portable_ops_config
 from edgekit.bundle import BUNDLE_SCRIPTS, BundleCheck, check_bundle, script_path, this_cpu_for_check
 from edgekit.bundle import check as bundle_check
 from edgekit.images import DEFAULT_CALIBRATION_DIR, pick_samples, scan_folder
@@ -33,6 +34,7 @@ from edgekit.errors import BadInput, CheckFailed, EnvironmentUnavailable, one_li
 from edgekit.graph import graph_inputs, input_spec, output_classes, precision_of, static_batch
 from edgekit.preprocessing import Preprocessing
 from edgekit.provenance import library_versions, this_cpu
+from edgekit.targets import ANY_CPU
 
 __all__ = ["package", "check_bundle", "PackageResult", "BundleCheck", "BundleFile", "golden_within_budget"]
 
@@ -211,7 +213,9 @@ def _readme(manifest: dict) -> str:
     opts = manifest.get("session_options") or {}
     needs = "; ".join(f"on {kind}: {', '.join(f'{k}={v}' for k, v in entries.items())}" for kind, entries in opts.items())
     return "\n".join([
-        f"edgekit bundle: {model['file']} ({manifest['precision']}), {model['ort_file']} (ORT format), golden data, check.py",
+        f"edgekit bundle: {model['file']} ({manifest['precision']}), "
+        + (f"{model['ort_file']} (ORT format), " if model["ort_file"] else "no .ort (manifest.json's ort_format says why), ")
+        + "golden data, check.py",
         "On the device, with Python 3, numpy and onnxruntime (no torch, no edgekit):",
         "    python check.py                        # checksums, .onnx and .ort on the golden inputs, PASS/FAIL, exit 0/1",
         "    python check.py --providers cpu,cuda   # every listed execution provider (exit 3 if one does not start)",
@@ -219,8 +223,8 @@ def _readme(manifest: dict) -> str:
         "    python check.py --json                 # every number as JSON",
         f"Preprocessing: {manifest['preprocessing']['describe']}.",
         "Session options: " + (needs + " (check.py applies them when /proc/cpuinfo says so)" if needs else "none needed."),
-        f"Minimal ORT builds: --include_ops_by_config {OPS_CONFIG}; the .ort needs onnxruntime >= "
-        f"{manifest['ort_format']['onnxruntime']}.",
+        (f"Minimal ORT builds: --include_ops_by_config {OPS_CONFIG}; the .ort needs onnxruntime >= "
+         f"{manifest['ort_format']['onnxruntime']}." if model["ort_file"] else "No .ort: " + manifest["ort_format"]["left_out"]),
         "Exit codes: 0 pass, 1 a check failed, 2 broken bundle or bad usage, 3 provider or library missing.",
         "",
     ])
@@ -313,10 +317,14 @@ def package(
             onnx_name = model_path.name
             stage("converting to the ORT format")
             arm = bool(recipe and recipe.get("target") == "arm64")
-            ort_tmp, config_tmp = convert_to_ort(sources, Path(tmp), arm)
-            ort_name = onnx_name[: -len(".onnx")] + ".ort"
-            shutil.copyfile(ort_tmp, staged / ort_name)
-            (staged / OPS_CONFIG).write_text(portable_ops_config(config_tmp, ort_name))
+            ort_left_out, ort_name = ort_left_out_because(session_options), None
+            if ort_left_out:
+                notes.append(f"no .ort: {ort_left_out}")
+            else:
+                ort_tmp, config_tmp = convert_to_ort(sources, Path(tmp), arm, session_options.get(ANY_CPU))
+                ort_name = onnx_name[: -len(".onnx")] + ".ort"
+                shutil.copyfile(ort_tmp, staged / ort_name)
+                (staged / OPS_CONFIG).write_text(portable_ops_config(config_tmp, ort_name))
 
             stage("golden inputs")
             want = golden or DEFAULT_GOLDEN
@@ -340,7 +348,7 @@ def package(
             for name in BUNDLE_SCRIPTS:
                 shutil.copyfile(script_path(name), staged / name)
 
-        model_names = [p.name for p in sources] + [ort_name]
+        model_names = [p.name for p in sources] + ([ort_name] if ort_name else [])
         manifest = {
             "edgekit_bundle": bundle_check.BUNDLE_FORMAT,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -369,8 +377,10 @@ def package(
             "ort_format": {
                 "file": ort_name, "optimization_style": ORT_OPTIMIZATION_STYLE, "optimization_level": "all",
                 "target_platform": "arm (session.qdqisint8allowed=1)" if arm else "ORT default (NCHWc layout excluded, as ORT does for files meant for ARM too)",
-                "required_operators": OPS_CONFIG, "onnxruntime": _ort_version(),
+                "required_operators": OPS_CONFIG if ort_name else None, "onnxruntime": _ort_version(),
                 "tool": "onnxruntime.tools.convert_onnx_models_to_ort",
+                "session_config": session_options.get(ANY_CPU) or {},
+                "left_out": ort_left_out,
             },
             "mobile_usability": {**mobile, "report": MOBILE_REPORT},
             "versions": library_versions(),

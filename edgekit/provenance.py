@@ -110,11 +110,19 @@ def library_versions() -> dict[str, str]:
     }
 
 
+def cuda_device_available() -> bool:
+    """True when this process can see a CUDA device (asked of torch, which ships the CUDA runtime)."""
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
 def run_environment() -> dict:
     """library_versions plus where a measurement ran: Python, platform, CPU, ORT providers, GPU."""
     import onnxruntime as ort
-
-    from edgekit.runtime import cuda_device_available
 
     info = dict(library_versions())
     info["python"] = sys.version.split()[0]

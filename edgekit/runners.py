@@ -57,14 +57,16 @@ def run_session(session, inputs: np.ndarray, batch: int | None) -> list[np.ndarr
 
 
 def run_onnx(
-    model: Path | bytes | object, inputs: np.ndarray, batch: int | None, session_config: dict[str, str] | None = None
+    model: Path | bytes | object, inputs: np.ndarray, batch: int | None, session_config: dict[str, str] | None = None,
+    device: str | None = None,
 ) -> np.ndarray:
-    """The first output of an ONNX file (or ModelProto, or bytes) on the CPU provider."""
+    """The first output of an ONNX file (or ModelProto, or bytes) on the CPU provider (of `device`: see
+    runtime.create_session)."""
     from edgekit.runtime import create_session
 
     if not isinstance(model, (Path, bytes)):
         model = model.SerializeToString()
-    session = create_session(model, "cpu", session_config=session_config)
+    session = create_session(model, "cpu", session_config=session_config, device=device)
     return run_session(session, inputs, batch)[0]
 
 

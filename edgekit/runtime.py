@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import BadInput, CheckFailed, ProviderUnavailable, one_line
+from edgekit.provenance import cuda_device_available  # noqa: F401  (re-exported: stages ask the runtime)
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -73,14 +74,6 @@ def parse_providers(spec: str | None) -> list[str]:
     return names
 
 
-def cuda_device_available() -> bool:
-    """True when this process can see a CUDA device (asked of torch, which ships the CUDA runtime)."""
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except Exception:
-        return False
 
 
 @dataclass
@@ -93,6 +86,7 @@ class Session:
     fell_back: bool
     reason: str | None = None
     profiling: bool = False  # a trace is being recorded (create_session(enable_profiling=True))
+    device: str | None = None  # the emulated device that runs it (None: this machine)
 
     @property
     def ran_on(self) -> str:
@@ -240,6 +234,23 @@ def _reason_from_log(log: str, provider: str = "") -> str | None:
     return re.sub(r"^.*?\] ", "", pick)[:300]
 
 
+def _device_session(model, provider: str, device: str, optimization: str, session_config, optimized_model_path):
+    """A Session inside an emulated device, or None where the device is this machine itself."""
+    from edgekit.runtimes.devices import ready_device
+    from edgekit.runtimes.emulated import emulated_session
+
+    status = ready_device(device)
+    if status.mode == "native":
+        return None
+    if provider != "cpu":
+        raise BadInput(f"--device {device} runs ONNX Runtime's CPU provider only, not {provider}",
+                       hint="drop --providers, or run on the host without --device")
+    if optimized_model_path is not None:
+        raise BadInput(f"--device {device}: an optimized model cannot be saved from an emulated device")
+    session = emulated_session(status, model, session_config, optimization)
+    return Session(session, "cpu", session.get_providers(), fell_back=False, device=device)
+
+
 def create_session(
     model: Path | bytes,
     provider: str = "cpu",
@@ -251,15 +262,22 @@ def create_session(
     session_config: dict[str, str] | None = None,
     enable_profiling: bool = False,
     provider_options: dict[str, str] | None = None,
+    device: str | None = None,
 ) -> Session:
     """The one way edgekit creates an ORT session; a requested provider that did not start is
     ProviderUnavailable (exit 3) unless `allow_fallback`, and then the Session says so.
 
     `provider_options` go to the requested provider (e.g. {"use_tf32": "0"} for CUDA);
-    `enable_profiling` traces the runs into a temp file that `Session.node_placement()` reads."""
+    `enable_profiling` traces the runs into a temp file that `Session.node_placement()` reads;
+    `device`: a deployment CPU of edgekit.runtimes.devices (None or "host": this machine) whose ONNX Runtime
+    kernels run the session, emulated where it is not this machine (CPU provider only, never profiled)."""
     import onnxruntime as ort
 
     provider = parse_providers(provider)[0]
+    if device not in (None, "host"):
+        emulated = _device_session(model, provider, device, optimization, session_config, optimized_model_path)
+        if emulated is not None:
+            return emulated
     wanted = PROVIDERS[provider]
     printed = io.StringIO()
     if provider != "cpu" and hasattr(ort, "preload_dlls"):

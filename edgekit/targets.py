@@ -26,7 +26,42 @@ EXACT_INT8_SESSION = {"session.x64quantprecision": "1"}
 # ORT's WeightBiasQuantization optimizer when a session starts, unless the session turns it off
 # (measured on textbook_resnet18: an excluded Conv read 16.3 dB with it, 25.1 dB without).
 KEEP_FLOAT_SESSION = {"optimization.disable_specified_optimizers": "WeightBiasQuantization"}
+
+# A file with signed int8 activations (arm64, generic) as written: ORT's x86 optimizer turns its s8 activations
+# and weights into u8 (QDQS8ToU8Transformer, Avx2WeightS8ToU8Transformer) for the u8s8 kernels, and that is where
+# an AVX2 CPU without VNNI saturates it. With both off, ORT runs the file's s8s8 arithmetic exactly, as ARM and
+# accelerators do. session.x64quantprecision=1 is no way out for these files: on DenseNet's generic file ORT
+# 1.31 cannot even initialise a session with it ("Attempt to replace the existing tensor", on AVX2 and VNNI
+# CPUs alike), and measured under emulated AVX2 the file then computes bit-identically to a VNNI CPU.
+AS_WRITTEN_S8_SESSION = {"optimization.disable_specified_optimizers": "QDQS8ToU8Transformer;Avx2WeightS8ToU8Transformer"}
 ANY_CPU = "any CPU"
+X86_WITHOUT_VNNI = "x86 without VNNI"
+
+
+def merge_session_configs(*configs: dict[str, str] | None) -> dict[str, str]:
+    """Session config entries of several rules as one (ORT's list-valued entries joined with ';')."""
+    from edgekit.bundle.check import merge_session_config
+
+    merged: dict[str, str] = {}
+    for config in configs:
+        merged = merge_session_config(merged, config or {})
+    return merged
+
+
+def exact_session_for(recipe: dict | None) -> dict[str, str]:
+    """The session config that makes an x86 CPU without VNNI compute a file of `recipe` exactly, as its
+    target does: x64quantprecision for unsigned activations, the file's s8s8 as written for signed ones."""
+    return dict(AS_WRITTEN_S8_SESSION if (recipe or {}).get("activation_type") == "int8" else EXACT_INT8_SESSION)
+
+
+def kernels_label(config: dict[str, str] | None) -> str:
+    """A few words for the kernels a session config selects ('' for ORT's defaults)."""
+    config = config or {}
+    if config.get("session.x64quantprecision") == "1":
+        return "x64quantprecision=1"
+    if "QDQS8ToU8Transformer" in config.get("optimization.disable_specified_optimizers", ""):
+        return "s8s8 as written"
+    return ""
 
 
 def session_config_for(recipe: dict | None) -> dict[str, str]:
@@ -63,7 +98,7 @@ class Recipe:
     def session_options(self, float_nodes: bool = False) -> dict[str, dict[str, str]]:
         """The ORT session options a file of this recipe needs, per kind of CPU (recorded in its metadata);
         `float_nodes`: some nodes were kept in float (--exclude, the fp32 fallback)."""
-        options = {} if self.reduce_range else {"x86 without VNNI": dict(EXACT_INT8_SESSION)}
+        options = {} if self.reduce_range else {X86_WITHOUT_VNNI: exact_session_for(self.to_dict())}
         if float_nodes:
             options[ANY_CPU] = dict(KEEP_FLOAT_SESSION)
         return options
@@ -133,6 +168,11 @@ class Int8Judgement:
     for_this_cpu: bool  # the file's target is this CPU's
     note: str | None
 
+    @property
+    def kernels(self) -> str:
+        """The gated run's kernels in a few words ('' for ORT's defaults)."""
+        return kernels_label(self.gate_session)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -152,12 +192,15 @@ def judge_int8(recipe: dict | None, cpu: CpuInfo, meant_for: str | None = None) 
         return Int8Judgement(None, False, for_here, None)
     if for_here:
         return Int8Judgement(None, True, True, None)
+    exact = exact_session_for(recipe)
+    how = ("session.x64quantprecision=1 (exact int32 accumulation" if kernels_label(exact) == "x64quantprecision=1"
+           else "its signed int8 arithmetic as written (x86's S8->U8 rewrites off, exact")
     note = (
         f"this CPU ({cpu.kind()}) can saturate int8 files with 8-bit weights in ORT's default kernels; the file "
-        f"is meant for {meant_for}, so its gates run with session.x64quantprecision=1 (exact int32 accumulation, "
-        f"what {meant_for} computes), and this CPU's default kernels are measured beside it"
+        f"is meant for {meant_for}, so its gates run with {how}, what {meant_for} computes), and this CPU's "
+        "default kernels are measured beside it"
     )
-    return Int8Judgement(dict(EXACT_INT8_SESSION), True, False, note)
+    return Int8Judgement(exact, True, False, note)
 
 
 def resolve_recipe(

@@ -54,3 +54,36 @@ def exported(tmp_path_factory):
 def files_in(folder: Path) -> list[str]:
     """Everything in a folder, hidden temp folders included (to prove nothing half-written is left)."""
     return sorted(p.name for p in Path(folder).iterdir()) if Path(folder).exists() else []
+
+
+@pytest.fixture(scope="session")
+def avx2():
+    """The emulated AVX2 lane: an x86 CPU with AVX2 and without VNNI, whose ONNX Runtime int8 kernels can
+    saturate. Natively on such a host; under `qemu-x86_64 -cpu Haswell-noTSX` on any other x86 host (a VNNI
+    CPU cannot otherwise show these numbers: faked flags change edgekit's decisions, never the arithmetic);
+    skipped with the reason only where neither runs. Returns the device's runtimes.devices.DeviceStatus."""
+    from edgekit.runtimes.devices import device_status
+
+    status = device_status("x86-avx2")
+    if not status.ready:
+        pytest.skip("the AVX2 lane needs an AVX2 CPU without VNNI or QEMU's user-mode emulator: " + "; ".join(status.missing))
+    return status
+
+
+def pytest_collection_modifyitems(items):
+    # every test that takes the AVX2 lane is marked, so `pytest -m avx2` runs the lane alone
+    for item in items:
+        if "avx2" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.avx2)
+
+
+@pytest.fixture(scope="session")
+def arm64():
+    """An emulated ARM64 board (Cortex-A76: sdot) with its own Python, numpy and onnxruntime: skipped with the
+    reason where `edgekit devices setup arm64` has not been run or QEMU cannot run it."""
+    from edgekit.runtimes.devices import device_status
+
+    status = device_status("arm64-a76")
+    if not status.ready:
+        pytest.skip("the ARM64 lane needs: " + "; ".join(status.missing))
+    return status

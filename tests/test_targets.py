@@ -3,7 +3,16 @@
 import pytest
 
 from edgekit.errors import BadInput
-from edgekit.targets import RECIPES, auto_target, detect_target, judge_int8, resolve_recipe
+from edgekit.targets import (
+    AS_WRITTEN_S8_SESSION,
+    KEEP_FLOAT_SESSION,
+    RECIPES,
+    auto_target,
+    detect_target,
+    judge_int8,
+    merge_session_configs,
+    resolve_recipe,
+)
 
 
 @pytest.mark.parametrize(
@@ -64,7 +73,10 @@ def test_auto_reads_faked_flags(monkeypatch):
         ("x86-avx2", "avx2 fma", None, None, False),  # 7-bit: nothing saturates anywhere
         ("x86-vnni", "avx2 fma", None, None, True),  # meant for this AVX2 CPU: gated as computed, exact beside
         ("x86-vnni", "avx2 fma", "x86-vnni", {"session.x64quantprecision": "1"}, True),  # for VNNI CPUs
-        ("generic", "avx2 fma", "generic", {"session.x64quantprecision": "1"}, True),  # for an NPU
+        # for an NPU: its s8s8 as written (x64quantprecision=1 cannot even start DenseNet's generic file)
+        ("generic", "avx2 fma", "generic", AS_WRITTEN_S8_SESSION, True),
+        ("arm64", "avx2 fma", "arm64", AS_WRITTEN_S8_SESSION, True),
+        ("generic", "avx2 fma avx512_vnni", "generic", None, False),
         ("x86-vnni", "avx2 fma avx512_vnni", None, None, False),  # VNNI: exact by default
     ],
 )
@@ -77,3 +89,27 @@ def test_session_options_recorded_per_cpu():
     assert RECIPES["x86-avx2"].session_options() == {}
     assert RECIPES["x86-vnni"].session_options() == {"x86 without VNNI": {"session.x64quantprecision": "1"}}
     assert "any CPU" in RECIPES["x86-avx2"].session_options(float_nodes=True)
+    assert RECIPES["generic"].session_options() == {"x86 without VNNI": AS_WRITTEN_S8_SESSION}
+
+
+def test_list_valued_session_options_merge_instead_of_overwriting():
+    # a generic file with nodes kept in float needs both optimizer lists on an AVX2 CPU: one overwriting the
+    # other would re-quantize the float nodes, or bring back the saturating S8->U8 rewrite
+    merged = merge_session_configs(KEEP_FLOAT_SESSION, AS_WRITTEN_S8_SESSION, {"session.x64quantprecision": "1"})
+    assert merged["optimization.disable_specified_optimizers"].split(";") == [
+        "WeightBiasQuantization", "QDQS8ToU8Transformer", "Avx2WeightS8ToU8Transformer"]
+    assert merged["session.x64quantprecision"] == "1"
+    assert merge_session_configs(None, {}) == {}
+
+
+def test_check_py_applies_every_rule_of_the_cpu_merged():
+    from edgekit.bundle.check import session_options_for
+
+    manifest = {"session_options": RECIPES["generic"].session_options(float_nodes=True)}
+    avx2 = {"machine": "x86_64", "flags": ["avx2", "fma"], "flags_known": True}
+    config, notes = session_options_for(manifest, avx2)
+    key = "optimization.disable_specified_optimizers"
+    assert set(config) == {key} and len(notes) == 2
+    assert set(config[key].split(";")) == {"WeightBiasQuantization", "QDQS8ToU8Transformer", "Avx2WeightS8ToU8Transformer"}
+    vnni = {"machine": "x86_64", "flags": ["avx2", "avx512_vnni"], "flags_known": True}
+    assert session_options_for(manifest, vnni)[0] == KEEP_FLOAT_SESSION

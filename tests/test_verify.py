@@ -98,7 +98,7 @@ def _report(path: Path) -> dict:
 
 
 def test_verify_passes_and_writes_json_and_markdown(cli, fp32, tmp_path):
-    res = cli("verify", fp32, "--report", tmp_path / "r.json")
+    res = cli("verify", fp32, "--providers", "cpu", "--report", tmp_path / "r.json")  # cpu alone, on a GPU host too
     assert res.exit_code == 0, res.stderr
     assert "PASS" in res.stdout and "ORT cpu" in res.stdout
     assert "nodes run: CPU" in res.stdout
@@ -211,7 +211,8 @@ def test_dynamic_batch_runs_batch_1_and_a_larger_batch(cli, exported, tmp_path):
 def test_inputs_from_a_tensor_file(cli, fp32, tmp_path):
     tensors = np.random.default_rng(1).standard_normal((3, 3, SMALL, SMALL)).astype(np.float32)
     np.savez(tmp_path / "x.npz", input=tensors)
-    res = cli("verify", fp32, "--inputs", tmp_path / "x.npz", "--random-inputs", "0", "--report", tmp_path / "t.json")
+    res = cli("verify", fp32, "--inputs", tmp_path / "x.npz", "--random-inputs", "0", "--providers", "cpu",
+              "--report", tmp_path / "t.json")
     assert res.exit_code == 0, res.stderr
     (row,) = _report(tmp_path / "t.json")["comparisons"]
     assert row["input_set"] == "tensors" and row["samples"] == 3
@@ -321,7 +322,8 @@ def test_int8_file_that_is_too_far_fails_on_sqnr_or_agreement(cli, fp32, tmp_pat
 
 
 def test_real_int8_file_from_quantize(cli, exported, tmp_path, digits_folder):
-    quantize = pytest.importorskip("edgekit.quantize").quantize
+    from edgekit.quantize import quantize
+
     parent = exported(MODEL)
     int8 = quantize(parent.path, output=tmp_path / "q.int8.onnx").path
     res = cli("verify", int8, "--dataset", digits_folder, "--report", tmp_path / "q.json")
@@ -373,7 +375,8 @@ def test_fp16_file_gets_cast_inputs_and_the_fp16_gates(cli, fp32, tmp_path):
 
 def test_dataset_reports_top1_and_drop(cli, fp32, tmp_path, digits_folder):
     int8 = _edit(fp32, tmp_path / "m.int8.onnx", weights=_fake_int8, metadata=_as_int8)
-    res = cli("verify", int8, "--dataset", digits_folder, "--images", digits_folder, "--report", tmp_path / "a.json")
+    res = cli("verify", int8, "--dataset", digits_folder, "--images", digits_folder, "--providers", "cpu",
+              "--report", tmp_path / "a.json")
     assert res.exit_code == 0, res.stderr
     assert "accuracy on" in res.stdout and "drop (points)" in res.stdout
     report = _report(tmp_path / "a.json")
@@ -520,20 +523,32 @@ def vnni_int8(exported, tmp_path_factory) -> Path:
 
 
 def test_on_a_cpu_without_vnni_an_8_bit_file_runs_both_kernels(cli, vnni_int8, tmp_path, monkeypatch):
-    # Faked AVX2-only flags (AMD Zen 3): verify gates what this CPU computes and measures exact
-    # accumulation beside it; the saturation block says which was gated.
+    # Decision only (faked AVX2-only flags; the arithmetic is this CPU's, whichever it is): verify gates what
+    # the CPU computes by default and measures exact accumulation beside it; the saturation block says which.
     monkeypatch.setenv("EDGEKIT_FAKE_CPU_FLAGS", "avx2 fma")
-    res = cli("verify", vnni_int8, "--random-inputs", "0", "--report", tmp_path / "s.json")
+    cli("verify", vnni_int8, "--random-inputs", "0", "--providers", "cpu", "--report", tmp_path / "s.json")
     report = _report(tmp_path / "s.json")
     sat = report["int8_saturation"]
     assert sat["gated_on_default"] and sat["judged_for"] == "this CPU" and sat["cpu"]["kind"] == "x86 AVX2 without VNNI"
     kernels = {(c["kernels"], c["gated"]) for c in report["comparisons"]}
     assert kernels == {("default", True), ("x64quantprecision=1", False)}
-    # on a real VNNI machine nothing saturates (gap ~0, pass); on a real AVX2 one the gap is the cause named
-    if sat["gap_db"] > 3:
-        assert res.exit_code == 1 and "saturation on this CPU" in res.stderr and "--target x86-avx2" in res.stderr
-    else:
-        assert res.exit_code == 0, res.stderr
+
+
+def test_an_8_bit_file_on_an_avx2_cpu_fails_naming_saturation(cli, vnni_int8, avx2, tmp_path):
+    # The AVX2 lane (ORT's own AVX2 kernels: natively on an AVX2-only host, emulated on a VNNI one): the
+    # 8-bit-weight file saturates for real, and verify says so with the cause and the fix.
+    res = cli("verify", vnni_int8, "--device", "x86-avx2", "--random-inputs", "0", "--report", tmp_path / "s.json")
+    report = _report(tmp_path / "s.json")
+    sat = report["int8_saturation"]
+    assert sat["gated_on_default"] and sat["cpu"]["kind"] == "x86 AVX2 without VNNI" and not sat["cpu"]["faked"]
+    assert sat["gap_db"] > 3, sat
+    assert res.exit_code == 1 and "saturation on this CPU" in res.stderr and "--target x86-avx2" in res.stderr
+    assert {c["device"] for c in report["comparisons"]} == {"x86-avx2" if avx2.mode == "emulated" else "host"}
+    # the same file meant for a VNNI CPU is judged there on exact accumulation, and passes
+    res = cli("verify", vnni_int8, "--device", "x86-avx2", "--target", "x86-vnni", "--random-inputs", "0",
+              "--report", tmp_path / "t.json")
+    assert res.exit_code == 0, res.stderr
+    assert {c["kernels"] for c in _report(tmp_path / "t.json")["comparisons"] if c["gated"]} == {"x64quantprecision=1"}
 
 
 def test_target_says_the_file_is_for_another_cpu(cli, vnni_int8, tmp_path, monkeypatch):
@@ -547,8 +562,11 @@ def test_target_says_the_file_is_for_another_cpu(cli, vnni_int8, tmp_path, monke
 
 
 def test_a_vnni_cpu_runs_one_kernel_path(cli, vnni_int8, tmp_path, monkeypatch):
+    # Decision only (faked VNNI flags): one kernel path, no saturation measurement. The gates are opened
+    # because the arithmetic stays this CPU's: on a real AVX2 CPU these kernels saturate.
     monkeypatch.setenv("EDGEKIT_FAKE_CPU_FLAGS", "avx2 fma avx512_vnni")
-    res = cli("verify", vnni_int8, "--random-inputs", "0", "--report", tmp_path / "v.json")
+    res = cli("verify", vnni_int8, "--random-inputs", "0", "--providers", "cpu", "--min-sqnr", "0",
+              "--min-top1-agreement", "0", "--report", tmp_path / "v.json")
     assert res.exit_code == 0, res.stderr
     report = _report(tmp_path / "v.json")
     assert report["int8_saturation"] is None and {c["kernels"] for c in report["comparisons"]} == {"default"}
@@ -565,22 +583,22 @@ def test_saturation_failure_names_the_cause_and_the_fix():
     assert Saturation(**{**sat.__dict__, "exact_sqnr_db": 18.0}).failure is None  # 0.8 dB: noise, not saturation
 
 
-@pytest.mark.skipif(
-    __import__("edgekit.provenance", fromlist=["this_cpu"]).this_cpu().has_vnni,
-    reason="this CPU has VNNI: ORT's int8 kernels do not saturate here (the decision logic is tested with faked flags)",
-)
-def test_real_saturation_on_a_cpu_without_vnni(vnni_int8):
+def test_real_saturation_on_a_cpu_without_vnni(vnni_int8, avx2):
+    # ORT's AVX2 u8s8 kernels (native or emulated) on an 8-bit-weight file: the default path saturates, and
+    # session.x64quantprecision=1 computes exactly what a CPU with exact accumulation computes.
+    from edgekit.compare import DEFAULT_TOLERANCES, compare_outputs
+    from edgekit.provenance import this_cpu
     from edgekit.runners import run_onnx
     from edgekit.targets import EXACT_INT8_SESSION
 
     x = np.random.default_rng(0).standard_normal((4, 3, SMALL, SMALL)).astype(np.float32) * 0.5
-    parent = vnni_int8.parent.parent  # noqa: F841  (the fp32 file is not needed: exact vs default is the measure)
-    default = run_onnx(vnni_int8, x, 1)
-    exact = run_onnx(vnni_int8, x, 1, EXACT_INT8_SESSION)
-    from edgekit.compare import DEFAULT_TOLERANCES, compare_outputs
-
+    default = run_onnx(vnni_int8, x, 1, device="x86-avx2")
+    exact = run_onnx(vnni_int8, x, 1, EXACT_INT8_SESSION, device="x86-avx2")
     # the exact path is the reference; the default kernels lose more than noise on an 8-bit-weight file
     assert compare_outputs(exact, default, "logits", DEFAULT_TOLERANCES["int8"]).sqnr_db < 30
+    here = this_cpu()
+    if here.has_vnni or here.is_arm64:  # this CPU accumulates exactly by default: the same numbers, bit for bit
+        assert np.array_equal(exact, run_onnx(vnni_int8, x, 1))
 
 
 def test_layers_report_table_json_and_plot(cli, exported, tmp_path):

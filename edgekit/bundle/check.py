@@ -148,6 +148,23 @@ def cpu_kinds(cpu: dict) -> list[str]:
     return kinds
 
 
+# Session config entries whose value is a list: ORT reads them ';'-separated.
+LIST_ENTRIES = frozenset({"optimization.disable_specified_optimizers"})
+
+
+def merge_session_config(into: dict, entries: dict) -> dict:
+    """`into` with `entries` added: a list-valued entry (LIST_ENTRIES) gains the new items, any other is set."""
+    merged = {str(k): str(v) for k, v in into.items()}
+    for key, value in entries.items():
+        key, value = str(key), str(value)
+        if key in LIST_ENTRIES and merged.get(key):
+            items = merged[key].split(";")
+            merged[key] = ";".join(items + [v for v in value.split(";") if v and v not in items])
+        else:
+            merged[key] = value
+    return merged
+
+
 def session_options_for(manifest: dict, cpu: dict) -> tuple[dict, list[str]]:
     """(session config entries to apply on this CPU, sentences saying why)."""
     needed = manifest.get("session_options") or {}
@@ -158,7 +175,7 @@ def session_options_for(manifest: dict, cpu: dict) -> tuple[dict, list[str]]:
             notes.append(f"the manifest names session options for {kind!r}, which this check.py does not know: not applied")
             continue
         if kind in kinds:
-            config.update({str(k): str(v) for k, v in entries.items()})
+            config = merge_session_config(config, entries)
             why = "flags unreadable, so assumed" if not cpu.get("flags_known") else ("faked flags" if cpu.get("faked") else "from /proc/cpuinfo")
             notes.append(
                 f"this CPU is {kind} ({why}): applying {', '.join(f'{k}={v}' for k, v in entries.items())}, which this "
@@ -331,6 +348,9 @@ def run_checks(folder, providers=None, cpu: dict | None = None, make_session=Non
                       and p.name not in manifest["files"] and not p.name.startswith("."))
     if unlisted:
         notes.append(f"not in the manifest, so not checked: {', '.join(unlisted)}")
+    left_out = (manifest.get("ort_format") or {}).get("left_out")
+    if left_out:
+        notes.append(f"no .ort in this bundle: {left_out}")
     if not apply_session_options and manifest.get("session_options"):
         notes.append("--no-session-options: ORT's defaults, whatever the manifest says this CPU needs")
     gates = {key: manifest["gates"].get(key) for key in metrics.GATE_KEYS}
@@ -379,6 +399,11 @@ def run_checks(folder, providers=None, cpu: dict | None = None, make_session=Non
                     outputs[batch] = got
                 elif batch in outputs:
                     this["vs_onnx_max_abs"] = float(np.abs(got.astype(np.float64) - outputs[batch]).max())
+                    differs = metrics.format_difference_failure(
+                        str(manifest.get("precision")), this["vs_onnx_max_abs"], float(np.abs(outputs[batch]).max()))
+                    if differs:
+                        this["failures"].append(f"the {fmt} {differs}")
+                        this.setdefault("short", []).append(f"differs from the .onnx ({this['vs_onnx_max_abs']:.2g})")
                 this["status"] = "FAIL" if this["failures"] else "PASS"
                 rows.append(this)
     bad_sums = [c for c in checksums if not c["ok"]]

@@ -143,3 +143,18 @@ def failed_gates(m, gates: dict) -> list[tuple[str, str]]:
 def gate_failures(m, gates: dict) -> list[str]:
     """The full sentence for each gate `m` fails (empty when it passes)."""
     return [sentence for _short, sentence in failed_gates(m, gates)]
+
+
+# How far another format of the same file (the .ort beside the .onnx) may compute from it, on the same CPU and
+# provider: the precision's noise, relative to the outputs' peak magnitude (at least 1). The same graph in the
+# same kernels is bit-identical or within layout noise; a saturating int8 kernel is off by ~20 % of the peak.
+FORMAT_NOISE = {"fp32": 1e-4, "fp16": 1e-2, "int8": 1e-3}
+
+
+def format_difference_failure(precision: str, max_abs: float, peak: float) -> str | None:
+    """Why a second format of the file differs from the verified one by more than its precision's noise."""
+    allowed = FORMAT_NOISE.get(precision, FORMAT_NOISE["fp32"]) * max(1.0, float(peak))
+    if max_abs == max_abs and max_abs <= allowed:
+        return None
+    return (f"computes {max_abs:.3g} max abs away from the .onnx on the same CPU (noise for {precision}: "
+            f"<= {allowed:.3g}): a different computation, not the verified file")

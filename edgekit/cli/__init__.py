@@ -5,5 +5,6 @@ from edgekit.cli import bench_cmd, export_cmd, models_cmd, quantize_cmd  # noqa:
 from edgekit.cli import verify_cmd  # noqa: F401
 from edgekit.cli import package_cmd  # noqa: F401
 from edgekit.cli import convert_cmd  # noqa: F401
+from edgekit.cli import devices_cmd  # noqa: F401
 
 __all__ = ["app", "main"]

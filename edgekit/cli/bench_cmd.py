@@ -104,8 +104,9 @@ def render_bench(result) -> None:
     for t in result.timings:
         # the runtime and provider columns say what the label's [ort cpu] / [openvino] says
         name = Path(t.file).name if several and t.file else t.label
-        if several and "x64quantprecision" in t.label:
-            name += " [x64quantprecision=1]"
+        for kernels in ("x64quantprecision=1", "s8s8 as written"):
+            if several and kernels in t.label:
+                name += f" [{kernels}]"
         cells = [escape(name)] + ([t.runtime] if several else []) + [t.provider]
         if openvino:
             cells.append(precision_summary(t.executed_precisions) if t.executed_precisions else "-")

@@ -54,6 +54,11 @@ MinTop1 = Annotated[
 ]
 MinSqnr = Annotated[float | None, typer.Option("--min-sqnr", callback=between(0.0, 200.0), help="minimum SQNR of the logits, dB")]
 TargetOption = Annotated[Target, typer.Option("--target", case_sensitive=False, help="int8 target CPU; auto reads this CPU's flags")]
+Device = Annotated[
+    str | None,
+    typer.Option("--device", help="judge int8 on this CPU's ONNX Runtime kernels: host, x86-avx2, arm64-a53, arm64-a76 "
+                 "(emulated where it is not this machine; `edgekit devices` says which are ready)"),
+]
 Runtimes = Annotated[
     str | None,
     typer.Option("--runtimes", help="comma-separated: ort,openvino (default: ort; openvino needs pip install 'edgekit[openvino]')"),

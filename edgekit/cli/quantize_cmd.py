@@ -58,6 +58,7 @@ def quantize_command(
     fallback: Annotated[
         bool, typer.Option("--fallback/--no-fallback", help="keep the most sensitive layers in fp32 when the budget is missed")
     ] = True,
+    device: options.Device = None,
     output: options.Output = None,
     json_output: options.Json = False,
 ) -> None:
@@ -91,6 +92,7 @@ def quantize_command(
             max_drop=max_drop,
             fallback=fallback,
             rewrites=rewrites,
+            device=device,
             on_stage=lambda s: bar.update(stage_task, description=f"quantize: {escape(s)}"),
             on_progress=on_progress,
         )
@@ -129,7 +131,7 @@ def render_quantize(result) -> None:
         "vs fp32 on held-out data",
         f"top-1 agreement {h.top1_agreement:.1%}, top-5 {h.top5_agreement:.1%}, SQNR {h.sqnr_db:.1f} dB, "
         f"cosine {h.cosine:.4f} ({escape(result.calibration.holdout_description)})"
-        + (escape(" [x64quantprecision=1, as its target computes]") if result.judgement.gate_session else ""),
+        + (escape(f" [{result.judgement.kernels}, as its target computes]") if result.judgement.gate_session else ""),
     )
     if result.holdout_default is not None:
         d = result.holdout_default

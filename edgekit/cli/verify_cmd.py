@@ -69,6 +69,7 @@ def verify_command(
     report: Annotated[
         Path | None, typer.Option("--report", help="write all numbers to FILE.json and a summary to FILE.md", dir_okay=False)
     ] = None,
+    device: options.Device = None,
     json_output: options.Json = False,
 ) -> None:
     """Run MODEL_FILE on each ONNX Runtime execution provider and compare it with the PyTorch model it came from.
@@ -78,7 +79,7 @@ def verify_command(
     from edgekit.errors import CheckFailed
 
     if model_file.is_dir() and (model_file / "manifest.json").is_file():
-        _verify_bundle(model_file, providers, report, json_output)
+        _verify_bundle(model_file, providers, report, json_output, device)
         return
     from edgekit.verify.report import (
         comparison_table,
@@ -116,6 +117,7 @@ def verify_command(
             layers=layers,
             parent=parent,
             runtimes=runtimes,
+            device=device,
             on_stage=lambda stage: status.update(f"{escape(model_file.name)}: {escape(stage)}"),
         )
     written = write_reports(result, report) if report is not None else None
@@ -156,13 +158,20 @@ def verify_command(
     console.print(f"[bold green]PASS[/] {escape(str(model_file))} matches PyTorch on {', '.join(r.label for r in result.providers)} ({result.seconds:.1f} s)")
 
 
-def _verify_bundle(folder: Path, providers: str | None, report: Path | None, json_output: bool) -> None:
-    """`edgekit verify BUNDLE/`: check.py's checks, run by edgekit, with the same table."""
-    from edgekit.bundle import check_bundle
-    from edgekit.errors import CheckFailed
+def _verify_bundle(folder: Path, providers: str | None, report: Path | None, json_output: bool,
+                   device: str | None = None) -> None:
+    """`edgekit verify BUNDLE/`: check.py's checks, run by edgekit, with the same table; with --device, the
+    bundle's own check.py run inside that (emulated) device, as the board runs it."""
+    from edgekit.bundle import check_bundle, check_bundle_on_device
+    from edgekit.errors import BadInput, CheckFailed
     from edgekit.runtime import parse_providers
 
-    result = check_bundle(folder, parse_providers(providers))
+    if device not in (None, "host"):
+        if providers is not None and parse_providers(providers) != ["cpu"]:
+            raise BadInput(f"--device {device} runs check.py on the CPU provider only; drop --providers")
+        result = check_bundle_on_device(folder, device)
+    else:
+        result = check_bundle(folder, parse_providers(providers))
     if report is not None:
         from edgekit.cli.app import write_json_report
 

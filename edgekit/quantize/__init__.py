@@ -24,7 +24,7 @@ from edgekit.artifact import (
 from edgekit.calibration import CalibrationSet, build_calibration_set
 from edgekit.images import DEFAULT_CALIBRATION_DIR
 from edgekit.compare import REWRITE_TOLERANCE, OutputMetrics, compare_outputs, resolve_tolerance, trained_defaults
-from edgekit.errors import BadInput, CheckFailed, one_line
+from edgekit.errors import BadInput, CheckFailed, EnvironmentUnavailable, one_line
 from edgekit.graph import input_spec, is_quantized, static_batch
 from edgekit.preprocessing import Preprocessing
 from edgekit.provenance import CpuInfo, library_versions, this_cpu
@@ -134,6 +134,7 @@ def quantize(
     max_drop: float | None = None,
     fallback: bool = True,
     rewrites: bool = True,
+    device: str | None = None,
     on_stage: Callable[[str], None] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> QuantizeResult:
@@ -142,8 +143,14 @@ def quantize(
     The accuracy budget: the held-out gates (`min_top1_agreement`, `min_sqnr`; stricter defaults for
     trained weights than for random ones) and, with `dataset`, a top-1 drop of at most `max_drop`
     points. With `fallback`, a file that misses it gets its most sensitive nodes kept in fp32.
+    `device`: the deployment CPU whose ONNX Runtime kernels gate the file (edgekit.runtimes.devices; emulated
+    where it is not this machine); the per-layer ranking of the fallback still runs on this machine.
     """
     model_path = Path(model_path)
+    if device not in (None, "host"):
+        from edgekit.runtimes.devices import ready_device
+
+        ready_device(device)  # unknown: exit 2; not installed: exit 3, before any work
     if max_drop is not None and dataset is None:
         raise BadInput("--max-drop is a top-1 budget on --dataset", hint="give --dataset DIR (labelled, one folder per class)")
     if max_drop is not None and not (max_drop >= 0 and max_drop < 100):
@@ -179,7 +186,7 @@ def quantize(
         with tempfile.TemporaryDirectory(prefix="edgekit-quantize-") as tmp:
             result = _quantize_staged(
                 model_path, model, metadata, recipe, preprocessing, excluded, calibration, samples, augment, seed,
-                staged, Path(tmp), budget, fallback, stage, progress, target.lower(),
+                staged, Path(tmp), budget, fallback, stage, progress, target.lower(), device,
             )
         staged.commit()
         return result
@@ -191,6 +198,7 @@ def quantize(
 def _quantize_staged(
     model_path, model, metadata, recipe: Recipe, preprocessing, excluded, calibration, samples, augment, seed,
     staged, workdir: Path, budget: Budget, use_fallback: bool, stage, progress, explicit_target: str,
+    device: str | None = None,
 ) -> QuantizeResult:
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -249,7 +257,7 @@ def _quantize_staged(
 
     stage("checks")
     check_quantized(onnx.load(str(full)), model_path.name, want_grouped, want_concats, added_depthwise)
-    cpu = this_cpu()
+    cpu = device_cpu(device)
     # an explicit --target says where the file will run; `auto` is this CPU
     recipe_meta = {**recipe.to_dict(), "format": "QDQ", "batchnorm_rewritten": bn_rewritten, "rewrites": rewrites,
                    "session_options": recipe.session_options(float_nodes=bool(excluded))}
@@ -257,8 +265,9 @@ def _quantize_staged(
     if judgement.note:
         notes.append(judgement.note)
     stage("accuracy budget")
-    measure = Measure(model_path, calib.holdout, output_name, batch, budget, judgement.gate_session, bool(excluded))
-    trial = measure(full, [])
+    measure = Measure(model_path, calib.holdout, output_name, batch, budget, judgement.gate_session, bool(excluded),
+                      device=device)
+    trial = _first_measure(measure, full, judgement, recipe, cpu, device)
     fallback = None
     chosen = full
     if not trial.passed(budget):
@@ -313,7 +322,9 @@ def _quantize_staged(
         "holdout_sqnr_db": holdout.sqnr_db,
         "budget": budget.describe(),
         "gated_session_options": judgement.gate_session or {},
+        "gated_kernels": judgement.kernels or "default",
         "cpu": cpu.to_dict(),
+        "device": device or "host",
         "coverage_int8": coverage.int8,
         "coverage_total": coverage.total,
     }
@@ -333,6 +344,30 @@ def _quantize_staged(
         fallback=fallback, dataset_top1=(trial.fp32_top1, trial.int8_top1) if trial.drop is not None else None,
         notes=notes,
     )
+
+
+def device_cpu(device: str | None):
+    """The CPU whose kernels gate the file: the device's, or this machine's."""
+    if device in (None, "host"):
+        return this_cpu()
+    from edgekit.runtimes.devices import get_device
+
+    return get_device(device).cpu()
+
+
+def _first_measure(measure, full: Path, judgement: Int8Judgement, recipe: Recipe, cpu, device: str | None):
+    """The full int8 file's first measurement. Where this CPU's ONNX Runtime cannot start a session for a file
+    meant for another target, that is this CPU's optimizer, not the user's input: exit 3, saying so."""
+    try:
+        return measure(full, [])
+    except (BadInput, CheckFailed) as exc:
+        if judgement.for_this_cpu or "cannot load" not in str(exc):
+            raise
+        where = f"the device {device}" if device not in (None, "host") else f"this CPU ({cpu.kind()})"
+        raise EnvironmentUnavailable(
+            f"ONNX Runtime on {where} cannot run this {recipe.target} file: {exc.message}",
+            hint=f"judge it on its device, or with --device for an emulated {recipe.target} CPU",
+        ) from None
 
 
 def apply_rewrites(model, recipe: Recipe) -> dict:
@@ -414,7 +449,7 @@ def _fallback(pre: Path, full: Path, holdout, judgement, budget: Budget, measure
 
 
 def _budget_missed(trial, budget: Budget, calib: CalibrationSet, judgement, why: str):
-    kernels = " (run with session.x64quantprecision=1, as its target computes)" if judgement.gate_session else ""
+    kernels = f" (run with {judgement.kernels}, as its target computes)" if judgement.gate_session else ""
     reasons = list(trial.holdout.failures)
     if trial.drop is not None and budget.max_drop is not None and trial.drop > budget.max_drop:
         reasons.append(f"top-1 drop {trial.drop:.2f} points > --max-drop {budget.max_drop:g} on {budget.dataset.folder}")

@@ -110,8 +110,9 @@ class Measure:
     """Measures int8 files against the fp32 parent on the held-out images (and the labelled set)."""
 
     def __init__(self, fp32: Path, holdout: np.ndarray, output_name: str, batch: int | None, budget: Budget,
-                 session_config: dict[str, str] | None, excluded: bool = False):
+                 session_config: dict[str, str] | None, excluded: bool = False, device: str | None = None):
         self.holdout, self.output_name, self.batch, self.budget = holdout, output_name, batch, budget
+        self.device = device  # the int8 runs' CPU (runtimes.devices); the fp32 reference runs here
         self.session_config = session_config
         self.excluded = excluded
         self.fp32_holdout = run_onnx(fp32, holdout, batch)
@@ -126,17 +127,17 @@ class Measure:
                  dataset: bool = True) -> Trial:
         """The file on the held-out images (and, with `dataset`, its top-1 on the labelled set); `session_config`
         overrides the gated kernels (None: ORT's defaults)."""
-        from edgekit.targets import KEEP_FLOAT_SESSION
+        from edgekit.targets import KEEP_FLOAT_SESSION, merge_session_configs
 
-        config = dict((self.session_config if session_config is ... else session_config) or {})
+        config = merge_session_configs(self.session_config if session_config is ... else session_config)
         if fp32_nodes or self.excluded:  # float nodes stay float only with ORT's re-quantizing optimizer off
-            config.update(KEEP_FLOAT_SESSION)
-        out = run_onnx(int8, self.holdout, self.batch, config or None)
+            config = merge_session_configs(config, KEEP_FLOAT_SESSION)
+        out = run_onnx(int8, self.holdout, self.batch, config or None, device=self.device)
         trial = Trial(list(fp32_nodes), compare_outputs(self.fp32_holdout, out, self.output_name, self.budget.tolerance),
                       path=Path(int8))
         if dataset and self.budget.dataset is not None:
             trial.fp32_top1 = self.fp32_top1
-            trial.int8_top1 = self._top1(run_onnx(int8, self.budget.dataset.tensors, self.batch, config))
+            trial.int8_top1 = self._top1(run_onnx(int8, self.budget.dataset.tensors, self.batch, config, device=self.device))
         return trial
 
 

@@ -23,8 +23,16 @@ from edgekit.errors import BadInput, CheckFailed
 from edgekit.graph import precision_of
 from edgekit.models.reference import build_reference, plan_reference
 from edgekit.provenance import run_environment, this_cpu
+from edgekit.runtimes.devices import get_device
 from edgekit.runners import REFERENCE_BATCH, batch_sizes, input_dtype, no_tf32, run_session, run_torch
-from edgekit.targets import EXACT_INT8_SESSION, TARGETS, judge_int8, session_config_for
+from edgekit.targets import (
+    TARGETS,
+    exact_session_for,
+    judge_int8,
+    kernels_label,
+    merge_session_configs,
+    session_config_for,
+)
 from edgekit.verify.dataset import check_dataset, measure_dataset
 from edgekit.verify.inputs import DEFAULT_RANDOM_INPUTS, expected_chw, load_input_sets
 from edgekit.verify.results import (
@@ -95,7 +103,7 @@ def _rows(
                         notes.append(floor.describe())
             rows.append(Comparison(
                 "onnxruntime", session.requested, session.ran_on, s.name, batch, len(s.tensors), [metrics], row_tol,
-                gated=gated, notes=notes, kernels=kernels,
+                gated=gated, notes=notes, kernels=kernels, device=session.device,
             ))
     return rows
 
@@ -180,6 +188,7 @@ def _saturation(rows: list[Comparison], exact_rows: list[Comparison], cpu, recip
         cpu=cpu.to_dict(), recipe_target=recipe.get("target"), judged_for=judged_for,
         default_sqnr_db=d.sqnr_db, exact_sqnr_db=e.sqnr_db, default_top1_agreement=d.top1_agreement,
         exact_top1_agreement=e.top1_agreement, gated_on_default=gated_on_default, max_gap_db=SATURATION_GAP_DB,
+        exact_kernels=kernels_label(exact_session_for(recipe)),
     )
 
 
@@ -206,6 +215,7 @@ def verify(
     layers: bool = False,
     parent: Path | None = None,
     runtimes: str | None = None,
+    device: str | None = None,
     on_stage: Callable[[str], None] | None = None,
 ) -> Report:
     """Compare ONNX Runtime on each provider with the PyTorch reference; the Report says what passed.
@@ -215,6 +225,8 @@ def verify(
     beside it; a file meant for this CPU is gated on what this CPU computes, saturation included.
     `runtimes`: "ort" (default) or "ort,openvino": OpenVINO runs the same file on the CPU beside ONNX
     Runtime, against the same reference and gates, and reports which precision it really executed.
+    `device`: the CPU whose ONNX Runtime kernels run the CPU provider (edgekit.runtimes.devices; emulated where
+    it is not this machine): its flags decide the int8 judgement, and the table names it.
     `layers`: per-layer error of an int8 file against its fp32 parent (`parent`, default the file its
     metadata names, in the same folder), on the photos, as the gated kernels compute it.
     """
@@ -238,6 +250,16 @@ def verify(
     from edgekit.openvino_runtime import parse_runtimes
 
     runtime_names = parse_runtimes(runtimes)  # exit 3 now when openvino is asked for and absent
+    if device in ("host", ""):
+        device = None
+    if device is not None:
+        from edgekit.runtimes.devices import ready_device
+
+        ready_device(device)  # unknown: exit 2; not set up here: exit 3, before any work
+        if layers:
+            raise BadInput(f"--layers measures on this machine's kernels; it does not combine with --device {device}")
+        if set(runtime_names) - {"ort"}:
+            raise BadInput(f"--device {device} runs ONNX Runtime only; drop --runtimes")
     on_stage("loading the file")
     model_proto = load_onnx(path)
     meta = read_metadata(model_proto, path)
@@ -258,7 +280,7 @@ def verify(
     if layers and precision != "int8":
         raise BadInput(f"--layers compares an int8 file with its fp32 parent; {path} is {precision}")
     parent_path = _parent_for_layers(path, meta, parent) if layers else None
-    cpu = this_cpu()
+    cpu = get_device(device).cpu() if device else this_cpu()
     recipe = (meta or {}).get("recipe") or {}
     judgement = judge_int8(recipe, cpu, target) if precision == "int8" else None
     file_config = session_config_for(recipe)  # what the file needs on every CPU (float nodes kept float)
@@ -275,16 +297,16 @@ def verify(
             # ORT's CUDA provider uses TF32 for fp32 convolutions by default: that is not fp32 math.
             # (TensorRT has no such option in ORT; its fp32 engines may use TF32 on Ampere and later.)
             options = {"use_tf32": "0"} if provider == "cuda" else None
-            config = {**file_config, **(judgement.gate_session or {})} if judgement and provider == "cpu" else file_config
+            config = merge_session_configs(file_config, judgement.gate_session) if judgement and provider == "cpu" else file_config
             sessions.append(create_session(
-                path, provider, allow_fallback=allow_fallback, enable_profiling=True, provider_options=options,
-                session_config=config or None,
+                path, provider, allow_fallback=allow_fallback, enable_profiling=device is None, provider_options=options,
+                session_config=config or None, device=device if provider == "cpu" else None,
             ))
         exact_session = None
         if judgement is not None and judgement.also_default and "cpu" in wanted:
             # the other CPU path: exact accumulation when the gates run on the defaults, and vice versa
-            other = {**file_config, **({} if judgement.gate_session else EXACT_INT8_SESSION)}
-            exact_session = create_session(path, "cpu", session_config=other or None)
+            other = merge_session_configs(file_config, None if judgement.gate_session else exact_session_for(recipe))
+            exact_session = create_session(path, "cpu", session_config=other or None, device=device)
         if judgement is not None and judgement.note:
             notes.append(judgement.note)
 
@@ -339,14 +361,14 @@ def verify(
         exact = _ExactReference(torch_model) if precision == "fp32" and not user_elementwise else None
         runs: list[ProviderRun] = []
         comparisons: list[Comparison] = []
-        gated_kernels = "x64quantprecision=1" if judgement and judgement.gate_session else ""
+        gated_kernels = judgement.kernels if judgement else ""
         for session in sessions:
             runs.append(_placement(session, input_sets, on_stage))
             comparisons += _rows(session, input_sets, expected_outputs, precision, tolerance, exact, on_stage,
                                  kernels=gated_kernels if session.requested == "cpu" else "")
         saturation = None
         if exact_session is not None:
-            other_kernels = "" if gated_kernels else "x64quantprecision=1"
+            other_kernels = "" if gated_kernels else kernels_label(exact_session_for(recipe))
             other_rows = _rows(exact_session, input_sets, expected_outputs, precision, tolerance, None, on_stage,
                                kernels=other_kernels, gated=False)
             for row in other_rows:
@@ -378,7 +400,7 @@ def verify(
             on_stage("per-layer error")
             photos = next((s for s in input_sets if s.name != "random"), input_sets[0])
             layer_report = layer_errors(parent_path, path, photos.tensors,
-                                        session_config={**file_config, **((judgement.gate_session if judgement else None) or {})})
+                                        session_config=merge_session_configs(file_config, judgement.gate_session if judgement else None))
         return Report(
             file=path, sha256=digest, precision=precision, metadata=meta, reference=reference, tolerance=tolerance,
             tolerance_source=tolerance_source, input_sets=input_sets, providers=runs, comparisons=comparisons,

@@ -117,7 +117,8 @@ class Comparison:
     tolerance: Tolerance
     gated: bool = True  # False: shown for information, not part of pass/fail
     notes: list[str] = field(default_factory=list)
-    kernels: str = ""  # "" for ORT's defaults; "x64quantprecision=1" for exact int8 accumulation
+    kernels: str = ""  # "" for ORT's defaults; "x64quantprecision=1" / "s8s8 as written": exact int8 (targets.kernels_label)
+    device: str | None = None  # the emulated device whose ORT kernels ran it (runtimes.devices); None: this machine
 
     @property
     def passed(self) -> bool:
@@ -133,7 +134,8 @@ class Comparison:
         where = self.provider if self.ran_on == self.provider else f"{self.provider} -> {self.ran_on}"
         kernels = f" [{self.kernels}]" if self.kernels else ""
         name = {"onnxruntime": "ORT", "openvino": "OpenVINO"}.get(self.runtime, "PyTorch")
-        return f"{name} {where}{kernels}"
+        device = f" on {self.device}" if self.device else ""
+        return f"{name} {where}{device}{kernels}"
 
     def failures(self) -> list[str]:
         return [f"output {m.name!r}: {f}" for m in self.outputs for f in m.failures]
@@ -148,6 +150,7 @@ class Comparison:
             "samples": self.samples,
             "gated": self.gated,
             "kernels": self.kernels or "default",
+            "device": self.device or "host",
             "passed": self.passed,
             "failures": self.failures(),
             "gates": self.tolerance.to_dict(),
@@ -247,6 +250,15 @@ class Saturation:
     exact_top1_agreement: float
     gated_on_default: bool
     max_gap_db: float
+    exact_kernels: str = "x64quantprecision=1"  # the session option that makes this CPU exact for this file
+
+    @property
+    def exact_option(self) -> str:
+        """The session option, as the manifest and the docs spell it, that gives this CPU the exact kernels."""
+        from edgekit.targets import AS_WRITTEN_S8_SESSION, EXACT_INT8_SESSION
+
+        config = EXACT_INT8_SESSION if self.exact_kernels == "x64quantprecision=1" else AS_WRITTEN_S8_SESSION
+        return ", ".join(f"{k}={v}" for k, v in config.items())
 
     @property
     def gap_db(self) -> float:
@@ -262,7 +274,7 @@ class Saturation:
             f"8-bit weights) reads {self.default_sqnr_db:.1f} dB in ORT's default int8 kernels against "
             f"{self.exact_sqnr_db:.1f} dB with exact accumulation ({self.gap_db:.1f} dB lost, top-1 agreement "
             f"{self.default_top1_agreement:.1%} vs {self.exact_top1_agreement:.1%}); fix: re-quantize with --target "
-            "x86-avx2 (7-bit weights), or deploy with the session option session.x64quantprecision=1, or pass "
+            f"x86-avx2 (7-bit weights), or deploy with the session option {self.exact_option}, or pass "
             f"--target {self.recipe_target or 'TARGET'} if the file is not meant for this CPU"
         )
 

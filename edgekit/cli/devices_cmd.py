@@ -1,0 +1,66 @@
+"""`edgekit devices` and `edgekit devices setup arm64`: the deployment CPUs an int8 file can be judged on from
+here, what each needs, and building the arm64 sysroot."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from edgekit.cli import options
+from edgekit.cli.app import app, console, err_console, handle_errors, print_json
+
+devices_app = typer.Typer(help="Deployment CPUs for --device (emulated: exact numerics, never timing).",
+                          invoke_without_command=True, no_args_is_help=False)
+app.add_typer(devices_app, name="devices")
+
+
+@devices_app.callback()
+@handle_errors
+def devices_command(ctx: typer.Context, json_output: options.Json = False) -> None:
+    """Deployment CPUs for --device: the host, and x86 AVX2 / ARM64 cores emulated by QEMU (numerics only)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from edgekit.runtimes.devices import DEVICES, device_status
+
+    statuses = [device_status(name) for name in DEVICES]
+    if json_output:
+        print_json({"devices": [s.to_dict() for s in statuses],
+                    "note": "emulated devices compute exactly as the real CPU does; their speed means nothing"})
+        return
+    table = Table(title="devices for --device (emulated: exact numerics, no timing)")
+    for column in ("device", "runs", "what it is", "missing"):
+        table.add_column(column)
+    for s in statuses:
+        runs = {"native": "natively", "emulated": "emulated (QEMU)", "unavailable": "[red]not here[/]"}[s.mode]
+        table.add_row(s.name, runs, escape(s.about), escape("; ".join(s.missing)) or "-")
+    console.print(table)
+
+
+@devices_app.command("setup")
+@handle_errors
+def setup_command(
+    name: Annotated[str, typer.Argument(help="arm64 (the sysroot serves arm64-a53 and arm64-a76)")],
+    onnxruntime: Annotated[
+        str | None, typer.Option("--onnxruntime", help="the device's onnxruntime version (default: this machine's)")
+    ] = None,
+    json_output: options.Json = False,
+) -> None:
+    """Build a device's sysroot under edgekit's cache, atomically (arm64: Debian's python3, numpy, onnxruntime)."""
+    from edgekit.errors import BadInput
+
+    if name.lower() not in ("arm64", "arm64-a53", "arm64-a76"):
+        raise BadInput(f"nothing to set up for {name!r}",
+                       hint="x86-avx2 needs only qemu-x86_64 (apt-get install qemu-user-static); set up arm64")
+    from edgekit.runtimes.sysroot import setup_arm64
+
+    with err_console.status("arm64 sysroot") as status:
+        result = setup_arm64(onnxruntime, on_stage=lambda s: status.update(f"arm64 sysroot: {escape(s)}"))
+    if json_output:
+        print_json(result)
+        return
+    console.print(f"arm64 sysroot ready: {escape(str(result.root))} ({result.bytes / 1e6:.0f} MB, "
+                  f"{result.seconds:.0f} s): Python {result.python}, onnxruntime {result.onnxruntime}, "
+                  f"numpy {result.numpy}, {escape(result.qemu)}")

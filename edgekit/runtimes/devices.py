@@ -1,0 +1,183 @@
+"""Deployment CPUs edgekit can compute as, from this machine: the host, and CPUs emulated by QEMU's user-mode
+emulator (field-notes.md, "Seeing another CPU from this one"). Emulation gives the device's ONNX Runtime
+kernels bit-exactly, never its speed: a device here is for numerics only.
+
+- x86-avx2: `qemu-x86_64 -cpu Haswell-noTSX` runs this machine's own Python and onnxruntime as an AVX2 CPU
+  without AVX-512 or VNNI computes them (QEMU's TCG has no AVX-512). On an AVX2-only host it is the host.
+- arm64-a53 / arm64-a76: `qemu-aarch64 -cpu cortex-a53|cortex-a76` runs an aarch64 Python with numpy and
+  onnxruntime from a sysroot that `edgekit devices setup arm64` builds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from edgekit.errors import BadInput, EnvironmentUnavailable
+from edgekit.provenance import CpuInfo, this_cpu
+
+DEVICES_DIR_ENV = "EDGEKIT_DEVICES_DIR"
+# QEMU's user-mode emulator passes the host's /proc/cpuinfo through to an x86 guest: the emulated process
+# cannot read its own flags there, so edgekit states them (the device's CPUID is what ORT really reads).
+HASWELL_FLAGS = frozenset({"sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "popcnt", "movbe"})
+
+
+@dataclass(frozen=True)
+class Device:
+    """A CPU that int8 files are judged on: its architecture, its QEMU model and the flags its kernels see."""
+
+    name: str
+    arch: str  # x86_64 | aarch64
+    qemu_cpu: str | None  # None: the host itself
+    flags: frozenset[str]
+    model: str
+    about: str
+
+    def cpu(self) -> CpuInfo:
+        """The device as edgekit's CPU facts (what the target judgement reads)."""
+        if self.qemu_cpu is None:
+            return this_cpu()
+        return CpuInfo(self.arch, self.model, self.flags)
+
+    @property
+    def emulator(self) -> str:
+        return "qemu-x86_64" if self.arch == "x86_64" else "qemu-aarch64"
+
+
+DEVICES: dict[str, Device] = {
+    "host": Device("host", platform.machine(), None, frozenset(), "this machine's CPU", "this machine, natively"),
+    "x86-avx2": Device(
+        "x86-avx2", "x86_64", "Haswell-noTSX", HASWELL_FLAGS, "Intel Haswell (QEMU -cpu Haswell-noTSX)",
+        "x86-64 with AVX2 and FMA, no AVX-512, no VNNI (AMD Zen 1-3, Intel Haswell to Comet Lake): "
+        "ORT's u8s8 kernels sum pairs in int16 here",
+    ),
+    "arm64-a53": Device(
+        "arm64-a53", "aarch64", "cortex-a53", frozenset({"asimd"}), "Arm Cortex-A53 (QEMU -cpu cortex-a53)",
+        "ARMv8.0 without the dot-product extension (Raspberry Pi 3, many SoCs)",
+    ),
+    "arm64-a76": Device(
+        "arm64-a76", "aarch64", "cortex-a76", frozenset({"asimd", "asimddp"}), "Arm Cortex-A76 (QEMU -cpu cortex-a76)",
+        "ARMv8.2 with sdot/udot (Raspberry Pi 5, Jetson Orin class)",
+    ),
+}
+
+
+def devices_dir() -> Path:
+    """Where device sysroots live (EDGEKIT_DEVICES_DIR, default ~/.cache/edgekit/devices)."""
+    return Path(os.environ.get(DEVICES_DIR_ENV) or Path.home() / ".cache" / "edgekit" / "devices")
+
+
+def arm64_root() -> Path:
+    return devices_dir() / "arm64"
+
+
+def qemu_version(path: str) -> str:
+    """'10.0.2' from `qemu-... --version` ('unknown' when it does not say)."""
+    import subprocess
+
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    match = re.search(r"version (\d+\.\d+(?:\.\d+)?)", out)
+    return match.group(1) if match else "unknown"
+
+
+def find_emulator(arch: str, minimum: tuple[int, int] | None = None) -> str | None:
+    """The user-mode QEMU for an architecture on PATH (the plain build, then the static one), at least `minimum`."""
+    base = "qemu-x86_64" if arch == "x86_64" else "qemu-aarch64"
+    for name in (base, f"{base}-static"):
+        path = shutil.which(name)
+        if path and (minimum is None or tuple(int(p) for p in re.findall(r"\d+", qemu_version(path))[:2]) >= minimum):
+            return path
+    return None
+
+
+def arm64_sysroot_facts() -> dict:
+    """What `edgekit devices setup arm64` recorded ({} when there is no sysroot)."""
+    try:
+        facts = json.loads((arm64_root() / "device.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return facts if isinstance(facts, dict) else {}
+
+
+def _host_is(device: Device) -> bool:
+    """The host computes as this device does: an x86 host with AVX2 and without VNNI is an x86-avx2 device."""
+    host = this_cpu()
+    if device.qemu_cpu is None:
+        return True
+    if device.arch == "x86_64":
+        return host.is_x86 and not host.has_vnni and "avx2" in host.flags and not host.faked
+    return False  # an ARM host is not a particular Cortex core: emulate it
+
+
+@dataclass
+class DeviceStatus:
+    """Whether a device can run here, how, and what is missing."""
+
+    name: str
+    about: str
+    mode: str  # native | emulated | unavailable
+    ready: bool
+    command: list[str] = field(default_factory=list)  # the launcher before `python script args`
+    python: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def device_status(name: str) -> DeviceStatus:
+    """How `name` runs here: natively, under QEMU, or not (with what to install)."""
+    device = get_device(name)
+    if _host_is(device):
+        return DeviceStatus(name, device.about, "native", True, [], sys.executable)
+    emulator = find_emulator(device.arch)
+    missing = []
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        missing.append(f"an x86-64 host (this one is {platform.machine()}); emulation is set up for x86-64 hosts only")
+    if emulator is None:
+        missing.append(f"{device.emulator} (Debian: apt-get install qemu-user-static)")
+    if device.arch == "x86_64":
+        command = [emulator or device.emulator, "-cpu", device.qemu_cpu]
+        return DeviceStatus(name, device.about, "emulated" if not missing else "unavailable", not missing, command,
+                            sys.executable, {}, missing)
+    root = arm64_root()
+    python = root / "sysroot" / "usr" / "bin" / "python3.11"
+    site = root / "site"
+    facts = arm64_sysroot_facts()
+    if not python.exists() or not (site / "onnxruntime").is_dir() or not facts:
+        missing.append(f"the arm64 sysroot under {root} (run: edgekit devices setup arm64)")
+    elif emulator is not None and tuple(int(p) for p in re.findall(r"\d+", str(facts.get("onnxruntime")))[:2]) >= (1, 28):
+        # QEMU 7.2 segfaults importing onnxruntime >= 1.28 for aarch64 (field-notes.md): say so, not crash
+        emulator = find_emulator(device.arch, minimum=(8, 0))
+        if emulator is None:
+            missing.append(f"QEMU >= 8 for onnxruntime {facts.get('onnxruntime')} on aarch64 (Debian bookworm: "
+                           "apt-get install -t bookworm-backports qemu-user)")
+    command = [emulator or device.emulator, "-cpu", device.qemu_cpu, "-L", str(root / "sysroot")]
+    return DeviceStatus(name, device.about, "emulated" if not missing else "unavailable", not missing, command,
+                        str(python), {"PYTHONPATH": str(site)}, missing)
+
+
+def get_device(name: str) -> Device:
+    """A device by name; BadInput naming the known ones."""
+    key = str(name).strip().lower()
+    if key not in DEVICES:
+        raise BadInput(f"unknown device {name!r}", hint=f"use one of {', '.join(DEVICES)} (edgekit devices lists them)")
+    return DEVICES[key]
+
+
+def ready_device(name: str) -> DeviceStatus:
+    """A device that can run here, or EnvironmentUnavailable (exit 3) saying what to install."""
+    status = device_status(name)
+    if not status.ready:
+        raise EnvironmentUnavailable(f"device {name} cannot run here: missing {'; '.join(status.missing)}")
+    return status

@@ -1,0 +1,150 @@
+"""An ONNX Runtime session inside an emulated device: the same interface as onnxruntime.InferenceSession
+(get_inputs, get_outputs, get_providers, run), served by ort_worker.py in a process that QEMU runs as the
+device's CPU. Tensors cross as .npy arrays over the worker's stdin/stdout; nothing is pickled.
+
+Numerics only: the time a run takes under emulation says nothing about the device's speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import CheckFailed, EnvironmentUnavailable, one_line
+from edgekit.runtimes.devices import DeviceStatus
+
+WORKER = Path(__file__).resolve().with_name("ort_worker.py")
+START_TIMEOUT_S = 600  # an emulated CPU initialises a large graph slowly; a hung emulator must still end
+
+
+@dataclass(frozen=True)
+class _Value:
+    """What onnxruntime's NodeArg tells edgekit: name, shape (None for a dynamic axis), type."""
+
+    name: str
+    shape: list
+    type: str
+
+
+class EmulatedSession:
+    """A CPU session of `model` on an emulated device; close() (or garbage collection) ends the worker."""
+
+    def __init__(self, status: DeviceStatus, model: Path, session_config: dict[str, str] | None, optimization: str):
+        self.device = status.name
+        self._stderr = tempfile.TemporaryFile()
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}, **status.env,
+               "OMP_NUM_THREADS": "1"}
+        argv = [*status.command, status.python, str(WORKER), str(Path(model).resolve()),
+                json.dumps(session_config or {}), optimization]
+        try:
+            self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                                          env=env)
+        except OSError as exc:
+            raise EnvironmentUnavailable(f"device {self.device}: cannot start {argv[0]}: {one_line(exc)}") from None
+        self._lock = threading.Lock()
+        hello = self._answer(START_TIMEOUT_S)
+        if not hello.get("ok"):
+            self.close()
+            raise _LoadFailed(hello.get("error") or "the worker said nothing")
+        self._inputs = [_Value(v["name"], v["shape"], v["type"]) for v in hello["inputs"]]
+        self._outputs = [_Value(v["name"], v["shape"], v["type"]) for v in hello["outputs"]]
+        self._providers = list(hello["providers"])
+        self.onnxruntime = hello.get("onnxruntime")
+
+    def _answer(self, timeout: float | None = None) -> dict:
+        timer = threading.Timer(timeout, self._proc.kill) if timeout else None
+        if timer:
+            timer.start()
+        try:
+            line = self._proc.stdout.readline()
+        finally:
+            if timer:
+                timer.cancel()
+        if not line:
+            self._proc.wait()
+            self._stderr.seek(0)
+            log = [ln for ln in self._stderr.read().decode(errors="replace").splitlines()
+                   if ln.strip() and "TCG doesn't support" not in ln]
+            why = log[-1] if log else f"exit code {self._proc.returncode}"
+            raise EnvironmentUnavailable(f"the emulated device {self.device} stopped: {why[:300]}")
+        return json.loads(line)
+
+    def get_inputs(self) -> list[_Value]:
+        return list(self._inputs)
+
+    def get_outputs(self) -> list[_Value]:
+        return list(self._outputs)
+
+    def get_providers(self) -> list[str]:
+        return list(self._providers)
+
+    def end_profiling(self) -> str:
+        return ""
+
+    def run(self, output_names, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        from edgekit.runtimes.ort_worker import npy_bytes, read_npy
+
+        arrays = [npy_bytes(a) for a in feeds.values()]
+        with self._lock:
+            pipe = self._proc.stdin
+            pipe.write((json.dumps({"run": list(feeds), "bytes": [len(a) for a in arrays]}) + "\n").encode())
+            for data in arrays:
+                pipe.write(data)
+            pipe.flush()
+            answer = self._answer()
+            if not answer.get("ok"):
+                raise RuntimeError(answer.get("error"))
+            outputs = [read_npy(self._proc.stdout, size) for size in answer["bytes"]]
+        if output_names:
+            index = {v.name: i for i, v in enumerate(self._outputs)}
+            return [outputs[index[n]] for n in output_names]
+        return outputs
+
+    def close(self) -> None:
+        proc = getattr(self, "_proc", None)
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            proc.stdin.write(b"\n")
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+class _LoadFailed(Exception):
+    """The device's onnxruntime refused the file (the caller knows which file and what that means)."""
+
+
+def emulated_session(status: DeviceStatus, model: Path | bytes, session_config: dict[str, str] | None,
+                     optimization: str = "all") -> EmulatedSession:
+    """A session of `model` on the device `status` describes; a model the device's onnxruntime cannot load is
+    CheckFailed naming the device (the file's problem on that CPU, exit 1)."""
+    cleanup = None
+    if isinstance(model, bytes):
+        handle, name = tempfile.mkstemp(suffix=".onnx", prefix="edgekit-device-")
+        with os.fdopen(handle, "wb") as f:
+            f.write(model)
+        model, cleanup = Path(name), name
+    try:
+        return EmulatedSession(status, Path(model), session_config, optimization)
+    except _LoadFailed as exc:
+        raise CheckFailed(f"ONNX Runtime on the device {status.name} cannot load {Path(model).name}: {exc}") from None
+    finally:
+        if cleanup:
+            with contextlib.suppress(OSError):
+                os.remove(cleanup)
