@@ -15,10 +15,11 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 from edgekit.errors import BadInput, EdgekitError, EnvironmentUnavailable, one_line
-from edgekit.files import check_readable_file, file_kind, open_regular, sha256_file, shown_path, sweep_leftovers  # noqa: F401  (re-exported)
+from edgekit.files import NAME_MAX, check_name_lengths, check_readable_file, file_kind, open_regular, sha256_file, shown_path  # noqa: F401
+from edgekit.files import sweep_leftovers
 from edgekit.graph import graph_dims, graph_inputs, input_spec
 from edgekit.metadata import METADATA_KEY, check_against_graph, metadata_of
 
@@ -34,8 +35,15 @@ _STAGING_NAME = re.compile(r"^\..+\.(?:(?P<pid>\d+)-)?[^.]*" + re.escape(STAGING
 
 
 def data_file(path: Path) -> Path:
-    """Where edgekit keeps a model's external data: beside it, named <file>.onnx.data."""
-    return Path(path).with_name(Path(path).name + ".data")
+    """Where edgekit keeps a model's external data: beside it, named <file>.onnx.data (for a name so long that
+    this would pass the file system's limit: the name cut, with a hash of the whole name)."""
+    import hashlib
+
+    name = Path(path).name + ".data"
+    if len(os.fsencode(name)) > NAME_MAX:
+        digest = hashlib.sha256(os.fsencode(Path(path).name)).hexdigest()[:12]
+        name = os.fsdecode(os.fsencode(Path(path).name)[: NAME_MAX - 18]) + f"-{digest}.data"
+    return Path(path).with_name(name)
 
 
 def artifact_bytes(path: Path) -> int:
@@ -69,6 +77,7 @@ def _check_external_data_locations(model, folder: Path, path: Path) -> None:
                 f"{shown_path(path)}: external data file {location!r} (tensor {tensor.name!r}) is missing",
                 hint="copy it beside the model",
             )
+        register_input(candidate, "input model's external data")
 
 
 def _all_tensors(model):
@@ -89,6 +98,7 @@ def load_onnx(path: Path, *, check: bool = True):
     from google.protobuf.message import DecodeError
 
     path = check_readable_file(Path(path), "ONNX file")
+    register_input(path, "input model")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, OSError, UnicodeDecodeError) as exc:
@@ -198,11 +208,16 @@ def derived_output(parent: Path, tag: str) -> Path:
     return default_output(name, tag)
 
 
+def short_name(path: Path) -> str:
+    """A file name cut for a hidden temp name beside it: any output name the file system takes stays writable."""
+    return Path(path).name[:64]
+
+
 def resolve_output(output: Path | None, default: Path) -> Path:
     """-o may be a .onnx file or a folder (the default file name inside it); None means `default`."""
     if output is None:
         return default
-    output = Path(output)
+    output = check_name_lengths(Path(output), "output")
     if output.is_dir() or output.suffix == "":
         return output / default.name
     if output.suffix != ".onnx":
@@ -249,6 +264,8 @@ class StagedOutput:
     def commit(self) -> Path:
         """Move the staged files into place: data files first, the .onnx last (each os.replace is atomic)."""
         staged = sorted(self.folder.iterdir(), key=lambda p: p.name == self.final.name)
+        for item in staged:
+            refuse_if_input(self.final.parent / item.name)
         stale_data = data_file(self.final)
         if stale_data.exists() and not (self.folder / stale_data.name).exists():
             stale_data.unlink()  # the new file keeps its weights inline; an old data file would mislead
@@ -288,10 +305,12 @@ def stage_output(final: Path) -> StagedOutput:
     """
     final = Path(final)
     parent = final.parent
+    refuse_if_input(final)
+    refuse_if_input(data_file(final), "output's external data")
     try:
         parent.mkdir(parents=True, exist_ok=True)
         sweep_stale_staging(parent)
-        folder = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}-", suffix=STAGING_SUFFIX, dir=parent))
+        folder = Path(tempfile.mkdtemp(prefix=f".{short_name(final)}.{os.getpid()}-", suffix=STAGING_SUFFIX, dir=parent))
     except OSError as exc:
         raise BadInput(
             f"cannot write to {shown_path(parent)}: {exc.strerror or exc}", hint="choose another output with -o"
@@ -309,9 +328,10 @@ def sweep_stale_staging(folder: Path, max_age: float = STALE_STAGING_SECONDS) ->
 
 def stage_folder(final: Path) -> Path:
     """A hidden temp folder beside `final` (a bundle folder), with the permissions a normal folder gets."""
+    check_name_lengths(Path(final), "output folder")
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".edgekit-tmp", dir=final.parent))
+        folder = Path(tempfile.mkdtemp(prefix=f".{short_name(final)}.", suffix=".edgekit-tmp", dir=final.parent))
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(folder, 0o777 & ~umask)  # mkdtemp's 0700 would follow the bundle to the device
@@ -323,31 +343,115 @@ def stage_folder(final: Path) -> Path:
 def commit_folder(staged: Path, final: Path) -> None:
     """Rename the staged folder into place; an old bundle there is moved aside first and removed after."""
     old = None
+    refuse_folder_holding_inputs(final)
+    # Ctrl-C or SIGTERM between the two renames would leave no bundle at all: both wait until the swap is done
+    # (or undone), then act as usual.
+    with _signals_held():
+        try:
+            if final.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{short_name(final)}.", suffix=".edgekit-old", dir=final.parent))
+                os.replace(final, old / "bundle")
+            os.replace(staged, final)
+        except BaseException as exc:
+            if old is not None and (old / "bundle").exists() and not final.exists():
+                os.replace(old / "bundle", final)
+            if isinstance(exc, OSError):
+                raise write_error(final, exc) from None
+            raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """SIGINT and SIGTERM recorded, not acted on, while the block runs; raised again right after it, to the
+    handlers the command had (Python runs signal handlers in the main thread only, so that is where this holds)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {}
     try:
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".edgekit-old", dir=final.parent))
-            os.replace(final, old / "bundle")
-        os.replace(staged, final)
-    except OSError as exc:
-        if old is not None and (old / "bundle").exists() and not final.exists():
-            os.replace(old / "bundle", final)
-        raise write_error(final, exc) from None
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, lambda number, _frame: pending.append(number))
+    except (ValueError, OSError):
+        pass
+    try:
+        yield
     finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in pending:
+            signal.raise_signal(signum)
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write a text file (a report) via a temp file in the same folder and os.replace."""
+# --- outputs never land on inputs ----------------------------------------------------------------
+# The inputs of the running command (by resolved path and by (device, inode)): registered as they are read
+# (load_onnx, the bundle check), consulted by every writer below. None outside a command (library use).
+_INPUTS: dict | None = None
+
+
+@contextlib.contextmanager
+def command_inputs():
+    """A command's scope: inputs registered inside it are protected from its outputs, and forgotten after."""
+    global _INPUTS
+    saved, _INPUTS = _INPUTS, {}
+    try:
+        yield
+    finally:
+        _INPUTS = saved
+
+
+def register_input(path: Path, what: str = "input") -> None:
+    """Protect `path` from this command's outputs."""
+    if _INPUTS is None:
+        return
     path = Path(path)
+    _INPUTS[os.path.realpath(path)] = (what, path)
+    with contextlib.suppress(OSError):
+        info = os.stat(path)
+        _INPUTS[(info.st_dev, info.st_ino)] = (what, path)
+
+
+def refuse_if_input(path: Path, what: str = "output") -> None:
+    """BadInput (exit 2, nothing touched) when writing `path` would overwrite one of this command's inputs,
+    by resolved path or by inode (a hard link)."""
+    if not _INPUTS:
+        return
+    hit = _INPUTS.get(os.path.realpath(path))
+    if hit is None:
+        with contextlib.suppress(OSError):
+            info = os.stat(path)
+            hit = _INPUTS.get((info.st_dev, info.st_ino))
+    if hit is not None:
+        raise BadInput(f"{what} {shown_path(path)} is the {hit[0]} {shown_path(hit[1])}: writing it would destroy an "
+                       "input; nothing was written", hint="choose another output path")
+
+
+def refuse_folder_holding_inputs(folder: Path, what: str = "output folder") -> None:
+    """A folder about to be replaced whole must hold none of this command's inputs."""
+    if not _INPUTS or not Path(folder).is_dir():
+        return
+    for item in Path(folder).iterdir():
+        refuse_if_input(item, f"{what} {shown_path(folder)} holds")
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """The one writer of edgekit's side files (reports, plots, sidecars): `write(f)` into a temp file in the
+    same folder, then os.replace; never onto one of the command's inputs; nothing half-written on failure."""
+    path = check_name_lengths(Path(path), "output")
+    refuse_if_input(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{short_name(path)}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise BadInput(f"cannot write {shown_path(path)}: {exc.strerror or exc}", hint="choose another path") from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(shown_path(text))  # a file name that is not UTF-8 is written as \xNN, not a crash
+        with os.fdopen(fd, "wb") as f:
+            write(f)
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -356,3 +460,8 @@ def write_text_atomic(path: Path, text: str) -> Path:
             raise write_error(path, exc) from None
         raise
     return path
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """A text file (a report) through write_atomic; a file name that is not UTF-8 is written as \\xNN, not a crash."""
+    return write_atomic(path, lambda f: f.write(shown_path(text).encode("utf-8")))

@@ -329,6 +329,9 @@ def bench(
 
     if not files:
         raise BadInput("no ONNX files to benchmark", hint="edgekit bench FILE.onnx [FILE.onnx ...]")
+    real = [os.path.realpath(f) for f in files]
+    if len(set(real)) != len(real):
+        raise BadInput("the same file is listed twice", hint="list each file once")
     if batch < 1 or warmup < 0 or runs < 1:
         raise BadInput("--batch and --runs must be at least 1 and --warmup at least 0")
     runtime_names = parse_runtimes(runtimes)  # exit 3 now if openvino is asked for and absent
@@ -350,8 +353,11 @@ def bench(
     if not candidates:
         raise ProviderUnavailable("nothing could be timed: " + "; ".join(skipped))
     labels = [c.label for c in candidates]
-    if len(set(labels)) != len(labels):
-        raise BadInput("the same file is listed twice", hint="list each file once")
+    if len(set(labels)) != len(labels):  # two files of one name in different folders: label them by path
+        for c in candidates:
+            if c.file and labels.count(c.label) > 1:
+                c.label = c.label.replace(Path(c.file).name, str(c.file), 1)
+        labels = [c.label for c in candidates]
     by_label = {c.label: c for c in candidates}
 
     for _ in range(warmup):

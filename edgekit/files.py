@@ -141,3 +141,17 @@ def _process_alive(pid: int) -> bool:
     except (PermissionError, OverflowError, OSError):
         return True  # it exists (another user's); or the pid cannot be asked about: keep it
     return True
+
+
+NAME_MAX = 255  # bytes in one path component: every file system edgekit writes to on Linux
+
+
+def check_name_lengths(path: Path, what: str = "path") -> Path:
+    """`path`, or BadInput (exit 2) naming a component longer than the file system takes, before any OS call
+    meets it (Python's stat raises on such a name, where a caller expects True or False)."""
+    for part in Path(path).parts:
+        size = len(os.fsencode(part))
+        if size > NAME_MAX:
+            raise BadInput(f"{what} name {shown_path(part[:40])}... is {size} bytes; a file name can have at most {NAME_MAX}",
+                           hint="choose a shorter name")
+    return Path(path)

@@ -736,18 +736,7 @@ def plot_layer_errors(report: LayerReport, png_path: Path, title: str) -> Path:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     figure.tight_layout()
-    try:
-        png_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{png_path.name}.", suffix=".tmp", dir=png_path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                figure.savefig(f, format="png")
-            os.replace(tmp_name, png_path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
-            raise
-    except OSError as exc:
-        raise BadInput(f"cannot write {png_path}: {exc.strerror or exc}", hint="choose another output") from None
-    return png_path
+    from edgekit.artifact import write_atomic
+
+    return write_atomic(png_path, lambda f: figure.savefig(f, format="png"))
 

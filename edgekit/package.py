@@ -26,7 +26,7 @@ from edgekit.artifact import EXPORTS_DIR, commit_folder, load_onnx, read_metadat
 from edgekit.openvino_runtime import openvino_golden_check
 from edgekit.ort_tools import ORT_OPTIMIZATION_STYLE, convert_to_ort, mobile_usability, ort_left_out_because
 from edgekit.ort_tools import portable_ops_config
-from edgekit.bundle import BUNDLE_SCRIPTS, BundleCheck, check_bundle, script_path, this_cpu_for_check
+from edgekit.bundle import BUNDLE_SCRIPTS, BundleCheck, check_bundle, read_labels, script_path, this_cpu_for_check
 from edgekit.bundle import check as bundle_check
 from edgekit.images import DEFAULT_CALIBRATION_DIR, pick_samples, scan_folder
 from edgekit.compare import resolve_tolerance, trained_defaults
@@ -79,6 +79,7 @@ class PackageResult:
     gates: dict
     cpu: dict
     notes: list[str] = field(default_factory=list)
+    manifest_sha256: str | None = None  # printed to be pinned: check.py --expect-manifest
 
     @property
     def model_bytes(self) -> int:
@@ -104,7 +105,7 @@ class PackageResult:
             "overhead_budget": OVERHEAD_BUDGET, "total_bytes": self.total_bytes,
             "golden_samples": self.golden_samples, "golden_images": self.golden_images, "check": self.check.to_dict(),
             "mobile_usability": self.mobile, "session_options": self.session_options, "gates": self.gates,
-            "cpu": self.cpu, "notes": self.notes,
+            "cpu": self.cpu, "notes": self.notes, "manifest_sha256": self.manifest_sha256,
         }
 
 
@@ -115,29 +116,6 @@ def default_bundle_dir(model_path: Path) -> Path:
     """exports/<name>.bundle for <name>.onnx."""
     name = model_path.name[: -len(".onnx")] if model_path.name.endswith(".onnx") else model_path.stem
     return EXPORTS_DIR / f"{name}{BUNDLE_SUFFIX}"
-
-
-def read_labels(path: Path, classes: int | None) -> list[str]:
-    """One label per line (a trailing newline is fine); their count must be the model's class count."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BadInput(f"labels file {path} does not exist", hint="one class name per line") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadInput(f"labels file {path} cannot be read: {exc}") from None
-    labels = [line.strip() for line in text.splitlines()]
-    while labels and not labels[-1]:
-        labels.pop()
-    empty = [i + 1 for i, label in enumerate(labels) if not label]
-    if empty:
-        raise BadInput(f"labels file {path}: line {empty[0]} is empty", hint="one class name per line, none empty")
-    if classes is not None and len(labels) != classes:
-        raise BadInput(
-            f"labels file {path} has {len(labels)} labels but the model has {classes} classes",
-            hint="one class name per line, in class-index order",
-        )
-    return labels
 
 
 def _model_files(path: Path) -> list[Path]:
@@ -349,6 +327,7 @@ def package(
                 shutil.copyfile(script_path(name), staged / name)
 
         model_names = [p.name for p in sources] + ([ort_name] if ort_name else [])
+        versions = library_versions()
         manifest = {
             "edgekit_bundle": bundle_check.BUNDLE_FORMAT,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -377,13 +356,13 @@ def package(
             "ort_format": {
                 "file": ort_name, "optimization_style": ORT_OPTIMIZATION_STYLE, "optimization_level": "all",
                 "target_platform": "arm (session.qdqisint8allowed=1)" if arm else "ORT default (NCHWc layout excluded, as ORT does for files meant for ARM too)",
-                "required_operators": OPS_CONFIG if ort_name else None, "onnxruntime": _ort_version(),
+                "required_operators": OPS_CONFIG if ort_name else None, "onnxruntime": versions["onnxruntime"],
                 "tool": "onnxruntime.tools.convert_onnx_models_to_ort",
                 "session_config": session_options.get(ANY_CPU) or {},
                 "left_out": ort_left_out,
             },
             "mobile_usability": {**mobile, "report": MOBILE_REPORT},
-            "versions": library_versions(),
+            "versions": versions,
             "packaged_on": {"cpu": this_cpu().to_dict(), "python": sys.version.split()[0]},
             "files": {},
         }
@@ -419,13 +398,13 @@ def package(
                 "photos, pass --images DIR from its own domain",
             )
         manifest["checked_when_packaged"] = {
-            "runtime": f"onnxruntime {_ort_version()}", "cpu": cpu.get("model"), "session_options": result.session_options,
+            "runtime": f"onnxruntime {versions['onnxruntime']}", "cpu": cpu.get("model"), "session_options": result.session_options,
             "rows": [{"format": r["format"], "provider": r["provider"], "batch": r["batch"], "status": r["status"],
                       "sqnr_db": (r["metrics"] or {}).get("sqnr_db"), "max_abs": (r["metrics"] or {}).get("max_abs"),
                       "top1_agreement": (r["metrics"] or {}).get("top1_agreement")} for r in result.rows],
         }
         stage("other runtimes")
-        manifest["runtimes"] = {"onnxruntime": {"version": _ort_version(), "passed": result.passed},
+        manifest["runtimes"] = {"onnxruntime": {"version": versions["onnxruntime"], "passed": result.passed},
                                 "openvino": openvino_golden_check(staged / onnx_name, inputs[:n], reference[:n], tolerance,
                                                                   static_batch(model))}
         _write_json(staged / "manifest.json", manifest)  # not hashed itself: the checksums above stay valid
@@ -438,13 +417,7 @@ def package(
     return PackageResult(
         folder=final, source=model_path, precision=precision, files=files, golden_samples=n, golden_images=names[:n],
         check=result, mobile=mobile, session_options=session_options, gates=manifest["gates"], cpu=cpu, notes=notes,
-    )
-
-
-def _ort_version() -> str:
-    import onnxruntime
-
-    return onnxruntime.__version__
+        manifest_sha256=sha256_file(final / "manifest.json"))
 
 
 def _reference_outputs(model_path: Path, model, meta: dict, inputs: np.ndarray) -> np.ndarray:

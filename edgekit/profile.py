@@ -497,6 +497,6 @@ def plot_profiles(profiles: dict[str, Profile], png, *, top_ops: int = 12, by: s
     ax.set_title(title + (f", {threads.pop()} threads" if len(threads) == 1 else ""))
     ax.legend()
     fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
-    return png
+    from edgekit.artifact import write_atomic
+
+    return write_atomic(png, lambda f: fig.savefig(f, format="png", dpi=110))

@@ -99,3 +99,27 @@ def test_an_arm64_file_is_judged_on_the_boards_own_kernels(cli, exported, arm64,
     report = json.loads((tmp_path / "a.json").read_text())
     assert {c["device"] for c in report["comparisons"]} == {"arm64-a76"}
     assert report["int8_saturation"] is None and all(c["kernels"] == "default" for c in report["comparisons"])
+
+
+def test_arm64_setup_says_when_qemu_is_too_old_for_the_onnxruntime_asked(monkeypatch):
+    # QEMU 7.2 (Debian bookworm) segfaults importing onnxruntime >= 1.28 for aarch64: said, never hit
+    import edgekit.runtimes.sysroot as sysroot
+
+    monkeypatch.setattr(sysroot.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    monkeypatch.setattr(sysroot, "find_emulator", lambda arch, minimum=None: None if minimum else "/usr/bin/qemu-aarch64-static")
+    monkeypatch.setattr(sysroot, "qemu_version", lambda path: "7.2.22")
+    with pytest.raises(EnvironmentUnavailable, match="QEMU 7.2.22, which crashes importing onnxruntime >= 1.28.*backports"):
+        sysroot.check_tools("1.31.1")
+    assert sysroot.check_tools("1.26.0") == "/usr/bin/qemu-aarch64-static"  # older onnxruntime imports fine there
+    with pytest.raises(BadInput, match="not a version number"):
+        sysroot.setup_arm64("latest")
+
+
+def test_the_debian_mirror_comes_from_apt_sources(tmp_path):
+    from edgekit.runtimes.sysroot import debian_mirror
+
+    (tmp_path / "a.sources").write_text("Types: deb\nURIs: http://mirror.example/debian-security\nSuites: x\n")
+    (tmp_path / "b.sources").write_text("Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm\n")
+    assert debian_mirror((tmp_path,)) == "http://mirror.example/debian"
+    with pytest.raises(EnvironmentUnavailable, match="no Debian mirror"):
+        debian_mirror((tmp_path / "none",))

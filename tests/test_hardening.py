@@ -513,3 +513,116 @@ def test_int8_of_a_foreign_file_needs_model_to_verify(cli, tmp_path):
     res = cli("verify", tmp_path / "f.int8.onnx", "--inputs", tensors, "--random-inputs", "0")
     assert res.exit_code == 2
     assert "was made from a file without edgekit metadata" in res.stderr and "--model" in res.stderr
+
+
+# --- outputs never land on inputs (issue 22) --------------------------------------------------
+
+
+def _digest(path: Path) -> str:
+    from edgekit.files import sha256_file
+
+    return sha256_file(path)
+
+
+@pytest.mark.parametrize("args", [
+    ("bench", "{m}", "--report", "{m}"),
+    ("bench", "{m}", "--runs", "3", "--report", "{link}"),
+    ("verify", "{m}", "--report", "{link}"),
+    ("verify", "{i}", "--layers", "--parent", "{m}", "--plot", "{m}"),
+    ("quantize", "{m}", "-o", "{link_onnx}"),
+    ("convert", "{m}", "--fp16", "-o", "{link_onnx}"),
+])
+def test_an_output_that_is_an_input_is_exit_2_and_touches_nothing(cli, exported, tmp_path, args):
+    # by path, and by inode (a hard link under another name): one line, exit 2, the input's bytes unchanged
+    from edgekit.quantize import quantize
+
+    model = tmp_path / "m.onnx"
+    shutil.copyfile(exported("textbook_resnet18").path, model)
+    int8 = tmp_path / "i.int8.onnx"
+    if "{i}" in args:
+        quantize(model, output=int8)
+    os.link(model, tmp_path / "link.json")
+    os.link(model, tmp_path / "link.onnx")
+    before = _digest(model)
+    names = {"m": model, "link": tmp_path / "link.json", "link_onnx": tmp_path / "link.onnx", "i": int8}
+    res = cli(*[a.format(**names) for a in args])
+    assert res.exit_code == 2, res.stdout + res.stderr
+    assert "would destroy an input" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert _digest(model) == before
+
+
+def test_two_files_of_one_name_in_different_folders_are_both_timed(cli, exported, tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copyfile(exported("textbook_resnet18").path, tmp_path / folder / "m.onnx")
+    res = cli("bench", tmp_path / "a" / "m.onnx", tmp_path / "b" / "m.onnx", "--runs", "3", "--json")
+    assert res.exit_code == 0, res.stderr
+    import json
+
+    labels = [t["label"] for t in json.loads(res.stdout)["timings"]]
+    assert len(labels) == len(set(labels)) == 2
+    res = cli("bench", tmp_path / "a" / "m.onnx", tmp_path / "a" / ".." / "a" / "m.onnx")
+    assert res.exit_code == 2 and "listed twice" in res.stderr
+
+
+def test_names_at_and_past_the_file_systems_limit(cli, tmp_path):
+    # 300 bytes: one line, exit 2 (was an OSError traceback); 250 bytes: a legal name, written (its staging
+    # folder and its .data name are cut to fit, where they once made the name fail)
+    res = cli("export", "textbook_resnet18", "--input-size", "32", "-o", tmp_path / ("a" * 300 + ".onnx"))
+    assert res.exit_code == 2 and "is 305 bytes; a file name can have at most 255" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    legal = tmp_path / ("b" * 250 + ".onnx")
+    res = cli("export", "textbook_resnet18", "--input-size", "32", "-o", legal)
+    assert res.exit_code == 0, res.stderr
+    assert files_in(tmp_path) == [legal.name]
+    res = cli("verify", legal, "--random-inputs", "0", "--report", tmp_path / ("c" * 300 + ".json"))
+    assert res.exit_code == 2 and "a file name can have at most 255" in res.stderr
+
+
+def test_a_labels_fifo_is_refused_without_waiting(cli, exported, tmp_path):
+    os.mkfifo(tmp_path / "labels.txt")
+    res = cli("package", exported("textbook_resnet18").path, "-o", tmp_path / "b", "--labels", tmp_path / "labels.txt")
+    assert res.exit_code == 2 and "labels file" in res.stderr and "not a regular file" in res.stderr
+    assert files_in(tmp_path) == ["labels.txt"]
+
+
+def test_the_bundle_swap_holds_signals_until_it_is_done(tmp_path, monkeypatch):
+    # a SIGTERM that arrives between moving the old bundle aside and renaming the new one in: it waits
+    import signal
+
+    from edgekit.artifact import commit_folder
+
+    final, staged = tmp_path / "b", tmp_path / "staged"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    staged.mkdir()
+    (staged / "new.txt").write_text("new")
+    real_replace, seen = os.replace, []
+
+    def replace(src, dst):
+        if not seen:
+            seen.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)  # mid-swap
+        return real_replace(src, dst)
+
+    got = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: got.append(final.exists() and (final / "new.txt").exists()))
+    monkeypatch.setattr(os, "replace", replace)
+    try:
+        commit_folder(staged, final)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert got == [True]  # delivered after the swap, which completed
+    assert files_in(final) == ["new.txt"] and files_in(tmp_path) == ["b"]
+
+
+def test_an_operator_onnx_runtime_does_not_know_is_one_line_exit_2(cli, exported, tmp_path):
+    model = onnx.load(str(exported("textbook_resnet18", 32).path))
+    relu = next(n for n in model.graph.node if n.op_type == "Relu")
+    relu.op_type, relu.domain = "Relu6Custom", "com.example"
+    model.opset_import.append(onnx.helper.make_opsetid("com.example", 1))
+    onnx.save(model, str(tmp_path / "custom.onnx"))
+    res = cli("quantize", tmp_path / "custom.onnx", "-o", tmp_path / "c.int8.onnx")
+    assert res.exit_code == 2, res.stderr
+    assert "com.example:Relu6Custom" in res.stderr and "Traceback" not in res.stderr + res.stdout
+    assert len(res.stderr.strip().splitlines()) == 1 and files_in(tmp_path) == ["custom.onnx"]

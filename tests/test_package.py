@@ -400,3 +400,117 @@ def test_check_py_inside_an_emulated_arm64_board(cli, int8_7bit_bundle, arm64, t
     assert result["cpu"]["machine"] == "aarch64" and result["session_options"] == {} and result["passed"]
     rows = {r["format"]: r for r in result["rows"]}
     assert set(rows) == {"onnx", "ort"} and rows["ort"]["vs_onnx_max_abs"] <= 1e-4
+
+
+# --- the bundle as untrusted input (issue 22): check.py trusts nothing it has not verified --------------
+
+
+def _rewrite_manifest(bundle: Path, change) -> None:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    change(manifest)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_edited_weights_and_an_edited_metrics_py_still_fail(int8_7bit_bundle, tmp_path):
+    # metrics.py once computed every checksum: edited to agree with edited weights, it passed them. check.py
+    # now hashes with hashlib itself and imports metrics.py only when its bytes match the manifest.
+    bundle = clone(int8_7bit_bundle.folder, tmp_path / "b", copy=("metrics.py",))
+    with open(bundle / "metrics.py", "a") as f:
+        f.write("\ndef sha256_file(path):\n    return 'forged'\n")
+    proc = run_on_device(bundle / "check.py", cwd=tmp_path, device=None)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("FAIL: sha256 mismatch: metrics.py") and "not imported" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("victim", ["onnx", "ort", "golden.npz"])
+def test_each_tampered_file_is_caught_by_check_py_and_by_verify(cli, int8_7bit_bundle, tmp_path, victim):
+    src = int8_7bit_bundle.folder
+    name = next(p.name for p in src.glob(f"*.{victim}")) if victim in ("onnx", "ort") else victim
+    bundle = clone(src, tmp_path / "b", copy=(name,))
+    data = bytearray((bundle / name).read_bytes())
+    data[len(data) // 2] ^= 0x5A
+    (bundle / name).write_bytes(bytes(data))
+    proc = run_on_device(bundle / "check.py", cwd=tmp_path)
+    assert proc.returncode in (1, 2), proc.stdout + proc.stderr
+    assert f"sha256 mismatch: {name}" in proc.stdout or "golden" in proc.stderr
+    res = cli("verify", bundle)
+    assert res.exit_code in (1, 2) and "Traceback" not in res.stderr
+
+
+def test_a_loosened_manifest_is_caught_only_by_its_pinned_sha256(cli, int8_7bit_bundle, tmp_path):
+    pinned = int8_7bit_bundle.manifest_sha256
+    assert pinned == bundle_metrics.sha256_file(int8_7bit_bundle.folder / "manifest.json")
+    ok = run_on_device(int8_7bit_bundle.folder / "check.py", "--expect-manifest", pinned, cwd=tmp_path)
+    assert ok.returncode == 0 and f"manifest sha256 {pinned}" in ok.stdout
+    bundle = clone(int8_7bit_bundle.folder, tmp_path / "b", copy=("manifest.json",))
+    _rewrite_manifest(bundle, lambda m: m["gates"].update(min_sqnr_db=0.0, min_top1_agreement=0.0))
+    assert run_on_device(bundle / "check.py", cwd=tmp_path).returncode == 0  # a check inside cannot vouch for itself
+    proc = run_on_device(bundle / "check.py", "--expect-manifest", pinned, cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stdout.startswith("FAIL: manifest sha256 is")
+    res = cli("verify", bundle, "--expect-manifest", pinned)
+    assert res.exit_code == 1 and "not the expected" in res.stderr
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m["gates"].update(min_sqnr_db="ten"), "gate min_sqnr_db is 'ten'"),
+    (lambda m: m["gates"].pop("atol"), "gates have no 'atol'"),
+    (lambda m: m["preprocessing"].update(std=[0.0, 1.0, 1.0]), "preprocessing std"),
+    (lambda m: m["preprocessing"].update(crop=10**9), "preprocessing crop"),
+    (lambda m: m["model"].update(file="../outside.onnx"), "not among its checksummed files"),
+    (lambda m: m["files"].update({"../outside.onnx": {"sha256": "0" * 64}}), "not a plain file name"),
+])
+def test_a_mistyped_or_escaping_manifest_is_a_broken_bundle(int8_7bit_bundle, tmp_path, change, message):
+    bundle = clone(int8_7bit_bundle.folder, tmp_path / "b", copy=("manifest.json",))
+    _rewrite_manifest(bundle, change)
+    proc = run_on_device(bundle / "check.py", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_symlinks_fifos_and_oversize_arrays_are_refused_without_hanging(int8_7bit_bundle, tmp_path):
+    outside = tmp_path / "outside.npz"
+    shutil.copyfile(int8_7bit_bundle.folder / "golden.npz", outside)
+    bundle = clone(int8_7bit_bundle.folder, tmp_path / "b")
+    (bundle / "golden.npz").unlink()
+    (bundle / "golden.npz").symlink_to(outside)
+    proc = run_on_device(bundle / "check.py", cwd=tmp_path)
+    assert proc.returncode == 2 and "golden.npz" in proc.stderr and "symlink" in proc.stderr
+    fifo = clone(int8_7bit_bundle.folder, tmp_path / "f")
+    (fifo / "manifest.json").unlink()
+    os.mkfifo(fifo / "manifest.json")
+    proc = run_on_device(fifo / "check.py", cwd=tmp_path)  # subprocess timeout: a hang fails the test
+    assert proc.returncode == 2 and "not a regular file" in proc.stderr
+    # a golden array whose header declares 4 TB: refused from the header, nothing allocated
+    big = clone(int8_7bit_bundle.folder, tmp_path / "g", copy=("manifest.json",))
+    (big / "golden.npz").unlink()
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_2_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10**6)})
+    with zipfile.ZipFile(big / "golden.npz", "w") as archive:
+        archive.writestr("images.npy", header.getvalue() + b"\0" * 64)
+    _rewrite_manifest(big, lambda m: m["files"]["golden.npz"].update(sha256=bundle_metrics.sha256_file(big / "golden.npz")))
+    proc = run_on_device(big / "check.py", cwd=tmp_path)
+    assert proc.returncode == 2 and "declares shape (1000000, 1000000)" in proc.stderr
+
+
+def test_image_mode_refuses_a_decompression_bomb_and_a_fifo(fp32_bundle, tmp_path):
+    from PIL import Image
+
+    folder, _ = fp32_bundle
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (9000, 8000)).save(bomb)  # 72 MP of zeros: a few KB on disk
+    proc = run_on_device(folder / "check.py", "--image", bomb, cwd=tmp_path)
+    assert proc.returncode == 2 and "decompression bomb" in proc.stderr and "Traceback" not in proc.stderr
+    os.mkfifo(tmp_path / "pipe.jpg")
+    proc = run_on_device(folder / "check.py", "--image", tmp_path / "pipe.jpg", cwd=tmp_path)
+    assert proc.returncode == 2 and "not a regular file" in proc.stderr
+
+
+def test_verify_bundle_applies_the_gates_it_is_given_and_refuses_the_rest(cli, int8_7bit_bundle):
+    res = cli("verify", int8_7bit_bundle.folder, "--min-sqnr", "100")
+    assert res.exit_code == 1 and "SQNR" in res.stderr
+    res = cli("verify", int8_7bit_bundle.folder, "--dataset", CALIBRATION)
+    assert res.exit_code == 2 and "--dataset does not apply to a bundle" in res.stderr

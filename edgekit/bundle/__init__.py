@@ -17,6 +17,7 @@ from edgekit.errors import BadInput, ProviderUnavailable, one_line
 # check.py and metrics.py import numpy only; provenance and runtime are imported where used, so that
 # edgekit.compare (which imports edgekit.bundle.metrics) stays light.
 BUNDLE_SCRIPTS = ("check.py", "metrics.py")
+MAX_LABELS_BYTES = 16 << 20
 
 
 def script_path(name: str) -> Path:
@@ -41,6 +42,7 @@ class BundleCheck:
     notes: list[str]
     reasons: list[str]
     golden_samples: int
+    manifest_sha256: str | None = None
 
     @classmethod
     def from_result(cls, result: dict) -> "BundleCheck":
@@ -49,6 +51,7 @@ class BundleCheck:
             passed=result["passed"], exit_code=result["exit_code"], checksums=result["checksums"], rows=result["rows"],
             gates=result["gates"], cpu=result["cpu"], session_options=result["session_options"],
             notes=result["notes"], reasons=result["reasons"], golden_samples=result["golden_samples"],
+            manifest_sha256=result.get("manifest_sha256"),
         )
 
     def as_check_result(self) -> dict:
@@ -68,7 +71,7 @@ class BundleCheck:
             "folder": str(self.folder), "model": self.model, "precision": self.precision, "passed": self.passed,
             "exit_code": self.exit_code, "checksums": self.checksums, "rows": self.rows, "gates": self.gates,
             "cpu": self.cpu, "session_options": self.session_options, "notes": self.notes, "reasons": self.reasons,
-            "golden_samples": self.golden_samples,
+            "golden_samples": self.golden_samples, "manifest_sha256": self.manifest_sha256,
         }
 
 
@@ -95,7 +98,8 @@ def _edgekit_session(path: Path, provider: str, config: dict):
         raise bundle_check.ProviderNotStarted(one_line(exc)) from None
 
 
-def check_bundle(folder: Path, providers: list[str] | None = None, apply_session_options: bool = True) -> BundleCheck:
+def check_bundle(folder: Path, providers: list[str] | None = None, apply_session_options: bool = True,
+                 expect_manifest: str | None = None, gates: dict | None = None) -> BundleCheck:
     """Run a bundle's check.py checks from edgekit: checksums, both model formats on the golden inputs on each
     provider (short names: cpu, cuda, tensorrt; default cpu), the manifest's gates, with edgekit's metric core.
 
@@ -117,14 +121,19 @@ def check_bundle(folder: Path, providers: list[str] | None = None, apply_session
     try:
         result = bundle_check.run_checks(
             folder, wanted, this_cpu_for_check(), make_session=_edgekit_session, metrics=bundle_metrics,
-            apply_session_options=apply_session_options,
+            apply_session_options=apply_session_options, expect_manifest=expect_manifest, gates=gates,
         )
     except bundle_check.BrokenBundle as exc:
         raise BadInput(f"broken bundle: {exc}") from None
+    except bundle_check.Tampered as exc:
+        from edgekit.errors import CheckFailed
+
+        raise CheckFailed(f"bundle {folder}: {exc}") from None
     return BundleCheck.from_result(result)
 
 
-def check_bundle_on_device(folder: Path, device: str, apply_session_options: bool = True) -> BundleCheck:
+def check_bundle_on_device(folder: Path, device: str, apply_session_options: bool = True,
+                           expect_manifest: str | None = None) -> BundleCheck:
     """The bundle's own check.py, run as `device` runs it (runtimes.devices: natively, or inside QEMU with the
     device's Python, numpy and onnxruntime): what the board itself would print, as a BundleCheck."""
     import json
@@ -140,6 +149,7 @@ def check_bundle_on_device(folder: Path, device: str, apply_session_options: boo
         raise BadInput(f"broken bundle: {script} is missing")
     status = ready_device(device)
     args = ["--json"] + ([] if apply_session_options else ["--no-session-options"])
+    args += ["--expect-manifest", expect_manifest] if expect_manifest else []
     spec = get_device(device)
     if spec.arch == "x86_64" and spec.qemu_cpu:  # QEMU shows an x86 guest the host's /proc/cpuinfo: state the flags
         args += ["--cpu-flags", " ".join(sorted(spec.flags))]
@@ -150,6 +160,8 @@ def check_bundle_on_device(folder: Path, device: str, apply_session_options: boo
                               text=True, timeout=1800, cwd=folder, env=env)
     except subprocess.TimeoutExpired:
         raise CheckFailed(f"check.py on the device {device} did not finish in 30 minutes") from None
+    if proc.returncode == 1 and proc.stdout.startswith("FAIL: "):  # tampered: check.py used nothing
+        raise CheckFailed(f"check.py on the device {device}: {proc.stdout.strip()[6:]}")
     if proc.returncode in (0, 1):
         try:
             result = json.loads(proc.stdout)
@@ -162,3 +174,32 @@ def check_bundle_on_device(folder: Path, device: str, apply_session_options: boo
     if proc.returncode == 2:
         raise BadInput(f"check.py on the device {device}: {why}")
     raise EnvironmentUnavailable(f"check.py on the device {device}: {why}")
+
+
+def read_labels(path: Path, classes: int | None) -> list[str]:
+    """One label per line (a trailing newline is fine); their count must be the model's class count."""
+    from edgekit.files import open_regular
+
+    path = Path(path)
+    try:
+        with open_regular(path, "labels file") as f:  # a FIFO or device is refused, never waited on
+            raw = f.read(MAX_LABELS_BYTES + 1)
+        if len(raw) > MAX_LABELS_BYTES:
+            raise BadInput(f"labels file {path} is over {MAX_LABELS_BYTES >> 20} MiB", hint="one class name per line")
+        text = raw.decode("utf-8")
+    except FileNotFoundError:
+        raise BadInput(f"labels file {path} does not exist", hint="one class name per line") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise BadInput(f"labels file {path} cannot be read: {exc}") from None
+    labels = [line.strip() for line in text.splitlines()]
+    while labels and not labels[-1]:
+        labels.pop()
+    empty = [i + 1 for i, label in enumerate(labels) if not label]
+    if empty:
+        raise BadInput(f"labels file {path}: line {empty[0]} is empty", hint="one class name per line, none empty")
+    if classes is not None and len(labels) != classes:
+        raise BadInput(
+            f"labels file {path} has {len(labels)} labels but the model has {classes} classes",
+            hint="one class name per line, in class-index order",
+        )
+    return labels

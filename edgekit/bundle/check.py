@@ -24,11 +24,13 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
-import importlib.util
 import json
 import os
 import platform
+import stat
 import sys
+import types
+import zipfile
 from pathlib import Path
 
 try:
@@ -64,52 +66,194 @@ class ProviderNotStarted(Exception):
     """A requested execution provider did not start here (exit 3)."""
 
 
+class BadImage(Exception):
+    """--image names something that is not a decodable image of a sane size (exit 2)."""
+
+
+class Tampered(Exception):
+    """A file does not match the manifest's checksum, so it is not used at all (exit 1)."""
+
+
+# Bounds on what a bundle may declare or hold, checked before anything is allocated.
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_SCRIPT_BYTES = 4 << 20
+MAX_IMAGE_BYTES = 256 << 20
+MAX_IMAGE_PIXELS = 64_000_000  # PIL refuses more (a decompression bomb) instead of decoding it
+MAX_GOLDEN_ARRAY_BYTES = 1 << 30
+MAX_GOLDEN_SAMPLES = 100_000
+_TRUSTED_METRICS: list[str] = []  # the sha256 the manifest gives metrics.py; set before it may be imported
+
+
+def read_regular(path: Path, what: str, limit: int, follow_symlinks: bool = True) -> bytes:
+    """A regular file's bytes, at most `limit` of them: a FIFO, device or socket is refused without blocking,
+    a symlink too unless `follow_symlinks`, and an oversize file before it is read (BrokenBundle)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise BrokenBundle(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise BrokenBundle(f"{what} {path} cannot be opened ({exc.strerror or exc}); a symlink is not allowed here"
+                           if not follow_symlinks else f"{what} {path} cannot be opened: {exc}") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise BrokenBundle(f"{what} {path} is not a regular file")
+        if info.st_size > limit:
+            raise BrokenBundle(f"{what} {path} is {info.st_size} bytes; at most {limit} are read")
+        os.set_blocking(fd, True)
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise BrokenBundle(f"{what} {path} grew past {limit} bytes while it was read")
+    return data
+
+
+def sha256_path(path: Path, what: str = "file") -> str:
+    """Hex sha256 of a regular file that is not a symlink (this script's own hashlib: metrics.py is not trusted yet)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise BrokenBundle(f"{what} {path} cannot be opened as a regular file, not a symlink: {exc.strerror or exc}") from None
+    digest = hashlib.sha256()
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BrokenBundle(f"{what} {path} is not a regular file")
+        os.set_blocking(fd, True)
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 @functools.lru_cache(maxsize=None)
 def _load_metrics():
-    """metrics.py: edgekit's copy when imported as edgekit.bundle.check, else the one beside this file
-    (loaded once: every checksum and image goes through it)."""
+    """metrics.py: edgekit's copy when imported as edgekit.bundle.check, else the one beside this file, imported
+    only once its bytes match the sha256 the manifest gives it (check.py hashes them itself, then runs exactly
+    the bytes it hashed)."""
     if __package__:
         from . import metrics
 
         return metrics
     here = Path(__file__).resolve().with_name("metrics.py")
-    if not here.is_file():
-        raise BrokenBundle(f"{here.name} is missing beside {Path(__file__).name}; copy the whole bundle")
-    spec = importlib.util.spec_from_file_location("edgekit_bundle_metrics", here)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    if not _TRUSTED_METRICS:
+        raise BrokenBundle("metrics.py is imported only after the manifest names its sha256")
+    data = read_regular(here, "metrics.py", MAX_SCRIPT_BYTES, follow_symlinks=False)
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != _TRUSTED_METRICS[0]:
+        raise Tampered(f"sha256 mismatch: metrics.py is {actual[:16]}..., the manifest says "
+                       f"{_TRUSTED_METRICS[0][:16]}...; it was not imported, and no model was run")
+    module = types.ModuleType("edgekit_bundle_metrics")
+    module.__file__ = str(here)
+    exec(compile(data, str(here), "exec"), module.__dict__)
     return module
+
+
+def trust_metrics(manifest: dict) -> None:
+    """Take metrics.py's sha256 from the manifest (the only source check.py has before it imports it)."""
+    entry = manifest["files"].get("metrics.py")
+    sha = entry.get("sha256") if isinstance(entry, dict) else None
+    if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+        raise BrokenBundle("the manifest gives metrics.py no sha256; copy the whole bundle")
+    _TRUSTED_METRICS[:] = [sha]
 
 
 # --- the bundle's files ------------------------------------------------------------------------
 
 
-def read_manifest(folder: Path) -> dict:
+def manifest_sha256(folder: Path) -> str:
+    """The manifest's own sha256: printed at packaging and at every check, so a user can pin it."""
+    return hashlib.sha256(read_regular(Path(folder) / MANIFEST, "manifest", MAX_MANIFEST_BYTES, False)).hexdigest()
+
+
+def read_manifest(folder: Path, expect_sha256: str | None = None) -> dict:
+    """The manifest, validated: every name it uses a plain file name listed (so checksummed) in `files`, the
+    gates and the preprocessing well-typed and in range; BrokenBundle naming what is wrong. With
+    `expect_sha256`, any other manifest is Tampered."""
     path = Path(folder) / MANIFEST
+    if not path.exists() and not path.is_symlink():
+        raise BrokenBundle(f"{path} does not exist: is {folder} an edgekit bundle?")
+    raw = read_regular(path, "manifest", MAX_MANIFEST_BYTES, follow_symlinks=False)
+    actual = hashlib.sha256(raw).hexdigest()
+    if expect_sha256 is not None and actual != expect_sha256.strip().lower():
+        raise Tampered(f"manifest sha256 is {actual}, not the expected {expect_sha256.strip().lower()}")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BrokenBundle(f"{path} does not exist: is {folder} an edgekit bundle?") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
         raise BrokenBundle(f"{path} cannot be read as JSON: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("edgekit_bundle") != BUNDLE_FORMAT:
         raise BrokenBundle(f"{path} is not an edgekit bundle manifest (format {BUNDLE_FORMAT})")
     for key in ("files", "model", "golden", "gates", "preprocessing"):
-        if key not in manifest:
-            raise BrokenBundle(f"{path} has no {key!r} entry")
+        if not isinstance(manifest.get(key), dict):
+            raise BrokenBundle(f"{path} has no {key!r} object")
+    for name, entry in manifest["files"].items():
+        _plain_name(name, "a file the manifest lists")
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            raise BrokenBundle(f"the manifest's entry for {name!r} has no sha256")
+    model = manifest["model"]
+    used = [("model.file", model.get("file")), ("golden.file", manifest["golden"].get("file"))]
+    if model.get("ort_file") is not None:
+        used.append(("model.ort_file", model.get("ort_file")))
+    used += [("model.external_data", n) for n in (model.get("external_data") or [])]
+    for key, name in used:
+        if name not in manifest["files"]:
+            raise BrokenBundle(f"the manifest's {key} {name!r} is not among its checksummed files")
+    manifest["gates"] = _checked_gates(manifest["gates"])
+    _check_preprocessing(manifest["preprocessing"])
+    manifest["_sha256"] = actual
     return manifest
+
+
+def _plain_name(name, what: str) -> str:
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise BrokenBundle(f"{what} {name!r} is not a plain file name inside the bundle")
+    return name
+
+
+def _number(value, low: float, high: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+
+
+def _checked_gates(gates: dict) -> dict:
+    """The manifest's gates: each one present, None (off) or a number in its range (same_top1: a bool)."""
+    ranges = {"atol": (0.0, 1e6), "rtol": (0.0, 1e6), "min_top1_agreement": (0.0, 1.0), "min_sqnr_db": (0.0, 1000.0)}
+    for key, (low, high) in ranges.items():
+        if key not in gates:
+            raise BrokenBundle(f"the manifest's gates have no {key!r} (null turns a gate off)")
+        if gates[key] is not None and not _number(gates[key], low, high):
+            raise BrokenBundle(f"the manifest's gate {key} is {gates[key]!r}: null or a number from {low:g} to {high:g}")
+    if not isinstance(gates.get("same_top1"), bool) and gates.get("same_top1") is not None:
+        raise BrokenBundle(f"the manifest's gate same_top1 is {gates.get('same_top1')!r}: true, false or null")
+    return gates
+
+
+def _check_preprocessing(pre: dict) -> None:
+    def bad(key: str, want: str):
+        raise BrokenBundle(f"the manifest's preprocessing {key} is {pre.get(key)!r}: {want}")
+
+    if not (isinstance(pre.get("crop"), int) and 1 <= pre["crop"] <= 8192):
+        bad("crop", "an integer from 1 to 8192")
+    if pre.get("resize") is not None and not (isinstance(pre["resize"], int) and pre["crop"] <= pre["resize"] <= 16384):
+        bad("resize", "null or an integer from crop to 16384")
+    if pre.get("interpolation") not in ("bilinear", "bicubic", "nearest"):
+        bad("interpolation", "bilinear, bicubic or nearest")
+    if pre.get("channels") not in ("rgb", "bgr", "gray"):
+        bad("channels", "rgb, bgr or gray")
+    if pre.get("input_channels", 3) not in (1, 3):
+        bad("input_channels", "1 or 3")
+    for key, low in (("mean", -1e3), ("std", 1e-12)):
+        values = pre.get(key)
+        if not (isinstance(values, list) and len(values) in (1, 3) and all(_number(v, low, 1e3) for v in values)):
+            bad(key, "a list of 1 or 3 finite numbers" + (" above 0" if key == "std" else ""))
 
 
 def verify_checksums(folder: Path, manifest: dict) -> list[dict]:
     """One entry per file the manifest lists: ok, or why not. A listed file that is absent is a broken bundle."""
     rows = []
     for name, entry in sorted(manifest["files"].items()):
-        path = Path(folder) / name
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise BrokenBundle(f"the manifest lists {name!r}, which lies outside the bundle")
-        if not path.is_file():
+        path = Path(folder) / _plain_name(name, "a file the manifest lists")
+        if not path.exists() and not path.is_symlink():
             raise BrokenBundle(f"{name} is listed in the manifest but missing from {folder}")
-        actual = _load_metrics().sha256_file(path)
+        actual = sha256_path(path, name)
         expected = str(entry.get("sha256", ""))
         ok = actual == expected
         rows.append({
@@ -232,20 +376,42 @@ def load_golden(folder: Path, manifest: dict) -> dict:
     """{'inputs': float32 (N, C, H, W), 'outputs': the PyTorch reference, 'ort_outputs': this file on the
     packaging machine, 'names': the photos}."""
     golden = manifest["golden"]
-    path = Path(folder) / golden["file"]
+    path = Path(folder) / _plain_name(golden["file"], "the golden data")
     pre = manifest["preprocessing"]
+    _check_npz_sizes(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             images = data["images"]
             outputs = data["outputs"]
             ort_outputs = data["ort_outputs"] if "ort_outputs" in data.files else None
             names = [str(n) for n in data["names"]] if "names" in data.files else []
-    except (OSError, ValueError, KeyError, EOFError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise BrokenBundle(f"{path} cannot be read as the golden data: {exc}") from None
     if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(outputs):
         raise BrokenBundle(f"{path}: images must be uint8 (N, C, H, W), one per output row; got {images.dtype} {images.shape}")
     return {"inputs": normalize(images, pre["mean"], pre["std"]), "outputs": outputs, "ort_outputs": ort_outputs,
             "names": names}
+
+
+def _check_npz_sizes(path: Path) -> None:
+    """Every array's declared shape and dtype, read from its .npy header, bounded before any array is loaded."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                with archive.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    shape, _fortran, dtype = reader(f)
+                if dtype.hasobject:
+                    raise BrokenBundle(f"{path}: {info.filename} holds Python objects; golden data is numbers only")
+                count = 1
+                for dim in shape:
+                    count *= int(dim)
+                if count * max(1, dtype.itemsize) > MAX_GOLDEN_ARRAY_BYTES or (shape and shape[0] > MAX_GOLDEN_SAMPLES):
+                    raise BrokenBundle(f"{path}: {info.filename} declares shape {tuple(shape)} of {dtype}: over the "
+                                       f"{MAX_GOLDEN_ARRAY_BYTES >> 20} MiB / {MAX_GOLDEN_SAMPLES} samples a bundle may hold")
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise BrokenBundle(f"{path} cannot be read as the golden data: {exc}") from None
 
 
 # --- running the model ------------------------------------------------------------------------
@@ -330,17 +496,19 @@ def model_files(manifest: dict) -> list[tuple[str, str]]:
 
 
 def run_checks(folder, providers=None, cpu: dict | None = None, make_session=None, metrics=None,
-               apply_session_options: bool = True) -> dict:
+               apply_session_options: bool = True, expect_manifest: str | None = None, gates: dict | None = None) -> dict:
     """Every check of the bundle in `folder`, as one dict (see `exit_code`, `passed`, `rows`).
 
     `make_session(path, provider, config)` creates the sessions (default: plain onnxruntime; edgekit passes
     its own); `metrics` is the metric module (default: metrics.py beside this file, or edgekit's)."""
     folder = Path(folder)
-    metrics = metrics or _load_metrics()
     make_session = make_session or ort_session
     providers = providers or [PROVIDERS["cpu"]]
-    manifest = read_manifest(folder)
+    manifest = read_manifest(folder, expect_manifest)
     checksums = verify_checksums(folder, manifest)
+    if metrics is None:  # the bundle's metrics.py: imported only if its bytes match the manifest's sha256
+        trust_metrics(manifest)
+        metrics = _load_metrics()
     golden = load_golden(folder, manifest)
     cpu = cpu or cpu_facts()
     config, notes = session_options_for(manifest, cpu) if apply_session_options else ({}, [])
@@ -353,7 +521,10 @@ def run_checks(folder, providers=None, cpu: dict | None = None, make_session=Non
         notes.append(f"no .ort in this bundle: {left_out}")
     if not apply_session_options and manifest.get("session_options"):
         notes.append("--no-session-options: ORT's defaults, whatever the manifest says this CPU needs")
-    gates = {key: manifest["gates"].get(key) for key in metrics.GATE_KEYS}
+    overrides = gates or {}
+    gates = {key: overrides.get(key, manifest["gates"].get(key)) for key in metrics.GATE_KEYS}
+    if overrides:
+        notes.append("gates given on the command line: " + ", ".join(f"{k} {v}" for k, v in overrides.items()))
     inputs, reference = golden["inputs"], golden["outputs"]
     rows = []
     for provider in providers:
@@ -411,7 +582,8 @@ def run_checks(folder, providers=None, cpu: dict | None = None, make_session=Non
     unavailable = any(r["status"] == "UNAVAILABLE" for r in rows)
     exit_code = EXIT_FAILED if failed else EXIT_UNAVAILABLE if unavailable else EXIT_OK
     return {
-        "bundle": str(folder), "model": manifest["model"].get("name"), "precision": manifest.get("precision"),
+        "bundle": str(folder), "manifest_sha256": manifest["_sha256"], "model": manifest["model"].get("name"),
+        "precision": manifest.get("precision"),
         "gates": gates, "checksums": checksums, "cpu": cpu, "session_options": config, "notes": notes, "rows": rows,
         "golden_samples": int(len(inputs)), "passed": exit_code == EXIT_OK, "exit_code": exit_code,
         "reasons": [c["reason"] for c in bad_sums]
@@ -424,22 +596,43 @@ def run_checks(folder, providers=None, cpu: dict | None = None, make_session=Non
 
 
 def classify_image(folder, image_path, provider: str | None = None, fmt: str = "onnx", cpu: dict | None = None,
-                   make_session=None, apply_session_options: bool = True) -> dict:
-    """One image through the manifest's preprocessing and the model: its top-5 (with labels when present)."""
+                   make_session=None, apply_session_options: bool = True, expect_manifest: str | None = None) -> dict:
+    """One image through the manifest's preprocessing and the model: its top-5 (with labels when present).
+    The bundle's files are checked against the manifest first: a tampered one is not used."""
     try:
         from PIL import Image
     except ImportError:
         raise ImportError("--image needs Pillow: pip install pillow") from None
+    import io
+    import warnings
+
     folder = Path(folder)
-    manifest = read_manifest(folder)
+    manifest = read_manifest(folder, expect_manifest)
+    bad = [c["reason"] for c in verify_checksums(folder, manifest) if not c["ok"]]
+    if bad:
+        raise Tampered("; ".join(bad))
+    if not __package__:
+        trust_metrics(manifest)
     pre = manifest["preprocessing"]
     files = dict(model_files(manifest))
     if fmt not in files:
         raise BrokenBundle(f"the bundle has no {fmt} model")
     config, notes = session_options_for(manifest, cpu or cpu_facts()) if apply_session_options else ({}, [])
-    with Image.open(image_path) as image:
-        image.load()
-        pixels = crop_uint8(image, pre)
+    try:
+        data = read_regular(Path(image_path), "image", MAX_IMAGE_BYTES)
+    except BrokenBundle as exc:  # the photo is the user's input, not the bundle's
+        raise BadImage(str(exc)) from None
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                pixels = crop_uint8(image, pre)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImage(f"{image_path} is a decompression bomb ({exc})") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise BadImage(f"{image_path} cannot be decoded as an image: {exc}") from None
     tensor = normalize(pixels[None], pre["mean"], pre["std"])
     session = (make_session or ort_session)(folder / files[fmt], provider or PROVIDERS["cpu"], config)
     logits = run_model(session, tensor, batch_sizes(session, 1)[0])[0].astype(np.float64).ravel()
@@ -469,7 +662,8 @@ def _num(value, spec: str) -> str:
 
 def format_report(result: dict) -> str:
     lines = [f"bundle {result['bundle']}: {result['model']} ({result['precision']}), "
-             f"{result['golden_samples']} golden inputs, reference PyTorch fp32"]
+             f"{result['golden_samples']} golden inputs, reference PyTorch fp32",
+             f"manifest sha256 {result.get('manifest_sha256')} (pin it: --expect-manifest)"]
     cpu = result["cpu"]
     lines.append(f"cpu: {cpu.get('model')} ({cpu.get('machine')}{', flags faked' if cpu.get('faked') else ''})")
     gates = ", ".join(f"{k} {v}" for k, v in result["gates"].items() if v not in (None, False))
@@ -542,17 +736,27 @@ def main(argv=None) -> int:
     parser.add_argument("--no-session-options", action="store_true", help="ORT's defaults, not what the manifest says this CPU needs")
     parser.add_argument("--cpu-flags", default=None, help="pretend this CPU has only these flags (space or comma separated)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--expect-manifest", default=None, metavar="SHA256",
+                        help="fail unless manifest.json has this sha256 (printed when the bundle was made): a check "
+                        "shipped inside a bundle cannot vouch for the bundle's own manifest")
     args = parser.parse_args(argv)
     try:
         cpu = cpu_facts(flags=args.cpu_flags)
         if args.image is not None:
             providers = parse_providers(args.providers)
             result = classify_image(args.bundle, args.image, providers[0], args.format, cpu,
-                                    apply_session_options=not args.no_session_options)
+                                    apply_session_options=not args.no_session_options,
+                                    expect_manifest=args.expect_manifest)
             print(_json(result) if args.json else format_image(result))
             return EXIT_OK
         result = run_checks(args.bundle, parse_providers(args.providers), cpu,
-                            apply_session_options=not args.no_session_options)
+                            apply_session_options=not args.no_session_options, expect_manifest=args.expect_manifest)
+    except Tampered as exc:
+        print(f"FAIL: {exc}")
+        return EXIT_FAILED
+    except BadImage as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BROKEN
     except BrokenBundle as exc:
         print(f"error: broken bundle: {exc}", file=sys.stderr)
         return EXIT_BROKEN

@@ -140,8 +140,11 @@ def handle_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        from edgekit.artifact import command_inputs
+
         try:
-            return func(*args, **kwargs)
+            with command_inputs():  # this command's outputs never land on its inputs
+                return func(*args, **kwargs)
         except EdgekitError as exc:
             if os.environ.get("EDGEKIT_DEBUG") == "1":
                 raise

@@ -45,7 +45,14 @@ def bench_command(
     json_output: options.Json = False,
 ) -> None:
     """Latency (p50/p90/mean), throughput, size and memory side by side, against this machine's sgemm peak."""
+    from edgekit.artifact import refuse_if_input, register_input
     from edgekit.bench import bench
+
+    for path in files:  # the outputs are refused now, before any timing, if one would land on a model
+        register_input(path, "input model")
+    for out, what in ((report, "--report"), (plot, "--plot")):
+        if out is not None:
+            refuse_if_input(out, what)
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:

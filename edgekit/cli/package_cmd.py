@@ -54,6 +54,8 @@ class _nothing:
 
 def render_package(result) -> None:
     console.print(f"[bold green]wrote[/] {escape(str(result.folder))}/  ({result.precision}, from {escape(str(result.source))})")
+    console.print(f"manifest sha256 {result.manifest_sha256}  (pin it: python check.py --expect-manifest SHA, or "
+                  "edgekit verify BUNDLE/ --expect-manifest SHA; a check inside the bundle cannot vouch for itself)")
     for note in result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
     table = Table(title="bundle contents", title_justify="left")

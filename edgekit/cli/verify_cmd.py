@@ -70,6 +70,9 @@ def verify_command(
         Path | None, typer.Option("--report", help="write all numbers to FILE.json and a summary to FILE.md", dir_okay=False)
     ] = None,
     device: options.Device = None,
+    expect_manifest: Annotated[
+        str | None, typer.Option("--expect-manifest", help="a bundle: fail unless its manifest.json has this sha256")
+    ] = None,
     json_output: options.Json = False,
 ) -> None:
     """Run MODEL_FILE on each ONNX Runtime execution provider and compare it with the PyTorch model it came from.
@@ -78,8 +81,23 @@ def verify_command(
     on the golden inputs, the gates) run as check.py runs them on the device."""
     from edgekit.errors import CheckFailed
 
-    if model_file.is_dir() and (model_file / "manifest.json").is_file():
-        _verify_bundle(model_file, providers, report, json_output, device)
+    if model_file.is_dir() and (model_file / "manifest.json").exists():
+        from edgekit.errors import BadInput
+
+        # a bundle is checked with its golden data and its manifest's gates (tightened or loosened by the gate
+        # options); every other option would be silently dropped, so it is refused
+        given = {"--allow-fallback": allow_fallback, "--images": images, "--inputs": inputs,
+                 "--random-inputs": random_inputs != DEFAULT_RANDOM_INPUTS, "--seed": seed != 0, "--model": model,
+                 "--weights": weights, "--pretrained": pretrained, "--dataset": dataset, "--max-drop": max_drop,
+                 "--samples": samples, "--target": target, "--layers": layers, "--parent": parent, "--plot": plot,
+                 "--runtimes": runtimes}
+        refused = [name for name, value in given.items() if value not in (None, False)]
+        if refused:
+            raise BadInput(f"{', '.join(refused)} does not apply to a bundle ({model_file} is checked with its own "
+                           "golden data and gates)", hint="verify the .onnx inside it for that")
+        gates = {"atol": atol, "rtol": rtol, "min_top1_agreement": min_top1_agreement, "min_sqnr_db": min_sqnr}
+        _verify_bundle(model_file, providers, report, json_output, device, expect_manifest,
+                       {k: v for k, v in gates.items() if v is not None})
         return
     from edgekit.verify.report import (
         comparison_table,
@@ -92,8 +110,16 @@ def verify_command(
     )
     from edgekit.verify import verify
 
+    from edgekit.artifact import refuse_if_input, register_input
+
+    register_input(model_file, "input model")
+    if parent is not None:
+        register_input(parent, "fp32 parent")
     if report is not None:
-        report_paths(report)  # an unwritable report path fails now, not after the work
+        for out in report_paths(report):  # an unwritable report path, or one on an input, fails now
+            refuse_if_input(out, "--report")
+    if plot is not None:
+        refuse_if_input(plot, "--plot")
     with err_console.status("verifying") as status:
         result = verify(
             model_file,
@@ -159,7 +185,7 @@ def verify_command(
 
 
 def _verify_bundle(folder: Path, providers: str | None, report: Path | None, json_output: bool,
-                   device: str | None = None) -> None:
+                   device: str | None = None, expect_manifest: str | None = None, gates: dict | None = None) -> None:
     """`edgekit verify BUNDLE/`: check.py's checks, run by edgekit, with the same table; with --device, the
     bundle's own check.py run inside that (emulated) device, as the board runs it."""
     from edgekit.bundle import check_bundle, check_bundle_on_device
@@ -169,9 +195,12 @@ def _verify_bundle(folder: Path, providers: str | None, report: Path | None, jso
     if device not in (None, "host"):
         if providers is not None and parse_providers(providers) != ["cpu"]:
             raise BadInput(f"--device {device} runs check.py on the CPU provider only; drop --providers")
-        result = check_bundle_on_device(folder, device)
+        if gates:
+            raise BadInput(f"--device {device} runs the bundle's own check.py with its manifest's gates; drop "
+                           f"{', '.join('--' + k.replace('_', '-') for k in gates)}")
+        result = check_bundle_on_device(folder, device, expect_manifest=expect_manifest)
     else:
-        result = check_bundle(folder, parse_providers(providers))
+        result = check_bundle(folder, parse_providers(providers), expect_manifest=expect_manifest, gates=gates)
     if report is not None:
         from edgekit.cli.app import write_json_report
 

@@ -204,6 +204,11 @@ def _quantize_staged(
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     notes: list[str] = []
+    # A graph ONNX Runtime cannot run (an operator it does not know) is the user's input: say so in one line
+    # now, before ORT's pre-processing prints its traceback and fails with a misleading one.
+    from edgekit.runtime import create_session
+
+    create_session(model_path, "cpu", optimization="none")
     stage("calibration set")
     calib = build_calibration_set(
         Path(calibration) if calibration is not None else DEFAULT_CALIBRATION_DIR,

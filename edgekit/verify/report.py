@@ -253,7 +253,9 @@ def to_markdown(report: Report) -> str:
 
 def report_paths(path: Path) -> tuple[Path, Path]:
     """(FILE.json, FILE.md) for --report FILE.json; an unusable path is BadInput before any work is done."""
-    path = Path(path)
+    from edgekit.files import check_name_lengths
+
+    path = check_name_lengths(Path(path), "--report")
     if path.suffix.lower() != ".json":
         raise BadInput(f"--report {path} does not end in .json", hint="name a .json file; the .md goes beside it")
     if path.is_dir():
@@ -261,7 +263,7 @@ def report_paths(path: Path) -> tuple[Path, Path]:
     parent = path.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".tmp", dir=parent)
         os.close(fd)
         os.remove(probe)
     except OSError as exc:
