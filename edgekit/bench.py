@@ -15,7 +15,6 @@ import numpy as np
 from edgekit.errors import BadInput, ProviderUnavailable
 
 
-NO_SPIN = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
 
 
 @dataclass
@@ -221,7 +220,7 @@ def _onnx_candidates(
     file that this CPU's default kernels can saturate is timed a second time with exact accumulation
     (session.x64quantprecision=1), so the cost of the safe option is measured, not assumed."""
     from edgekit.provenance import this_cpu
-    from edgekit.runtime import create_session, cuda_device_available
+    from edgekit.runtime import NO_SPIN, create_session, cuda_device_available
     from edgekit.targets import exact_session_for, kernels_label, merge_session_configs, saturates_on, session_config_for
 
     file_config = session_config_for(recipe)

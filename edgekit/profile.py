@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import BadInput, CheckFailed, one_line
+from edgekit.runtime import NO_SPIN
+from edgekit.targets import merge_session_configs
 
 # Kernels that compute in 8-bit integers (the point of a quantized file).
 INT8_OPS = frozenset({
@@ -315,8 +317,6 @@ def summarise_trace(events: list[dict], *, path: str = "", skip_runs: int = 1, t
                    statistic=statistic)
 
 
-# as edgekit's bench times: an idle pool that spins steals the cores from the next session
-NO_SPIN = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
 
 
 def profile_file(path, x: np.ndarray, *, threads: int | None = 2, runs: int = 20,
@@ -335,7 +335,7 @@ def profile_file(path, x: np.ndarray, *, threads: int | None = 2, runs: int = 20
         raise BadInput(f"runs must be >= 1, got {runs}")
     if not path.is_file():
         raise BadInput(f"no such file: {path}")
-    config = {**NO_SPIN, **(file_session_config(path) if session_config is None else session_config)}
+    config = merge_session_configs(NO_SPIN, file_session_config(path) if session_config is None else session_config)
     session = create_session(path, "cpu", threads=threads, session_config=config, enable_profiling=True)
     events = None
     try:
@@ -372,7 +372,7 @@ def profile_files(paths, x: np.ndarray, *, threads: int | None = 2, runs: int = 
     try:
         configs = {}
         for p in paths:
-            configs[str(p)] = {**NO_SPIN, **(file_session_config(p) if session_config is None else session_config)}
+            configs[str(p)] = merge_session_configs(NO_SPIN, file_session_config(p) if session_config is None else session_config)
             sessions.append(create_session(p, "cpu", threads=threads, session_config=configs[str(p)],
                                            enable_profiling=True))
         feeds = [{s.input_name: np.ascontiguousarray(x)} for s in sessions]
@@ -410,7 +410,7 @@ def _end_profiling(session) -> list[dict] | None:
     """End the session's profiling; the trace's events (its file deleted)."""
     # runtime.Session keeps the trace handling (temp prefix, deletion, atexit) in one place
     try:
-        return session._end_profiling(read=True)
+        return session.profile_events() or None
     except Exception as exc:  # pragma: no cover - ORT failing to write its own trace
         raise CheckFailed(f"could not read ONNX Runtime's profile: {one_line(exc, 200)}") from exc
 

@@ -30,6 +30,9 @@ PROVIDERS = {
 }
 
 
+# For timing: an idle ORT thread pool that spins steals the cores from the session timed next (field-notes).
+NO_SPIN = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
+
 PROFILE_PREFIX = "edgekit-profile-"
 STALE_PROFILE_SECONDS = 3600
 # Sessions still recording a profile: ended (and their traces deleted) at interpreter exit, before
@@ -100,6 +103,11 @@ class Session:
         runs so far; ends profiling and deletes the trace. Empty when the session was not profiled."""
         events = self._end_profiling(read=True)
         return placement_from_trace(events) if events else {}
+
+    def profile_events(self) -> list[dict]:
+        """The trace of the runs so far, as ORT's events; ends profiling and deletes the trace ([] when the session
+        was not profiled or ORT wrote nothing)."""
+        return self._end_profiling(read=True) or []
 
     def discard_profile(self) -> None:
         """End profiling without reading the trace (ORT would write it when the session is freed)."""
