@@ -155,3 +155,11 @@ def check_name_lengths(path: Path, what: str = "path") -> Path:
             raise BadInput(f"{what} name {shown_path(part[:40])}... is {size} bytes; a file name can have at most {NAME_MAX}",
                            hint="choose a shorter name")
     return Path(path)
+
+
+CACHE_DIR_ENV = "EDGEKIT_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """edgekit's cache (EDGEKIT_CACHE_DIR, default ~/.cache/edgekit): decoded images, model facts."""
+    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "edgekit")

@@ -193,7 +193,9 @@ def pick_samples(files: list[Path], samples: int | None, seed: int = 0) -> list[
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "edgekit")
+    from edgekit.files import cache_dir
+
+    return cache_dir()
 
 
 def _content_key(files: list[Path], preprocessing: Preprocessing) -> str:

@@ -32,3 +32,20 @@ def test_summary_is_the_torchinfo_table(cli):
 def test_summary_unknown_model(cli):
     res = cli("summary", "resnet19")
     assert res.exit_code == 2 and "did you mean resnet18" in res.stderr
+
+
+def test_model_facts_are_measured_once_and_cached_by_what_they_depend_on(tmp_path, monkeypatch):
+    # `edgekit models` in under a second after the first run: the cache holds exactly what a fresh measurement
+    # gives, is keyed by torch/torchvision and the model sources, and a damaged one is measured again
+    import edgekit.zoo as zoo
+
+    monkeypatch.setenv("EDGEKIT_CACHE_DIR", str(tmp_path))
+    fresh = zoo.describe_models()
+    (cache,) = tmp_path.glob("model-facts-*.json")
+    assert zoo._facts_key() in cache.name
+    monkeypatch.setattr(zoo, "measure_models", lambda: (_ for _ in ()).throw(AssertionError("measured again")))
+    assert zoo.describe_models() == fresh
+    cache.write_text("{not json")
+    monkeypatch.undo()
+    monkeypatch.setenv("EDGEKIT_CACHE_DIR", str(tmp_path))
+    assert zoo.describe_models() == fresh and cache.read_text().startswith("[")
