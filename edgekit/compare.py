@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from edgekit.bundle import metrics as _metrics
+from edgekit.ondevice import metrics as _metrics
 from edgekit.errors import BadInput, CheckFailed
 
 
@@ -91,7 +91,7 @@ class OutputMetrics:
 
 
 def compare_outputs(reference: np.ndarray, candidate: np.ndarray, name: str, tol: Tolerance) -> OutputMetrics:
-    """All metrics for one output, and which gates of `tol` it fails (the math: edgekit.bundle.metrics,
+    """All metrics for one output, and which gates of `tol` it fails (the math: edgekit.ondevice.metrics,
     the same file every bundle's check.py runs on the device)."""
     ref = np.asarray(reference)
     cand = np.asarray(candidate)

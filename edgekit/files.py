@@ -8,7 +8,7 @@ import os
 import stat
 from pathlib import Path
 
-from edgekit.bundle.metrics import sha256_file  # noqa: F401  (one implementation, shared with the device check)
+from edgekit.ondevice.metrics import sha256_file  # noqa: F401  (one implementation, shared with the device check)
 from edgekit.errors import BadInput
 
 _LFS_POINTER = b"version https://git-lfs"

@@ -26,8 +26,9 @@ from edgekit.artifact import EXPORTS_DIR, commit_folder, load_onnx, read_metadat
 from edgekit.openvino_runtime import openvino_golden_check
 from edgekit.ort_tools import ORT_OPTIMIZATION_STYLE, convert_to_ort, mobile_usability, ort_left_out_because
 from edgekit.ort_tools import portable_ops_config
-from edgekit.bundle import BUNDLE_SCRIPTS, BundleCheck, check_bundle, read_labels, script_path, this_cpu_for_check
-from edgekit.bundle import check as bundle_check
+from edgekit.bundle import BundleCheck, check_bundle, read_labels, this_cpu_for_check
+from edgekit.ondevice import BUNDLE_SCRIPTS, script_path
+from edgekit.ondevice import check as bundle_check
 from edgekit.images import DEFAULT_CALIBRATION_DIR, pick_samples, scan_folder
 from edgekit.compare import resolve_tolerance, trained_defaults
 from edgekit.errors import BadInput, CheckFailed, EnvironmentUnavailable, one_line

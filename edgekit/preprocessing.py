@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.bundle.metrics import to_rgb  # noqa: F401  (one implementation, shared with the device check)
+from edgekit.ondevice.metrics import to_rgb  # noqa: F401  (one implementation, shared with the device check)
 from edgekit.errors import BadInput
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

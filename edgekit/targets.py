@@ -40,7 +40,7 @@ X86_WITHOUT_VNNI = "x86 without VNNI"
 
 def merge_session_configs(*configs: dict[str, str] | None) -> dict[str, str]:
     """Session config entries of several rules as one (ORT's list-valued entries joined with ';')."""
-    from edgekit.bundle.check import merge_session_config
+    from edgekit.ondevice.check import merge_session_config
 
     merged: dict[str, str] = {}
     for config in configs:

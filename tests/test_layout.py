@@ -97,8 +97,22 @@ def test_modules_stay_small():
     # bundle/check.py is copied alone onto the device and carries its own CLI; layers.py wraps ORT's debugger;
     # profile.py parses, compares and plots ORT traces
     # (check.py also verifies every file the manifest names before it trusts it: it cannot import edgekit's checks)
-    allowed = {"edgekit.bundle.check": 800, "edgekit.layers": 800, "edgekit.profile": 550}
+    allowed = {"edgekit.ondevice.check": 800, "edgekit.layers": 800, "edgekit.profile": 550}
     large = {
         m: n for m, p in _modules().items() if (n := len(p.read_text().splitlines())) > allowed.get(m, 500)
     }
     assert not large, large
+
+
+def test_device_side_files_import_nothing_from_edgekit():
+    # edgekit/ondevice/ is what runs on the device (bundles' check.py and metrics.py, the emulated ORT worker):
+    # numpy and onnxruntime only; check.py's one relative import (metrics, when edgekit itself loads it) aside
+    folder = PACKAGE / "ondevice"
+    for path in folder.glob("*.py"):
+        imports = {m for m in _imports(path) if not m.startswith("edgekit.ondevice")}
+        assert not imports, f"{path.name} imports {sorted(imports)}"
+        tree = ast.parse(path.read_text())
+        third_party = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        third_party |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+        assert third_party <= {"numpy", "onnxruntime", "PIL", "__future__", *__import__("sys").stdlib_module_names}, (
+            path.name, third_party)

@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 import pytest
 
-from edgekit.bundle import metrics as bundle_metrics
-from edgekit.bundle import script_path
+from edgekit.ondevice import metrics as bundle_metrics
+from edgekit.ondevice import script_path
 from edgekit.compare import DEFAULT_TOLERANCES, compare_outputs
 from edgekit.errors import BadInput, CheckFailed
 from tests.conftest import CALIBRATION, files_in

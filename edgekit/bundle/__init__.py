@@ -15,14 +15,8 @@ from pathlib import Path
 from edgekit.errors import BadInput, ProviderUnavailable, one_line
 
 # check.py and metrics.py import numpy only; provenance and runtime are imported where used, so that
-# edgekit.compare (which imports edgekit.bundle.metrics) stays light.
-BUNDLE_SCRIPTS = ("check.py", "metrics.py")
+# edgekit.compare (which imports edgekit.ondevice.metrics) stays light.
 MAX_LABELS_BYTES = 16 << 20
-
-
-def script_path(name: str) -> Path:
-    """The source of a file copied into every bundle."""
-    return Path(__file__).resolve().parent / name
 
 
 @dataclass
@@ -62,7 +56,7 @@ class BundleCheck:
 
     def describe(self) -> str:
         """check.py's own table."""
-        from edgekit.bundle import check as bundle_check
+        from edgekit.ondevice import check as bundle_check
 
         return bundle_check.format_report(self.as_check_result())
 
@@ -86,7 +80,7 @@ def this_cpu_for_check() -> dict:
 
 def _edgekit_session(path: Path, provider: str, config: dict):
     """check.py's session factory, made with edgekit's create_session (no silent provider fallback)."""
-    from edgekit.bundle import check as bundle_check
+    from edgekit.ondevice import check as bundle_check
     from edgekit.runtime import PROVIDERS, create_session
 
     short = next((k for k, v in PROVIDERS.items() if v == provider), None)
@@ -105,8 +99,8 @@ def check_bundle(folder: Path, providers: list[str] | None = None, apply_session
 
     A broken bundle (no manifest, a listed file missing, unreadable golden data) is BadInput (exit 2); a failed
     check is returned (passed False, exit_code 1), not raised: the caller decides."""
-    from edgekit.bundle import check as bundle_check
-    from edgekit.bundle import metrics as bundle_metrics
+    from edgekit.ondevice import check as bundle_check
+    from edgekit.ondevice import metrics as bundle_metrics
     from edgekit.runtime import PROVIDERS
 
     folder = Path(folder)

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import CheckFailed, EnvironmentUnavailable, one_line
+from edgekit.ondevice import script_path
 from edgekit.runtimes.devices import DeviceStatus
 
-WORKER = Path(__file__).resolve().with_name("ort_worker.py")
+WORKER = script_path("ort_worker.py")
 START_TIMEOUT_S = 600  # an emulated CPU initialises a large graph slowly; a hung emulator must still end
 
 
@@ -90,7 +91,7 @@ class EmulatedSession:
         return ""
 
     def run(self, output_names, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        from edgekit.runtimes.ort_worker import npy_bytes, read_npy
+        from edgekit.ondevice.ort_worker import npy_bytes, read_npy
 
         arrays = [npy_bytes(a) for a in feeds.values()]
         with self._lock:

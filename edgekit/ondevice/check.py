@@ -16,7 +16,7 @@ Exit codes: 0 every check passed; 1 a check failed (checksum, gate, a model that
 2 the bundle is broken (no manifest, a listed file missing, unreadable golden data) or bad usage;
 3 a requested execution provider or library is not available here.
 
-This file is part of edgekit (edgekit/bundle/check.py) and copied verbatim into every bundle.
+This file is part of edgekit (edgekit/ondevice/check.py) and copied verbatim into every bundle.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def sha256_path(path: Path, what: str = "file") -> str:
 
 @functools.lru_cache(maxsize=None)
 def _load_metrics():
-    """metrics.py: edgekit's copy when imported as edgekit.bundle.check, else the one beside this file, imported
+    """metrics.py: edgekit's copy when imported as edgekit.ondevice.check, else the one beside this file, imported
     only once its bytes match the sha256 the manifest gives it (check.py hashes them itself, then runs exactly
     the bytes it hashed)."""
     if __package__:
