@@ -122,6 +122,23 @@ def load_onnx(path: Path, *, check: bool = True):
     return model
 
 
+def load_work_file(path: Path, *, external_data: bool = True):
+    """An ONNX file edgekit itself just wrote into its work folder (pre-processed, quantized, ORT-optimised):
+    parsed without the user-input validation of load_onnx, which already ran on the file it came from."""
+    import onnx
+
+    return onnx.load(str(path), load_external_data=external_data)
+
+
+def model_files(path: Path) -> list[Path]:
+    """An .onnx file and every external data file it names (validated by load_onnx before this is asked)."""
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    proto = load_work_file(path, external_data=False)
+    locations = sorted({ExternalDataInfo(t).location for t in _get_all_tensors(proto) if uses_external_data(t)})
+    return [Path(path), *(Path(path).parent / loc for loc in locations)]
+
+
 def check_signature(model, where: Path | str) -> None:
     """The graph is one edgekit handles, and its edgekit metadata (if any) is valid and describes it.
 

@@ -173,14 +173,12 @@ def _file_candidates(
     explicit: bool, spin: bool,
 ):
     """The candidates of one file: each ORT provider, then OpenVINO, all fed the same seeded input."""
-    from edgekit.artifact import artifact_bytes, load_onnx, read_metadata
-    from edgekit.graph import input_spec, precision_of
+    from edgekit.artifact import artifact_bytes
+    from edgekit.onnxfile import OnnxFile
 
-    model = load_onnx(path)  # validated once (external data inside its folder, checker) for every runtime
-    meta = read_metadata(model)
-    spec = input_spec(model, path)
-    precision = precision_of(model, meta)
-    del model
+    source = OnnxFile.open(path)  # validated once (external data inside its folder, checker) for every runtime
+    meta, spec, precision = source.metadata, source.spec, source.precision
+    del source
     if spec.batch and spec.batch != batch:
         raise BadInput(f"{path} has a static batch of {spec.batch}; --batch {batch} cannot run it", hint=f"use --batch {spec.batch}")
     if any(d is None for d in spec.chw):

@@ -162,6 +162,25 @@ def check_gate_options(
         raise BadInput(f"--min-sqnr must be >= 0 dB, got {min_sqnr:g}", hint="a negative gate would turn the check off")
 
 
+TRAINED_WEIGHTS = ("file", "pretrained")  # the metadata's weights.kind of a model whose weights were trained
+
+
+def weights_are_trained(weights: dict | None) -> bool:
+    """A file's weights came from training (a weights file or pretrained), not from a seeded random init."""
+    return isinstance(weights, dict) and weights.get("kind") in TRAINED_WEIGHTS
+
+
+def gates_for(precision: str, trained: bool, atol: float | None = None, rtol: float | None = None,
+              min_top1_agreement: float | None = None, min_sqnr: float | None = None) -> tuple[Tolerance, str]:
+    """The gates a file of `precision` is held to, and a line saying where they come from: the one place where
+    trained weights mean stricter int8 gates (trained_defaults), with the user's overrides on top."""
+    tolerance, source = resolve_tolerance(precision, atol, rtol, min_top1_agreement, min_sqnr,
+                                          defaults=trained_defaults() if trained else None)
+    if trained:
+        source = source.replace("defaults", "defaults for trained weights", 1)
+    return tolerance, source
+
+
 def resolve_tolerance(
     precision: str,
     atol: float | None = None,

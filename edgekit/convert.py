@@ -15,8 +15,6 @@ import numpy as np
 from edgekit.artifact import (
     artifact_bytes,
     derived_output,
-    load_onnx,
-    read_metadata,
     resolve_output,
     sha256_file,
     stage_output,
@@ -27,6 +25,7 @@ from edgekit.compare import OutputMetrics, Tolerance, compare_outputs, resolve_t
 from edgekit.errors import BadInput, CheckFailed, EnvironmentUnavailable, one_line
 from edgekit.graph import detect_precision, input_spec, is_quantized
 from edgekit.preprocessing import Preprocessing
+from edgekit.onnxfile import OnnxFile
 from edgekit.provenance import library_versions
 from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count
 
@@ -189,15 +188,6 @@ def clamp_counts(model, min_positive: float = FP16_MIN_POSITIVE, max_finite: flo
     return {"tiny": tiny, "huge": huge}
 
 
-def _preprocessing(model, meta: dict | None, path: Path) -> Preprocessing:
-    if meta and "preprocessing" in meta:
-        return Preprocessing.from_dict(meta["preprocessing"])
-    spec = input_spec(model, path)
-    if spec.chw[0] != 3 or spec.spatial is None:
-        raise BadInput(f"{path} has no edgekit metadata and its input is not (N, 3, S, S); cannot tell its preprocessing")
-    return Preprocessing.for_input_size(spec.spatial)
-
-
 def _refuse_non_fp32(model, meta: dict | None, path: Path) -> None:
     recorded = (meta or {}).get("precision")
     if is_quantized(model) or recorded == "int8":
@@ -231,11 +221,10 @@ def convert(
     tolerance, tolerance_source = resolve_tolerance("fp16", min_top1_agreement=min_top1_agreement, min_sqnr=min_sqnr)
     float16, tool_version = _converter()
     stage("loading the file")
-    model = load_onnx(model_path)
-    meta = read_metadata(model)
+    source = OnnxFile.open(model_path)
+    model, meta, spec = source.proto, source.metadata, source.spec
     _refuse_non_fp32(model, meta, model_path)
-    spec = input_spec(model, model_path)
-    preprocessing = _preprocessing(model, meta, model_path)
+    preprocessing = source.preprocessing()
     final = resolve_output(output, derived_output(model_path, "fp16"))
     if final.resolve() == model_path.resolve():
         raise BadInput(f"output {final} is the input file itself", hint="choose another -o")

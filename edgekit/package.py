@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgekit.artifact import EXPORTS_DIR, commit_folder, load_onnx, read_metadata, sha256_file, stage_folder
+from edgekit.artifact import EXPORTS_DIR, commit_folder, model_files, sha256_file, stage_folder
 from edgekit.openvino_runtime import openvino_golden_check
 from edgekit.ort_tools import ORT_OPTIMIZATION_STYLE, convert_to_ort, mobile_usability, ort_left_out_because
 from edgekit.ort_tools import portable_ops_config
@@ -30,10 +30,10 @@ from edgekit.bundle import BundleCheck, check_bundle, read_labels, this_cpu_for_
 from edgekit.ondevice import BUNDLE_SCRIPTS, script_path
 from edgekit.ondevice import check as bundle_check
 from edgekit.images import DEFAULT_CALIBRATION_DIR, pick_samples, scan_folder
-from edgekit.compare import resolve_tolerance, trained_defaults
 from edgekit.errors import BadInput, CheckFailed, EnvironmentUnavailable, one_line
-from edgekit.graph import graph_inputs, input_spec, output_classes, precision_of, static_batch
+from edgekit.graph import graph_inputs, output_classes, static_batch
 from edgekit.preprocessing import Preprocessing
+from edgekit.onnxfile import OnnxFile
 from edgekit.provenance import library_versions, this_cpu
 from edgekit.targets import ANY_CPU
 
@@ -117,16 +117,6 @@ def default_bundle_dir(model_path: Path) -> Path:
     """exports/<name>.bundle for <name>.onnx."""
     name = model_path.name[: -len(".onnx")] if model_path.name.endswith(".onnx") else model_path.stem
     return EXPORTS_DIR / f"{name}{BUNDLE_SUFFIX}"
-
-
-def _model_files(path: Path) -> list[Path]:
-    """The .onnx and every external data file it names (already validated by load_onnx)."""
-    import onnx
-    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
-
-    proto = onnx.load(str(path), load_external_data=False)
-    locations = sorted({ExternalDataInfo(t).location for t in _get_all_tensors(proto) if uses_external_data(t)})
-    return [path, *(path.parent / loc for loc in locations)]
 
 
 def _is_bundle(folder: Path) -> bool:
@@ -252,25 +242,19 @@ def package(
         raise BadInput(f"{model_path} is not an .onnx file", hint="package the .onnx that edgekit export/quantize wrote")
     if golden is not None and not 1 <= golden <= MAX_GOLDEN:
         raise BadInput(f"--golden {golden}: give 1 to {MAX_GOLDEN} photos")
-    model = load_onnx(model_path)
-    meta = read_metadata(model)
+    source = OnnxFile.open(model_path)
+    model, meta, spec, precision = source.proto, source.metadata, source.spec, source.precision
     if meta is None:
         raise BadInput(
             f"{model_path} carries no edgekit metadata, so its PyTorch reference and preprocessing are unknown",
             hint="package a file written by edgekit export, quantize or convert",
         )
-    spec = input_spec(model, model_path)
-    precision = precision_of(model, meta)
-    # the gates verify and quantize use for this file: stricter int8 gates for trained weights
-    trained = isinstance(meta.get("weights"), dict) and meta["weights"].get("kind") in ("file", "pretrained")
-    tolerance, tolerance_source = resolve_tolerance(precision, defaults=trained_defaults() if trained else None)
-    if trained:
-        tolerance_source += " for trained weights"
+    tolerance, tolerance_source = source.gates()  # the gates verify and quantize use for this file
     classes = output_classes(model) or (int(meta["num_classes"]) if str(meta.get("num_classes", "")).isdigit() else None)
     label_list = read_labels(labels, classes) if labels is not None else None
     if "preprocessing" not in meta:
         raise BadInput(f"the edgekit metadata of {model_path} has no preprocessing", hint="re-export the file")
-    pre = Preprocessing.from_dict(meta["preprocessing"])
+    pre = source.preprocessing()
     if any(d is not None and d != p for d, p in zip(spec.chw, pre.chw)):
         raise BadInput(f"{model_path}: input {spec.name!r} is {spec.chw} but its preprocessing makes {pre.chw}")
     photo_dir = Path(images) if images is not None else DEFAULT_CALIBRATION_DIR
@@ -290,7 +274,7 @@ def package(
     try:
         with tempfile.TemporaryDirectory(prefix="edgekit-package-") as tmp:
             stage("copying the model")
-            sources = _model_files(model_path)
+            sources = model_files(model_path)
             for src in sources:
                 shutil.copyfile(src, staged / src.name)
             onnx_name = model_path.name

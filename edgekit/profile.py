@@ -393,17 +393,9 @@ def profile_files(paths, x: np.ndarray, *, threads: int | None = 2, runs: int = 
 
 def file_session_config(path) -> dict[str, str]:
     """The ORT session options an edgekit file records as needed on every CPU ({} for a foreign file)."""
-    import onnx
+    from edgekit.onnxfile import OnnxFile
 
-    from edgekit.artifact import read_metadata
-    from edgekit.targets import session_config_for
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise BadInput(f"cannot read {path} as ONNX: {one_line(exc, 200)}") from None
-    meta = read_metadata(model, path) or {}
-    return session_config_for(meta.get("recipe"))
+    return OnnxFile.open(Path(path), check=False).session_config()
 
 
 def _end_profiling(session) -> list[dict] | None:

@@ -7,7 +7,6 @@ the folder is an ImageFolder with 10 classes that edgekit's own loader reads; wr
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np

@@ -3,7 +3,6 @@ edgekit/limits.py)."""
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from pathlib import Path

@@ -84,7 +84,7 @@ def render_package(result) -> None:
             f"{m['max_abs']:.2e}" if m else "-", f"{m['sqnr_db']:.1f} dB" if m else "-",
             f"{m['cosine']:.6f}" if m else "-", f"{m['top1_agreement']:.0%}" if m else "-",
             f"{m['top5_agreement']:.0%}" if m else "-",
-            f"[green]PASS[/]" if ok else f"[red]{escape(r['status'])}[/] {escape('; '.join(r['failures']))}",
+            "[green]PASS[/]" if ok else f"[red]{escape(r['status'])}[/] {escape('; '.join(r['failures']))}",
         )
     console.print(rows)
     gates = ", ".join(f"{k} {v}" for k, v in result.gates.items() if k != "source" and v not in (None, False))

@@ -14,8 +14,7 @@ from typing import Callable
 from edgekit.artifact import (
     artifact_bytes,
     derived_output,
-    load_onnx,
-    read_metadata,
+    load_work_file,
     resolve_output,
     sha256_file,
     stage_output,
@@ -23,10 +22,10 @@ from edgekit.artifact import (
 )
 from edgekit.calibration import CalibrationSet, build_calibration_set
 from edgekit.images import DEFAULT_CALIBRATION_DIR
-from edgekit.compare import REWRITE_TOLERANCE, OutputMetrics, compare_outputs, resolve_tolerance, trained_defaults
+from edgekit.compare import REWRITE_TOLERANCE, OutputMetrics, compare_outputs
 from edgekit.errors import BadInput, CheckFailed, EnvironmentUnavailable, one_line
-from edgekit.graph import input_spec, is_quantized, static_batch
-from edgekit.preprocessing import Preprocessing
+from edgekit.graph import is_quantized, static_batch
+from edgekit.onnxfile import OnnxFile
 from edgekit.provenance import CpuInfo, library_versions, this_cpu
 from edgekit.quantize.budget import Budget, Fallback, Measure, interleaved_p50_ms, load_labelled, search
 from edgekit.quantize.static import Coverage, check_quantized, int8_coverage, int8_weight_count, quantize_once
@@ -84,16 +83,6 @@ class QuantizeResult:
             "dataset_top1": {"fp32": self.dataset_top1[0], "int8": self.dataset_top1[1]} if self.dataset_top1 else None,
             "notes": self.notes, "metadata": self.metadata,
         }
-
-
-def preprocessing_for(model, metadata: dict | None, path: Path) -> Preprocessing:
-    """From the metadata; a foreign file gets ImageNet preprocessing at its static input size."""
-    if metadata and "preprocessing" in metadata:
-        return Preprocessing.from_dict(metadata["preprocessing"])
-    spec = input_spec(model, path)
-    if spec.chw[0] != 3 or spec.spatial is None:
-        raise BadInput(f"{path} has no edgekit metadata and its input is not (N, 3, S, S); cannot tell its preprocessing")
-    return Preprocessing.for_input_size(spec.spatial)
 
 
 def resolve_exclusions(model, exclude: list[str]) -> list[str]:
@@ -157,19 +146,16 @@ def quantize(
         raise BadInput(f"--max-drop must be 0 to 100 points, got {max_drop}")
     stage = on_stage or (lambda _s: None)
     progress = on_progress or (lambda *_a: None)
-    model = load_onnx(model_path)
-    metadata = read_metadata(model, model_path)
+    source = OnnxFile.open(model_path)
+    model, metadata = source.proto, source.metadata
     if is_quantized(model) or (metadata and metadata.get("precision", "fp32") != "fp32"):
         raise BadInput(f"{model_path} is already quantized ({(metadata or {}).get('precision', 'int8')})",
                        hint="quantize the fp32 file it came from")
-    if input_spec(model, model_path).dtype != "float32":
+    if source.spec.dtype != "float32":
         raise BadInput(f"{model_path} does not take fp32 inputs; edgekit quantizes fp32 models only")
-    trained = (metadata or {}).get("weights", {}).get("kind") in ("file", "pretrained")
-    tolerance, _source = resolve_tolerance(
-        "int8", min_top1_agreement=min_top1_agreement, min_sqnr=min_sqnr, defaults=trained_defaults() if trained else None
-    )
+    tolerance, _source = source.gates("int8", min_top1_agreement=min_top1_agreement, min_sqnr=min_sqnr)
     recipe = resolve_recipe(target, method, per_channel, rewrites)
-    preprocessing = preprocessing_for(model, metadata, model_path)
+    preprocessing = source.preprocessing()
     labelled = None
     if dataset is not None:
         from edgekit.graph import output_classes
@@ -227,7 +213,7 @@ def _quantize_staged(
         quant_pre_process(model, str(pre), skip_symbolic_shape=True)
     except Exception as exc:
         raise CheckFailed(f"ONNX Runtime's quantization pre-processing failed on {model_path}: {one_line(exc, 200)}") from exc
-    pre_model = onnx.load(str(pre))
+    pre_model = load_work_file(pre)
     want_grouped = onnx_grouped_conv_count(model)
     want_concats = onnx_concat_count(model)
     if onnx_grouped_conv_count(pre_model) != want_grouped:
@@ -261,7 +247,7 @@ def _quantize_staged(
     calibration_seconds = time.perf_counter() - started
 
     stage("checks")
-    check_quantized(onnx.load(str(full)), model_path.name, want_grouped, want_concats, added_depthwise)
+    check_quantized(load_work_file(full), model_path.name, want_grouped, want_concats, added_depthwise)
     cpu = device_cpu(device)
     # an explicit --target says where the file will run; `auto` is this CPU
     recipe_meta = {**recipe.to_dict(), "format": "QDQ", "batchnorm_rewritten": bn_rewritten, "rewrites": rewrites,
@@ -295,7 +281,7 @@ def _quantize_staged(
             {"mixed": dict(KEEP_FLOAT_SESSION)},
         )
 
-    quantized = onnx.load(str(chosen))
+    quantized = load_work_file(chosen)
     grouped, concats = check_quantized(quantized, model_path.name, want_grouped, want_concats, added_depthwise)
     fp32_nodes = trial.fp32_nodes
     new_meta = {
@@ -417,9 +403,7 @@ def _fallback(pre: Path, full: Path, holdout, judgement, budget: Budget, measure
     started = time.perf_counter()
     stage("per-layer error (fp32 fallback)")
     report = layer_errors(pre, full, holdout, session_config=judgement.gate_session)
-    import onnx
-
-    graph = onnx.load(str(pre), load_external_data=False).graph
+    graph = load_work_file(pre, external_data=False).graph
     weighted = {n.name for n in graph.node if n.op_type in WEIGHTED_OPS}
     outputs = {o.name for o in graph.output}
     output_nodes = {n.name for n in graph.node if n.op_type in WEIGHTED_OPS and set(n.output) & outputs}

@@ -94,10 +94,11 @@ def quantize_once(
 
 def int8_weight_count(model_or_path) -> int:
     """8-bit weight initializers (rank >= 2) of an ONNX model or file."""
-    import onnx
     from onnx import TensorProto
 
-    model = onnx.load(str(model_or_path)) if isinstance(model_or_path, Path) else model_or_path
+    from edgekit.artifact import load_work_file
+
+    model = load_work_file(model_or_path) if isinstance(model_or_path, Path) else model_or_path
     return sum(1 for t in model.graph.initializer if t.data_type in (TensorProto.INT8, TensorProto.UINT8) and len(t.dims) >= 2)
 
 
@@ -127,9 +128,9 @@ def int8_coverage(path: Path, workdir: Path, session_config: dict[str, str] | No
 
     optimized = workdir / "ort-optimized.onnx"
     create_session(path, "cpu", optimized_model_path=optimized, session_config=session_config or None)
-    import onnx
+    from edgekit.artifact import load_work_file
 
-    ops = Counter(n.op_type for n in onnx.load(str(optimized), load_external_data=False).graph.node)
+    ops = Counter(n.op_type for n in load_work_file(optimized, external_data=False).graph.node)
     int8 = {op: sum(ops[k] for k in kinds) for op, kinds in INT8_KERNELS.items()}
     total = {op: int8[op] + sum(ops[k] for k in FLOAT_KERNELS[op]) for op in INT8_KERNELS}
     return Coverage(int8=int8, total=total), dict(ops)

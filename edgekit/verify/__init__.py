@@ -230,7 +230,7 @@ def verify(
     `layers`: per-layer error of an int8 file against its fp32 parent (`parent`, default the file its
     metadata names, in the same folder), on the photos, as the gated kernels compute it.
     """
-    from edgekit.compare import resolve_tolerance, trained_defaults
+    from edgekit.compare import gates_for, weights_are_trained
     from edgekit.runtime import check_inputs, create_session, cuda_device_available, parse_providers
 
     on_stage = on_stage or (lambda _s: None)
@@ -265,12 +265,9 @@ def verify(
     meta = read_metadata(model_proto, path)
     plan = plan_reference(path, model_proto, meta, model, weights, pretrained, seed)
     precision = precision_of(model_proto, meta)
-    trained = plan.weights.get("kind") in ("file", "pretrained")
-    tolerance, tolerance_source = resolve_tolerance(
-        precision, atol, rtol, min_top1_agreement, min_sqnr, defaults=trained_defaults() if trained else None
-    )
-    if trained:
-        tolerance_source = tolerance_source.replace("defaults", "defaults for trained weights", 1)
+    # the reference's weights decide: a foreign file verified against --weights is a trained model too
+    tolerance, tolerance_source = gates_for(precision, weights_are_trained(plan.weights), atol, rtol,
+                                            min_top1_agreement, min_sqnr)
     if dataset is not None:
         check_dataset(Path(dataset), plan.num_classes)  # a bad folder fails now, not after the reference is built
     user_elementwise = atol is not None or rtol is not None
