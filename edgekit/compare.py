@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from edgekit.ondevice import metrics as _metrics
-from edgekit.errors import BadInput, CheckFailed
+from edgekit.errors import BadInput, ShapeMismatch
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, name: str, tol
     ref = np.asarray(reference)
     cand = np.asarray(candidate)
     if ref.shape != cand.shape:
-        raise CheckFailed(f"output {name!r}: shape {cand.shape} differs from the reference's {ref.shape}")
+        raise ShapeMismatch(f"output {name!r}: shape {cand.shape} differs from the reference's {ref.shape}")
     metrics = OutputMetrics(name=name, **_metrics.output_metrics(ref, cand, tol.atol, tol.rtol), atol=tol.atol, rtol=tol.rtol)
     metrics.failures = gate_failures(metrics, tol)
     return metrics

@@ -22,7 +22,7 @@ from edgekit.artifact import (
 )
 from edgekit.images import DEFAULT_CALIBRATION_DIR, load_image_folder
 from edgekit.compare import OutputMetrics, Tolerance, compare_outputs, resolve_tolerance
-from edgekit.errors import BadInput, CheckFailed, EnvironmentUnavailable, one_line
+from edgekit.errors import BadInput, CheckFailed, EnvironmentUnavailable, GateFailed, InvariantBroken, one_line
 from edgekit.graph import detect_precision, input_spec, is_quantized
 from edgekit.preprocessing import Preprocessing
 from edgekit.onnxfile import OnnxFile
@@ -298,7 +298,7 @@ def _convert_staged(
         peak = None
         notes.append("the graph is too large to probe its activations; fp16 overflow of activations is not checked")
     if peak is not None and not peak.fits:
-        raise CheckFailed(
+        raise GateFailed(
             f"activation {peak.tensor!r} of {model_path.name} reaches {peak.max_abs:.4g} on {inputs_description}, "
             f"past fp16's largest finite value {FP16_MAX_FINITE:g}: an fp16 device would compute inf there; "
             "nothing was written",
@@ -322,13 +322,13 @@ def _convert_staged(
 
     stage("checks")
     if detect_precision(converted) != "fp16":
-        raise CheckFailed(f"the converted graph has no float16 weights: {CONVERTER} did not convert {model_path.name}")
+        raise InvariantBroken(f"the converted graph has no float16 weights: {CONVERTER} did not convert {model_path.name}")
     grouped = onnx_grouped_conv_count(converted)
     concats = onnx_concat_count(converted)
     if grouped != want_grouped:
-        raise CheckFailed(f"grouped convolutions not preserved: {want_grouped} in {model_path.name}, {grouped} in fp16")
+        raise InvariantBroken(f"grouped convolutions not preserved: {want_grouped} in {model_path.name}, {grouped} in fp16")
     if concats != want_concats:
-        raise CheckFailed(f"concatenations not preserved: {want_concats} Concat in {model_path.name}, {concats} in fp16")
+        raise InvariantBroken(f"concatenations not preserved: {want_concats} Concat in {model_path.name}, {concats} in fp16")
     casts = sum(1 for n in converted.graph.node if n.op_type == "Cast")
 
     new_meta = {
@@ -371,7 +371,7 @@ def _convert_staged(
         if vs_parent is None:
             vs_parent = compare_outputs(parent_out, out, output_name, tolerance)
         if not metrics.passed:
-            raise CheckFailed(
+            raise GateFailed(
                 f"the fp16 file does not pass the fp16 gates against {reference.split(' (')[0]} on {inputs_description}"
                 f" (batch {batch}): " + "; ".join(metrics.failures) + "; nothing was written",
                 hint="keep this model in fp32 for this target, or use int8 (edgekit quantize)",

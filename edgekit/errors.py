@@ -48,3 +48,24 @@ class EnvironmentUnavailable(EdgekitError):
 
 class ProviderUnavailable(EnvironmentUnavailable):
     """An ONNX Runtime execution provider was asked for and did not start (exit 3)."""
+
+
+# Kinds of failed check, each still exit 1: scripts and tests catch them by type, not by message text.
+class GateFailed(CheckFailed):
+    """An accuracy or tolerance gate failed: against PyTorch, against the fp32 parent, --max-drop, a bundle's gates."""
+
+
+class SaturationFailed(GateFailed):
+    """This CPU's default int8 kernels saturate a file meant for it (verify names the cause and the fix)."""
+
+
+class ShapeMismatch(CheckFailed):
+    """An output's shape differs from the reference's (never broadcast)."""
+
+
+class InvariantBroken(CheckFailed):
+    """A structural invariant: the opset asked for, grouped convs and concats kept, a quantized file quantized."""
+
+
+class BundleTampered(CheckFailed):
+    """A bundle's file does not match its manifest, or the manifest is not the one pinned."""

@@ -36,7 +36,7 @@ from edgekit.compare import (
     compare_outputs,
     only_elementwise_failure,
 )
-from edgekit.errors import BadInput, CheckFailed, EdgekitError
+from edgekit.errors import BadInput, CheckFailed, EdgekitError, GateFailed, InvariantBroken, ShapeMismatch
 from edgekit.models.reference import build_model
 from edgekit.models.registry import DEFAULT_SEED, get_spec
 from edgekit.preprocessing import Preprocessing
@@ -261,7 +261,7 @@ def _export_staged(
     done("export")
     got = opset_of(exported)
     if got != opset:
-        raise CheckFailed(
+        raise InvariantBroken(
             f"the {exporter} exporter produced opset {got}, not the opset {opset} asked for; nothing was written",
             hint="use --exporter torchscript, or ask for --opset " + str(got),
         )
@@ -296,12 +296,12 @@ def _export_staged(
     grouped = onnx_grouped_conv_count(final_model)
     concats = onnx_concat_count(final_model)
     if grouped != structure.grouped_convs:
-        raise CheckFailed(
+        raise InvariantBroken(
             f"the ONNX graph has {grouped} grouped Conv nodes but the PyTorch model has "
             f"{structure.grouped_convs} grouped Conv2d; grouped convolutions were not preserved"
         )
     if concats < structure.concats:
-        raise CheckFailed(
+        raise InvariantBroken(
             f"the ONNX graph has {concats} Concat nodes but the PyTorch model concatenates "
             f"{structure.concats} times; DenseNet's concatenations were not preserved"
         )
@@ -338,7 +338,7 @@ def _export_staged(
     check_onnx(staged.path, full_check=True)
     written = load_onnx(staged.path, check=False)
     if opset_of(written) != opset:
-        raise CheckFailed(f"the written file declares opset {opset_of(written)}, not {opset}")
+        raise InvariantBroken(f"the written file declares opset {opset_of(written)}, not {opset}")
     candidate_out = run_onnx(staged.path, inputs, None if dynamic_batch else batch)
     vs_torch = compare_outputs(reference, candidate_out, OUTPUT_NAME, EXPORT_TOLERANCE)
     noise = None
@@ -349,7 +349,7 @@ def _export_staged(
             vs_torch.waived = vs_torch.failures + [noise.describe()]
             vs_torch.failures = []
     if not vs_torch.passed:
-        raise CheckFailed(
+        raise GateFailed(
             f"ONNX Runtime (CPU) output {OUTPUT_NAME!r} does not match PyTorch on {check_description}: "
             + "; ".join(vs_torch.failures)
             + (f" ({noise.describe()})" if noise else "")
@@ -427,4 +427,4 @@ def _check_dynamic_batch(path: Path, inputs: np.ndarray) -> None:
         x = np.resize(inputs, (n, *inputs.shape[1:])).astype(np.float32)
         out = session.run({session.input_name: x})[0]
         if out.shape[0] != n:
-            raise CheckFailed(f"--dynamic-batch asked, but batch {n} gave an output of batch {out.shape[0]}")
+            raise ShapeMismatch(f"--dynamic-batch asked, but batch {n} gave an output of batch {out.shape[0]}")

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgekit.compare import DEFAULT_TOLERANCES, Tolerance, compare_outputs
-from edgekit.errors import CheckFailed
+from edgekit.errors import ShapeMismatch
 
 FP32 = DEFAULT_TOLERANCES["fp32"]
 INT8 = DEFAULT_TOLERANCES["int8"]
@@ -56,7 +56,7 @@ def test_nan_or_inf_is_a_failure_whatever_the_gates(bad, precision):
 
 @pytest.mark.parametrize("shape", [(2, 10), (10,), (1, 10, 1), (1, 9)])
 def test_shapes_that_differ_are_refused_not_broadcast(shape):
-    with pytest.raises(CheckFailed, match="output 'logits': shape"):
+    with pytest.raises(ShapeMismatch, match="output 'logits': shape"):
         compare_outputs(np.zeros((1, 10)), np.zeros(shape), "logits", FP32)
 
 
@@ -132,3 +132,13 @@ def test_metric_invariants(seed, scale, rows):
     # swapping reference and candidate keeps the absolute differences
     back = compare_outputs(ref + noise, ref, "logits", INT8)
     assert back.max_abs == pytest.approx(m.max_abs) and back.mean_abs == pytest.approx(m.mean_abs)
+
+
+def test_check_failures_are_typed_and_all_exit_1():
+    # scripts and tests catch a failed check by its kind; the exit code stays 1 for every kind
+    from edgekit import errors
+
+    kinds = (errors.GateFailed, errors.SaturationFailed, errors.ShapeMismatch, errors.InvariantBroken,
+             errors.BundleTampered)
+    assert all(issubclass(k, errors.CheckFailed) and k("x").exit_code == 1 for k in kinds)
+    assert issubclass(errors.SaturationFailed, errors.GateFailed)

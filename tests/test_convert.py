@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.artifact import read_metadata, sha256_file
 from edgekit.convert import FP16_MAX_FINITE, convert
-from edgekit.errors import CheckFailed
+from edgekit.errors import GateFailed
 from edgekit.graph import detect_precision
 from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count
 from tests.conftest import files_in
@@ -137,6 +137,6 @@ def test_foreign_file_is_compared_with_its_fp32_self(tmp_path):
 def test_activation_that_overflows_fp16_is_refused(tmp_path):
     # ImageNet-normalised photos reach about +-2.6; 3 channels x 3e4 puts the conv output past 65504,
     # which ONNX Runtime's CPU run of the fp16 file would never show (it computes in fp32).
-    with pytest.raises(CheckFailed, match="past fp16's largest finite value"):
+    with pytest.raises(GateFailed, match="past fp16's largest finite value"):
         convert(_foreign(tmp_path / "big.onnx", 3e4), output=tmp_path / "out" / "big16.onnx")
     assert files_in(tmp_path / "out") == []

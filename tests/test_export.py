@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from edgekit.artifact import read_metadata
-from edgekit.errors import BadInput, CheckFailed
+from edgekit.errors import GateFailed, InvariantBroken, BadInput, CheckFailed
 from edgekit.export import export
 from edgekit.models import list_models
 from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count
@@ -165,7 +165,7 @@ def test_mismatch_with_pytorch_fails_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(export_module, "run_onnx", off_by_a_bit)
     previous = tmp_path / "m.onnx"
     previous.write_bytes(b"previous file")
-    with pytest.raises(CheckFailed, match="does not match PyTorch"):
+    with pytest.raises(GateFailed, match="does not match PyTorch"):
         export("textbook_resnet18", input_size=SMALL, output=previous)
     assert previous.read_bytes() == b"previous file"
     assert files_in(tmp_path) == ["m.onnx"]
@@ -175,7 +175,7 @@ def test_lost_grouped_convs_fail(tmp_path, monkeypatch):
     import edgekit.export as export_module
 
     monkeypatch.setattr(export_module, "onnx_grouped_conv_count", lambda model: 0)
-    with pytest.raises(CheckFailed, match="grouped convolutions were not preserved"):
+    with pytest.raises(InvariantBroken, match="grouped convolutions were not preserved"):
         export("textbook_resnext", input_size=SMALL, output=tmp_path / "g.onnx")
     assert files_in(tmp_path) == []
 
@@ -184,7 +184,7 @@ def test_lost_concats_fail(tmp_path, monkeypatch):
     import edgekit.export as export_module
 
     monkeypatch.setattr(export_module, "onnx_concat_count", lambda model: 3)
-    with pytest.raises(CheckFailed, match="concatenations were not preserved"):
+    with pytest.raises(InvariantBroken, match="concatenations were not preserved"):
         export("textbook_densenet", input_size=SMALL, output=tmp_path / "c.onnx")
     assert files_in(tmp_path) == []
 

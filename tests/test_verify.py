@@ -13,6 +13,7 @@ import pytest
 from onnx import numpy_helper
 
 from edgekit.artifact import read_metadata, write_metadata
+from edgekit.errors import SaturationFailed
 from edgekit.runtime import cuda_device_available
 from tests.conftest import SMALL, files_in
 
@@ -534,6 +535,23 @@ def test_on_a_cpu_without_vnni_an_8_bit_file_runs_both_kernels(cli, vnni_int8, t
     assert kernels == {("default", True), ("x64quantprecision=1", False)}
 
 
+def _raise_from_cli(*args):
+    """The CLI with EDGEKIT_DEBUG=1: the typed failure itself instead of its one line."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from edgekit.cli import app
+
+    os.environ["EDGEKIT_DEBUG"] = "1"
+    try:
+        result = CliRunner().invoke(app, [str(a) for a in ("verify", *args)])
+    finally:
+        del os.environ["EDGEKIT_DEBUG"]
+    if result.exception is not None:
+        raise result.exception
+
+
 def test_an_8_bit_file_on_an_avx2_cpu_fails_naming_saturation(cli, vnni_int8, avx2, tmp_path):
     # The AVX2 lane (ORT's own AVX2 kernels: natively on an AVX2-only host, emulated on a VNNI one): the
     # 8-bit-weight file saturates for real, and verify says so with the cause and the fix.
@@ -543,6 +561,8 @@ def test_an_8_bit_file_on_an_avx2_cpu_fails_naming_saturation(cli, vnni_int8, av
     assert sat["gated_on_default"] and sat["cpu"]["kind"] == "x86 AVX2 without VNNI" and not sat["cpu"]["faked"]
     assert sat["gap_db"] > 3, sat
     assert res.exit_code == 1 and "saturation on this CPU" in res.stderr and "--target x86-avx2" in res.stderr
+    with pytest.raises(SaturationFailed):  # the kind, for scripts that call the app
+        _raise_from_cli(vnni_int8, "--device", "x86-avx2", "--random-inputs", "0")
     assert {c["device"] for c in report["comparisons"]} == {"x86-avx2" if avx2.mode == "emulated" else "host"}
     # the same file meant for a VNNI CPU is judged there on exact accumulation, and passes
     res = cli("verify", vnni_int8, "--device", "x86-avx2", "--target", "x86-vnni", "--random-inputs", "0",

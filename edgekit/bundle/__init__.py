@@ -120,9 +120,9 @@ def check_bundle(folder: Path, providers: list[str] | None = None, apply_session
     except bundle_check.BrokenBundle as exc:
         raise BadInput(f"broken bundle: {exc}") from None
     except bundle_check.Tampered as exc:
-        from edgekit.errors import CheckFailed
+        from edgekit.errors import BundleTampered
 
-        raise CheckFailed(f"bundle {folder}: {exc}") from None
+        raise BundleTampered(f"bundle {folder}: {exc}") from None
     return BundleCheck.from_result(result)
 
 
@@ -155,7 +155,9 @@ def check_bundle_on_device(folder: Path, device: str, apply_session_options: boo
     except subprocess.TimeoutExpired:
         raise CheckFailed(f"check.py on the device {device} did not finish in 30 minutes") from None
     if proc.returncode == 1 and proc.stdout.startswith("FAIL: "):  # tampered: check.py used nothing
-        raise CheckFailed(f"check.py on the device {device}: {proc.stdout.strip()[6:]}")
+        from edgekit.errors import BundleTampered
+
+        raise BundleTampered(f"check.py on the device {device}: {proc.stdout.strip()[6:]}")
     if proc.returncode in (0, 1):
         try:
             result = json.loads(proc.stdout)

@@ -79,7 +79,7 @@ def verify_command(
 
     MODEL_FILE may also be a bundle folder from `edgekit package`: its own checks (checksums, .onnx and .ort
     on the golden inputs, the gates) run as check.py runs them on the device."""
-    from edgekit.errors import CheckFailed
+    from edgekit.errors import GateFailed, SaturationFailed
 
     if model_file.is_dir() and (model_file / "manifest.json").exists():
         from edgekit.errors import BadInput
@@ -174,7 +174,8 @@ def verify_command(
     if failures:
         more = f" (+{len(failures) - 1} more in the table)" if len(failures) > 1 else ""
         photos_only = images is None and inputs is None and "trained" in result.tolerance_source
-        raise CheckFailed(
+        kind = SaturationFailed if result.saturation is not None and result.saturation.failure else GateFailed
+        raise kind(
             f"{model_file}: verification failed: {failures[0]}{more}",
             hint="the bundled photos may not be your model's domain: pass --images DIR with images like the ones it "
             "was trained on" if photos_only else None,
@@ -189,7 +190,7 @@ def _verify_bundle(folder: Path, providers: str | None, report: Path | None, jso
     """`edgekit verify BUNDLE/`: check.py's checks, run by edgekit, with the same table; with --device, the
     bundle's own check.py run inside that (emulated) device, as the board runs it."""
     from edgekit.bundle import check_bundle, check_bundle_on_device
-    from edgekit.errors import BadInput, CheckFailed
+    from edgekit.errors import BadInput, BundleTampered, GateFailed
     from edgekit.runtime import parse_providers
 
     if device not in (None, "host"):
@@ -210,4 +211,5 @@ def _verify_bundle(folder: Path, providers: str | None, report: Path | None, jso
     else:
         console.print(escape(result.describe()), soft_wrap=True)
     if not result.passed:
-        raise CheckFailed(f"bundle {folder} failed its checks: {'; '.join(result.reasons) or 'see the table'}")
+        kind = BundleTampered if any(not c["ok"] for c in result.checksums) else GateFailed
+        raise kind(f"bundle {folder} failed its checks: {'; '.join(result.reasons) or 'see the table'}")

@@ -23,7 +23,7 @@ from edgekit.artifact import (
 from edgekit.calibration import CalibrationSet, build_calibration_set
 from edgekit.images import DEFAULT_CALIBRATION_DIR
 from edgekit.compare import REWRITE_TOLERANCE, OutputMetrics, compare_outputs
-from edgekit.errors import BadInput, CheckFailed, EnvironmentUnavailable, one_line
+from edgekit.errors import BadInput, CheckFailed, EnvironmentUnavailable, GateFailed, InvariantBroken, one_line
 from edgekit.graph import is_quantized, static_batch
 from edgekit.onnxfile import OnnxFile
 from edgekit.provenance import CpuInfo, library_versions, this_cpu
@@ -217,7 +217,7 @@ def _quantize_staged(
     want_grouped = onnx_grouped_conv_count(model)
     want_concats = onnx_concat_count(model)
     if onnx_grouped_conv_count(pre_model) != want_grouped:
-        raise CheckFailed(f"ORT's pre-processing changed the number of grouped convolutions of {model_path.name}")
+        raise InvariantBroken(f"ORT's pre-processing changed the number of grouped convolutions of {model_path.name}")
     rewrites = apply_rewrites(pre_model, recipe)
     bn_rewritten = rewrites["batchnorm_as_depthwise"]
     added_depthwise = bn_rewritten + len(rewrites["avgpool_as_depthwise"])  # new grouped convs, not the model's
@@ -231,7 +231,7 @@ def _quantize_staged(
         drift = compare_outputs(before, run_onnx(pre, probe, batch), output_name, REWRITE_TOLERANCE)
         if not drift.passed:
             done = ", ".join(k for k, v in rewrites.items() if v)
-            raise CheckFailed(f"the graph rewrites ({done}) changed the outputs: {'; '.join(drift.failures)}")
+            raise GateFailed(f"the graph rewrites ({done}) changed the outputs: {'; '.join(drift.failures)}")
         names = {n.name for n in pre_model.graph.node}
         # an --exclude naming a rewritten node means its replacement
         excluded = sorted(e if e in names or f"{e}_as_depthwise" not in names else f"{e}_as_depthwise" for e in excluded)
@@ -442,7 +442,7 @@ def _budget_missed(trial, budget: Budget, calib: CalibrationSet, judgement, why:
     reasons = list(trial.holdout.failures)
     if trial.drop is not None and budget.max_drop is not None and trial.drop > budget.max_drop:
         reasons.append(f"top-1 drop {trial.drop:.2f} points > --max-drop {budget.max_drop:g} on {budget.dataset.folder}")
-    raise CheckFailed(
+    raise GateFailed(
         f"int8 model is not accurate enough against fp32 on {calib.holdout_description}{kernels}: "
         + "; ".join(reasons) + why + "; nothing was written",
         hint="try --method entropy/percentile, more calibration data, or --exclude the sensitive nodes",

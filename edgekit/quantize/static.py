@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgekit.errors import CheckFailed, one_line
+from edgekit.errors import CheckFailed, InvariantBroken, one_line
 from edgekit.runners import padded_batches
 from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
 from edgekit.targets import Recipe
@@ -106,18 +106,18 @@ def check_quantized(quantized, parent_name: str, want_grouped: int, want_concats
     """Really quantized, grouped convs and concats kept; returns (grouped convs, concats) of the int8 graph."""
     ops = op_counts(quantized)
     if not (ops.get("QuantizeLinear") and ops.get("DequantizeLinear")):
-        raise CheckFailed("the output of quantize_static has no QuantizeLinear/DequantizeLinear nodes: it is not quantized")
+        raise InvariantBroken("the output of quantize_static has no QuantizeLinear/DequantizeLinear nodes: it is not quantized")
     if not int8_weight_count(quantized):
-        raise CheckFailed("the quantized graph has no 8-bit weight initializers")
+        raise InvariantBroken("the quantized graph has no 8-bit weight initializers")
     grouped = onnx_grouped_conv_count(quantized)
     concats = onnx_concat_count(quantized)
     if grouped != want_grouped + bn_rewritten:
-        raise CheckFailed(
+        raise InvariantBroken(
             f"grouped convolutions not preserved: {want_grouped} in {parent_name} (+{bn_rewritten} depthwise "
             f"from BatchNormalization), {grouped} after quantization"
         )
     if concats < want_concats:
-        raise CheckFailed(f"concatenations not preserved: {want_concats} Concat in {parent_name}, {concats} after quantization")
+        raise InvariantBroken(f"concatenations not preserved: {want_concats} Concat in {parent_name}, {concats} after quantization")
     return grouped, concats
 
 
