@@ -123,3 +123,37 @@ def test_the_debian_mirror_comes_from_apt_sources(tmp_path):
     assert debian_mirror((tmp_path,)) == "http://mirror.example/debian"
     with pytest.raises(EnvironmentUnavailable, match="no Debian mirror"):
         debian_mirror((tmp_path / "none",))
+
+
+def test_an_emulated_process_that_dies_is_exit_3_naming_the_device(cli, exported, tmp_path, monkeypatch):
+    # a crash inside the emulator (here the launcher kills itself with SIGSEGV) is the environment, not the file
+    import sys
+
+    import edgekit.runtimes.devices as devices
+
+    crash = devices.DeviceStatus("x86-avx2", "test", "emulated", True,
+                                 [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"],
+                                 sys.executable)
+    monkeypatch.setattr(devices, "device_status", lambda name: crash)
+    res = cli("verify", exported("textbook_resnet18", 32).path, "--device", "x86-avx2", "--random-inputs", "0")
+    assert res.exit_code == 3, res.stderr
+    assert "the emulated device x86-avx2" in res.stderr and "killed by SIGSEGV" in res.stderr
+
+
+def test_an_arm64_device_not_set_up_is_exit_3_and_bench_refuses_devices(cli, exported, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKIT_DEVICES_DIR", str(tmp_path / "no-devices"))
+    res = cli("verify", exported("textbook_resnet18", 32).path, "--device", "arm64-a53")
+    assert res.exit_code == 3 and "edgekit devices setup arm64" in res.stderr
+    res = cli("bench", exported("textbook_resnet18", 32).path, "--device", "x86-avx2")
+    assert res.exit_code == 2 and "an emulated CPU's speed says nothing" in res.stderr
+
+
+def test_without_device_a_set_up_device_is_named_never_used(cli, exported, arm64, tmp_path):
+    from edgekit.quantize import quantize
+
+    int8 = quantize(exported("textbook_resnet18", 32).path, target="arm64", output=tmp_path / "a.int8.onnx")
+    assert any("--device arm64-a76 judges it" in n for n in int8.notes)
+    res = cli("verify", int8.path, "--random-inputs", "0", "--report", tmp_path / "v.json")
+    report = json.loads((tmp_path / "v.json").read_text())
+    assert any("--device arm64-a76 judges it" in n for n in report["notes"])
+    assert {c["device"] for c in report["comparisons"]} == {"host"} and res.exit_code == 0

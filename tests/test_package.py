@@ -514,3 +514,13 @@ def test_verify_bundle_applies_the_gates_it_is_given_and_refuses_the_rest(cli, i
     assert res.exit_code == 1 and "SQNR" in res.stderr
     res = cli("verify", int8_7bit_bundle.folder, "--dataset", CALIBRATION)
     assert res.exit_code == 2 and "--dataset does not apply to a bundle" in res.stderr
+
+
+def test_a_tampered_bundle_fails_inside_the_arm64_board(cli, int8_7bit_bundle, arm64, tmp_path):
+    name = next(p.name for p in int8_7bit_bundle.folder.glob("*.onnx"))
+    bundle = clone(int8_7bit_bundle.folder, tmp_path / "b", copy=(name,))
+    data = bytearray((bundle / name).read_bytes())
+    data[len(data) // 2] ^= 0x5A
+    (bundle / name).write_bytes(bytes(data))
+    res = cli("verify", bundle, "--device", "arm64-a53", "--json")
+    assert res.exit_code == 1 and "sha256 mismatch" in res.stderr + res.stdout

@@ -42,11 +42,17 @@ def bench_command(
         Path | None, typer.Option("--plot", dir_okay=False, help="with --profile: where the PNG goes (default: beside the first file)")
     ] = None,
     report: options.Report = None,
+    device: options.Device = None,
     json_output: options.Json = False,
 ) -> None:
     """Latency (p50/p90/mean), throughput, size and memory side by side, against this machine's sgemm peak."""
     from edgekit.artifact import refuse_if_input, register_input
     from edgekit.bench import bench
+    from edgekit.errors import BadInput
+
+    if device not in (None, "host"):
+        raise BadInput(f"bench --device {device}: an emulated CPU's speed says nothing about the real one",
+                       hint="bench times this machine; use --device with verify or quantize, for numerics")
 
     for path in files:  # the outputs are refused now, before any timing, if one would land on a model
         register_input(path, "input model")

@@ -255,6 +255,12 @@ def _quantize_staged(
     judgement = judge_int8(recipe_meta, cpu, None if explicit_target == "auto" else explicit_target)
     if judgement.note:
         notes.append(judgement.note)
+    if device in (None, "host") and explicit_target != "auto":
+        from edgekit.runtimes.devices import suggest_devices
+
+        hint = suggest_devices(recipe.target)
+        if hint:
+            notes.append(hint)
     stage("accuracy budget")
     measure = Measure(model_path, calib.holdout, output_name, batch, budget, judgement.gate_session, bool(excluded),
                       device=device)

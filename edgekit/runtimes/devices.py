@@ -167,6 +167,19 @@ def device_status(name: str) -> DeviceStatus:
                         str(python), {"PYTHONPATH": str(site)}, missing)
 
 
+TARGET_DEVICES = {"x86-avx2": ("x86-avx2",), "arm64": ("arm64-a53", "arm64-a76")}  # recipes -> CPUs they run on
+
+
+def suggest_devices(target: str | None) -> str | None:
+    """For a file meant for `target`, judged without --device: a sentence naming the emulated devices of that
+    target that are set up here (None where there are none). edgekit never picks one silently."""
+    ready = [name for name in TARGET_DEVICES.get(str(target), ()) if device_status(name).mode == "emulated"]
+    if not ready:
+        return None
+    return (f"the file is meant for {target}, and {' and '.join(ready)} {'is' if len(ready) == 1 else 'are'} set up "
+            f"here: --device {ready[-1]} judges it on that CPU's own ONNX Runtime kernels (emulated, numerics only)")
+
+
 def get_device(name: str) -> Device:
     """A device by name; BadInput naming the known ones."""
     key = str(name).strip().lower()

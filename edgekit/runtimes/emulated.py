@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import tempfile
 import threading
@@ -20,10 +21,11 @@ import numpy as np
 
 from edgekit.errors import CheckFailed, EnvironmentUnavailable, one_line
 from edgekit.ondevice import script_path
-from edgekit.runtimes.devices import DeviceStatus
+from edgekit.runtimes.devices import DeviceStatus, qemu_version
 
 WORKER = script_path("ort_worker.py")
 START_TIMEOUT_S = 600  # an emulated CPU initialises a large graph slowly; a hung emulator must still end
+RUN_TIMEOUT_S = 1800  # one batch through the model under emulation
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class EmulatedSession:
 
     def __init__(self, status: DeviceStatus, model: Path, session_config: dict[str, str] | None, optimization: str):
         self.device = status.name
+        self._emulator = f"{Path(status.command[0]).name} {qemu_version(status.command[0])}" if status.command else "native"
         self._stderr = tempfile.TemporaryFile()
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}, **status.env,
                "OMP_NUM_THREADS": "1"}
@@ -60,22 +63,34 @@ class EmulatedSession:
         self._providers = list(hello["providers"])
         self.onnxruntime = hello.get("onnxruntime")
 
-    def _answer(self, timeout: float | None = None) -> dict:
-        timer = threading.Timer(timeout, self._proc.kill) if timeout else None
-        if timer:
-            timer.start()
+    def _answer(self, timeout: float = RUN_TIMEOUT_S) -> dict:
+        """The worker's next answer; its death (a signal, an exit) or silence past `timeout` is exit 3, naming the
+        device, the emulator and why."""
+        timed_out = threading.Event()
+
+        def kill():
+            timed_out.set()
+            self._proc.kill()
+
+        timer = threading.Timer(timeout, kill)
+        timer.start()
         try:
             line = self._proc.stdout.readline()
         finally:
-            if timer:
-                timer.cancel()
+            timer.cancel()
         if not line:
-            self._proc.wait()
+            code = self._proc.wait()
             self._stderr.seek(0)
             log = [ln for ln in self._stderr.read().decode(errors="replace").splitlines()
                    if ln.strip() and "TCG doesn't support" not in ln]
-            why = log[-1] if log else f"exit code {self._proc.returncode}"
-            raise EnvironmentUnavailable(f"the emulated device {self.device} stopped: {why[:300]}")
+            if timed_out.is_set():
+                why = f"no answer in {timeout:.0f} s, stopped"
+            elif code < 0:
+                why = f"killed by {signal.Signals(-code).name}" + (f" ({log[-1][:200]})" if log else "")
+            else:
+                why = log[-1][:300] if log else f"exit code {code}"
+            raise EnvironmentUnavailable(f"the emulated device {self.device} ({self._emulator}) stopped: {why}",
+                                         hint="edgekit devices says what it needs; nothing was written")
         return json.loads(line)
 
     def get_inputs(self) -> list[_Value]:

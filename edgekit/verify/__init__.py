@@ -306,6 +306,12 @@ def verify(
             exact_session = create_session(path, "cpu", session_config=other or None, device=device)
         if judgement is not None and judgement.note:
             notes.append(judgement.note)
+        if precision == "int8" and device is None:
+            from edgekit.runtimes.devices import suggest_devices
+
+            hint = suggest_devices(target or recipe.get("target"))
+            if hint:
+                notes.append(hint)
 
         first = sessions[0]
         chw = expected_chw(first, plan.preprocessing)
