@@ -162,7 +162,7 @@ def measure_dataset(
         samples=used,
         torch_correct=torch_correct,
         providers=[
-            ProviderAccuracy(s.requested, s.ran_on, correct[i], agree[i], used, reference_top1)
+            ProviderAccuracy(s.requested, s.ran_on, correct[i], agree[i], used, reference_top1, s.device)
             for i, s in enumerate(sessions)
         ],
         max_drop=max_drop,

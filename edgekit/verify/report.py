@@ -161,9 +161,8 @@ def dataset_table(report: Report):
     for p in d.providers:
         failed = d.max_drop is not None and p.drop > d.max_drop
         result = "" if d.max_drop is None else ("[bold red]FAIL[/]" if failed else "[green]PASS[/]")
-        where = p.provider if p.ran_on == p.provider else f"{p.provider} -> {p.ran_on}"
         table.add_row(
-            _text(f"ORT {where} ({report.precision})"), f"{p.top1:.2f}", f"{p.drop:+.2f}", f"{p.agreement:.1f}%", result
+            _text(f"{p.label} ({report.precision})"), f"{p.top1:.2f}", f"{p.drop:+.2f}", f"{p.agreement:.1f}%", result
         )
     return table
 
@@ -238,8 +237,7 @@ def to_markdown(report: Report) -> str:
             f"| PyTorch fp32 (reference) | {d.torch_top1:.2f} | - | - |",
         ]
         for p in d.providers:
-            where = p.provider if p.ran_on == p.provider else f"{p.provider} -> {p.ran_on}"
-            out.append(f"| ORT {where} ({report.precision}) | {p.top1:.2f} | {p.drop:+.2f} | {p.agreement:.1f}% |")
+            out.append(f"| {p.label} ({report.precision}) | {p.top1:.2f} | {p.drop:+.2f} | {p.agreement:.1f}% |")
         if d.max_drop is not None:
             out.append(f"\nGate: drop <= {d.max_drop:g} points.")
     notes = note_lines(report)

@@ -167,6 +167,12 @@ class ProviderAccuracy:
     agree_with_torch: int
     samples: int
     reference_top1: float
+    device: str | None = None  # the emulated device whose kernels ran it (None: this machine)
+
+    @property
+    def label(self) -> str:
+        where = self.provider if self.ran_on == self.provider else f"{self.provider} -> {self.ran_on}"
+        return f"ORT {where}" + (f" on {self.device}" if self.device else "")
 
     @property
     def top1(self) -> float:
@@ -203,7 +209,7 @@ class DatasetAccuracy:
         if self.max_drop is None:
             return []
         return [
-            f"accuracy on {self.folder} ({p.provider}): top-1 {p.top1:.2f} % vs PyTorch {self.torch_top1:.2f} %, "
+            f"accuracy on {self.folder} ({p.label}): top-1 {p.top1:.2f} % vs PyTorch {self.torch_top1:.2f} %, "
             f"a drop of {p.drop:.2f} points > --max-drop {self.max_drop:g}"
             for p in self.providers
             if p.drop > self.max_drop
@@ -228,6 +234,7 @@ class DatasetAccuracy:
                 {
                     "provider": p.provider,
                     "ran_on": p.ran_on,
+                    "device": p.device or "host",
                     "top1": p.top1,
                     "drop_points": p.drop,
                     "top1_agreement_with_pytorch": p.agreement,
