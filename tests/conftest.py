@@ -71,10 +71,11 @@ def avx2():
 
 
 def pytest_collection_modifyitems(items):
-    # every test that takes the AVX2 lane is marked, so `pytest -m avx2` runs the lane alone
+    # every test that takes an emulated lane is marked, so `pytest -m avx2` (or arm64) runs that lane alone
     for item in items:
-        if "avx2" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.avx2)
+        for lane in ("avx2", "arm64"):
+            if lane in getattr(item, "fixturenames", ()):
+                item.add_marker(getattr(pytest.mark, lane))
 
 
 @pytest.fixture(scope="session")
