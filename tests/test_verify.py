@@ -681,3 +681,23 @@ def test_declared_preprocessing_measures_what_pytorch_measures(cli, tmp_path, di
     assert measured == pytest.approx(direct) and measured > 90
     meta = read_metadata(onnx.load(str(onnx_file)))
     assert meta["preprocessing"]["resize"] == 32 and meta["preprocessing"]["crop"] == 32
+
+
+def test_the_table_is_readable_at_80_columns_and_verbose_has_every_metric(cli, fp32, tmp_path):
+    from rich.console import Console
+
+    from edgekit.verify import verify
+    from edgekit.verify.report import BRIEF_COLUMNS, VERBOSE_COLUMNS, comparison_table
+
+    report = verify(fp32, providers="cpu")
+    console = Console(width=80, record=True, color_system=None)
+    console.print(comparison_table(report))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    header = next(line for line in text.splitlines() if "runtime" in line)
+    assert all(name in header for name in BRIEF_COLUMNS)  # no header folded into fragments
+    wide = Console(width=200, record=True, color_system=None)
+    wide.print(comparison_table(report, verbose=True))
+    wide_text = wide.export_text()  # (export_text clears what it recorded)
+    assert all(name in wide_text for name in VERBOSE_COLUMNS), wide_text
+    assert cli("verify", fp32, "--providers", "cpu", "-v").exit_code == 0  # (wide terminals: CliRunner's is 80)

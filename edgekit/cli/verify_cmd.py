@@ -70,6 +70,7 @@ def verify_command(
         Path | None, typer.Option("--report", help="write all numbers to FILE.json and a summary to FILE.md", dir_okay=False)
     ] = None,
     device: options.Device = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="every metric in the table (the reports always have them)")] = False,
     expect_manifest: Annotated[
         str | None, typer.Option("--expect-manifest", help="a bundle: fail unless its manifest.json has this sha256")
     ] = None,
@@ -158,7 +159,7 @@ def verify_command(
     else:
         for line in header_lines(result):
             console.print(line, soft_wrap=True)
-        console.print(comparison_table(result))
+        console.print(comparison_table(result, verbose))
         per_layer = layers_table(result)
         if per_layer is not None:
             console.print(per_layer)

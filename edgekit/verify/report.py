@@ -92,39 +92,36 @@ def header_lines(report: Report) -> list[str]:
     return lines
 
 
-def comparison_table(report: Report):
-    """One row per runtime/provider x input set x batch (x output): metrics, pass/fail, failed gates."""
+# The columns a person decides on (readable at 80 columns); --verbose adds the rest, the reports hold everything.
+BRIEF_COLUMNS = ("runtime", "inputs", "batch", "max abs", "SQNR dB", "top-1", "result")
+VERBOSE_COLUMNS = ("runtime", "inputs", "batch", "n", "output", "max abs", "max rel", "mean abs", "cosine", "SQNR dB",
+                   "top-1", "top-5", "NaN/Inf", "result", "failed gates")
+
+
+def comparison_table(report: Report, verbose: bool = False):
+    """One row per runtime/provider x input set x batch (x output): the deciding metrics and pass/fail, with the
+    failed gates in the result cell; `verbose`: every metric in its own column."""
     from rich.table import Table
 
+    columns = VERBOSE_COLUMNS if verbose else BRIEF_COLUMNS
     table = Table(title=f"{_text(report.file.name)} vs PyTorch", show_lines=False)
-    for name, justify in (
-        ("runtime", "left"), ("inputs", "left"), ("batch", "right"), ("n", "right"), ("output", "left"),
-        ("max abs", "right"), ("max rel", "right"), ("mean abs", "right"), ("cosine", "right"),
-        ("SQNR dB", "right"), ("top-1", "right"), ("top-5", "right"), ("NaN/Inf", "right"),
-        ("result", "left"), ("failed gates", "left"),
-    ):
-        table.add_column(name, justify=justify, overflow="fold")
+    for name in columns:
+        left = name in ("runtime", "inputs", "output", "result", "failed gates")
+        table.add_column(name, justify="left" if left else "right", overflow="fold")
     for c in report.comparisons:
         for m in c.outputs:
             result = _result(c, m)
             style = {"PASS": "green", "FAIL": "bold red", "info": "dim", "ok (NaN/Inf)": "green"}[result]
-            table.add_row(
-                _text(c.label),
-                _text(c.input_set),
-                str(c.batch),
-                str(c.samples),
-                _text(m.name),
-                _num(m.max_abs),
-                _num(m.max_rel),
-                _num(m.mean_abs),
-                _num(m.cosine, ".6f"),
-                _num(m.sqnr_db, ".1f"),
-                _pct(m.top1_agreement),
-                _pct(m.top5_agreement),
-                f"{m.nan}/{m.inf}",
-                f"[{style}]{result}[/]",
-                _text(short_failures(m, c.tolerance)),
-            )
+            failed = _text(short_failures(m, c.tolerance))
+            cells = {
+                "runtime": _text(c.label), "inputs": _text(c.input_set), "batch": str(c.batch), "n": str(c.samples),
+                "output": _text(m.name), "max abs": _num(m.max_abs), "max rel": _num(m.max_rel),
+                "mean abs": _num(m.mean_abs), "cosine": _num(m.cosine, ".6f"), "SQNR dB": _num(m.sqnr_db, ".1f"),
+                "top-1": _pct(m.top1_agreement), "top-5": _pct(m.top5_agreement), "NaN/Inf": f"{m.nan}/{m.inf}",
+                "result": f"[{style}]{result}[/]" + (f" {failed}" if failed and not verbose else ""),
+                "failed gates": failed,
+            }
+            table.add_row(*(cells[name] for name in columns))
     return table
 
 
