@@ -727,6 +727,16 @@ def _json(value) -> str:
     return json.dumps(clean(value), indent=2, allow_nan=False)
 
 
+_EXITS = (
+    (Tampered, ("FAIL: ", lambda: sys.stdout, EXIT_FAILED)),
+    (BadImage, ("error: ", lambda: sys.stderr, EXIT_BROKEN)),
+    (BrokenBundle, ("error: broken bundle: ", lambda: sys.stderr, EXIT_BROKEN)),
+    (ProviderNotStarted, ("error: ", lambda: sys.stderr, EXIT_UNAVAILABLE)),
+    (ImportError, ("error: ", lambda: sys.stderr, EXIT_UNAVAILABLE)),
+    (OSError, ("error: ", lambda: sys.stderr, EXIT_BROKEN)),
+)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Check this edgekit bundle with numpy and onnxruntime only.")
     parser.add_argument("--bundle", type=Path, default=Path(__file__).resolve().parent, help="bundle folder (default: this file's)")
@@ -751,24 +761,11 @@ def main(argv=None) -> int:
             return EXIT_OK
         result = run_checks(args.bundle, parse_providers(args.providers), cpu,
                             apply_session_options=not args.no_session_options, expect_manifest=args.expect_manifest)
-    except Tampered as exc:
-        print(f"FAIL: {exc}")
-        return EXIT_FAILED
-    except BadImage as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BROKEN
-    except BrokenBundle as exc:
-        print(f"error: broken bundle: {exc}", file=sys.stderr)
-        return EXIT_BROKEN
-    except ProviderNotStarted as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    except ImportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    except OSError as exc:  # --image: a missing or unreadable photo
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BROKEN
+    except (Tampered, BadImage, BrokenBundle, ProviderNotStarted, ImportError, OSError) as exc:
+        # (prefix, stream, exit code) per kind; OSError: --image names a missing or unreadable photo
+        prefix, stream, code = next(v for k, v in _EXITS if isinstance(exc, k))
+        print(f"{prefix}{exc}", file=stream())
+        return code
     print(_json(result) if args.json else format_report(result))
     return result["exit_code"]
 
