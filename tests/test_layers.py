@@ -1,4 +1,4 @@
-"""Per-layer int8 error (edgekit.layers) on a real edgekit export + quantize of textbook_resnet18 at 64 px."""
+"""Per-layer int8 error (edgekit.layer_error) on a real edgekit export + quantize of textbook_resnet18 at 64 px."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from edgekit.errors import BadInput
-from edgekit.layers import ActivationError, LayerReport, WeightError, layer_errors, plot_layer_errors
+from edgekit.layer_error import ActivationError, LayerReport, WeightError, layer_errors
+from edgekit.plots import plot_layer_errors
 
 ROOT = Path(__file__).resolve().parent.parent
 CALIBRATION = ROOT / "calibration"

@@ -97,7 +97,7 @@ def test_modules_stay_small():
     # bundle/check.py is copied alone onto the device and carries its own CLI; layers.py wraps ORT's debugger;
     # profile.py parses, compares and plots ORT traces
     # (check.py also verifies every file the manifest names before it trusts it: it cannot import edgekit's checks)
-    allowed = {"edgekit.ondevice.check": 800, "edgekit.layers": 800, "edgekit.profile": 550}
+    allowed = {"edgekit.ondevice.check": 800, "edgekit.profile": 550}
     large = {
         m: n for m, p in _modules().items() if (n := len(p.read_text().splitlines())) > allowed.get(m, 500)
     }

@@ -151,7 +151,7 @@ def test_compare_has_the_op_types_of_both(profiles):
 
 
 def test_plot_writes_png(profiles, tmp_path):
-    from edgekit.profile import plot_profiles
+    from edgekit.plots import plot_profiles
 
     for by in ("op", "role"):
         png = plot_profiles({"fp32": profiles[0], "int8": profiles[1]}, tmp_path / f"{by}.png", by=by)

@@ -80,7 +80,7 @@ def bench_command(
         )
     png = None
     if result.profile_objects:
-        from edgekit.profile import plot_profiles
+        from edgekit.plots import plot_profiles
 
         png = plot or files[0].with_name(files[0].name.replace(".onnx", "") + ".profile.png")
         plot_profiles(result.profile_objects, png)

@@ -150,7 +150,7 @@ def verify_command(
     written = write_reports(result, report) if report is not None else None
     png = None
     if result.layers is not None:
-        from edgekit.layers import plot_layer_errors
+        from edgekit.plots import plot_layer_errors
 
         png = plot or (report.with_suffix(".layers.png") if report is not None else model_file.with_suffix(".layers.png"))
         plot_layer_errors(result.layers, png, f"{model_file.name}: int8 activation SQNR along the network")

@@ -404,7 +404,7 @@ def _fallback(pre: Path, full: Path, holdout, judgement, budget: Budget, measure
               full_sqnr: float) -> Fallback:
     """Rank the nodes by the error they add (per-layer analysis on the held-out images, as the target
     computes), then keep the fewest leading ones in fp32 that meet the budget."""
-    from edgekit.layers import layer_errors
+    from edgekit.layer_error import layer_errors
 
     started = time.perf_counter()
     stage("per-layer error (fp32 fallback)")

@@ -2,7 +2,7 @@
 
 The budget is a top-1 drop on a labelled folder (`--dataset DIR --max-drop P`), or, without labels,
 the held-out gates (`--min-agreement`, `--min-sqnr`). When the full-int8 file misses it, the nodes
-that add the most error (per-layer analysis, edgekit.layers) are kept in fp32, the fewest that meet
+that add the most error (per-layer analysis, edgekit.layer_error) are kept in fp32, the fewest that meet
 the budget: all the candidates first (when even that misses, nothing will), then 1, 2, 4, ... of the
 ranked nodes until one count passes, then a bisection below it.
 """

@@ -398,7 +398,7 @@ def verify(
 
         layer_report = None
         if parent_path is not None:
-            from edgekit.layers import layer_errors
+            from edgekit.layer_error import layer_errors
 
             on_stage("per-layer error")
             photos = next((s for s in input_sets if s.name != "random"), input_sets[0])

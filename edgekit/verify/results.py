@@ -308,7 +308,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     saturation: "Saturation | None" = None
-    layers: object | None = None  # edgekit.layers.LayerReport (verify --layers)
+    layers: object | None = None  # edgekit.layer_error.LayerReport (verify --layers)
 
     def failures(self) -> list[str]:
         out = [self.saturation.failure] if self.saturation and self.saturation.failure else []

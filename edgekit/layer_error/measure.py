@@ -29,196 +29,28 @@ import contextlib
 import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from edgekit.errors import BadInput, CheckFailed, one_line
+from edgekit.layer_error.report import (
+    ActivationError,
+    LayerReport,
+    WeightError,
+    _db,
+    _energies,
+    _noise_ratio,
+    _sort_db,
+    sqnr_db,
+)
+from edgekit.layer_error.graphs import _Graphs
 from edgekit.runners import padded_batches
-from edgekit.serialize import json_safe
 
 DYNAMIC_BATCH = 8  # samples per run when the batch axis is dynamic
 DEFAULT_MAX_BYTES = 1 << 30  # saved tensors held at once (the three runs of one round together)
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
-PLOT_LABELS = 3
-
-
-@dataclass
-class ActivationError:
-    """One quantized activation (a node output with a QuantizeLinear/DequantizeLinear pair)."""
-
-    tensor: str
-    node: str | None  # the node computing it in the int8 graph (the Conv when a Relu was folded into it)
-    op_type: str  # "input" for the graph input
-    fp32_node: str | None  # the fp32-graph node name to pass to nodes_to_exclude (None: the graph input)
-    position: int  # topological index of that node in the fp32 graph (-1: the graph input)
-    sqnr_db: float  # fp32 vs int8 as ORT's CPU kernels computed it (session_config applied)
-    simulated_sqnr_db: float  # fp32 vs the QDQ graph evaluated in float (qdq_loss_debug's xmodel_err)
-    qdq_sqnr_db: float  # this tensor before vs after its own Q/DQ (qdq_loss_debug's qdq_err)
-    input_sqnr_db: float  # sqnr_db of the noisiest quantized activation feeding the node (inf: clean inputs)
-    added_noise: float  # noise-to-signal power the node adds: 10^(-sqnr/10) - 10^(-input_sqnr/10)
-    inputs: list[str] = field(default_factory=list)  # the quantized activations it reads
-
-    @property
-    def drop_db(self) -> float:
-        """SQNR lost across this node (input_sqnr_db - sqnr_db)."""
-        return self.input_sqnr_db - self.sqnr_db
-
-
-@dataclass
-class WeightError:
-    """One quantized initializer: float value vs its dequantized int8/int32 value."""
-
-    name: str
-    node: str | None  # the node it feeds (int8 graph)
-    op_type: str
-    role: str  # "weight", "bias" or "input <i>"
-    position: int  # topological index of that node in the fp32 graph (-1: not there)
-    sqnr_db: float
-
-
-@dataclass
-class LayerReport:
-    """Per-layer error of an int8 QDQ file against its fp32 parent; lists are worst (lowest SQNR) first."""
-
-    fp32_path: Path
-    int8_path: Path
-    samples: int
-    batch: int  # samples per ORT run
-    runs: int  # ORT runs per model
-    session_config: dict[str, str]
-    seconds: float
-    activations: list[ActivationError]
-    weights: list[WeightError]
-    unmatched_activations: list[str] = field(default_factory=list)  # quantized in the int8 file, not in the fp32 one
-    unmatched_weights: list[str] = field(default_factory=list)  # quantized initializers without an fp32 counterpart
-    notes: list[str] = field(default_factory=list)
-
-    def worst(self, n: int = 10) -> list[ActivationError]:
-        """The `n` activations with the lowest SQNR (fp32 vs int8 as the CPU computed it)."""
-        return self.activations[: max(n, 0)]
-
-    def ranked(self) -> list[ActivationError]:
-        """Activations produced by a node, most added noise first (see `sensitive_nodes`)."""
-        candidates = [a for a in self.activations if a.fp32_node is not None]
-        return sorted(candidates, key=lambda a: (-_finite_or(a.added_noise, 0.0), _finite_or(a.sqnr_db, math.inf)))
-
-    def sensitive_nodes(self, n: int = 5) -> list[str]:
-        """fp32-graph node names, most sensitive first, for quantize_static's `nodes_to_exclude`.
-
-        Ranked by the noise a node adds, not by the SQNR at its output. Error accumulates along
-        depth, so the lowest absolute SQNRs sit near the logits whichever layer caused them; what
-        a node is responsible for is the difference between the noise at its output and the noise
-        already on its noisiest quantized input. The difference is taken in linear noise-to-signal
-        power (10^(-SQNR/10)), not in dB: to first order the relative noise at the logits is the
-        sum of what each node adds, carried forward like the signal, so this is the part of the
-        final error that keeping the node in fp32 can remove. A dB drop would rank a layer going
-        from 45 to 35 dB (adds 3e-4) above one going from 20 to 18 dB (adds 6e-3).
-
-        A node's added noise covers its weights' quantization, its arithmetic in int8 on this
-        CPU, and the quantization of its output. Limits, measured on textbook_resnet18:
-        (1) with QDQ a tensor stays quantized while its producer or any consumer is quantized. A
-        tensor whose per-tensor range is set by one outlier channel loses its other channels, yet
-        reads well in SQNR (the outlier carries the energy); the loss shows at its consumer, which
-        ranks first, and is removed only by excluding producer and consumer together (each alone:
-        no gain). `ActivationError.inputs` names the tensors to widen the exclusion to.
-        (2) ORT's WeightBiasQuantization optimizer re-quantizes the float weights of an excluded
-        Conv/Gemm that sits between a DequantizeLinear and a QuantizeLinear when the session
-        starts, so the node is not in fp32 at run time unless the session has
-        {"optimization.disable_specified_optimizers": "WeightBiasQuantization"}; measure with the
-        session config the deployment uses (`session_config`).
-        (3) It is a first-order estimate: re-measure after each exclusion, as a fallback loop does.
-        """
-        names: list[str] = []
-        for act in self.ranked():
-            if act.fp32_node not in names:
-                names.append(act.fp32_node)
-            if len(names) >= n:
-                break
-        return names
-
-    def to_dict(self) -> dict:
-        """JSON-safe (no NaN/Inf floats: those are written as the strings "nan", "inf", "-inf")."""
-        ranked = self.ranked()
-        data = {
-            "fp32_path": str(self.fp32_path),
-            "int8_path": str(self.int8_path),
-            "samples": self.samples,
-            "batch": self.batch,
-            "runs": self.runs,
-            "session_config": dict(self.session_config),
-            "seconds": self.seconds,
-            "activations": [{**asdict(a), "drop_db": a.drop_db} for a in self.activations],
-            "weights": [asdict(w) for w in self.weights],
-            "sensitive_nodes": self.sensitive_nodes(len(ranked)),
-            "unmatched_activations": list(self.unmatched_activations),
-            "unmatched_weights": list(self.unmatched_weights),
-            "notes": list(self.notes),
-        }
-        return json_safe(data)
-
-
-def _finite_or(value: float, default: float) -> float:
-    return value if value is not None and math.isfinite(value) else default
-
-
-# --- error arithmetic -------------------------------------------------------------------------
-
-
-def _energies(reference, candidate) -> tuple[float, float]:
-    """(signal energy, noise energy) over a list of arrays (or one array).
-
-    float32 tensors are compared in float32 (BLAS dot products: the rounding is ~1e-6 relative, far
-    below what a dB figure shows); anything else, or a sum that overflows float32, in float64.
-    """
-    refs = [reference] if isinstance(reference, np.ndarray) else list(reference)
-    cands = [candidate] if isinstance(candidate, np.ndarray) else list(candidate)
-    if len(refs) != len(cands):
-        raise CheckFailed(f"cannot compare {len(refs)} reference tensors with {len(cands)} int8 ones")
-    signal = noise = 0.0
-    for r, c in zip(refs, cands):
-        r, c = np.asarray(r).ravel(), np.asarray(c).ravel()
-        if r.shape != c.shape:
-            raise CheckFailed(f"a tensor has {r.size} elements in the fp32 run and {c.size} in the int8 run")
-        pair = None
-        if r.dtype == np.float32 and c.dtype == np.float32:
-            d = r - c
-            pair = float(np.dot(r, r)), float(np.dot(d, d))
-        if pair is None or not all(math.isfinite(v) for v in pair):
-            r, c = r.astype(np.float64), c.astype(np.float64)
-            d = r - c
-            pair = float(np.dot(r, r)), float(np.dot(d, d))
-        signal += pair[0]
-        noise += pair[1]
-    return signal, noise
-
-
-def _db(signal: float, noise: float) -> float:
-    if not (math.isfinite(signal) and math.isfinite(noise)):
-        return math.nan
-    if noise == 0.0:
-        return math.inf if signal > 0 else math.nan
-    if signal == 0.0:
-        return -math.inf
-    return 10.0 * math.log10(signal / noise)
-
-
-def sqnr_db(reference, candidate) -> float:
-    """SQNR in dB of `candidate` against `reference` (arrays or lists of arrays); inf when identical."""
-    return _db(*_energies(reference, candidate))
-
-
-def _noise_ratio(db: float) -> float:
-    """Noise-to-signal power for an SQNR in dB (0 for inf, inf for -inf, nan stays nan)."""
-    if math.isnan(db):
-        return math.nan
-    if db == math.inf:
-        return 0.0
-    if db == -math.inf:
-        return math.inf
-    return 10.0 ** (-db / 10.0)
 
 
 # --- inputs and files ---------------------------------------------------------------------------
@@ -320,127 +152,6 @@ def _quiet_logging():
         yield
     finally:
         logging.disable(previous)
-
-
-# --- graph structure ----------------------------------------------------------------------------
-
-
-class _Graphs:
-    """What the int8 (QDQ) graph and the fp32 graph say about tensors and nodes."""
-
-    def __init__(self, fp32_model, int8_model):
-        from onnxruntime.quantization.quant_utils import QUANT_INPUT_SUFFIX
-
-        self.initializers = {t.name for t in int8_model.graph.initializer}
-        self.graph_inputs = {i.name for i in int8_model.graph.input}
-        self.producer = {o: n for n in int8_model.graph.node for o in n.output}
-        self.consumers: dict[str, list] = {}
-        for node in int8_model.graph.node:
-            for name in node.input:
-                self.consumers.setdefault(name, []).append(node)
-        self.fp32_index = {n.name: i for i, n in enumerate(fp32_model.graph.node) if n.name}
-        self.fp32_producer = {o: (i, n) for i, n in enumerate(fp32_model.graph.node) for o in n.output}
-        # activation name (qdq_loss_debug's naming) -> the tensor its QuantizeLinear reads, and the
-        # DequantizeLinear output(s) carrying it
-        self.pre: dict[str, str] = {}
-        self.dequantized: dict[str, list[str]] = {}
-        self.canonical: dict[str, str] = {}  # DQ output -> activation name
-        for node in int8_model.graph.node:
-            if node.op_type != "QuantizeLinear":
-                continue
-            name = node.input[0]
-            if name.endswith(QUANT_INPUT_SUFFIX):
-                name = name[: -len(QUANT_INPUT_SUFFIX)]
-            self.pre.setdefault(name, node.input[0])
-            for dq in self.consumers.get(node.output[0], []):
-                if dq.op_type == "DequantizeLinear":
-                    self.dequantized.setdefault(name, []).append(dq.output[0])
-                    self.canonical[dq.output[0]] = name
-        # activations whose fp32 Relu/Clip the quantizer folded into the Q range: the producer writes the
-        # value before the activation function, and the QuantizeLinear clamp applies it
-        self.folded: dict[str, tuple[float, float]] = {}
-        fp32_inits = {t.name: t for t in fp32_model.graph.initializer}
-        for name in self.pre:
-            fp32_node = self.fp32_producer.get(name, (None, None))[1]
-            node = self.compute_node(name)
-            if fp32_node is None or node is None or node.op_type == fp32_node.op_type:
-                continue
-            bounds = _activation_bounds(fp32_node, fp32_inits)
-            if bounds is not None:
-                self.folded[name] = bounds
-
-    def compute_node(self, activation: str):
-        """The node that computes an activation in the int8 graph (None for a graph input)."""
-        tensor = self.pre.get(activation, activation)
-        if tensor in self.graph_inputs:
-            return None
-        return self.producer.get(tensor)
-
-    def fp32_name(self, node, activation: str) -> tuple[str | None, int]:
-        """(fp32 node name usable in nodes_to_exclude, its topological index in the fp32 graph)."""
-        if node is not None and node.name in self.fp32_index:
-            return node.name, self.fp32_index[node.name]
-        if activation not in self.fp32_producer:
-            return None, -1
-        # renamed in the int8 graph (edgekit rewrites DenseNet's BatchNormalization as a Conv): the fp32
-        # node writing the same tensor, stepping back over a Relu/Clip the quantizer folded into it
-        index, fp32_node = self.fp32_producer[activation]
-        if activation in self.folded and fp32_node.input and fp32_node.input[0] in self.fp32_producer:
-            index, fp32_node = self.fp32_producer[fp32_node.input[0]]
-        return (fp32_node.name or None), index
-
-    def quantized_inputs(self, node, matched: set[str]) -> list[str]:
-        """The quantized activations a node reads, looking through float-only nodes in between."""
-        found: list[str] = []
-        seen: set[str] = set()
-
-        def visit(tensor: str) -> None:
-            if tensor in seen or not tensor:
-                return
-            seen.add(tensor)
-            if tensor in self.canonical:
-                name = self.canonical[tensor]
-                if name in matched:
-                    found.append(name)
-                    return
-                tensor = self.pre.get(name, name)  # not in the fp32 file: look further up
-            if tensor in self.initializers or tensor in self.graph_inputs:
-                return  # constants and an unquantized graph input carry no int8 error
-            producer = self.producer.get(tensor)
-            if producer is None:
-                return
-            if producer.op_type == "DequantizeLinear":  # of an initializer: a weight, part of the node's own error
-                return
-            for upstream in producer.input:
-                visit(upstream)
-
-        for tensor in node.input:
-            visit(tensor)
-        return found
-
-
-def _activation_bounds(node, initializers) -> tuple[float, float] | None:
-    """(low, high) a Relu / Clip applies, or None for any other op or a Clip with non-constant bounds."""
-    from onnx import numpy_helper
-
-    if node.op_type == "Relu":
-        return 0.0, math.inf
-    if node.op_type != "Clip":
-        return None
-    low, high = -math.inf, math.inf
-    for attr in node.attribute:  # opset < 11
-        if attr.name == "min":
-            low = attr.f
-        elif attr.name == "max":
-            high = attr.f
-    for index, name in enumerate(node.input[1:3], start=1):
-        if not name:
-            continue
-        if name not in initializers:
-            return None
-        value = float(numpy_helper.to_array(initializers[name]).reshape(-1)[0])
-        low, high = (value, high) if index == 1 else (low, value)
-    return low, high
 
 
 # --- the measurement ----------------------------------------------------------------------------
@@ -659,10 +370,6 @@ def _activation_records(totals, graphs: _Graphs) -> tuple[list[ActivationError],
     return records, unmatched
 
 
-def _sort_db(value: float) -> float:
-    return math.inf if math.isnan(value) else value
-
-
 def _weight_records(weight_db: dict[str, float], graphs: _Graphs, int8_model) -> tuple[list[WeightError], list[str]]:
     from onnxruntime.quantization.quant_utils import TENSOR_NAME_QUANT_SUFFIX
 
@@ -695,47 +402,3 @@ def _weight_records(weight_db: dict[str, float], graphs: _Graphs, int8_model) ->
             ))
     records.sort(key=lambda w: (_sort_db(w.sqnr_db), w.position, w.name))
     return records, sorted(set(unmatched))
-
-
-# --- the picture --------------------------------------------------------------------------------
-
-
-def plot_layer_errors(report: LayerReport, png_path: Path, title: str) -> Path:
-    """PNG of activation SQNR along the network's depth (fp32-graph node index), weights' SQNR as a
-    second series, the few worst activations labelled and the most sensitive nodes ringed."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg, no pyplot: no global backend state
-    from matplotlib.figure import Figure
-
-    png_path = Path(png_path)
-    acts = sorted((a for a in report.activations if math.isfinite(a.sqnr_db)), key=lambda a: (a.position, a.tensor))
-    weights = [w for w in report.weights if math.isfinite(w.sqnr_db) and w.role == "weight"]
-    figure = Figure(figsize=(11, 5.5), dpi=110)
-    FigureCanvasAgg(figure)
-    ax = figure.add_subplot(1, 1, 1)
-    ax.plot([a.position for a in acts], [a.sqnr_db for a in acts], "o-", ms=3.5, lw=1.2, color="tab:blue",
-            label="activations: fp32 vs int8 (SQNR, dB)")
-    sim = [(a.position, a.simulated_sqnr_db) for a in acts if math.isfinite(a.simulated_sqnr_db)]
-    if sim and any(abs(a.sqnr_db - a.simulated_sqnr_db) > 0.05 for a in acts if math.isfinite(a.simulated_sqnr_db)):
-        ax.plot(*zip(*sim), "--", lw=0.9, color="tab:gray", label="activations, QDQ in float (no CPU kernel loss)")
-    if weights:
-        ax.scatter([w.position for w in weights], [w.sqnr_db for w in weights], marker="s", s=14,
-                   color="tab:orange", label="weights: fp32 vs dequantized (SQNR, dB)", zorder=3)
-    sensitive = set(report.sensitive_nodes(PLOT_LABELS))
-    ringed = [a for a in acts if a.fp32_node in sensitive]
-    if ringed:
-        ax.scatter([a.position for a in ringed], [a.sqnr_db for a in ringed], s=110, facecolors="none",
-                   edgecolors="tab:red", linewidths=1.5, label="adds the most noise (sensitive_nodes)", zorder=4)
-    for act in [a for a in report.worst(PLOT_LABELS) if math.isfinite(a.sqnr_db)]:
-        label = act.fp32_node or act.tensor
-        ax.annotate(label if len(label) <= 40 else "..." + label[-37:], (act.position, act.sqnr_db),
-                    textcoords="offset points", xytext=(4, -12), fontsize=7)
-    ax.set_xlabel("depth (node index in the fp32 graph)")
-    ax.set_ylabel("SQNR (dB), higher is better")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    figure.tight_layout()
-    from edgekit.artifact import write_atomic
-
-    return write_atomic(png_path, lambda f: figure.savefig(f, format="png"))
-

@@ -1,0 +1,108 @@
+"""The PNG pictures edgekit draws: the per-layer int8 error along the network (verify --layers) and the time per op
+type or role (bench --profile). matplotlib's object API with the Agg canvas (no pyplot, no display), written
+through artifact.write_atomic like every other output."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edgekit.errors import BadInput
+
+if TYPE_CHECKING:  # annotations only: plotting imports neither the measurement nor the profiler
+    from edgekit.layer_error import LayerReport
+    from edgekit.profile import Profile
+
+PLOT_LABELS = 3  # the worst activations labelled on the per-layer plot
+
+
+def plot_layer_errors(report: LayerReport, png_path: Path, title: str) -> Path:
+    """PNG of activation SQNR along the network's depth (fp32-graph node index), weights' SQNR as a
+    second series, the few worst activations labelled and the most sensitive nodes ringed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg, no pyplot: no global backend state
+    from matplotlib.figure import Figure
+
+    png_path = Path(png_path)
+    acts = sorted((a for a in report.activations if math.isfinite(a.sqnr_db)), key=lambda a: (a.position, a.tensor))
+    weights = [w for w in report.weights if math.isfinite(w.sqnr_db) and w.role == "weight"]
+    figure = Figure(figsize=(11, 5.5), dpi=110)
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot(1, 1, 1)
+    ax.plot([a.position for a in acts], [a.sqnr_db for a in acts], "o-", ms=3.5, lw=1.2, color="tab:blue",
+            label="activations: fp32 vs int8 (SQNR, dB)")
+    sim = [(a.position, a.simulated_sqnr_db) for a in acts if math.isfinite(a.simulated_sqnr_db)]
+    if sim and any(abs(a.sqnr_db - a.simulated_sqnr_db) > 0.05 for a in acts if math.isfinite(a.simulated_sqnr_db)):
+        ax.plot(*zip(*sim), "--", lw=0.9, color="tab:gray", label="activations, QDQ in float (no CPU kernel loss)")
+    if weights:
+        ax.scatter([w.position for w in weights], [w.sqnr_db for w in weights], marker="s", s=14,
+                   color="tab:orange", label="weights: fp32 vs dequantized (SQNR, dB)", zorder=3)
+    sensitive = set(report.sensitive_nodes(PLOT_LABELS))
+    ringed = [a for a in acts if a.fp32_node in sensitive]
+    if ringed:
+        ax.scatter([a.position for a in ringed], [a.sqnr_db for a in ringed], s=110, facecolors="none",
+                   edgecolors="tab:red", linewidths=1.5, label="adds the most noise (sensitive_nodes)", zorder=4)
+    for act in [a for a in report.worst(PLOT_LABELS) if math.isfinite(a.sqnr_db)]:
+        label = act.fp32_node or act.tensor
+        ax.annotate(label if len(label) <= 40 else "..." + label[-37:], (act.position, act.sqnr_db),
+                    textcoords="offset points", xytext=(4, -12), fontsize=7)
+    ax.set_xlabel("depth (node index in the fp32 graph)")
+    ax.set_ylabel("SQNR (dB), higher is better")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    figure.tight_layout()
+    from edgekit.artifact import write_atomic
+
+    return write_atomic(png_path, lambda f: figure.savefig(f, format="png"))
+
+
+def plot_profiles(profiles: dict[str, Profile], png, *, top_ops: int = 12, by: str = "op") -> Path:
+    """A PNG of ms per run per op type (`by="op"`) or per role (`by="role"`: conv, concat, convert,
+    layout ..., where fp32 Conv and int8 QLinearConv share a group): one group of bars per op type
+    (the `top_ops` largest, the rest as "(other)"), one bar per file, side by side in the order of
+    `profiles`. Returns the path."""
+    # the object API with the Agg canvas: no pyplot, no global backend switch, no display needed
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not profiles:
+        raise BadInput("no profiles to plot")
+    if by not in ("op", "role"):
+        raise BadInput(f"by must be op or role, got {by!r}")
+    png = Path(png)
+
+    def times(p: Profile) -> dict[str, float]:
+        return {o.op_type: o.ms for o in p.ops} if by == "op" else p.by_role()
+
+    totals: dict[str, float] = defaultdict(float)
+    for p in profiles.values():
+        for key, ms in times(p).items():
+            totals[key] += ms
+    ordered = [op for op, _ in sorted(totals.items(), key=lambda kv: -kv[1])]
+    shown, rest = ordered[:top_ops], ordered[top_ops:]
+    labels = shown + (["(other)"] if rest else [])
+    width = 0.8 / len(profiles)
+    fig = Figure(figsize=(min(16.0, max(7.0, 1.5 + len(labels) * (0.35 + 0.22 * len(profiles)))), 4.8))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    xs = np.arange(len(labels))
+    for i, (label, p) in enumerate(profiles.items()):
+        ms = times(p)
+        heights = [ms.get(op, 0.0) for op in shown] + ([sum(ms.get(op, 0.0) for op in rest)] if rest else [])
+        ax.bar(xs + (i - (len(profiles) - 1) / 2) * width, heights, width,
+               label=f"{label} ({p.kernel_ms:.1f} ms/run)")
+    ax.set_xticks(xs)
+    ax.set_xticklabels(labels, rotation=35, ha="right")
+    ax.set_ylabel("ms per run (ORT kernel time)")
+    threads = {p.threads for p in profiles.values()}
+    title = "Time per op type" if by == "op" else "Time per role"
+    ax.set_title(title + (f", {threads.pop()} threads" if len(threads) == 1 else ""))
+    ax.legend()
+    fig.tight_layout()
+    from edgekit.artifact import write_atomic
+
+    return write_atomic(png, lambda f: fig.savefig(f, format="png", dpi=110))
