@@ -94,10 +94,9 @@ def test_the_registry_imports_no_family():
 
 
 def test_modules_stay_small():
-    # bundle/check.py is copied alone onto the device and carries its own CLI; layers.py wraps ORT's debugger;
-    # profile.py parses, compares and plots ORT traces
-    # (check.py also verifies every file the manifest names before it trusts it: it cannot import edgekit's checks)
-    allowed = {"edgekit.ondevice.check": 800, "edgekit.profile": 550}
+    # ondevice/check.py is copied alone onto the device with its own CLI, and verifies every file the manifest
+    # names before it trusts it: it cannot import edgekit's checks
+    allowed = {"edgekit.ondevice.check": 800}
     large = {
         m: n for m, p in _modules().items() if (n := len(p.read_text().splitlines())) > allowed.get(m, 500)
     }
