@@ -368,3 +368,32 @@ def test_resnext50_at_224_keeps_16_grouped_convs(exported, tmp_path):
     # (0.56 MB) and the merged groups' zero blocks 0.1 MB, so the file is 3.88x smaller: just under the
     # issue's 3.9 (see benchmarks/RESULTS.md).
     assert result.size_ratio > 3.85
+
+
+def test_calibration_runs_once_and_its_ranges_serve_every_fallback_trial(exported, tmp_path, monkeypatch):
+    # ORT's calibration cache: the fallback's trials reuse the ranges the full quantization computed, and a file
+    # made from the cached ranges is byte-for-byte the one a fresh calibration makes
+    import sys
+
+    import onnxruntime.quantization  # noqa: F401  (its `quantize` attribute is a function: take the module)
+
+    from edgekit.quantize.static import quantize_once
+
+    ort_quantize = sys.modules["onnxruntime.quantization.quantize"]
+    from edgekit.targets import RECIPES
+
+    calls = []
+    real = ort_quantize.create_calibrator
+    monkeypatch.setattr(ort_quantize, "create_calibrator", lambda *a, **k: calls.append(1) or real(*a, **k))
+    parent = exported("textbook_resnet18", 32)
+    full = quantize(parent.path, min_sqnr=0.0, fallback=False, output=tmp_path / "full.int8.onnx").holdout.sqnr_db
+    calls.clear()
+    result = quantize(parent.path, min_sqnr=full + 2.0, output=tmp_path / "m.int8.onnx")
+    assert len(result.fallback.trials) > 2 and len(calls) == 1
+    x = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    node = next(n.name for n in onnx.load(str(parent.path)).graph.node if n.op_type == "Conv")
+    recipe, cache = RECIPES["x86-avx2"], tmp_path / "ranges.json"
+    quantize_once(parent.path, tmp_path / "a.onnx", "input", x, 1, recipe, [], calibration_cache=cache)
+    quantize_once(parent.path, tmp_path / "b.onnx", "input", x, 1, recipe, [node], calibration_cache=cache)
+    quantize_once(parent.path, tmp_path / "c.onnx", "input", x, 1, recipe, [node])
+    assert (tmp_path / "b.onnx").read_bytes() == (tmp_path / "c.onnx").read_bytes()

@@ -238,7 +238,8 @@ def _quantize_staged(
 
     def make(fp32_nodes: list[str], name: str = "quantized.onnx", report=None) -> Path:
         out = workdir / name
-        quantize_once(pre, out, input_name, calib.tensors, batch, recipe, sorted(set(excluded) | set(fp32_nodes)), report)
+        quantize_once(pre, out, input_name, calib.tensors, batch, recipe, sorted(set(excluded) | set(fp32_nodes)), report,
+                      calibration_cache=workdir / "calibration-ranges.json")  # calibrated once, reused by every trial
         return out
 
     stage("calibrate + quantize")

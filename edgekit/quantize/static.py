@@ -61,9 +61,14 @@ class _Reader:
 
 def quantize_once(
     pre: Path, out: Path, input_name: str, tensors: np.ndarray, batch: int | None, recipe: Recipe,
-    excluded: list[str], on_progress: Callable[[int, int], None] | None = None,
+    excluded: list[str], on_progress: Callable[[int, int], None] | None = None, calibration_cache: Path | None = None,
 ) -> None:
-    """quantize_static on a pre-processed fp32 file, QDQ, with the recipe; `excluded` nodes stay float."""
+    """quantize_static on a pre-processed fp32 file, QDQ, with the recipe; `excluded` nodes stay float.
+
+    `calibration_cache`: ORT's own calibration cache (a JSON file of activation ranges). Written by the first call,
+    read by the next ones instead of calibrating again. The ranges depend only on the fp32 graph, the calibration
+    tensors and the method (the calibrator sees every activation, whatever is excluded), so one cache serves one
+    `pre` file, one calibration set and one recipe's method: the fallback's trials."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
@@ -87,6 +92,7 @@ def quantize_once(
                 nodes_to_exclude=excluded or None,
                 calibrate_method=methods[recipe.method],
                 extra_options=extra,
+                calibration_cache_path=str(calibration_cache) if calibration_cache is not None else None,
             )
     except Exception as exc:
         raise CheckFailed(f"quantize_static failed on {pre.name}: {one_line(exc, 200)}") from exc
