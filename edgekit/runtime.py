@@ -77,8 +77,6 @@ def parse_providers(spec: str | None) -> list[str]:
     return names
 
 
-
-
 @dataclass
 class Session:
     """An ORT session and the truth about where it runs."""
