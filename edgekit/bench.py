@@ -15,8 +15,6 @@ import numpy as np
 from edgekit.errors import BadInput, ProviderUnavailable
 
 
-
-
 @dataclass
 class Candidate:
     """One thing to time: an ONNX file in a runtime (ONNX Runtime on a provider, or OpenVINO on the CPU),
@@ -216,7 +214,7 @@ def _onnx_candidates(
 ) -> list[Candidate]:
     """ORT on each provider, with the session options the file records as needed on every CPU; an int8
     file that this CPU's default kernels can saturate is timed a second time with exact accumulation
-    (session.x64quantprecision=1), so the cost of the safe option is measured, not assumed."""
+    (targets.exact_session_for: x64quantprecision=1, or s8s8 as written), so the safe option's cost is measured."""
     from edgekit.provenance import this_cpu
     from edgekit.runtime import NO_SPIN, create_session, cuda_device_available
     from edgekit.targets import exact_session_for, kernels_label, merge_session_configs, saturates_on, session_config_for
