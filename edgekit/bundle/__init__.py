@@ -131,11 +131,10 @@ def check_bundle_on_device(folder: Path, device: str, apply_session_options: boo
     """The bundle's own check.py, run as `device` runs it (runtimes.devices: natively, or inside QEMU with the
     device's Python, numpy and onnxruntime): what the board itself would print, as a BundleCheck."""
     import json
-    import os
     import subprocess
 
     from edgekit.errors import CheckFailed, EnvironmentUnavailable
-    from edgekit.runtimes.devices import get_device, ready_device
+    from edgekit.runtimes.devices import emulator_log, get_device, ready_device
 
     folder = Path(folder)
     script = folder / "check.py"
@@ -147,11 +146,9 @@ def check_bundle_on_device(folder: Path, device: str, apply_session_options: boo
     spec = get_device(device)
     if spec.arch == "x86_64" and spec.qemu_cpu:  # QEMU shows an x86 guest the host's /proc/cpuinfo: state the flags
         args += ["--cpu-flags", " ".join(sorted(spec.flags))]
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "EDGEKIT_"))}, **status.env,
-           "OMP_NUM_THREADS": "1"}
     try:
-        proc = subprocess.run([*status.command, status.python, str(script.resolve()), *args], capture_output=True,
-                              text=True, timeout=1800, cwd=folder, env=env)
+        proc = subprocess.run(status.argv(script.resolve(), *args), capture_output=True, text=True, timeout=1800,
+                              cwd=folder, env=status.environ())
     except subprocess.TimeoutExpired:
         raise CheckFailed(f"check.py on the device {device} did not finish in 30 minutes") from None
     if proc.returncode == 1 and proc.stdout.startswith("FAIL: "):  # tampered: check.py used nothing
@@ -165,7 +162,7 @@ def check_bundle_on_device(folder: Path, device: str, apply_session_options: boo
             raise CheckFailed(f"check.py on the device {device} printed no JSON report (exit {proc.returncode})") from None
         result["cpu"] = {**result.get("cpu", {}), "device": device, "device_mode": status.mode}
         return BundleCheck.from_result(result)
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "TCG doesn't support" not in ln]
+    lines = emulator_log(proc.stderr)
     why = lines[-1] if lines else f"exit {proc.returncode}"
     if proc.returncode == 2:
         raise BadInput(f"check.py on the device {device}: {why}")

@@ -77,6 +77,16 @@ def arm64_root() -> Path:
     return devices_dir() / "arm64"
 
 
+def version_tuple(text: str) -> tuple[int, ...]:
+    """(major, minor) of a version string ('10.0.2' -> (10, 0)); () when it holds no number."""
+    return tuple(int(p) for p in re.findall(r"\d+", str(text))[:2])
+
+
+def emulator_log(text: str) -> list[str]:
+    """The lines of an emulated process's output worth showing: QEMU's TCG feature warnings left out."""
+    return [line for line in text.splitlines() if line.strip() and "TCG doesn't support" not in line]
+
+
 def qemu_version(path: str) -> str:
     """'10.0.2' from `qemu-... --version` ('unknown' when it does not say)."""
     import subprocess
@@ -94,7 +104,7 @@ def find_emulator(arch: str, minimum: tuple[int, int] | None = None) -> str | No
     base = "qemu-x86_64" if arch == "x86_64" else "qemu-aarch64"
     for name in (base, f"{base}-static"):
         path = shutil.which(name)
-        if path and (minimum is None or tuple(int(p) for p in re.findall(r"\d+", qemu_version(path))[:2]) >= minimum):
+        if path and (minimum is None or version_tuple(qemu_version(path)) >= minimum):
             return path
     return None
 
@@ -131,6 +141,15 @@ class DeviceStatus:
     env: dict[str, str] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
 
+    def argv(self, script: Path, *args) -> list[str]:
+        """How to run a numpy + onnxruntime script on this device: its launcher, its Python, the script."""
+        return [*self.command, str(self.python), str(script), *map(str, args)]
+
+    def environ(self) -> dict[str, str]:
+        """The script's environment: this process's, less Python's and edgekit's own variables, plus the device's."""
+        kept = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "EDGEKIT_"))}
+        return {**kept, **self.env, "OMP_NUM_THREADS": "1"}
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -156,7 +175,7 @@ def device_status(name: str) -> DeviceStatus:
     facts = arm64_sysroot_facts()
     if not python.exists() or not (site / "onnxruntime").is_dir() or not facts:
         missing.append(f"the arm64 sysroot under {root} (run: edgekit devices setup arm64)")
-    elif emulator is not None and tuple(int(p) for p in re.findall(r"\d+", str(facts.get("onnxruntime")))[:2]) >= (1, 28):
+    elif emulator is not None and version_tuple(facts.get("onnxruntime")) >= (1, 28):
         # QEMU 7.2 segfaults importing onnxruntime >= 1.28 for aarch64 (field-notes.md): say so, not crash
         emulator = find_emulator(device.arch, minimum=(8, 0))
         if emulator is None:

@@ -21,7 +21,7 @@ import numpy as np
 
 from edgekit.errors import CheckFailed, EnvironmentUnavailable, one_line
 from edgekit.ondevice import script_path
-from edgekit.runtimes.devices import DeviceStatus, qemu_version
+from edgekit.runtimes.devices import DeviceStatus, emulator_log, qemu_version
 
 WORKER = script_path("ort_worker.py")
 START_TIMEOUT_S = 600  # an emulated CPU initialises a large graph slowly; a hung emulator must still end
@@ -44,13 +44,10 @@ class EmulatedSession:
         self.device = status.name
         self._emulator = f"{Path(status.command[0]).name} {qemu_version(status.command[0])}" if status.command else "native"
         self._stderr = tempfile.TemporaryFile()
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}, **status.env,
-               "OMP_NUM_THREADS": "1"}
-        argv = [*status.command, status.python, str(WORKER), str(Path(model).resolve()),
-                json.dumps(session_config or {}), optimization]
+        argv = status.argv(WORKER, Path(model).resolve(), json.dumps(session_config or {}), optimization)
         try:
             self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-                                          env=env)
+                                          env=status.environ())
         except OSError as exc:
             raise EnvironmentUnavailable(f"device {self.device}: cannot start {argv[0]}: {one_line(exc)}") from None
         self._lock = threading.Lock()
@@ -81,8 +78,7 @@ class EmulatedSession:
         if not line:
             code = self._proc.wait()
             self._stderr.seek(0)
-            log = [ln for ln in self._stderr.read().decode(errors="replace").splitlines()
-                   if ln.strip() and "TCG doesn't support" not in ln]
+            log = emulator_log(self._stderr.read().decode(errors="replace"))
             if timed_out.is_set():
                 why = f"no answer in {timeout:.0f} s, stopped"
             elif code < 0:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgekit.errors import BadInput, CheckFailed, EnvironmentUnavailable
-from edgekit.runtimes.devices import arm64_root, devices_dir, find_emulator, qemu_version
+from edgekit.runtimes.devices import arm64_root, devices_dir, emulator_log, find_emulator, qemu_version, version_tuple
 
 DEBIAN_SUITE = "bookworm"  # its python3 is 3.11, the version the aarch64 wheels are chosen for
 # QEMU 7.2 (bookworm's) segfaults importing onnxruntime >= 1.28 for aarch64; QEMU 10 (bookworm-backports) runs it.
@@ -41,10 +41,6 @@ class SetupResult:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "root": str(self.root)}
-
-
-def _version_tuple(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in re.findall(r"\d+", text)[:2])
 
 
 def debian_mirror(sources: tuple[Path, ...] = (Path("/etc/apt/sources.list.d"), Path("/etc/apt/sources.list"))) -> str:
@@ -76,7 +72,7 @@ def _run(argv: list[str], what: str, timeout: float = SETUP_TIMEOUT_S, env: dict
     except subprocess.TimeoutExpired:
         raise EnvironmentUnavailable(f"{what}: {argv[0]} did not finish in {timeout:.0f} s") from None
     if proc.returncode != 0:
-        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip() and "TCG doesn't support" not in ln]
+        lines = emulator_log(proc.stderr + proc.stdout)
         raise EnvironmentUnavailable(f"{what} failed: {(lines[-1] if lines else f'exit {proc.returncode}')[:300]}")
     return proc.stdout
 
@@ -88,7 +84,7 @@ def check_tools(onnxruntime_version: str) -> str:
     if missing:
         raise EnvironmentUnavailable(f"setting up arm64 needs {' and '.join(missing)}",
                                      hint="Debian: apt-get install debootstrap (dpkg-deb comes with dpkg)")
-    emulator = find_emulator("aarch64", minimum=MIN_QEMU_FOR_NEW_ORT if _version_tuple(onnxruntime_version) >= NEW_ORT else None)
+    emulator = find_emulator("aarch64", minimum=MIN_QEMU_FOR_NEW_ORT if version_tuple(onnxruntime_version) >= NEW_ORT else None)
     if emulator is None:
         found = find_emulator("aarch64")
         if found is not None:
