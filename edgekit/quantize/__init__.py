@@ -26,7 +26,7 @@ from edgekit.compare import REWRITE_TOLERANCE, OutputMetrics, compare_outputs
 from edgekit.errors import BadInput, CheckFailed, EnvironmentUnavailable, GateFailed, InvariantBroken, one_line
 from edgekit.graph import is_quantized, static_batch
 from edgekit.onnxfile import OnnxFile
-from edgekit.provenance import CpuInfo, library_versions, this_cpu
+from edgekit.provenance import CpuInfo, library_versions
 from edgekit.quantize.budget import Budget, Fallback, Measure, interleaved_p50_ms, load_labelled, search
 from edgekit.quantize.static import Coverage, check_quantized, int8_coverage, int8_weight_count, quantize_once
 from edgekit.rewrites import batchnorm_as_depthwise
@@ -249,7 +249,9 @@ def _quantize_staged(
 
     stage("checks")
     check_quantized(load_work_file(full), model_path.name, want_grouped, want_concats, added_depthwise)
-    cpu = device_cpu(device)
+    from edgekit.runtimes.devices import cpu_of
+
+    cpu = cpu_of(device)
     # an explicit --target says where the file will run; `auto` is this CPU
     recipe_meta = {**recipe.to_dict(), "format": "QDQ", "batchnorm_rewritten": bn_rewritten, "rewrites": rewrites,
                    "session_options": recipe.session_options(float_nodes=bool(excluded))}
@@ -342,15 +344,6 @@ def _quantize_staged(
         fallback=fallback, dataset_top1=(trial.fp32_top1, trial.int8_top1) if trial.drop is not None else None,
         notes=notes,
     )
-
-
-def device_cpu(device: str | None):
-    """The CPU whose kernels gate the file: the device's, or this machine's."""
-    if device in (None, "host"):
-        return this_cpu()
-    from edgekit.runtimes.devices import get_device
-
-    return get_device(device).cpu()
 
 
 def _first_measure(measure, full: Path, judgement: Int8Judgement, recipe: Recipe, cpu, device: str | None):

@@ -207,6 +207,11 @@ def get_device(name: str) -> Device:
     return DEVICES[key]
 
 
+def cpu_of(name: str | None) -> CpuInfo:
+    """The CPU whose kernels judge an int8 file: the device's, or this machine's (None or "host")."""
+    return get_device(name or "host").cpu()
+
+
 def ready_device(name: str) -> DeviceStatus:
     """A device that can run here, or EnvironmentUnavailable (exit 3) saying what to install."""
     status = device_status(name)

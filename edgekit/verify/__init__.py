@@ -22,8 +22,8 @@ from edgekit.compare import DEFAULT_TOLERANCES, NAN_ONLY, Tolerance, apply_noise
 from edgekit.errors import BadInput, CheckFailed
 from edgekit.graph import precision_of
 from edgekit.models.reference import build_reference, plan_reference
-from edgekit.provenance import run_environment, this_cpu
-from edgekit.runtimes.devices import get_device
+from edgekit.provenance import run_environment
+from edgekit.runtimes.devices import cpu_of
 from edgekit.runners import REFERENCE_BATCH, batch_sizes, input_dtype, no_tf32, run_session, run_torch
 from edgekit.targets import (
     TARGETS,
@@ -277,7 +277,7 @@ def verify(
     if layers and precision != "int8":
         raise BadInput(f"--layers compares an int8 file with its fp32 parent; {path} is {precision}")
     parent_path = _parent_for_layers(path, meta, parent) if layers else None
-    cpu = get_device(device).cpu() if device else this_cpu()
+    cpu = cpu_of(device)
     recipe = (meta or {}).get("recipe") or {}
     judgement = judge_int8(recipe, cpu, target) if precision == "int8" else None
     file_config = session_config_for(recipe)  # what the file needs on every CPU (float nodes kept float)
