@@ -22,7 +22,8 @@ from typing import Callable
 
 import numpy as np
 
-from edgekit.artifact import EXPORTS_DIR, commit_folder, model_files, sha256_file, stage_folder
+from edgekit.artifact import EXPORTS_DIR, model_files, sha256_file
+from edgekit.outputs import commit_folder, stage_folder
 from edgekit.openvino_runtime import openvino_golden_check
 from edgekit.ort_tools import ORT_OPTIMIZATION_STYLE, convert_to_ort, mobile_usability, ort_left_out_because
 from edgekit.ort_tools import portable_ops_config

@@ -62,7 +62,7 @@ def describe_models() -> list[ModelFacts]:
     for all) and cached under edgekit's cache, keyed by the torch/torchvision versions and the model sources."""
     import json
 
-    from edgekit.artifact import write_text_atomic
+    from edgekit.outputs import write_text_atomic
     from edgekit.files import cache_dir
 
     path = cache_dir() / f"model-facts-{_facts_key()}.json"

@@ -590,7 +590,7 @@ def test_the_bundle_swap_holds_signals_until_it_is_done(tmp_path, monkeypatch):
     # a SIGTERM that arrives between moving the old bundle aside and renaming the new one in: it waits
     import signal
 
-    from edgekit.artifact import commit_folder
+    from edgekit.outputs import commit_folder
 
     final, staged = tmp_path / "b", tmp_path / "staged"
     final.mkdir()

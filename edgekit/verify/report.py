@@ -270,7 +270,7 @@ def report_paths(path: Path) -> tuple[Path, Path]:
 
 def write_reports(report: Report, path: Path) -> tuple[Path, Path]:
     """Write FILE.json (every number) and FILE.md (the summary) beside it, each atomically."""
-    from edgekit.artifact import write_text_atomic
+    from edgekit.outputs import write_text_atomic
 
     json_path, md_path = report_paths(path)
     write_text_atomic(json_path, to_json(report))
