@@ -397,3 +397,46 @@ def test_calibration_runs_once_and_its_ranges_serve_every_fallback_trial(exporte
     quantize_once(parent.path, tmp_path / "b.onnx", "input", x, 1, recipe, [node], calibration_cache=cache)
     quantize_once(parent.path, tmp_path / "c.onnx", "input", x, 1, recipe, [node])
     assert (tmp_path / "b.onnx").read_bytes() == (tmp_path / "c.onnx").read_bytes()
+
+
+def test_ranges_cache_serves_two_targets_with_the_same_ranges_and_different_weights(exported, tmp_path, monkeypatch):
+    # The persistent ranges cache (quantize --ranges-cache): x86-avx2 and x86-vnni run the same pre-processed graph,
+    # so the second target reads the first one's activation ranges (no calibrator runs) while its weights differ
+    # (7-bit reduce_range on AVX2, full 8-bit on VNNI). A corrupt entry is said and computed again, never trusted.
+    import sys
+
+    import onnxruntime.quantization  # noqa: F401
+
+    from onnx import numpy_helper
+
+    ort_quantize = sys.modules["onnxruntime.quantization.quantize"]
+    calls = []
+    real = ort_quantize.create_calibrator
+    monkeypatch.setattr(ort_quantize, "create_calibrator", lambda *a, **k: calls.append(1) or real(*a, **k))
+    parent = exported("textbook_resnet18", 32)
+    store = tmp_path / "ranges"
+    avx2 = quantize(parent.path, target="x86-avx2", min_sqnr=0.0, output=tmp_path / "a.int8.onnx", ranges_cache=store)
+    assert len(calls) == 1 and not avx2.ranges_cached and len(list(store.iterdir())) == 1
+    vnni = quantize(parent.path, target="x86-vnni", min_sqnr=0.0, output=tmp_path / "v.int8.onnx", ranges_cache=store)
+    assert len(calls) == 1 and vnni.ranges_cached and len(list(store.iterdir())) == 1
+
+    def tensors(path, pick):
+        return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer if pick(t)}
+
+    def activation_scales(path):  # the scales of the activations' QuantizeLinear nodes: the ranges
+        model = onnx.load(str(path))
+        scales = {n.input[1] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+        return tensors(path, lambda t: t.name in scales)
+
+    assert activation_scales(avx2.path).keys() == activation_scales(vnni.path).keys()
+    for name, scale in activation_scales(avx2.path).items():
+        np.testing.assert_array_equal(scale, activation_scales(vnni.path)[name])
+    weights = lambda p: tensors(p, lambda t: t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2)  # noqa: E731
+    assert any(not np.array_equal(w, weights(vnni.path)[k]) for k, w in weights(avx2.path).items())
+
+    entry = next(store.iterdir())
+    entry.write_text("[1, 2")  # a half-written or damaged entry
+    again = quantize(parent.path, target="x86-vnni", min_sqnr=0.0, output=tmp_path / "w.int8.onnx", ranges_cache=store)
+    assert len(calls) == 2 and not again.ranges_cached
+    assert any("calibration cache entry" in n and "computed again" in n for n in again.notes)
+    assert entry.read_text().startswith("{")

@@ -58,6 +58,11 @@ def quantize_command(
     fallback: Annotated[
         bool, typer.Option("--fallback/--no-fallback", help="keep the most sensitive layers in fp32 when the budget is missed")
     ] = True,
+    ranges_cache: Annotated[
+        Path | None,
+        typer.Option("--ranges-cache", file_okay=False,
+                     help="folder of activation ranges kept by content: calibrate once, reuse on every later run"),
+    ] = None,
     device: options.Device = None,
     output: options.Output = None,
     json_output: options.Json = False,
@@ -93,6 +98,7 @@ def quantize_command(
             fallback=fallback,
             rewrites=rewrites,
             device=device,
+            ranges_cache=ranges_cache,
             on_stage=lambda s: bar.update(stage_task, description=f"quantize: {escape(s)}"),
             on_progress=on_progress,
         )

@@ -28,7 +28,10 @@ from edgekit.graph import is_quantized, static_batch
 from edgekit.onnxfile import OnnxFile
 from edgekit.provenance import CpuInfo, library_versions
 from edgekit.quantize.budget import Budget, Fallback, Measure, interleaved_p50_ms, load_labelled, search
-from edgekit.quantize.static import Coverage, check_quantized, int8_coverage, int8_weight_count, quantize_once
+from edgekit.quantize.ranges import ranges_entry
+from edgekit.quantize.static import (
+    CALIB_PERCENTILE, Coverage, check_quantized, int8_coverage, int8_weight_count, quantize_once, resolve_exclusions,
+)
 from edgekit.rewrites import batchnorm_as_depthwise
 from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
 from edgekit.targets import KEEP_FLOAT_SESSION, Int8Judgement, Recipe, judge_int8, resolve_recipe, session_config_for
@@ -63,6 +66,7 @@ class QuantizeResult:
     budget: str = ""
     fallback: Fallback | None = None  # what the accuracy budget's fp32 fallback tried and kept
     dataset_top1: tuple[float, float] | None = None  # (fp32, int8) top-1 on --dataset
+    ranges_cached: bool = False  # the activation ranges came from the ranges cache (no calibration ran)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -74,7 +78,8 @@ class QuantizeResult:
             "path": str(self.path), "parent": str(self.parent), "recipe": self.recipe.to_dict(), "excluded": self.excluded,
             "calibration": {**self.calibration.to_metadata(), "description": self.calibration.description,
                             "holdout": self.calibration.holdout_description},
-            "calibration_seconds": self.calibration_seconds, "fp32_bytes": self.fp32_bytes, "int8_bytes": self.int8_bytes,
+            "calibration_seconds": self.calibration_seconds, "ranges_cached": self.ranges_cached,
+            "fp32_bytes": self.fp32_bytes, "int8_bytes": self.int8_bytes,
             "size_ratio": self.size_ratio, "ops": self.ops, "coverage": {"int8": self.coverage.int8, "total": self.coverage.total},
             "grouped_convs": self.grouped_convs, "concats": self.concats, "batchnorm_rewritten": self.batchnorm_rewritten,
             "holdout": self.holdout.to_dict(), "cpu": self.cpu.to_dict(), "judgement": self.judgement.to_dict(),
@@ -83,26 +88,6 @@ class QuantizeResult:
             "dataset_top1": {"fp32": self.dataset_top1[0], "int8": self.dataset_top1[1]} if self.dataset_top1 else None,
             "notes": self.notes, "metadata": self.metadata,
         }
-
-
-def resolve_exclusions(model, exclude: list[str]) -> list[str]:
-    """Node names to exclude: each item is a node name or an op type (all its nodes)."""
-    names = {n.name for n in model.graph.node}
-    by_type: dict[str, list[str]] = {}
-    for node in model.graph.node:
-        by_type.setdefault(node.op_type, []).append(node.name)
-    resolved: list[str] = []
-    for item in exclude:
-        if item in names:
-            resolved.append(item)
-        elif item in by_type:
-            resolved.extend(by_type[item])
-        else:
-            raise BadInput(
-                f"--exclude {item!r} is neither a node name nor an op type of the model",
-                hint=f"op types here: {', '.join(sorted(by_type))}",
-            )
-    return sorted(set(resolved))
 
 
 def quantize(
@@ -124,6 +109,7 @@ def quantize(
     fallback: bool = True,
     rewrites: bool = True,
     device: str | None = None,
+    ranges_cache: Path | None = None,
     on_stage: Callable[[str], None] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> QuantizeResult:
@@ -134,6 +120,7 @@ def quantize(
     points. With `fallback`, a file that misses it gets its most sensitive nodes kept in fp32.
     `device`: the deployment CPU whose ONNX Runtime kernels gate the file (edgekit.runtimes.devices; emulated
     where it is not this machine); the per-layer ranking of the fallback still runs on this machine.
+    `ranges_cache`: a folder of activation ranges kept by content (quantize.ranges), read before calibrating.
     """
     model_path = Path(model_path)
     if device not in (None, "host"):
@@ -172,7 +159,7 @@ def quantize(
         with tempfile.TemporaryDirectory(prefix="edgekit-quantize-") as tmp:
             result = _quantize_staged(
                 model_path, model, metadata, recipe, preprocessing, excluded, calibration, samples, augment, seed,
-                staged, Path(tmp), budget, fallback, stage, progress, target.lower(), device,
+                staged, Path(tmp), budget, fallback, stage, progress, target.lower(), device, ranges_cache,
             )
         staged.commit()
         return result
@@ -184,7 +171,7 @@ def quantize(
 def _quantize_staged(
     model_path, model, metadata, recipe: Recipe, preprocessing, excluded, calibration, samples, augment, seed,
     staged, workdir: Path, budget: Budget, use_fallback: bool, stage, progress, explicit_target: str,
-    device: str | None = None,
+    device: str | None = None, ranges_cache: Path | None = None,
 ) -> QuantizeResult:
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -236,16 +223,21 @@ def _quantize_staged(
         # an --exclude naming a rewritten node means its replacement
         excluded = sorted(e if e in names or f"{e}_as_depthwise" not in names else f"{e}_as_depthwise" for e in excluded)
 
+    ranges = ranges_entry(ranges_cache, workdir, pre, calib.tensors, recipe.method,
+                          CALIB_PERCENTILE if recipe.method == "percentile" else None)
+    notes.extend([ranges.note] if ranges.note else [])
+
     def make(fp32_nodes: list[str], name: str = "quantized.onnx", report=None) -> Path:
         out = workdir / name
         quantize_once(pre, out, input_name, calib.tensors, batch, recipe, sorted(set(excluded) | set(fp32_nodes)), report,
-                      calibration_cache=workdir / "calibration-ranges.json")  # calibrated once, reused by every trial
+                      calibration_cache=ranges.work)  # calibrated once, reused by every trial (and run, with a store)
         return out
 
-    stage("calibrate + quantize")
+    stage("quantize (cached ranges)" if ranges.hit else "calibrate + quantize")
     started = time.perf_counter()
     full = make([], report=lambda i, n: progress("calibrate", i, n))
     calibration_seconds = time.perf_counter() - started
+    ranges.keep()
 
     stage("checks")
     check_quantized(load_work_file(full), model_path.name, want_grouped, want_concats, added_depthwise)
@@ -342,7 +334,7 @@ def _quantize_staged(
         grouped_convs=grouped - added_depthwise, concats=concats, batchnorm_rewritten=bn_rewritten, holdout=holdout,
         metadata=new_meta, cpu=cpu, judgement=judgement, holdout_default=holdout_default, budget=budget.describe(),
         fallback=fallback, dataset_top1=(trial.fp32_top1, trial.int8_top1) if trial.drop is not None else None,
-        notes=notes,
+        notes=notes, ranges_cached=ranges.hit,
     )
 
 

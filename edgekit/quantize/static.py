@@ -14,10 +14,12 @@ from typing import Callable
 
 import numpy as np
 
-from edgekit.errors import CheckFailed, InvariantBroken, one_line
+from edgekit.errors import BadInput, CheckFailed, InvariantBroken, one_line
 from edgekit.runners import padded_batches
 from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
 from edgekit.targets import Recipe
+
+CALIB_PERCENTILE = 99.999  # the percentile calibrator's cut (ORT's CalibPercentile)
 
 # What ORT really executes after its own graph optimisation: int8 kernels vs float ones.
 INT8_KERNELS = {"Conv": {"QLinearConv", "ConvInteger"}, "Gemm": {"QGemm", "QLinearMatMul", "MatMulInteger"},
@@ -76,7 +78,7 @@ def quantize_once(
                "percentile": CalibrationMethod.Percentile}
     extra = {"ActivationSymmetric": recipe.activation_symmetric, "WeightSymmetric": True}
     if recipe.method == "percentile":
-        extra["CalibPercentile"] = 99.999
+        extra["CalibPercentile"] = CALIB_PERCENTILE
     reader = _Reader(input_name, tensors, batch, on_progress)
     try:
         # ORT's calibrators print progress to stdout; only the cli package prints.
@@ -152,3 +154,22 @@ def _quiet_root_logger():
     finally:
         logging.disable(logging.NOTSET)
 
+
+def resolve_exclusions(model, exclude: list[str]) -> list[str]:
+    """Node names to exclude: each item is a node name or an op type (all its nodes)."""
+    names = {n.name for n in model.graph.node}
+    by_type: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        by_type.setdefault(node.op_type, []).append(node.name)
+    resolved: list[str] = []
+    for item in exclude:
+        if item in names:
+            resolved.append(item)
+        elif item in by_type:
+            resolved.extend(by_type[item])
+        else:
+            raise BadInput(
+                f"--exclude {item!r} is neither a node name nor an op type of the model",
+                hint=f"op types here: {', '.join(sorted(by_type))}",
+            )
+    return sorted(set(resolved))
