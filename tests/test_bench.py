@@ -36,10 +36,10 @@ def test_runs_are_interleaved_and_counted(exported):
 
 
 def test_macs_come_from_the_architecture(exported):
-    from edgekit.bench import _macs_for
+    from edgekit.bench.candidates import macs_for
 
     meta = exported("textbook_resnet18").metadata
-    macs = _macs_for(meta)
+    macs = macs_for(meta)
     # the chapter's ResNet-18 at 64x64: 1.81 GMACs at 224 scaled by (64/224)^2, within 10 %
     assert macs == pytest.approx(1.8136e9 * (64 / 224) ** 2, rel=0.1)
 
