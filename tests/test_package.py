@@ -336,6 +336,7 @@ def test_bad_input_is_exit_2_and_leaves_nothing(cli, exported, tmp_path):
 
 def test_a_failure_midway_leaves_nothing_and_keeps_the_old_bundle(int8_7bit_bundle, tmp_path, monkeypatch):
     import edgekit.package as package_module
+    import edgekit.package.ort_format as ort_format
 
     source = next(int8_7bit_bundle.folder.glob("*.onnx"))  # a file whose bundle holds an .ort
     dest = clone(int8_7bit_bundle.folder, tmp_path / "old.bundle")
@@ -344,7 +345,7 @@ def test_a_failure_midway_leaves_nothing_and_keeps_the_old_bundle(int8_7bit_bund
     def broken(*_args, **_kwargs):
         raise CheckFailed("converting to the ORT format failed: simulated")
 
-    monkeypatch.setattr(package_module, "convert_to_ort", broken)
+    monkeypatch.setattr(ort_format, "convert_to_ort", broken)
     with pytest.raises(CheckFailed, match="simulated"):
         package_module.package(source, output=dest)
     assert files_in(tmp_path) == ["old.bundle"] and files_in(dest) == before

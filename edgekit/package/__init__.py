@@ -1,0 +1,206 @@
+"""`package`: a deployable folder that verifies itself on the device. Returns a PackageResult; never prints.
+
+A bundle holds the model (.onnx, its external data, and the ORT format .ort with the
+required_operators.config a minimal ORT build needs), golden inputs (photos as uint8 pixels after
+resize/crop, and their PyTorch fp32 reference outputs), manifest.json (signature, preprocessing,
+classes, precision and recipe, session options per CPU, the gates, sha256 of every file, versions,
+ORT Mobile usability) and check.py + metrics.py (numpy and onnxruntime only) that re-run the checks
+on the device. The folder is built in a hidden temp folder beside its destination, checked there
+with check.py's own checks, and renamed into place only when they pass; on any failure nothing is left.
+
+The steps, each in its own module: golden.py (the golden photos and their PyTorch reference), ort_format.py
+(the .ort and its operators config), manifest.py (manifest.json, README.txt, the file list), folder.py (where
+the bundle goes, and the golden data and manifest written within the overhead budget). This module runs them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from edgekit.artifact import model_files, sha256_file
+from edgekit.bundle import BundleCheck, check_bundle, read_labels, this_cpu_for_check
+from edgekit.errors import BadInput, CheckFailed
+from edgekit.graph import output_classes, static_batch
+from edgekit.images import DEFAULT_CALIBRATION_DIR, scan_folder
+from edgekit.ondevice import BUNDLE_SCRIPTS, script_path
+from edgekit.ondevice import check as bundle_check
+from edgekit.onnxfile import OnnxFile
+from edgekit.openvino_runtime import openvino_golden_check
+from edgekit.ort_tools import mobile_usability
+from edgekit.outputs import commit_folder, stage_folder
+from edgekit.package.folder import OVERHEAD_BUDGET, check_destination, default_bundle_dir, write_within_budget
+from edgekit.package.golden import DEFAULT_GOLDEN, MAX_GOLDEN, golden_inputs, golden_within_budget, reference_outputs
+from edgekit.package.manifest import (
+    MOBILE_REPORT,
+    README_NAME,
+    BundleFile,
+    build_manifest,
+    bundle_files,
+    checked_when_packaged,
+    readme,
+    write_json,
+)
+from edgekit.package.ort_format import write_ort_format
+
+__all__ = ["package", "check_bundle", "PackageResult", "BundleCheck", "BundleFile", "golden_within_budget"]
+
+
+@dataclass
+class PackageResult:
+    """What `package` wrote and measured."""
+
+    folder: Path
+    source: Path
+    precision: str
+    files: list[BundleFile]
+    golden_samples: int
+    golden_images: list[str]
+    check: BundleCheck
+    mobile: dict
+    session_options: dict
+    gates: dict
+    cpu: dict
+    notes: list[str] = field(default_factory=list)
+    manifest_sha256: str | None = None  # printed to be pinned: check.py --expect-manifest
+
+    @property
+    def model_bytes(self) -> int:
+        return sum(f.bytes for f in self.files if f.model)
+
+    @property
+    def overhead_bytes(self) -> int:
+        return sum(f.bytes for f in self.files if not f.model)
+
+    @property
+    def overhead_fraction(self) -> float:
+        return self.overhead_bytes / self.model_bytes if self.model_bytes else float("inf")
+
+    @property
+    def total_bytes(self) -> int:
+        return self.model_bytes + self.overhead_bytes
+
+    def to_dict(self) -> dict:
+        return {
+            "folder": str(self.folder), "source": str(self.source), "precision": self.precision,
+            "files": [f.to_dict() for f in self.files], "model_bytes": self.model_bytes,
+            "overhead_bytes": self.overhead_bytes, "overhead_fraction": self.overhead_fraction,
+            "overhead_budget": OVERHEAD_BUDGET, "total_bytes": self.total_bytes,
+            "golden_samples": self.golden_samples, "golden_images": self.golden_images, "check": self.check.to_dict(),
+            "mobile_usability": self.mobile, "session_options": self.session_options, "gates": self.gates,
+            "cpu": self.cpu, "notes": self.notes, "manifest_sha256": self.manifest_sha256,
+        }
+
+
+def package(
+    model_path: Path,
+    *,
+    output: Path | None = None,
+    labels: Path | None = None,
+    images: Path | None = None,
+    golden: int | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> PackageResult:
+    """Write the bundle for an edgekit .onnx file (fp32, fp16 or int8) and check it; nothing is written
+    unless every check passes. `golden`: photos in the golden data (default 8, fewer when they would add
+    more than OVERHEAD_BUDGET to the model files; an explicit count is kept and the overhead said)."""
+    stage = on_stage or (lambda _s: None)
+    model_path = Path(model_path)
+    if model_path.suffix.lower() != ".onnx":
+        raise BadInput(f"{model_path} is not an .onnx file", hint="package the .onnx that edgekit export/quantize wrote")
+    if golden is not None and not 1 <= golden <= MAX_GOLDEN:
+        raise BadInput(f"--golden {golden}: give 1 to {MAX_GOLDEN} photos")
+    source = OnnxFile.open(model_path)
+    model, meta, spec, precision = source.proto, source.metadata, source.spec, source.precision
+    if meta is None:
+        raise BadInput(
+            f"{model_path} carries no edgekit metadata, so its PyTorch reference and preprocessing are unknown",
+            hint="package a file written by edgekit export, quantize or convert",
+        )
+    tolerance, tolerance_source = source.gates()  # the gates verify and quantize use for this file
+    classes = output_classes(model) or (int(meta["num_classes"]) if str(meta.get("num_classes", "")).isdigit() else None)
+    label_list = read_labels(labels, classes) if labels is not None else None
+    if "preprocessing" not in meta:
+        raise BadInput(f"the edgekit metadata of {model_path} has no preprocessing", hint="re-export the file")
+    pre = source.preprocessing()
+    if any(d is not None and d != p for d, p in zip(spec.chw, pre.chw)):
+        raise BadInput(f"{model_path}: input {spec.name!r} is {spec.chw} but its preprocessing makes {pre.chw}")
+    photo_dir = Path(images) if images is not None else DEFAULT_CALIBRATION_DIR
+    photos, _others = scan_folder(photo_dir)
+    if not photos:
+        raise BadInput(f"no photos in {photo_dir}", hint="pass --images DIR with jpg/png photos")
+    final = Path(output) if output is not None else default_bundle_dir(model_path)
+    if final.resolve() == model_path.parent.resolve():
+        raise BadInput(f"output {final} is the folder the model is in", hint="name a new folder for the bundle")
+    check_destination(final)
+    recipe = meta.get("recipe") if precision == "int8" else None
+    session_options = dict((recipe or {}).get("session_options") or {})
+    cpu = this_cpu_for_check()
+    notes: list[str] = []
+
+    staged = stage_folder(final)
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgekit-package-") as tmp:
+            stage("copying the model")
+            sources = model_files(model_path)
+            for src in sources:
+                shutil.copyfile(src, staged / src.name)
+            onnx_name = model_path.name
+            stage("converting to the ORT format")
+            ort = write_ort_format(sources, staged, Path(tmp), recipe, session_options)
+            if ort.left_out:
+                notes.append(f"no .ort: {ort.left_out}")
+
+            stage("golden inputs")
+            pixels, names, inputs = golden_inputs(photos, photo_dir, pre, golden or DEFAULT_GOLDEN, notes)
+
+            stage("PyTorch fp32 reference")
+            reference = reference_outputs(model_path, model, meta, inputs)
+            here_config, _ = bundle_check.session_options_for({"session_options": session_options}, cpu)
+            stage("ONNX Runtime on this machine")
+            from edgekit.runners import run_onnx
+
+            ort_outputs = run_onnx(staged / onnx_name, inputs, static_batch(model), here_config or None)
+
+            stage("ORT Mobile usability")
+            mobile, mobile_text = mobile_usability(staged / onnx_name)
+            (staged / MOBILE_REPORT).write_text(mobile_text)
+            for name in BUNDLE_SCRIPTS:
+                shutil.copyfile(script_path(name), staged / name)
+
+        model_names = [p.name for p in sources] + ([ort.name] if ort.name else [])
+        manifest = build_manifest(model_path, model, meta, precision, pre, classes, label_list, recipe, session_options,
+                                  tolerance, tolerance_source, photo_dir, sources, ort, mobile)
+        versions = manifest["versions"]
+        (staged / README_NAME).write_text(readme(manifest))
+
+        stage("golden data and manifest")
+        n = write_within_budget(staged, manifest, model_names, pixels, reference, ort_outputs, names, golden, notes)
+
+        stage("check.py's checks on the bundle")
+        result = check_bundle(staged)
+        if not result.passed:
+            raise CheckFailed(
+                f"the bundle fails its own check: {' | '.join(result.reasons)}; nothing was written",
+                hint="run edgekit verify on the file to see why; for a model trained on other images than the bundled "
+                "photos, pass --images DIR from its own domain",
+            )
+        manifest["checked_when_packaged"] = checked_when_packaged(result, cpu, versions)
+        stage("other runtimes")
+        manifest["runtimes"] = {"onnxruntime": {"version": versions["onnxruntime"], "passed": result.passed},
+                                "openvino": openvino_golden_check(staged / onnx_name, inputs[:n], reference[:n], tolerance,
+                                                                  static_batch(model))}
+        write_json(staged / "manifest.json", manifest)  # not hashed itself: the checksums above stay valid
+        files = bundle_files(staged, model_names)
+        commit_folder(staged, final)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    result.folder = final
+    return PackageResult(
+        folder=final, source=model_path, precision=precision, files=files, golden_samples=n, golden_images=names[:n],
+        check=result, mobile=mobile, session_options=session_options, gates=manifest["gates"], cpu=cpu, notes=notes,
+        manifest_sha256=sha256_file(final / "manifest.json"))

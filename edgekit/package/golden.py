@@ -1,0 +1,89 @@
+"""A bundle's golden data: photos as uint8 crops (checked to normalise exactly as edgekit does), the PyTorch fp32
+reference outputs the device compares against, how many photos fit the overhead budget, and golden.npz."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import BadInput, CheckFailed, EnvironmentUnavailable, one_line
+from edgekit.images import pick_samples
+from edgekit.ondevice import check as bundle_check
+from edgekit.preprocessing import Preprocessing
+
+DEFAULT_GOLDEN = 8
+MAX_GOLDEN = 256
+GOLDEN_FILE = "golden.npz"
+
+
+def golden_within_budget(n: int, golden_bytes: int, other_bytes: int, model_bytes: int, budget: float) -> int:
+    """How many of `n` golden photos (`golden_bytes` in all) fit beside `other_bytes` of manifest and scripts
+    within `budget` x the model files' bytes; at least one."""
+    if golden_bytes + other_bytes <= budget * model_bytes:
+        return n
+    per_photo = max(1.0, golden_bytes / n)
+    return max(1, min(n, int((budget * model_bytes - other_bytes) // per_photo)))
+
+
+def golden_inputs(photos: list[Path], photo_dir: Path, pre: Preprocessing, want: int,
+                  notes: list[str]) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Up to `want` of the photos as (uint8 pixels, names, the normalised model inputs); skipped photos and
+    a shortfall are added to `notes`."""
+    pixels, names, skipped = _golden_pixels(pick_samples(photos, None), pre, want)
+    notes += skipped
+    if len(pixels) < want:
+        notes.append(f"{photo_dir} has {len(pixels)} usable photos; the golden data holds {len(pixels)}, not {want}")
+    return pixels, names, bundle_check.normalize(pixels, pre.mean, pre.std)
+
+
+def _golden_pixels(files: list[Path], pre: Preprocessing, want: int) -> tuple[np.ndarray, list[str], list[str]]:
+    """Up to `want` photos as uint8 (C, H, W) crops (check.py's crop_uint8), each checked to normalise to exactly
+    what edgekit's Preprocessing.apply gives; (pixels, names, notes on skipped files)."""
+    from PIL import Image, UnidentifiedImageError
+
+    pre_dict = pre.to_dict()
+    pixels, names, notes = [], [], []
+    for path in files:
+        if len(pixels) >= want:
+            break
+        try:
+            with Image.open(path) as image:
+                image.load()
+                crop = bundle_check.crop_uint8(image, pre_dict)
+                expected = pre.apply(image)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            notes.append(f"skipped {path.name}: cannot decode ({one_line(exc, 200)})")
+            continue
+        got = bundle_check.normalize(crop, pre.mean, pre.std)
+        if got.shape != expected.shape or not np.array_equal(got, expected):
+            diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("nan")
+            raise CheckFailed(
+                f"check.py's preprocessing differs from edgekit's on {path.name} (max abs {diff:.3g}, shapes "
+                f"{got.shape} / {expected.shape}); the bundle would teach the device the wrong steps"
+            )
+        pixels.append(crop)
+        names.append(path.name)
+    if not pixels:
+        raise BadInput("no usable photos for the golden inputs", hint="pass --images DIR with jpg/png photos")
+    return np.stack(pixels), names, notes
+
+
+def reference_outputs(model_path: Path, model, meta: dict, inputs: np.ndarray) -> np.ndarray:
+    """PyTorch fp32 outputs of the model the file came from (an int8/fp16 file: its fp32 ancestor)."""
+    from edgekit.models.reference import rebuild_reference
+    from edgekit.runners import run_torch
+
+    try:
+        torch_model, _plan = rebuild_reference(model_path, model, meta)
+    except ImportError as exc:
+        raise EnvironmentUnavailable(f"the PyTorch reference needs torch: {one_line(exc)}") from None
+    return run_torch(torch_model, inputs).astype(np.float32)
+
+
+def write_golden(path: Path, pixels, outputs, ort_outputs, names) -> None:
+    with open(path, "wb") as f:
+        np.savez_compressed(
+            f, images=np.ascontiguousarray(pixels, dtype=np.uint8), outputs=np.asarray(outputs, np.float32),
+            ort_outputs=np.asarray(ort_outputs, np.float32), names=np.array(names),
+        )
