@@ -1,5 +1,5 @@
-"""The house: stages only orchestrate and never import each other; no import circle; no module over ~400 lines
-outside the ones that say why."""
+"""The house: stages only orchestrate and never import each other; no import circle; no module over 450 lines
+outside the one that says why."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def test_modules_stay_small():
     # names before it trusts it: it cannot import edgekit's checks
     allowed = {"edgekit.ondevice.check": 800}
     large = {
-        m: n for m, p in _modules().items() if (n := len(p.read_text().splitlines())) > allowed.get(m, 500)
+        m: n for m, p in _modules().items() if (n := len(p.read_text().splitlines())) > allowed.get(m, 450)
     }
     assert not large, large
 
