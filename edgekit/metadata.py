@@ -34,8 +34,8 @@ from edgekit.metadata_schema import (  # noqa: F401  (the schema's public names,
     WEIGHT_KINDS,
     EdgekitMetadata,
     MetadataProblem,
-    _one_line,
     channel_text,
+    collapse_whitespace,
     preprocessing_channels,
 )
 
@@ -69,7 +69,7 @@ def parse_metadata(raw: str | None, where: Path) -> EdgekitMetadata | None:
     except RecursionError:
         raise _bad(where, "its edgekit metadata is nested too deeply to read") from None
     except ValueError as exc:  # e.g. a number past Python's 4300-digit limit
-        raise _bad(where, f"its edgekit metadata is not valid JSON ({_truncate(_one_line(str(exc)), 120)})") from None
+        raise _bad(where, f"its edgekit metadata is not valid JSON ({_truncate(collapse_whitespace(str(exc)), 120)})") from None
     return validate_metadata(data, where)
 
 
@@ -172,7 +172,7 @@ def _shape_text(dims) -> str:
 
 
 def _bad(where: Path, text: str) -> BadInput:
-    return BadInput(f"{where}: {_one_line(text)}", hint=METADATA_HINT)
+    return BadInput(f"{where}: {collapse_whitespace(text)}", hint=METADATA_HINT)
 
 
 def _truncate(text: str, limit: int = VALUE_CHARS) -> str:
@@ -185,7 +185,7 @@ def _show(value: Any) -> str:
         text = json.dumps(value, ensure_ascii=True, allow_nan=True, default=repr)
     except (ValueError, TypeError, RecursionError):
         text = f"<{type(value).__name__}>"
-    return _truncate(_one_line(text))
+    return _truncate(collapse_whitespace(text))
 
 
 def _field_path(loc: tuple) -> str:
@@ -212,7 +212,7 @@ def _describe(error: dict) -> tuple[str, str]:
         path = problem.path if prefix in ("(the object)", problem.path) else f"{prefix}.{problem.path}"
         if problem.value is FROM_REASON:
             # Preprocessing names its own field and value: "...field 'std' is (0.0, 0.0, 0.0): fix".
-            match = _PREPROCESSING_FIELD.match(_one_line(problem.reason))
+            match = _PREPROCESSING_FIELD.match(collapse_whitespace(problem.reason))
             return (f"{path}.{match[1]}", f"is {match[2]}") if match else (path, f": {problem.reason}")
         return path, f"{_is(problem.value)}: {problem.reason}"
     path = _field_path(error["loc"])
@@ -235,4 +235,4 @@ def _from_validation_error(exc: ValidationError, where: Path) -> BadInput:
     errors = exc.errors(include_url=False)
     path, rest = _describe(errors[0])
     more = f"; {len(errors) - 1} more problem(s)" if len(errors) > 1 else ""
-    return _bad(where, f"edgekit metadata field {path} {_truncate(_one_line(rest), 300)}{more}")
+    return _bad(where, f"edgekit metadata field {path} {_truncate(collapse_whitespace(rest), 300)}{more}")

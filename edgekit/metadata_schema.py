@@ -179,7 +179,7 @@ class EdgekitMetadata(_Part):
         except BadInput as exc:
             raise MetadataProblem("preprocessing", FROM_REASON, exc.message) from None
         except Exception as exc:  # e.g. OverflowError from int(Infinity): still the file's fault
-            raise MetadataProblem("preprocessing", v, f"{type(exc).__name__}: {_one_line(str(exc))[:200]}") from None
+            raise MetadataProblem("preprocessing", v, f"{type(exc).__name__}: {collapse_whitespace(str(exc))[:200]}") from None
         return v
 
     @field_validator("created")
@@ -268,5 +268,7 @@ def channel_text(pre: Preprocessing) -> str:
     return f"channels {getattr(pre, 'channels', 'rgb')}, input_channels {preprocessing_channels(pre)}"
 
 
-def _one_line(text: str) -> str:
+def collapse_whitespace(text: str) -> str:
+    """Every run of whitespace (newlines, tabs) as one space, so a message stays on one line; all of the text is
+    kept (errors.one_line, by contrast, keeps only an exception's first line)."""
     return " ".join(str(text).split())
