@@ -91,16 +91,16 @@ def file_candidates(
 
 def _openvino_candidate(path: Path, x: np.ndarray, facts: dict, runtimes, providers, threads: int, batch: int) -> Candidate:
     """OpenVINO on the CPU, same threads and batch: one infer request reused, its input set once, synchronous infer."""
-    from edgekit.openvino_runtime import OpenVinoModel
+    from edgekit.runtimes.openvino import OpenVinoRunner
 
     before = _rss_bytes()
-    model = OpenVinoModel.load(path, threads=threads, batch=batch)
-    run = model.timed_runner(x)
+    runner = OpenVinoRunner.load(path, threads=threads, batch=batch)
+    run = runner.timed_runner(x)
     run()
     after = _rss_bytes()
     return Candidate(
         label=_label(path, "openvino", "cpu", runtimes, providers), kind="onnx", provider="cpu", run=run,
-        runtime="openvino", executed_precisions=model.executed_precisions(), runtime_config=model.config,
+        runtime="openvino", executed_precisions=runner.executed(), runtime_config=runner.config,
         memory_bytes=(after - before) if before is not None and after is not None else None, **facts,
     )
 
@@ -176,17 +176,14 @@ def torch_candidate(path: Path, meta: dict | None, threads: int, batch: int) -> 
 
     from edgekit.artifact import load_onnx
     from edgekit.models.reference import rebuild_reference
+    from edgekit.runtimes.torch_eager import TorchRunner
 
     if not meta:
         raise BadInput(f"{path} has no edgekit metadata: --torch cannot rebuild its PyTorch model")
     model, _plan = rebuild_reference(path, load_onnx(path, check=False), meta)
     size = int(meta["input_size"])
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-
-    def run():
-        with torch.inference_mode():
-            model(x)
-
+    run = TorchRunner(model, "cpu").timed_runner(x.numpy())
     before = _rss_bytes()
     torch.set_num_threads(threads)
     run()

@@ -24,7 +24,7 @@ from edgekit.graph import precision_of
 from edgekit.models.reference import build_reference, plan_reference
 from edgekit.provenance import run_environment
 from edgekit.runtimes.devices import cpu_of
-from edgekit.runners import REFERENCE_BATCH, batch_sizes, input_dtype, no_tf32, run_session, run_torch
+from edgekit.runners import REFERENCE_BATCH, batch_sizes, input_dtype, run_session, run_torch
 from edgekit.targets import (
     TARGETS,
     exact_session_for,
@@ -124,24 +124,19 @@ def _torch_cuda_rows(
     on_stage: Callable[[str], None],
 ) -> list[Comparison]:
     """PyTorch's own GPU result against its CPU one, for scale (not a gate): fp32 noise on this GPU."""
-    import torch
+    from edgekit.runtimes.torch_eager import TorchRunner
 
     on_stage("PyTorch on CUDA")
     fp32 = DEFAULT_TOLERANCES["fp32"]
     rows = []
-    cuda_model = copy.deepcopy(torch_model).to("cuda")
-    try:
-        with no_tf32():
-            for s in input_sets:
-                got = run_torch(cuda_model, s.tensors, device="cuda")
-                rows.append(Comparison(
-                    "pytorch", "cuda", "cuda", s.name, min(REFERENCE_BATCH, len(s.tensors)), len(s.tensors),
-                    [compare_outputs(expected[s.name], got, output_name, fp32)], fp32, gated=False,
-                    notes=["PyTorch CUDA vs PyTorch CPU, for scale; not a gate"],
-                ))
-    finally:
-        del cuda_model
-        torch.cuda.empty_cache()
+    with TorchRunner.on(torch_model, "cuda") as runner:
+        for s in input_sets:
+            got = runner.run(s.tensors)[0]
+            rows.append(Comparison(
+                "pytorch", "cuda", "cuda", s.name, min(REFERENCE_BATCH, len(s.tensors)), len(s.tensors),
+                [compare_outputs(expected[s.name], got, output_name, fp32)], fp32, gated=False,
+                notes=["PyTorch CUDA vs PyTorch CPU, for scale; not a gate"],
+            ))
     return rows
 
 
@@ -151,25 +146,25 @@ def _openvino_rows(
 ) -> list[Comparison]:
     """OpenVINO on the CPU, same file, inputs, reference and gates as ORT (int8 gated against PyTorch, not
     against ORT: the two engines round at different points); the rows say what OpenVINO executed."""
-    from edgekit.openvino_runtime import OpenVinoModel, precision_summary
     from edgekit.runners import run_batched
+    from edgekit.runtimes.openvino import OpenVinoRunner
 
     rows = []
-    models: dict[int, OpenVinoModel] = {}
+    runners: dict[int, OpenVinoRunner] = {}
     for s in input_sets:
         for batch in batches:
             on_stage(f"OpenVINO: {s.name}, batch {batch}")
-            if batch not in models:
-                models[batch] = OpenVinoModel.load(path, batch=batch)
-            model = models[batch]
-            got = run_batched(model.run, s.tensors, batch)[0]
+            if batch not in runners:
+                runners[batch] = OpenVinoRunner.load(path, batch=batch)
+            runner = runners[batch]
+            got = run_batched(runner.run, s.tensors, batch)[0]
             row_tol = NAN_ONLY if precision == "int8" and s.name == "random" else tolerance
             ref = expected[s.name]
             metrics = (mismatched_output(output_name, ref.shape, got.shape) if got.shape != ref.shape
                        else compare_outputs(ref, got, output_name, row_tol))
             rows.append(Comparison(
                 "openvino", "cpu", "cpu", s.name, batch, len(s.tensors), [metrics], row_tol,
-                notes=[f"OpenVINO {model.version} executed: {precision_summary(model.executed_precisions())}"],
+                notes=[runner.describe()],
             ))
     return rows
 
