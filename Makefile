@@ -11,7 +11,7 @@ setup: $(STAMP)
 # pip (not uv/poetry): torch==2.14.1 and torchvision==0.29.1 install from this machine's disk.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -e '.[test,bench,openvino]'
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[test,bench,openvino,sweep]'
 	touch $(STAMP)
 
 DIGITS := benchmarks/work/digits

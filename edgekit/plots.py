@@ -1,5 +1,5 @@
-"""The PNG pictures edgekit draws: the per-layer int8 error along the network (verify --layers) and the time per op
-type or role (bench --profile). matplotlib's object API with the Agg canvas (no pyplot, no display), written
+"""The PNG pictures edgekit draws: the per-layer int8 error along the network (verify --layers), the time per op
+type or role (bench --profile) and a sweep's top-1 drop against latency with its Pareto frontier (sweep). matplotlib's object API with the Agg canvas (no pyplot, no display), written
 through artifact.write_atomic like every other output."""
 
 from __future__ import annotations
@@ -106,3 +106,40 @@ def plot_profiles(profiles: dict[str, Profile], png, *, top_ops: int = 12, by: s
     from edgekit.artifact import write_atomic
 
     return write_atomic(png, lambda f: fig.savefig(f, format="png", dpi=110))
+
+
+def plot_pareto(rows: list, frontier: list, png_path: Path, title: str) -> Path:
+    """PNG of each finished int8 file's top-1 drop against its latency (file size where latency was not
+    measured): one point per file, marker area by file size, colour by model, each model's frontier drawn.
+    `rows`, `frontier`: sweep.results.Row (not imported: the sweep imports plots, not the other way round)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    done = [r for r in rows if r.status == "ok" and r.drop is not None]
+    timed = bool(done) and all(r.int8_p50_ms for r in done)
+    x_of = (lambda r: r.int8_p50_ms) if timed else (lambda r: r.int8_bytes / 1e6)
+    figure = Figure(figsize=(9, 5.5), dpi=110)
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot(1, 1, 1)
+    largest = max(r.int8_bytes for r in done)
+    colours = {m: f"C{i % 10}" for i, m in enumerate(dict.fromkeys(r.model for r in done))}
+    for model, colour in colours.items():
+        mine = [r for r in done if r.model == model]
+        ax.scatter([x_of(r) for r in mine], [r.drop for r in mine], s=[30 + 270 * r.int8_bytes / largest for r in mine],
+                   color=colour, alpha=0.6, edgecolors="black", linewidths=0.5, label=model)
+    for r in done:
+        ax.annotate(f"{r.target}/{r.method}/{r.samples}", (x_of(r), r.drop), textcoords="offset points", xytext=(5, 4),
+                    fontsize=7)
+    for model, colour in colours.items():
+        line = [r for r in frontier if r.model == model]
+        ax.step([x_of(r) for r in line], [r.drop for r in line], "--", where="post", color=colour, lw=1.2,
+                label=f"{model}: Pareto frontier")
+    ax.set_xlabel("int8 latency, p50 at batch 1 (ms), measured serially" if timed else "int8 file size (MB)")
+    ax.set_ylabel("top-1 drop vs fp32 (points), lower is better")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best", title="marker area: file size", title_fontsize=7)
+    figure.tight_layout()
+    from edgekit.artifact import write_atomic
+
+    return write_atomic(Path(png_path), lambda f: figure.savefig(f, format="png"))

@@ -210,7 +210,7 @@ _ORT_DTYPES = {
 
 
 @contextmanager
-def _captured_stderr():
+def captured_stderr():
     """Capture what ORT's C++ logger writes to fd 2 while a session is created (its reason for a fallback)."""
     captured: list[str] = []
     try:
@@ -326,7 +326,7 @@ def create_session(
             session = ort.InferenceSession(source, sess_options=options, providers=providers)
         else:
             # ORT's Python layer print()s its "EP Error ... Falling back" banner: capture it with the C++ log.
-            with _captured_stderr() as captured, contextlib.redirect_stdout(printed):
+            with captured_stderr() as captured, contextlib.redirect_stdout(printed):
                 session = ort.InferenceSession(source, sess_options=options, providers=providers)
             log = printed.getvalue() + "".join(captured)
     except Exception as exc:

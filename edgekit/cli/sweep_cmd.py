@@ -1,0 +1,139 @@
+"""`edgekit sweep`: models x targets x methods x samples, judged on a labelled set, on Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from edgekit.cli import options
+from edgekit.cli.app import app, console, err_console, handle_errors, print_json
+
+EXIT_ROWS_FAILED = 1
+
+
+@app.command("sweep")
+@handle_errors
+def sweep_command(
+    models: Annotated[str | None, typer.Option("--models", help="comma-separated registered models")] = None,
+    targets: Annotated[
+        str | None, typer.Option("--targets", help="comma-separated int8 targets (auto, x86-vnni, x86-avx2, arm64, generic)")
+    ] = None,
+    methods: Annotated[str | None, typer.Option("--methods", help="comma-separated: minmax, entropy, percentile")] = None,
+    samples: Annotated[str | None, typer.Option("--samples", help="comma-separated calibration sample counts")] = None,
+    calibration: Annotated[Path | None, typer.Option("--calibration", help="calibration images or tensors")] = None,
+    dataset: Annotated[Path | None, typer.Option("--dataset", help="labelled images, one sub-folder per class")] = None,
+    weights: Annotated[list[str] | None, typer.Option("--weights", help="MODEL=FILE, repeatable")] = None,
+    input_size: Annotated[int | None, typer.Option("--input-size", help="input size of every model")] = None,
+    resize: Annotated[int | None, typer.Option("--resize", help="shorter side before the centre crop")] = None,
+    dataset_samples: Annotated[
+        int | None, typer.Option("--dataset-samples", help="score this many images of --dataset (seeded)")
+    ] = None,
+    max_drop: Annotated[
+        float | None, typer.Option("--max-drop", help="top-1 drop budget in points for the best file per model")
+    ] = None,
+    latency: Annotated[bool, typer.Option("--latency/--no-latency", help="time each int8 file after the jobs")] = True,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", dir_okay=False, help="sweep file (TOML or YAML); options override it")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option("--address", help="join a Ray cluster: HOST:PORT or auto (default: a local instance)")
+    ] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="jobs at once (default: one per core)")] = None,
+    seed: options.Seed = 0,
+    output: Annotated[Path, typer.Option("-o", "--output", help="results folder")] = Path("sweep"),
+    json_output: options.Json = False,
+) -> None:
+    """Quantize every model for every target, method and sample count; judge each int8 file's top-1 on a labelled
+    set; one table, a Pareto plot, and the best file per model under --max-drop. Resumable: a re-run reads back
+    every finished job."""
+    from edgekit.sweep import run_sweep
+    from edgekit.sweep.spec import parse_weights, read_sweep_file, spec_from, split_list
+
+    values: dict = read_sweep_file(file) if file is not None else {}
+    given = {"models": split_list(models), "targets": split_list(targets), "methods": split_list(methods),
+             "samples": _counts(samples), "calibration": calibration, "dataset": dataset, "input_size": input_size,
+             "resize": resize, "dataset_samples": dataset_samples, "max_drop": max_drop}
+    values.update({k: v for k, v in given.items() if v is not None})
+    if weights:
+        values["weights"] = parse_weights(weights)
+    if not latency:
+        values["latency"] = False
+    if seed:
+        values["seed"] = seed
+    if "models" not in values:
+        raise typer.BadParameter("give --models (or a sweep file with models)", param_hint="--models")
+    if "dataset" not in values:
+        raise typer.BadParameter("give --dataset: the labelled set each int8 file is judged on", param_hint="--dataset")
+    spec = spec_from(values, f"sweep file {file}" if file else "sweep")
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
+        task = bar.add_task("sweep", total=None)
+
+        def on_row(row, status) -> None:
+            bar.update(task, total=status["total"], completed=status["done"] + status["failed"],
+                       description=f"sweep: {status['done']} done, {status['running']} running, {status['failed']} failed"
+                                   f" (last: {escape(row.name)})")
+
+        outcome = run_sweep(spec, output, address=address, workers=workers,
+                            on_stage=lambda s: bar.update(task, description=f"sweep: {escape(s)}"), on_row=on_row)
+    if json_output:
+        print_json(outcome)
+    else:
+        render_sweep(outcome)
+    if outcome.failed:
+        err_console.print(f"[red]{len(outcome.failed)} of {len(outcome.rows)} jobs failed[/]; their rows say why")
+        raise typer.Exit(EXIT_ROWS_FAILED)
+
+
+def _counts(text: str | None) -> list | None:
+    from edgekit.sweep.spec import split_list
+
+    parts = split_list(text)
+    if parts is None:
+        return None
+    out = []
+    for part in parts:
+        try:
+            out.append(int(part))
+        except ValueError:
+            raise typer.BadParameter(f"{part!r} is not a whole number", param_hint="--samples") from None
+    return out
+
+
+def render_sweep(outcome) -> None:
+    """The rows a person decides on, readable at 80 columns; every number is in results.json/csv/md."""
+    from edgekit.sweep.results import best_per_model, cell, pareto_frontier
+
+    frontier = {r.name for r in pareto_frontier(outcome.rows)}
+    table = Table(title="edgekit sweep: int8 files on the labelled set", show_edge=False)
+    for column, justify in (("model", "left"), ("target", "left"), ("method", "left"), ("n", "right"),
+                            ("top-1", "right"), ("drop", "right"), ("ms", "right"), ("size", "right"), ("", "left")):
+        table.add_column(column, justify=justify)
+    for row in outcome.rows:
+        if row.status != "ok":
+            table.add_row(escape(row.model), row.target, row.method, str(row.samples), "", "", "", "",
+                          f"[red]{escape(row.status)}[/]")
+            continue
+        table.add_row(escape(row.model), row.target, row.method, str(row.samples), cell(row, "int8_top1"),
+                      cell(row, "drop"), cell(row, "int8_p50_ms"), f"{cell(row, 'size_ratio')}x",
+                      ("*" if row.name in frontier else "") + ("c" if row.cached else ""))
+    console.print(table)
+    console.print("* on the Pareto frontier (drop vs latency); c read from the job cache")
+    summary = outcome.written.get("json")
+    limit = None
+    if summary is not None:
+        import json
+
+        limit = json.loads(Path(summary).read_text()).get("max_drop")
+    for model, row in best_per_model(outcome.rows, limit).items():
+        console.print(f"best {escape(model)}: " + (escape(f"{row.name} -> {row.file}") if row else "none within the budget"))
+    for row in outcome.failed:
+        console.print(f"[red]failed[/] {escape(row.name)}: {escape(row.error or '')}")
+    console.print(f"[dim]{escape(outcome.cluster)}; {outcome.jobs_run} job(s) run in {outcome.seconds:.1f} s; "
+                  f"results in {escape(str(outcome.folder))}/ (results.json, .csv, .md, pareto.png)[/]")

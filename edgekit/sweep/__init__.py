@@ -1,0 +1,167 @@
+"""`edgekit sweep`: models x targets x calibration methods x sample counts, each int8 file judged on a labelled set,
+the jobs fanned out on Ray; one table, a Pareto plot, the best file per model under a drop budget; resumable.
+
+The rooms: spec.py (what a sweep runs, from options or a sweep file), plan.py (inputs hashed, exports, rows and
+their content keys), jobs.py (what a worker runs), engine.py (Ray), results.py (rows, frontier, files).
+
+The order of work: every input is checked and the fp32 exports made before anything is written; rows whose key is
+in the job cache (`out/jobs/`) are read back; the rest run on Ray: each model's fp32 top-1 on the labelled set,
+sharded, and each int8 file's quantization, then its top-1, sharded. The quantizations that share a calibration
+(model, method, samples) run one first, so the activation ranges are computed once and read by the others from
+`out/calibration/`. Latency comes last, one file at a time, with Ray stopped. Ctrl-C keeps every finished row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from edgekit.errors import BadInput, one_line
+from edgekit.sweep.plan import Inputs, ModelPlan
+from edgekit.sweep.results import Row, read_entry, save_row, write_results
+from edgekit.sweep.spec import SweepSpec
+
+__all__ = ["run_sweep", "SweepOutcome", "SweepSpec"]
+
+LATENCY_NOTE = ("latency: p50 at batch 1 on this machine's CPU, each int8 file interleaved with its fp32 parent, one "
+                "file at a time after every accuracy job (never measured while other jobs ran)")
+
+
+@dataclass
+class SweepOutcome:
+    folder: Path
+    rows: list[Row]
+    written: dict[str, Path]
+    cluster: str
+    jobs_run: int  # quantize + top-1 jobs run this time (0 on a re-run that found everything cached)
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[Row]:
+        return [r for r in self.rows if r.status == "failed"]
+
+    def to_dict(self) -> dict:
+        return {"folder": str(self.folder), "rows": [r.to_dict() for r in self.rows],
+                "written": {k: str(v) for k, v in self.written.items()}, "cluster": self.cluster,
+                "jobs_run": self.jobs_run, "seconds": self.seconds, "notes": self.notes}
+
+
+def normalized(spec: SweepSpec) -> SweepSpec:
+    """Aliases to registered names, `auto` to this CPU's target (rows name what ran)."""
+    from edgekit.models.registry import get_spec
+    from edgekit.targets import auto_target
+
+    models = [get_spec(m).name for m in spec.models]
+    targets = list(dict.fromkeys(auto_target() if t == "auto" else t for t in spec.targets))
+    weights = {get_spec(m).name: f for m, f in spec.weights.items()}
+    if len(set(models)) != len(models):
+        raise BadInput(f"sweep: models name the same model twice: {', '.join(spec.models)}")
+    return spec.model_copy(update={"models": models, "targets": targets, "weights": weights})
+
+
+def run_sweep(spec: SweepSpec, out: Path, *, address: str | None = None, workers: int | None = None,
+              on_stage: Callable[[str], None] | None = None, on_row: Callable[[Row, dict], None] | None = None
+              ) -> SweepOutcome:
+    from edgekit.artifact import refuse_folder_holding_inputs, register_input
+    from edgekit.provenance import this_cpu
+    from edgekit.sweep import engine, plan
+
+    stage = on_stage or (lambda _s: None)
+    started = time.perf_counter()
+    spec = normalized(spec)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"-o {out} is a file; a sweep writes a folder", hint="give a folder path")
+    engine.require_ray()  # asked for and absent: exit 3 before any work
+    for path in (spec.dataset, spec.calibration, *spec.weights.values()):
+        register_input(Path(path))
+    refuse_folder_holding_inputs(out, "sweep folder")
+    stage("reading the labelled and calibration sets")
+    inputs = plan.read_inputs(spec)
+    cpu = this_cpu()
+    with plan.staging_folder(out) as staging:
+        plans = plan.plan_exports(spec, out, Path(staging), stage)
+        plan.check_classes(plans, inputs, spec.dataset)
+        plan.commit_exports(plans, out)  # the first write: every input has been checked
+    rows = plan.plan_rows(spec, plans, inputs, cpu.kind())
+    notes = list(inputs.notes)
+    jobs = out / "jobs"
+    jobs.mkdir(exist_ok=True)
+    from edgekit.artifact import write_text_atomic
+
+    write_text_atomic(out / "sweep.yaml", _yaml(spec.for_file()))
+    fp32 = {p.name: read_entry(jobs / f"{plan.fp32_key(p, inputs, cpu.kind())}.json") for p in plans}
+    for row in rows:
+        cached = read_entry(jobs / f"{row.key}.json")
+        if cached and cached.get("status") == "ok":
+            restored = Row.from_dict(cached)
+            restored.cached, restored.seconds = True, 0.0
+            rows[rows.index(row)] = restored
+    summary = {"title": f"edgekit sweep: {', '.join(spec.models)}", "sweep": spec.for_file(), "cpu": {**cpu.to_dict(),
+               "kind": cpu.kind()}, "versions": plan.versions(), "max_drop": spec.max_drop,
+               "latency_note": LATENCY_NOTE if spec.latency else "latency not measured (--no-latency)",
+               "dataset_images": len(inputs.items), "classes": len(inputs.classes)}
+    cluster_text, jobs_run = "none (every row cached)", 0
+    try:
+        todo = [r for r in rows if r.status != "ok"]
+        if todo or any(v is None for v in fp32.values()):
+            said = io.StringIO()  # Ray prints what its raylet reports (a worker that died, ...) on stdout: a note
+            try:
+                with contextlib.redirect_stdout(said):
+                    cluster = engine.start(address, workers)
+                    cluster_text = cluster.describe()
+                    stage(f"running on {cluster_text}")
+                    from edgekit.sweep.schedule import run_jobs
+
+                    jobs_run = run_jobs(spec, plans, inputs, rows, fp32, out, cluster, cpu.kind(), on_row)
+            finally:
+                with contextlib.redirect_stdout(said):
+                    engine.stop()
+                notes += engine.reported(said.getvalue())
+        for p in plans:  # fp32 top-1 onto every row (cached rows carry their own)
+            for row in rows:
+                if row.model == p.name and row.fp32_top1 is None and fp32.get(p.name):
+                    row.fp32_top1 = fp32[p.name].get("top1")
+        if spec.latency:
+            _measure_latency(rows, plans, inputs, jobs, stage)
+    except KeyboardInterrupt:
+        write_results(out, rows, {**summary, "interrupted": True})  # every finished row kept
+        raise
+    summary["cluster"] = cluster_text
+    written = write_results(out, rows, summary)
+    return SweepOutcome(out, rows, written, cluster_text, jobs_run, time.perf_counter() - started, notes)
+
+
+def _measure_latency(rows: list[Row], plans: list[ModelPlan], inputs: Inputs, jobs: Path, stage) -> None:
+    """p50 of each finished int8 file interleaved with its fp32 parent, one file at a time (Ray is stopped)."""
+    import numpy as np
+
+    from edgekit.images import decode_image
+    from edgekit.preprocessing import Preprocessing
+    from edgekit.quantize.budget import interleaved_p50_ms
+
+    by_name = {p.name: p for p in plans}
+    todo = [r for r in rows if r.status == "ok" and r.int8_p50_ms is None]
+    for i, row in enumerate(todo, 1):
+        stage(f"latency {i}/{len(todo)}: {row.name}")
+        parent = by_name[row.model]
+        x = np.stack([decode_image(Path(inputs.items[0]), Preprocessing.from_dict(parent.preprocessing))])
+        try:
+            ms = interleaved_p50_ms({"fp32": parent.file, "int8": Path(row.file)}, x.astype(np.float32),
+                                    {"int8": row.session_config})
+        except Exception as exc:  # noqa: BLE001  (a row, not a stop)
+            row.status, row.error = "failed", f"latency: {type(exc).__name__}: {one_line(exc, 200)}"
+            continue
+        row.fp32_p50_ms, row.int8_p50_ms = ms["fp32"], ms["int8"]
+        save_row(jobs, row)
+
+
+def _yaml(data: dict) -> str:
+    import yaml
+
+    return "# edgekit sweep: run it again with `edgekit sweep --file sweep.yaml`\n" + yaml.safe_dump(data, sort_keys=False)

@@ -1,0 +1,134 @@
+"""Where a sweep's jobs run: Ray, local by default, a cluster by address. The only module that imports Ray.
+
+Local: `ray.init(address="local")` starts a private instance with the worker count as its CPUs, no dashboard, every
+socket asked on loopback (`_node_ip_address="127.0.0.1"`; see the README, "Scaling out", for what Ray still binds
+outside a network namespace). `--address HOST:PORT|auto` joins an existing cluster instead (auto: RAY_ADDRESS or
+the cluster this machine runs); Ray's token authentication stays as the cluster has it. Each task reserves its
+share of the CPUs and its ONNX Runtime uses exactly that many intra-op threads, so N workers never oversubscribe
+the cores. A task whose worker process dies is retried by Ray (`max_retries`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from edgekit.errors import BadInput, EnvironmentUnavailable, one_line
+
+TASK_RETRIES = 2  # a worker that dies: its task runs again on a new worker, twice at most
+
+
+def require_ray():
+    """Ray, or exit 3 with how to get it. Its C++ core's warnings at import (no route out of a network namespace,
+    ...) are kept off the user's stderr."""
+    from edgekit.runtime import captured_stderr
+
+    try:
+        with captured_stderr():
+            import ray
+    except ImportError:
+        raise EnvironmentUnavailable("edgekit sweep runs its jobs on Ray, which is not installed here",
+                                     hint="pip install 'edgekit[sweep]' (make setup installs it)") from None
+    return ray
+
+
+@dataclass
+class Cluster:
+    """A started (or joined) Ray instance and how the sweep uses it."""
+
+    address: str  # "local" or what was joined
+    workers: int  # jobs at once
+    threads: int  # CPUs reserved by each task, and its ORT intra-op threads
+    nodes: int
+
+    def describe(self) -> str:
+        where = "a local Ray instance (loopback)" if self.address == "local" else f"the Ray cluster at {self.address}"
+        return f"{self.workers} worker(s) x {self.threads} thread(s) on {where}, {self.nodes} node(s)"
+
+
+def start(address: str | None, workers: int | None) -> Cluster:
+    ray = require_ray()
+    cores = os.cpu_count() or 1
+    if workers is not None and not 1 <= workers <= 1024:
+        raise BadInput(f"--workers must be 1 to 1024, got {workers}")
+    quiet = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False}
+    from edgekit.runtime import captured_stderr
+
+    log: list[str] = []
+    try:
+        with captured_stderr() as log:
+            _init(ray, address, workers, cores, quiet)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = "a local Ray instance" if address is None else f"the Ray cluster at {address}"
+        said = " ".join(ln for ln in "".join(log).splitlines() if " E " in ln or "Error" in ln)[-300:]
+        raise EnvironmentUnavailable(f"cannot start {where}: {one_line(exc, 200)}" + (f" ({said})" if said else ""),
+                                     hint="check `ray status`; a cluster is joined with --address HOST:PORT") from None
+    total = int(ray.cluster_resources().get("CPU", 0))
+    if address is None:
+        workers = workers or cores
+        threads = max(1, cores // workers)
+    else:
+        if total < 1:
+            stop()
+            raise EnvironmentUnavailable(f"the Ray cluster at {address} has no CPUs to run jobs on")
+        workers = min(workers or total, total)
+        threads = max(1, total // workers)
+    return Cluster(address or "local", workers, threads, len([n for n in ray.nodes() if n.get("Alive")]))
+
+
+def _init(ray, address: str | None, workers: int | None, cores: int, quiet: dict) -> None:
+    if address is None:
+        workers = workers or cores
+        ray.init(address="local", num_cpus=workers * max(1, cores // workers), _node_ip_address="127.0.0.1", **quiet)
+    else:
+        ray.init(address=address, **quiet)
+
+
+def reported(printed: str) -> list[str]:
+    """What Ray's raylet said during the sweep (it prints to stdout), one line each, its ANSI colours off."""
+    import re
+
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in printed.splitlines()]
+    return [f"Ray: {one_line(ln, 240)}" for ln in dict.fromkeys(ln for ln in lines if ln)]
+
+
+def stop() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def remote(function, threads: int):
+    """`function` as a Ray task reserving `threads` CPUs, retried when its worker dies."""
+    import ray
+
+    return ray.remote(num_cpus=threads, max_retries=TASK_RETRIES)(function)
+
+
+def wait_one(pending: list, timeout: float = 0.5) -> list:
+    import ray
+
+    done, _ = ray.wait(pending, num_returns=1, timeout=timeout)
+    return done
+
+
+def result_of(ref):
+    """The task's value, or ("died", one line) when Ray gave up on it (its worker died every time)."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayError as exc:
+        return ("died", f"{type(exc).__name__}: {one_line(exc, 200)}")
+
+
+def cancel(refs: list) -> None:
+    import ray
+
+    for ref in refs:
+        try:
+            ray.cancel(ref, force=True)
+        except Exception:  # noqa: BLE001  (already finished or gone: nothing to cancel)
+            pass

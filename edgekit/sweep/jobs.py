@@ -1,0 +1,108 @@
+"""The work a sweep hands to its workers, as plain functions of plain values (no Ray here).
+
+- `quantize_job`: one (model, target, method, samples) int8 file through edgekit's own quantize, with the shared
+  activation-ranges cache; a failure comes back as its one line, never as an exception (it becomes a row).
+- `predict_shard`: the top-1 predictions of one ONNX file on one shard of the labelled set, decoded in the worker,
+  with ORT's intra-op threads set to the worker's share of the cores.
+
+Paths are shared: on a cluster, the sweep's output folder, the calibration and the dataset must be on a
+file system every node sees at the same path (README, "Scaling out").
+
+Fault injection for the tests, read from EDGEKIT_SWEEP_FAULTS (JSON): {"crash_once": NAME, "fail": NAME,
+"marker_dir": DIR}. The job whose name contains `crash_once` kills its worker process (os._exit) the first time
+it runs, as a crashed worker would; the one containing `fail` raises. Unset, nothing happens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+FAULTS_ENV = "EDGEKIT_SWEEP_FAULTS"
+
+
+def quantize_job(name: str, model_file: str, target: str, method: str, samples: int, calibration: str, output: str,
+                 ranges_cache: str, seed: int) -> dict:
+    """Quantize `model_file` for `target`; a dict of what the row needs, or {"error": one line}."""
+    from edgekit.errors import one_line
+
+    started = time.perf_counter()
+    try:
+        _maybe_fault(name)
+        from edgekit.quantize import quantize
+
+        result = quantize(Path(model_file), calibration=Path(calibration), samples=samples, method=method, target=target,
+                          seed=seed, output=Path(output), ranges_cache=Path(ranges_cache))
+        return {
+            "file": str(result.path), "int8_bytes": result.int8_bytes, "fp32_bytes": result.fp32_bytes,
+            "fp32_nodes": len(result.fallback.chosen.fp32_nodes) if result.fallback and result.fallback.chosen else 0,
+            "ranges_cached": result.ranges_cached, "holdout_sqnr_db": result.holdout.sqnr_db,
+            "kernels": result.judgement.kernels or "default", "session_config": eval_session_config(result.path),
+            "quantize_seconds": time.perf_counter() - started,
+        }
+    except Exception as exc:  # noqa: BLE001  (every failure is a row, with its kind and one line)
+        return {"error": f"{type(exc).__name__}: {one_line(exc, 240)}", "quantize_seconds": time.perf_counter() - started}
+
+
+def eval_session_config(path: Path) -> dict[str, str]:
+    """How an int8 file is run for its top-1 here: the session options it records, with the kernels its gates
+    ran on this CPU (its target's exact arithmetic where this CPU's defaults differ)."""
+    from edgekit.onnxfile import OnnxFile
+    from edgekit.provenance import this_cpu
+    from edgekit.targets import judge_int8, merge_session_configs
+
+    handle = OnnxFile.open(Path(path))
+    meant_for = handle.recipe.get("target")
+    judgement = judge_int8(handle.recipe, this_cpu(), meant_for)
+    return merge_session_configs(handle.session_config(), judgement.gate_session or {})
+
+
+def predict_shard(model_file: str, items: list[str], preprocessing: dict, session_config: dict, threads: int,
+                  name: str = "") -> list[int]:
+    """Top-1 class of each image of `items` (-1 where it cannot be decoded)."""
+    from edgekit.images import decode_image
+    from edgekit.preprocessing import Preprocessing
+    from edgekit.runners import batch_sizes, run_session
+    from edgekit.runtime import NO_SPIN, create_session
+
+    _maybe_fault(name)
+    prep = Preprocessing.from_dict(preprocessing)
+    session = create_session(Path(model_file), "cpu", session_config={**NO_SPIN, **(session_config or {})},
+                             threads=threads)
+    predictions = [-1] * len(items)
+    chunk = 64
+    for start in range(0, len(items), chunk):
+        arrays, where = [], []
+        for i, item in enumerate(items[start : start + chunk], start):
+            try:
+                arrays.append(decode_image(Path(item), prep))
+                where.append(i)
+            except ValueError:
+                pass
+        if arrays:
+            x = np.stack(arrays).astype(np.float32)
+            out = run_session(session, x, batch_sizes(session)[-1])[0].reshape(len(x), -1).argmax(axis=1)
+            for i, p in zip(where, out):
+                predictions[i] = int(p)
+    return predictions
+
+
+def _maybe_fault(name: str) -> None:
+    raw = os.environ.get(FAULTS_ENV)
+    if not raw or not name:
+        return
+    faults = json.loads(raw)
+    if faults.get("fail") and faults["fail"] in name:
+        raise RuntimeError(f"injected failure in {name} ({FAULTS_ENV})")
+    if faults.get("crash_once") and faults["crash_once"] in name:
+        marker = Path(faults["marker_dir"]) / ("crashed-" + faults["crash_once"].replace("/", "_"))
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.close(fd)
+        os._exit(137)  # the worker process dies, as one killed by the OOM killer would
