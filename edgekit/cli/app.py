@@ -75,10 +75,11 @@ def printable(text: str) -> str:
 
 def _interrupted(exc: BaseException | None) -> int:
     """Print the one line for Ctrl-C or SIGTERM; returns the exit code."""
+    said = escape(getattr(exc, "kept", None) or "nothing was written")  # a command that keeps its finished work says so
     if isinstance(exc, Terminated):
-        err_console.print("[bold red]terminated:[/] nothing was written")
+        err_console.print(f"[bold red]terminated:[/] {said}")
         return EXIT_TERMINATED
-    err_console.print("[bold red]interrupted:[/] nothing was written")
+    err_console.print(f"[bold red]interrupted:[/] {said}")
     return EXIT_INTERRUPTED
 
 

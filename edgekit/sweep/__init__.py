@@ -129,8 +129,11 @@ def run_sweep(spec: SweepSpec, out: Path, *, address: str | None = None, workers
                     row.fp32_top1 = fp32[p.name].get("top1")
         if spec.latency:
             _measure_latency(rows, plans, inputs, jobs, stage)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         write_results(out, rows, {**summary, "interrupted": True})  # every finished row kept
+        finished = sum(r.status in ("ok", "failed") for r in rows)
+        exc.kept = (f"{finished} of {len(rows)} rows finished, kept in {out}/results.json; the same sweep again "
+                    "runs only the rest")
         raise
     summary["cluster"] = cluster_text
     written = write_results(out, rows, summary)
