@@ -180,3 +180,36 @@ def test_pareto_frontier_and_best_per_model():
     best = best_per_model(rows, max_drop=1.0)
     assert best["a"].target == "t1" and best["b"] is None
     assert best_per_model(rows, None)["a"].target == "t2"
+
+
+@pytest.mark.skipif(NO_NETNS is not None, reason=NO_NETNS or "")
+def test_ctrl_c_keeps_the_finished_rows_and_exits_130(tmp_path, labelled):
+    import signal
+    import time
+
+    out = tmp_path / "sweep"
+    faults = {"stall": "textbook_resnext", "marker_dir": str(tmp_path)}  # resnext's job is still running at Ctrl-C
+    args = ["sweep", "--models", "textbook_densenet,textbook_resnext", "--targets", "x86-avx2", "--samples", "8",
+            "--input-size", "32", "--dataset", str(labelled), "--no-latency", "--workers", "2", "-o", str(out)]
+    argv = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"', *EDGEKIT, *args]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "EDGEKIT_SWEEP_FAULTS": json.dumps(faults)})
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            entries = [json.loads(p.read_text()) for p in (out / "jobs").glob("*.json")] if (out / "jobs").is_dir() else []
+            if any(e.get("model") == "textbook_densenet" for e in entries):  # densenet's row is finished
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)  # sh exec'd python: the signal reaches edgekit
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "interrupted: 1 of 2 rows finished, kept in" in " ".join(stderr.split())
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["interrupted"] is True
+    status = {r["model"]: r["status"] for r in saved["rows"]}
+    assert status == {"textbook_densenet": "ok", "textbook_resnext": "pending"}

@@ -9,8 +9,9 @@ Paths are shared: on a cluster, the sweep's output folder, the calibration and t
 file system every node sees at the same path (README, "Scaling out").
 
 Fault injection for the tests, read from EDGEKIT_SWEEP_FAULTS (JSON): {"crash_once": NAME, "fail": NAME,
-"marker_dir": DIR}. The job whose name contains `crash_once` kills its worker process (os._exit) the first time
-it runs, as a crashed worker would; the one containing `fail` raises. Unset, nothing happens.
+"stall": NAME, "marker_dir": DIR}. The job whose name contains `crash_once` kills its worker process (os._exit) the
+first time it runs, as a crashed worker would; the one containing `fail` raises; the one containing `stall` sleeps
+ten minutes (a job still running when the user presses Ctrl-C). Unset, nothing happens.
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ def _maybe_fault(name: str) -> None:
     if not raw or not name:
         return
     faults = json.loads(raw)
+    if faults.get("stall") and faults["stall"] in name:
+        time.sleep(600)
     if faults.get("fail") and faults["fail"] in name:
         raise RuntimeError(f"injected failure in {name} ({FAULTS_ENV})")
     if faults.get("crash_once") and faults["crash_once"] in name:
