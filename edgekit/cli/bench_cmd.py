@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from edgekit.cli import options
-from edgekit.cli.app import app, console, err_console, escape, handle_errors, human_bytes, print_json, write_json_report
+from edgekit.cli.app import app, console, escape, handle_errors, human_bytes, print_json, write_json_report
+from edgekit.cli.output import progress
 
 @app.command("bench")
 @handle_errors
@@ -60,9 +60,7 @@ def bench_command(
         if out is not None:
             refuse_if_input(out, what)
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
-        task = bar.add_task("timing (interleaved)", total=None)
+    with progress("bench") as shown:
         result = bench(
             files,
             providers=[p for p in providers.split(",")] if providers else None,
@@ -76,7 +74,7 @@ def bench_command(
             runtimes=runtimes,
             interval_ms=interval,
             profile=profile,
-            on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+            on_progress=lambda done, total: shown.count("timing (interleaved)", done, total),
         )
     png = None
     if result.profile_objects:

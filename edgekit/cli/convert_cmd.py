@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
 from edgekit.cli import options
-from edgekit.cli.app import app, console, err_console, escape, handle_errors, human_bytes, print_json, wrote
+from edgekit.cli.app import app, console, escape, handle_errors, human_bytes, print_json, wrote
+from edgekit.cli.output import progress
 from edgekit.errors import BadInput
 
 CPU_NOTE = (
@@ -40,9 +40,7 @@ def convert_command(
 
     if not fp16:
         raise BadInput("say what to convert to: --fp16 (the only conversion; int8 is `edgekit quantize`)")
-    columns = (TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
-        task = bar.add_task("convert", total=None)
+    with progress("convert") as shown:
         result = convert(
             model,
             precision="fp16",
@@ -51,7 +49,7 @@ def convert_command(
             images=images,
             min_top1_agreement=min_top1_agreement,
             min_sqnr=min_sqnr,
-            on_stage=lambda s: bar.update(task, description=f"convert: {s}"),
+            on_stage=shown.stage,
         )
     if json_output:
         print_json(result)

@@ -10,7 +10,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgekit.cli import options
-from edgekit.cli.app import app, console, err_console, handle_errors, print_json
+from edgekit.cli.app import app, console, handle_errors, print_json
+from edgekit.cli.output import progress
 
 devices_app = typer.Typer(help="Deployment CPUs for --device (emulated: exact numerics, never timing).",
                           invoke_without_command=True, no_args_is_help=False)
@@ -30,13 +31,18 @@ def devices_command(ctx: typer.Context, json_output: options.Json = False) -> No
         print_json({"devices": [s.to_dict() for s in statuses],
                     "note": "emulated devices compute exactly as the real CPU does; their speed means nothing"})
         return
+    console.print(devices_table(statuses))
+
+
+def devices_table(statuses) -> Table:
+    """One row per device: how it runs here, what it is, what it still needs."""
     table = Table(title="devices for --device (emulated: exact numerics, no timing)")
     for column in ("device", "runs", "what it is", "missing"):
         table.add_column(column)
     for s in statuses:
         runs = {"native": "natively", "emulated": "emulated (QEMU)", "unavailable": "[red]not here[/]"}[s.mode]
         table.add_row(s.name, runs, escape(s.about), escape("; ".join(s.missing)) or "-")
-    console.print(table)
+    return table
 
 
 @devices_app.command("setup")
@@ -56,8 +62,8 @@ def setup_command(
                        hint="x86-avx2 needs only qemu-x86_64 (apt-get install qemu-user-static); set up arm64")
     from edgekit.runtimes.sysroot import setup_arm64
 
-    with err_console.status("arm64 sysroot") as status:
-        result = setup_arm64(onnxruntime, on_stage=lambda s: status.update(f"arm64 sysroot: {escape(s)}"))
+    with progress("arm64 sysroot") as shown:
+        result = setup_arm64(onnxruntime, on_stage=shown.stage)
     if json_output:
         print_json(result)
         return

@@ -10,7 +10,8 @@ import typer
 from rich.table import Table
 
 from edgekit.cli import options
-from edgekit.cli.app import app, console, err_console, escape, handle_errors, human_bytes, print_json
+from edgekit.cli.app import app, console, escape, handle_errors, human_bytes, print_json
+from edgekit.cli.output import progress
 from edgekit.export import DEFAULT_EXPORTER, DEFAULT_OPSET, EXPORTERS
 from edgekit.preprocessing import CHANNELS, INTERPOLATIONS
 
@@ -69,12 +70,12 @@ def export_command(
             input_channels=input_channels, file=preprocessing_file,
         )
         input_size = input_size or preprocessing.crop
-    with err_console.status("exporting") as status:
+    with progress(f"export {model}") as shown:
         result = export(
             model, opset=opset, input_size=input_size, batch=batch, dynamic_batch=dynamic_batch,
             num_classes=num_classes, weights=weights, pretrained=pretrained, seed=seed, exporter=exporter.value,
             simplify_graph=not no_simplify, output=output, images=images, preprocessing=preprocessing,
-            on_stage=lambda stage: status.update(f"{escape(model)}: {escape(stage)}"),
+            on_stage=shown.stage,
         )
     if json_output:
         print_json(result)

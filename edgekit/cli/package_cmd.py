@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from edgekit.cli import options
-from edgekit.cli.app import app, console, err_console, escape, handle_errors, human_bytes, print_json
+from edgekit.cli.app import app, console, escape, handle_errors, human_bytes, print_json
+from edgekit.cli.output import progress
 
 
 @app.command("package")
@@ -32,24 +33,12 @@ def package_command(
     """A folder for the device: .onnx + .ort, manifest, golden data, and check.py (numpy + onnxruntime only)."""
     from edgekit.package import package
 
-    with err_console.status("package", spinner="dots") if err_console.is_terminal else _nothing() as status:
-        def on_stage(text: str) -> None:
-            if status is not None:
-                status.update(f"package: {text}")
-
-        result = package(model, output=output, labels=labels, images=images, golden=golden, on_stage=on_stage)
+    with progress("package") as shown:
+        result = package(model, output=output, labels=labels, images=images, golden=golden, on_stage=shown.stage)
     if json_output:
         print_json(result)
     else:
         render_package(result)
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def render_package(result) -> None:

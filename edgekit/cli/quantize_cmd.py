@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from edgekit.cli import options
-from edgekit.cli.app import app, console, err_console, escape, handle_errors, human_bytes, print_json, wrote
+from edgekit.cli.app import app, console, escape, handle_errors, human_bytes, print_json, wrote
+from edgekit.cli.output import progress
 from edgekit.limits import MAX_SAMPLES
 from edgekit.quantize import DEFAULT_SAMPLES
 
@@ -70,15 +70,10 @@ def quantize_command(
     """Static INT8 quantization (QDQ) with calibration data and a recipe for the target CPU."""
     from edgekit.quantize import quantize
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
-        tasks: dict[str, int] = {}
-        stage_task = bar.add_task("quantize", total=None)
+    with progress("quantize") as shown:
 
         def on_progress(kind: str, done: int, total: int) -> None:
-            if kind not in tasks:
-                tasks[kind] = bar.add_task({"decode": "decoding images", "calibrate": "calibrating"}[kind], total=total)
-            bar.update(tasks[kind], completed=done, total=total)
+            shown.count({"decode": "decoding images", "calibrate": "calibrating"}[kind], done, total)
 
         result = quantize(
             model,
@@ -99,7 +94,7 @@ def quantize_command(
             rewrites=rewrites,
             device=device,
             ranges_cache=ranges_cache,
-            on_stage=lambda s: bar.update(stage_task, description=f"quantize: {escape(s)}"),
+            on_stage=shown.stage,
             on_progress=on_progress,
         )
     if json_output:

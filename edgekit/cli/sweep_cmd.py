@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from edgekit.cli import options
 from edgekit.cli.app import app, console, err_console, handle_errors, print_json
+from edgekit.cli.output import progress
 
 EXIT_ROWS_FAILED = 1
 
@@ -71,17 +71,13 @@ def sweep_command(
         raise typer.BadParameter("give --dataset: the labelled set each int8 file is judged on", param_hint="--dataset")
     spec = spec_from(values, f"sweep file {file}" if file else "sweep")
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
-        task = bar.add_task("sweep", total=None)
+    with progress("sweep") as shown:
 
         def on_row(row, status) -> None:
-            bar.update(task, total=status["total"], completed=status["done"] + status["failed"],
-                       description=f"sweep: {status['done']} done, {status['running']} running, {status['failed']} failed"
-                                   f" (last: {escape(row.name)})")
+            shown.count("jobs", status["done"] + status["failed"], status["total"])
+            shown.stage(f"{status['done']} done, {status['running']} running, {status['failed']} failed (last: {row.name})")
 
-        outcome = run_sweep(spec, output, address=address, workers=workers,
-                            on_stage=lambda s: bar.update(task, description=f"sweep: {escape(s)}"), on_row=on_row)
+        outcome = run_sweep(spec, output, address=address, workers=workers, on_stage=shown.stage, on_row=on_row)
     if json_output:
         print_json(outcome)
     else:

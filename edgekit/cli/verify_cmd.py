@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from edgekit.cli import options
-from edgekit.cli.app import app, console, err_console, escape, handle_errors, print_json
+from edgekit.cli.app import app, console, escape, handle_errors, print_json
+from edgekit.cli.output import progress
 from edgekit.limits import MAX_RANDOM_INPUTS, MAX_SAMPLES
 from edgekit.verify.inputs import DEFAULT_RANDOM_INPUTS
 
@@ -121,7 +122,7 @@ def verify_command(
             refuse_if_input(out, "--report")
     if plot is not None:
         refuse_if_input(plot, "--plot")
-    with err_console.status("verifying") as status:
+    with progress(f"verify {model_file.name}") as shown:
         result = verify(
             model_file,
             providers=providers,
@@ -145,7 +146,7 @@ def verify_command(
             parent=parent,
             runtimes=runtimes,
             device=device,
-            on_stage=lambda stage: status.update(f"{escape(model_file.name)}: {escape(stage)}"),
+            on_stage=shown.stage,
         )
     written = write_reports(result, report) if report is not None else None
     png = None
