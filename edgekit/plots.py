@@ -127,13 +127,16 @@ def plot_pareto(rows: list, frontier: list, png_path: Path, title: str) -> Path:
         mine = [r for r in done if r.model == model]
         ax.scatter([x_of(r) for r in mine], [r.drop for r in mine], s=[30 + 270 * r.int8_bytes / largest for r in mine],
                    color=colour, alpha=0.6, edgecolors="black", linewidths=0.5, label=model)
-    for r in done:
-        ax.annotate(f"{r.target}/{r.method}/{r.samples}", (x_of(r), r.drop), textcoords="offset points", xytext=(5, 4),
-                    fontsize=7)
     for model, colour in colours.items():
         line = [r for r in frontier if r.model == model]
-        ax.step([x_of(r) for r in line], [r.drop for r in line], "--", where="post", color=colour, lw=1.2,
-                label=f"{model}: Pareto frontier")
+        ax.plot([x_of(r) for r in line], [r.drop for r in line], "--", color=colour, lw=1.2)
+        ax.scatter([x_of(r) for r in line], [r.drop for r in line], s=[60 + 270 * r.int8_bytes / largest for r in line],
+                   facecolors="none", edgecolors="tab:red", linewidths=1.6, zorder=4)
+    for r in frontier:  # only the frontier is labelled: the rest is in results.md
+        ax.annotate(f"{r.target}/{r.method}/{r.samples}", (x_of(r), r.drop), textcoords="offset points",
+                    xytext=(6, 6), fontsize=7)
+    ax.scatter([], [], s=60, facecolors="none", edgecolors="tab:red", linewidths=1.6,
+               label="Pareto frontier (per model), labelled")
     ax.set_xlabel("int8 latency, p50 at batch 1 (ms), measured serially" if timed else "int8 file size (MB)")
     ax.set_ylabel("top-1 drop vs fp32 (points), lower is better")
     ax.set_title(title)
