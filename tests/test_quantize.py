@@ -370,21 +370,27 @@ def test_resnext50_at_224_keeps_16_grouped_convs(exported, tmp_path):
     assert result.size_ratio > 3.85
 
 
-def test_calibration_runs_once_and_its_ranges_serve_every_fallback_trial(exported, tmp_path, monkeypatch):
-    # ORT's calibration cache: the fallback's trials reuse the ranges the full quantization computed, and a file
-    # made from the cached ranges is byte-for-byte the one a fresh calibration makes
+@pytest.fixture
+def calibrators(monkeypatch) -> list:
+    """Counts the calibrators ONNX Runtime's quantize_static creates (one per calibration actually run)."""
     import sys
 
     import onnxruntime.quantization  # noqa: F401  (its `quantize` attribute is a function: take the module)
 
-    from edgekit.quantize.static import quantize_once
-
     ort_quantize = sys.modules["onnxruntime.quantization.quantize"]
-    from edgekit.targets import RECIPES
-
-    calls = []
+    calls: list = []
     real = ort_quantize.create_calibrator
     monkeypatch.setattr(ort_quantize, "create_calibrator", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_calibration_runs_once_and_its_ranges_serve_every_fallback_trial(exported, tmp_path, calibrators):
+    # ORT's calibration cache: the fallback's trials reuse the ranges the full quantization computed, and a file
+    # made from the cached ranges is byte-for-byte the one a fresh calibration makes
+    from edgekit.quantize.static import quantize_once
+    from edgekit.targets import RECIPES
+
+    calls = calibrators
     parent = exported("textbook_resnet18", 32)
     full = quantize(parent.path, min_sqnr=0.0, fallback=False, output=tmp_path / "full.int8.onnx").holdout.sqnr_db
     calls.clear()
@@ -399,20 +405,13 @@ def test_calibration_runs_once_and_its_ranges_serve_every_fallback_trial(exporte
     assert (tmp_path / "b.onnx").read_bytes() == (tmp_path / "c.onnx").read_bytes()
 
 
-def test_ranges_cache_serves_two_targets_with_the_same_ranges_and_different_weights(exported, tmp_path, monkeypatch):
+def test_ranges_cache_serves_two_targets_with_the_same_ranges_and_different_weights(exported, tmp_path, calibrators):
     # The persistent ranges cache (quantize --ranges-cache): x86-avx2 and x86-vnni run the same pre-processed graph,
     # so the second target reads the first one's activation ranges (no calibrator runs) while its weights differ
     # (7-bit reduce_range on AVX2, full 8-bit on VNNI). A corrupt entry is said and computed again, never trusted.
-    import sys
-
-    import onnxruntime.quantization  # noqa: F401
-
     from onnx import numpy_helper
 
-    ort_quantize = sys.modules["onnxruntime.quantization.quantize"]
-    calls = []
-    real = ort_quantize.create_calibrator
-    monkeypatch.setattr(ort_quantize, "create_calibrator", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = calibrators
     parent = exported("textbook_resnet18", 32)
     store = tmp_path / "ranges"
     avx2 = quantize(parent.path, target="x86-avx2", min_sqnr=0.0, output=tmp_path / "a.int8.onnx", ranges_cache=store)
