@@ -22,6 +22,8 @@ MAX_BATCH = 1024
 MAX_SAMPLES = 100_000
 # Seeded random inputs are all held in memory at once and add no coverage past a few hundred.
 MAX_RANDOM_INPUTS = 10_000
+# Seeds: numpy's and torch's take 0..2^32-1.
+MAX_SEED = 2**32 - 1
 # One tensor edgekit allocates from a size it was given: 2 GiB, protobuf's own ceiling for a message.
 MAX_TENSOR_BYTES = 2 * 1024**3
 # Files listed in one image folder before sampling: the listing itself is held in memory.

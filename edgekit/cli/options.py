@@ -1,5 +1,6 @@
 """The command-line options that several commands share, declared once: names, help, ranges and
-defaults come from the core's constants, so a command cannot drift from another or from the core."""
+defaults come from the core's constants, so a command cannot drift from another or from the core.
+`option` makes a command's option from its stage's options dataclass (edgekit/knobs.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,9 @@ from typing import Annotated
 import typer
 
 from edgekit.images import DEFAULT_CALIBRATION_DIR
-from edgekit.limits import MAX_BATCH
+from edgekit.knobs import described
+from edgekit.limits import MAX_BATCH, MAX_SEED
 from edgekit.targets import RECIPES
-
-MAX_SEED = 2**32 - 1  # numpy's and torch's seeds
 
 
 def between(low: float, high: float):
@@ -27,6 +27,22 @@ def between(low: float, high: float):
         return value
 
     return check
+
+
+def option(stage_options, name: str, *flags: str, **extra):
+    """The typer option for the knob NAME of the dataclass STAGE_OPTIONS: its help and range from the knob
+    (an int range as min/max, a float range checked by `between`); FLAGS and EXTRA (case_sensitive, file_okay...)
+    are the command line's own. The default stays the parameter's: `= Options.name`."""
+    knob = described(stage_options, name)
+    low, high = knob.metadata["range"]
+    if low is not None or high is not None:
+        if isinstance(low, float) or isinstance(high, float):
+            extra.setdefault("callback", between(low, high))
+        else:
+            extra.update(min=low, max=high)
+    if knob.metadata["help"] is not None:
+        extra.setdefault("help", knob.metadata["help"])
+    return typer.Option(*flags, **extra)
 
 
 Target = Enum("Target", {name.replace("-", "_"): name for name in ("auto", *RECIPES)}, type=str)

@@ -9,94 +9,55 @@ import typer
 from rich.table import Table
 
 from edgekit.cli import options
+from edgekit.cli.options import option
 from edgekit.cli.app import app, console, escape, handle_errors, human_bytes, print_json, wrote
 from edgekit.cli.output import progress
-from edgekit.limits import MAX_SAMPLES
-from edgekit.quantize import DEFAULT_SAMPLES
+from edgekit.quantize.options import QuantizeOptions
+
+
+Q = QuantizeOptions  # every option's default, help and range: quantize/options.py
 
 
 @app.command("quantize")
 @handle_errors
 def quantize_command(
     model: Annotated[Path, typer.Argument(help="fp32 .onnx file (from edgekit export, or foreign)")],
-    calibration: Annotated[
-        Path | None, typer.Option("--calibration", help="image folder or .npz/.npy of preprocessed tensors (default: calibration/)")
-    ] = None,
-    samples: Annotated[
-        int, typer.Option("--samples", min=1, max=MAX_SAMPLES, help="calibration samples, picked deterministically")
-    ] = DEFAULT_SAMPLES,
-    method: Annotated[options.Method | None, typer.Option("--method", case_sensitive=False, help="default: the target's")] = None,
-    target: options.TargetOption = options.Target.auto,
-    per_channel: Annotated[
-        bool | None, typer.Option("--per-channel/--per-tensor", help="weight scales (default: the target's)")
-    ] = None,
-    exclude: Annotated[
-        list[str] | None, typer.Option("--exclude", help="node name or op type to keep in float (repeatable)")
-    ] = None,
-    augment: Annotated[bool, typer.Option("--augment", help="fill up to --samples with seeded crops and flips")] = False,
-    seed: Annotated[int, typer.Option("--seed", min=0, max=options.MAX_SEED, help="seed of the calibration pick")] = 0,
+    calibration: Annotated[Path | None, option(Q, "calibration", "--calibration")] = Q.calibration,
+    samples: Annotated[int, option(Q, "samples", "--samples")] = Q.samples,
+    method: Annotated[options.Method | None, option(Q, "method", "--method", case_sensitive=False)] = Q.method,
+    target: options.TargetOption = options.Target(Q.target),
+    per_channel: Annotated[bool | None, option(Q, "per_channel", "--per-channel/--per-tensor")] = Q.per_channel,
+    exclude: Annotated[list[str] | None, option(Q, "exclude", "--exclude")] = None,
+    augment: Annotated[bool, option(Q, "augment", "--augment")] = Q.augment,
+    seed: Annotated[int, option(Q, "seed", "--seed")] = Q.seed,
     min_top1_agreement: Annotated[
-        float | None,
-        typer.Option("--min-agreement", "--min-top1-agreement", callback=options.between(0.0, 1.0),
-                     help="budget: held-out top-1 agreement with fp32, 0..1 (default 0.5; 0.95 for trained weights)"),
-    ] = None,
-    min_sqnr: Annotated[
-        float | None,
-        typer.Option("--min-sqnr", callback=options.between(0.0, 200.0),
-                     help="budget: held-out SQNR of the logits, dB (default 10; 20 for trained weights)"),
-    ] = None,
-    dataset: Annotated[
-        Path | None, typer.Option("--dataset", file_okay=False, help="labelled images (one sub-folder per class) for --max-drop")
-    ] = None,
-    max_drop: Annotated[
-        float | None,
-        typer.Option("--max-drop", callback=options.between(0.0, 100.0), help="budget: top-1 drop on --dataset, points"),
-    ] = None,
-    rewrites: Annotated[
-        bool, typer.Option("--rewrites/--no-rewrites", help="the recipe's graph rewrites for speed (default on; see README)")
-    ] = True,
-    fallback: Annotated[
-        bool, typer.Option("--fallback/--no-fallback", help="keep the most sensitive layers in fp32 when the budget is missed")
-    ] = True,
-    ranges_cache: Annotated[
-        Path | None,
-        typer.Option("--ranges-cache", file_okay=False,
-                     help="folder of activation ranges kept by content: calibrate once, reuse on every later run"),
-    ] = None,
-    device: options.Device = None,
-    output: options.Output = None,
+        float | None, option(Q, "min_top1_agreement", "--min-agreement", "--min-top1-agreement")
+    ] = Q.min_top1_agreement,
+    min_sqnr: Annotated[float | None, option(Q, "min_sqnr", "--min-sqnr")] = Q.min_sqnr,
+    dataset: Annotated[Path | None, option(Q, "dataset", "--dataset", file_okay=False)] = Q.dataset,
+    max_drop: Annotated[float | None, option(Q, "max_drop", "--max-drop")] = Q.max_drop,
+    rewrites: Annotated[bool, option(Q, "rewrites", "--rewrites/--no-rewrites")] = Q.rewrites,
+    fallback: Annotated[bool, option(Q, "fallback", "--fallback/--no-fallback")] = Q.fallback,
+    ranges_cache: Annotated[Path | None, option(Q, "ranges_cache", "--ranges-cache", file_okay=False)] = Q.ranges_cache,
+    device: options.Device = Q.device,
+    output: options.Output = Q.output,
     json_output: options.Json = False,
 ) -> None:
     """Static INT8 quantization (QDQ) with calibration data and a recipe for the target CPU."""
     from edgekit.quantize import quantize
 
+    knobs = QuantizeOptions(
+        calibration=calibration, samples=samples, method=method.value if method else None, target=target.value,
+        per_channel=per_channel, exclude=exclude or [], augment=augment, seed=seed, output=output,
+        min_top1_agreement=min_top1_agreement, min_sqnr=min_sqnr, dataset=dataset, max_drop=max_drop,
+        fallback=fallback, rewrites=rewrites, device=device, ranges_cache=ranges_cache,
+    )
     with progress("quantize") as shown:
 
         def on_progress(kind: str, done: int, total: int) -> None:
             shown.count({"decode": "decoding images", "calibrate": "calibrating"}[kind], done, total)
 
-        result = quantize(
-            model,
-            calibration=calibration,
-            samples=samples,
-            method=method.value if method else None,
-            target=target.value,
-            per_channel=per_channel,
-            exclude=exclude or [],
-            augment=augment,
-            seed=seed,
-            output=output,
-            min_top1_agreement=min_top1_agreement,
-            min_sqnr=min_sqnr,
-            dataset=dataset,
-            max_drop=max_drop,
-            fallback=fallback,
-            rewrites=rewrites,
-            device=device,
-            ranges_cache=ranges_cache,
-            on_stage=shown.stage,
-            on_progress=on_progress,
-        )
+        result = quantize(model, knobs, on_stage=shown.stage, on_progress=on_progress)
     if json_output:
         print_json(result)
     else:

@@ -8,69 +8,46 @@ from typing import Annotated
 import typer
 
 from edgekit.cli import options
+from edgekit.cli.options import option
 from edgekit.cli.app import app, console, escape, handle_errors, print_json
 from edgekit.cli.output import progress
-from edgekit.limits import MAX_RANDOM_INPUTS, MAX_SAMPLES
-from edgekit.verify.inputs import DEFAULT_RANDOM_INPUTS
+from edgekit.verify.options import VerifyOptions
+
+
+V = VerifyOptions  # the stage's options' defaults, help and ranges: verify/options.py
 
 
 @app.command("verify")
 @handle_errors
 def verify_command(
     model_file: Annotated[Path, typer.Argument(help="the .onnx file to verify")],
-    providers: options.Providers = None,
-    runtimes: options.Runtimes = None,
-    allow_fallback: Annotated[
-        bool, typer.Option("--allow-fallback", help="a provider that does not start runs on CPU and the report says so (else exit 3)")
-    ] = False,
-    images: options.Images = None,
-    inputs: Annotated[
-        Path | None, typer.Option("--inputs", help=".npz/.npy of preprocessed (N, C, H, W) tensors (instead of the default photos)", dir_okay=False)
-    ] = None,
-    random_inputs: Annotated[
-        int, typer.Option("--random-inputs", min=0, max=MAX_RANDOM_INPUTS, help="seeded standard-normal inputs added (0: none)")
-    ] = DEFAULT_RANDOM_INPUTS,
-    seed: Annotated[
-        int, typer.Option("--seed", min=0, max=options.MAX_SEED, help="seed of the random inputs (and of random weights with --model)")
-    ] = 0,
-    model: Annotated[str | None, typer.Option("--model", help="the model a file without edgekit metadata was exported from")] = None,
-    weights: options.Weights = None,
-    pretrained: options.Pretrained = False,
-    atol: Annotated[
-        float | None, typer.Option("--atol", callback=options.between(0.0, 1e6), help="elementwise absolute tolerance (fp32 default 1e-4)")
-    ] = None,
-    rtol: Annotated[
-        float | None, typer.Option("--rtol", callback=options.between(0.0, 1e6), help="elementwise relative tolerance (fp32 default 1e-3)")
-    ] = None,
-    min_top1_agreement: options.MinTop1 = None,
-    min_sqnr: options.MinSqnr = None,
-    dataset: Annotated[
-        Path | None, typer.Option("--dataset", help="labelled images, one sub-folder per class (ImageFolder): top-1 accuracy")
-    ] = None,
-    max_drop: Annotated[
-        float | None,
-        typer.Option("--max-drop", callback=options.between(0.0, 100.0), help="fail when top-1 on --dataset drops more than this many points"),
-    ] = None,
-    samples: Annotated[
-        int | None, typer.Option("--samples", min=1, max=MAX_SAMPLES, help="at most this many --dataset images (seeded pick)")
-    ] = None,
-    target: Annotated[
-        options.Target | None,
-        typer.Option("--target", case_sensitive=False, help="int8: the CPU the file is meant for (default: this one)"),
-    ] = None,
-    layers: Annotated[
-        bool, typer.Option("--layers", help="int8: per-layer error against the fp32 parent (table, JSON, PNG plot)")
-    ] = False,
-    parent: Annotated[
-        Path | None, typer.Option("--parent", dir_okay=False, help="with --layers: the fp32 file (default: the one the metadata names)")
-    ] = None,
+    providers: options.Providers = V.providers,
+    runtimes: options.Runtimes = V.runtimes,
+    allow_fallback: Annotated[bool, option(V, "allow_fallback", "--allow-fallback")] = V.allow_fallback,
+    images: options.Images = V.images,
+    inputs: Annotated[Path | None, option(V, "inputs", "--inputs", dir_okay=False)] = V.inputs,
+    random_inputs: Annotated[int, option(V, "random_inputs", "--random-inputs")] = V.random_inputs,
+    seed: Annotated[int, option(V, "seed", "--seed")] = V.seed,
+    model: Annotated[str | None, option(V, "model", "--model")] = V.model,
+    weights: options.Weights = V.weights,
+    pretrained: options.Pretrained = V.pretrained,
+    atol: Annotated[float | None, option(V, "atol", "--atol")] = V.atol,
+    rtol: Annotated[float | None, option(V, "rtol", "--rtol")] = V.rtol,
+    min_top1_agreement: options.MinTop1 = V.min_top1_agreement,
+    min_sqnr: options.MinSqnr = V.min_sqnr,
+    dataset: Annotated[Path | None, option(V, "dataset", "--dataset")] = V.dataset,
+    max_drop: Annotated[float | None, option(V, "max_drop", "--max-drop")] = V.max_drop,
+    samples: Annotated[int | None, option(V, "dataset_samples", "--samples")] = V.dataset_samples,
+    target: Annotated[options.Target | None, option(V, "target", "--target", case_sensitive=False)] = V.target,
+    layers: Annotated[bool, option(V, "layers", "--layers")] = V.layers,
+    parent: Annotated[Path | None, option(V, "parent", "--parent", dir_okay=False)] = V.parent,
     plot: Annotated[
         Path | None, typer.Option("--plot", dir_okay=False, help="with --layers: where the PNG goes (default: beside --report, or the file)")
     ] = None,
     report: Annotated[
         Path | None, typer.Option("--report", help="write all numbers to FILE.json and a summary to FILE.md", dir_okay=False)
     ] = None,
-    device: options.Device = None,
+    device: options.Device = V.device,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="every metric in the table (the reports always have them)")] = False,
     expect_manifest: Annotated[
         str | None, typer.Option("--expect-manifest", help="a bundle: fail unless its manifest.json has this sha256")
@@ -89,7 +66,7 @@ def verify_command(
         # a bundle is checked with its golden data and its manifest's gates (tightened or loosened by the gate
         # options); every other option would be silently dropped, so it is refused
         given = {"--allow-fallback": allow_fallback, "--images": images, "--inputs": inputs,
-                 "--random-inputs": random_inputs != DEFAULT_RANDOM_INPUTS, "--seed": seed != 0, "--model": model,
+                 "--random-inputs": random_inputs != V.random_inputs, "--seed": seed != V.seed, "--model": model,
                  "--weights": weights, "--pretrained": pretrained, "--dataset": dataset, "--max-drop": max_drop,
                  "--samples": samples, "--target": target, "--layers": layers, "--parent": parent, "--plot": plot,
                  "--runtimes": runtimes}
@@ -122,32 +99,15 @@ def verify_command(
             refuse_if_input(out, "--report")
     if plot is not None:
         refuse_if_input(plot, "--plot")
+    knobs = VerifyOptions(
+        providers=providers, allow_fallback=allow_fallback, images=images, inputs=inputs, random_inputs=random_inputs,
+        seed=seed, model=model, weights=weights, pretrained=pretrained, atol=atol, rtol=rtol,
+        min_top1_agreement=min_top1_agreement, min_sqnr=min_sqnr, dataset=dataset, max_drop=max_drop,
+        dataset_samples=samples, target=target.value if target is not None and target.value != "auto" else None,
+        layers=layers, parent=parent, runtimes=runtimes, device=device,
+    )
     with progress(f"verify {model_file.name}") as shown:
-        result = verify(
-            model_file,
-            providers=providers,
-            allow_fallback=allow_fallback,
-            images=images,
-            inputs=inputs,
-            random_inputs=random_inputs,
-            seed=seed,
-            model=model,
-            weights=weights,
-            pretrained=pretrained,
-            atol=atol,
-            rtol=rtol,
-            min_top1_agreement=min_top1_agreement,
-            min_sqnr=min_sqnr,
-            dataset=dataset,
-            max_drop=max_drop,
-            dataset_samples=samples,
-            target=target.value if target is not None and target.value != "auto" else None,
-            layers=layers,
-            parent=parent,
-            runtimes=runtimes,
-            device=device,
-            on_stage=shown.stage,
-        )
+        result = verify(model_file, knobs, on_stage=shown.stage)
     written = write_reports(result, report) if report is not None else None
     png = None
     if result.layers is not None:

@@ -1,7 +1,7 @@
 """Static INT8 quantization (ONNX Runtime, QDQ) with a recipe for the target CPU, and the checks
 that make it trustworthy: really quantized, structure kept, runs, measured against fp32 the way
 its target CPU computes, within an accuracy budget (keeping the most sensitive layers in fp32 when
-full int8 misses it)."""
+full int8 misses it). Its knobs are QuantizeOptions (quantize/options.py)."""
 
 from __future__ import annotations
 
@@ -24,9 +24,11 @@ from edgekit.calibration import CalibrationSet, build_calibration_set
 from edgekit.images import DEFAULT_CALIBRATION_DIR
 from edgekit.compare import REWRITE_TOLERANCE, OutputMetrics, compare_outputs
 from edgekit.errors import BadInput, CheckFailed, EnvironmentUnavailable, GateFailed, InvariantBroken, one_line
+from edgekit.knobs import with_knobs
 from edgekit.graph import is_quantized, static_batch
 from edgekit.onnxfile import OnnxFile
 from edgekit.provenance import CpuInfo, library_versions
+from edgekit.quantize.options import DEFAULT_SAMPLES, QuantizeOptions
 from edgekit.quantize.budget import Budget, Fallback, Measure, interleaved_p50_ms, load_labelled, search
 from edgekit.quantize.ranges import ranges_entry
 from edgekit.quantize.static import (
@@ -36,8 +38,7 @@ from edgekit.rewrites import batchnorm_as_depthwise
 from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
 from edgekit.targets import KEEP_FLOAT_SESSION, Int8Judgement, Recipe, judge_int8, resolve_recipe, session_config_for
 
-__all__ = ["quantize", "QuantizeResult", "batchnorm_as_depthwise", "is_quantized", "DEFAULT_SAMPLES"]
-DEFAULT_SAMPLES = 128
+__all__ = ["quantize", "QuantizeOptions", "QuantizeResult", "batchnorm_as_depthwise", "is_quantized", "DEFAULT_SAMPLES"]
 WEIGHTED_OPS = {"Conv", "Gemm", "MatMul"}
 
 
@@ -92,36 +93,18 @@ class QuantizeResult:
 
 def quantize(
     model_path: Path,
+    options: QuantizeOptions | None = None,
     *,
-    calibration: Path | None = None,
-    samples: int = DEFAULT_SAMPLES,
-    method: str | None = None,
-    target: str = "auto",
-    per_channel: bool | None = None,
-    exclude: list[str] | None = None,
-    augment: bool = False,
-    seed: int = 0,
-    output: Path | None = None,
-    min_top1_agreement: float | None = None,
-    min_sqnr: float | None = None,
-    dataset: Path | None = None,
-    max_drop: float | None = None,
-    fallback: bool = True,
-    rewrites: bool = True,
-    device: str | None = None,
-    ranges_cache: Path | None = None,
     on_stage: Callable[[str], None] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
+    **knobs,
 ) -> QuantizeResult:
     """Quantize an fp32 ONNX file to int8; nothing is written unless every check passes.
 
-    The accuracy budget: the held-out gates (`min_top1_agreement`, `min_sqnr`; stricter defaults for
-    trained weights than for random ones) and, with `dataset`, a top-1 drop of at most `max_drop`
-    points. With `fallback`, a file that misses it gets its most sensitive nodes kept in fp32.
-    `device`: the deployment CPU whose ONNX Runtime kernels gate the file (edgekit.runtimes.devices; emulated
-    where it is not this machine); the per-layer ranking of the fallback still runs on this machine.
-    `ranges_cache`: a folder of activation ranges kept by content (quantize.ranges), read before calibrating.
-    """
+    OPTIONS (QuantizeOptions: the budget, the recipe's choices, the calibration data) with any keyword KNOBS
+    replaced: `quantize(path, samples=64)` is `quantize(path, QuantizeOptions(samples=64))`."""
+    o = with_knobs(QuantizeOptions, options, knobs)
+    device, dataset, max_drop = o.device, o.dataset, o.max_drop
     model_path = Path(model_path)
     if device not in (None, "host"):
         from edgekit.runtimes.devices import ready_device
@@ -140,8 +123,8 @@ def quantize(
                        hint="quantize the fp32 file it came from")
     if source.spec.dtype != "float32":
         raise BadInput(f"{model_path} does not take fp32 inputs; edgekit quantizes fp32 models only")
-    tolerance, _source = source.gates("int8", min_top1_agreement=min_top1_agreement, min_sqnr=min_sqnr)
-    recipe = resolve_recipe(target, method, per_channel, rewrites)
+    tolerance, _source = source.gates("int8", min_top1_agreement=o.min_top1_agreement, min_sqnr=o.min_sqnr)
+    recipe = resolve_recipe(o.target, o.method, o.per_channel, o.rewrites)
     preprocessing = source.preprocessing()
     labelled = None
     if dataset is not None:
@@ -150,17 +133,15 @@ def quantize(
         stage("labelled dataset")
         labelled = load_labelled(Path(dataset), preprocessing, output_classes(model) or (metadata or {}).get("num_classes"))
     budget = Budget(max_drop, labelled, tolerance)
-    final = resolve_output(output, derived_output(model_path, "int8"))
+    final = resolve_output(o.output, derived_output(model_path, "int8"))
     if final.resolve() == model_path.resolve():
         raise BadInput(f"output {final} is the input file itself", hint="choose another -o")
-    excluded = resolve_exclusions(model, exclude or [])
+    excluded = resolve_exclusions(model, list(o.exclude or []))
     staged = stage_output(final)
     try:
         with tempfile.TemporaryDirectory(prefix="edgekit-quantize-") as tmp:
-            result = _quantize_staged(
-                model_path, model, metadata, recipe, preprocessing, excluded, calibration, samples, augment, seed,
-                staged, Path(tmp), budget, fallback, stage, progress, target.lower(), device, ranges_cache,
-            )
+            result = _quantize_staged(model_path, model, metadata, recipe, preprocessing, excluded, o, staged,
+                                      Path(tmp), budget, stage, progress)
         staged.commit()
         return result
     except BaseException:
@@ -169,13 +150,13 @@ def quantize(
 
 
 def _quantize_staged(
-    model_path, model, metadata, recipe: Recipe, preprocessing, excluded, calibration, samples, augment, seed,
-    staged, workdir: Path, budget: Budget, use_fallback: bool, stage, progress, explicit_target: str,
-    device: str | None = None, ranges_cache: Path | None = None,
+    model_path, model, metadata, recipe: Recipe, preprocessing, excluded, o: QuantizeOptions, staged, workdir: Path,
+    budget: Budget, stage, progress,
 ) -> QuantizeResult:
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    device, explicit_target = o.device, o.target.lower()
     notes: list[str] = []
     # A graph ONNX Runtime cannot run (an operator it does not know) is the user's input: say so in one line
     # now, before ORT's pre-processing prints its traceback and fails with a misleading one.
@@ -184,8 +165,8 @@ def _quantize_staged(
     create_session(model_path, "cpu", optimization="none")
     stage("calibration set")
     calib = build_calibration_set(
-        Path(calibration) if calibration is not None else DEFAULT_CALIBRATION_DIR,
-        preprocessing, samples, seed, augment, on_progress=lambda i, n: progress("decode", i, n),
+        Path(o.calibration) if o.calibration is not None else DEFAULT_CALIBRATION_DIR,
+        preprocessing, o.samples, o.seed, o.augment, on_progress=lambda i, n: progress("decode", i, n),
     )
     notes.extend(calib.warnings)
     input_name = model.graph.input[0].name
@@ -223,7 +204,7 @@ def _quantize_staged(
         # an --exclude naming a rewritten node means its replacement
         excluded = sorted(e if e in names or f"{e}_as_depthwise" not in names else f"{e}_as_depthwise" for e in excluded)
 
-    ranges = ranges_entry(ranges_cache, workdir, pre, calib.tensors, recipe.method,
+    ranges = ranges_entry(o.ranges_cache, workdir, pre, calib.tensors, recipe.method,
                           CALIB_PERCENTILE if recipe.method == "percentile" else None)
     notes.extend([ranges.note] if ranges.note else [])
 
@@ -263,7 +244,7 @@ def _quantize_staged(
     fallback = None
     chosen = full
     if not trial.passed(budget):
-        if not use_fallback:
+        if not o.fallback:
             _budget_missed(trial, budget, calib, judgement, "; fp32 fallback off (--no-fallback)")
         fallback = _fallback(pre, full, calib.holdout, judgement, budget, measure, make, stage, excluded,
                              trial.holdout.sqnr_db)

@@ -4,7 +4,8 @@ made from, rebuilt from the file's own metadata. Returns a Report; never prints.
 The reference is always PyTorch fp32 on CPU (for an int8 or fp16 file: the fp32 model it descends
 from). Gates depend on the file's precision (compare.DEFAULT_TOLERANCES) and can be overridden.
 An int8 file on an x86 CPU without VNNI also runs with exact accumulation, so this CPU's kernel
-saturation is measured and named apart from the file's quantization error.
+saturation is measured and named apart from the file's quantization error. Its knobs are VerifyOptions
+(verify/options.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from edgekit.artifact import load_onnx, read_metadata, sha256_file
 from edgekit.compare import DEFAULT_TOLERANCES, NAN_ONLY, Tolerance, apply_noise_floor, compare_outputs, mismatched_output
 from edgekit.errors import BadInput, CheckFailed
 from edgekit.graph import precision_of
+from edgekit.knobs import with_knobs
 from edgekit.models.reference import build_reference, plan_reference
 from edgekit.provenance import run_environment
 from edgekit.runtimes.devices import cpu_of
@@ -35,6 +37,7 @@ from edgekit.targets import (
 )
 from edgekit.verify.dataset import check_dataset, measure_dataset
 from edgekit.verify.inputs import DEFAULT_RANDOM_INPUTS, expected_chw, load_input_sets
+from edgekit.verify.options import VerifyOptions
 from edgekit.verify.results import (
     Comparison,
     DatasetAccuracy,
@@ -47,8 +50,8 @@ from edgekit.verify.results import (
 )
 
 __all__ = [
-    "verify", "Report", "Comparison", "DatasetAccuracy", "InputSet", "ProviderAccuracy", "ProviderRun", "Reference",
-    "Saturation", "DEFAULT_RANDOM_INPUTS",
+    "verify", "VerifyOptions", "Report", "Comparison", "DatasetAccuracy", "InputSet", "ProviderAccuracy", "ProviderRun",
+    "Reference", "Saturation", "DEFAULT_RANDOM_INPUTS",
 ]
 # Default kernels more than this many dB below exact accumulation on the same inputs: saturation.
 # (Measured on trained digits nets on an AVX2 CPU: 8-bit-weight files lose 12-14 dB; exact runs differ
@@ -187,98 +190,68 @@ def _saturation(rows: list[Comparison], exact_rows: list[Comparison], cpu, recip
     )
 
 
-def verify(
-    path: Path,
-    *,
-    providers: str | None = None,
-    allow_fallback: bool = False,
-    images: Path | None = None,
-    inputs: Path | None = None,
-    random_inputs: int = DEFAULT_RANDOM_INPUTS,
-    seed: int = 0,
-    model: str | None = None,
-    weights: Path | None = None,
-    pretrained: bool = False,
-    atol: float | None = None,
-    rtol: float | None = None,
-    min_top1_agreement: float | None = None,
-    min_sqnr: float | None = None,
-    dataset: Path | None = None,
-    max_drop: float | None = None,
-    dataset_samples: int | None = None,
-    target: str | None = None,
-    layers: bool = False,
-    parent: Path | None = None,
-    runtimes: str | None = None,
-    device: str | None = None,
-    on_stage: Callable[[str], None] | None = None,
-) -> Report:
+def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callable[[str], None] | None = None,
+           **knobs) -> Report:
     """Compare ONNX Runtime on each provider with the PyTorch reference; the Report says what passed.
 
-    `target`: the CPU an int8 file is meant for (default: this one). On an x86 CPU without VNNI, a file
-    meant for another target is gated on exact accumulation, and this CPU's default kernels are measured
-    beside it; a file meant for this CPU is gated on what this CPU computes, saturation included.
-    `runtimes`: "ort" (default) or "ort,openvino": OpenVINO runs the same file on the CPU beside ONNX
-    Runtime, against the same reference and gates, and reports which precision it really executed.
-    `device`: the CPU whose ONNX Runtime kernels run the CPU provider (edgekit.runtimes.devices; emulated where
-    it is not this machine): its flags decide the int8 judgement, and the table names it.
-    `layers`: per-layer error of an int8 file against its fp32 parent (`parent`, default the file its
-    metadata names, in the same folder), on the photos, as the gated kernels compute it.
-    """
+    OPTIONS (VerifyOptions: the inputs, the reference, the gates, what else to measure) with any keyword KNOBS
+    replaced: `verify(path, providers="cpu")` is `verify(path, VerifyOptions(providers="cpu"))`."""
+    o = with_knobs(VerifyOptions, options, knobs)
+    device = o.device
     from edgekit.compare import gates_for, weights_are_trained
     from edgekit.runtime import check_inputs, create_session, cuda_device_available, parse_providers
 
     on_stage = on_stage or (lambda _s: None)
     started = time.perf_counter()
     path = Path(path)
-    if weights is not None and pretrained:
+    if o.weights is not None and o.pretrained:
         raise BadInput("--weights and --pretrained exclude each other", hint="choose one")
-    if max_drop is not None and not (np.isfinite(max_drop) and max_drop >= 0):
-        raise BadInput(f"--max-drop must be a number of points >= 0, got {max_drop}")
-    if max_drop is not None and dataset is None:
+    if o.max_drop is not None and not (np.isfinite(o.max_drop) and o.max_drop >= 0):
+        raise BadInput(f"--max-drop must be a number of points >= 0, got {o.max_drop}")
+    if o.max_drop is not None and o.dataset is None:
         raise BadInput("--max-drop gates the accuracy on --dataset", hint="give --dataset DIR too")
-    if dataset_samples is not None and dataset_samples < 1:
-        raise BadInput(f"--samples must be at least 1, got {dataset_samples}")
-    if target is not None and (target == "auto" or target not in TARGETS):
-        raise BadInput(f"unknown --target {target!r}", hint=f"use one of {', '.join(t for t in TARGETS if t != 'auto')}")
+    if o.dataset_samples is not None and o.dataset_samples < 1:
+        raise BadInput(f"--samples must be at least 1, got {o.dataset_samples}")
+    if o.target is not None and (o.target == "auto" or o.target not in TARGETS):
+        raise BadInput(f"unknown --target {o.target!r}", hint=f"use one of {', '.join(t for t in TARGETS if t != 'auto')}")
 
     from edgekit.openvino_runtime import parse_runtimes
 
-    runtime_names = parse_runtimes(runtimes)  # exit 3 now when openvino is asked for and absent
+    runtime_names = parse_runtimes(o.runtimes)  # exit 3 now when openvino is asked for and absent
     if device in ("host", ""):
         device = None
     if device is not None:
         from edgekit.runtimes.devices import ready_device
 
         ready_device(device)  # unknown: exit 2; not set up here: exit 3, before any work
-        if layers:
+        if o.layers:
             raise BadInput(f"--layers measures on this machine's kernels; it does not combine with --device {device}")
         if set(runtime_names) - {"ort"}:
             raise BadInput(f"--device {device} runs ONNX Runtime only; drop --runtimes")
     on_stage("loading the file")
     model_proto = load_onnx(path)
     meta = read_metadata(model_proto, path)
-    plan = plan_reference(path, model_proto, meta, model, weights, pretrained, seed)
+    plan = plan_reference(path, model_proto, meta, o.model, o.weights, o.pretrained, o.seed)
     precision = precision_of(model_proto, meta)
     # the reference's weights decide: a foreign file verified against --weights is a trained model too
-    tolerance, tolerance_source = gates_for(precision, weights_are_trained(plan.weights), atol, rtol,
-                                            min_top1_agreement, min_sqnr)
-    if dataset is not None:
-        check_dataset(Path(dataset), plan.num_classes)  # a bad folder fails now, not after the reference is built
-    user_elementwise = atol is not None or rtol is not None
+    tolerance, tolerance_source = gates_for(precision, weights_are_trained(plan.weights), o.atol, o.rtol,
+                                            o.min_top1_agreement, o.min_sqnr)
+    if o.dataset is not None:
+        check_dataset(Path(o.dataset), plan.num_classes)  # a bad folder fails now, not after the reference is built
+    user_elementwise = o.atol is not None or o.rtol is not None
     digest = sha256_file(path)
     del model_proto  # the sessions read the file themselves; large graphs need not stay in memory
 
-    if layers and precision != "int8":
+    if o.layers and precision != "int8":
         raise BadInput(f"--layers compares an int8 file with its fp32 parent; {path} is {precision}")
-    parent_path = _parent_for_layers(path, meta, parent) if layers else None
+    parent_path = _parent_for_layers(path, meta, o.parent) if o.layers else None
     cpu = cpu_of(device)
     recipe = (meta or {}).get("recipe") or {}
-    judgement = judge_int8(recipe, cpu, target) if precision == "int8" else None
+    judgement = judge_int8(recipe, cpu, o.target) if precision == "int8" else None
     file_config = session_config_for(recipe)  # what the file needs on every CPU (float nodes kept float)
 
     # Sessions before any PyTorch work: a provider that cannot start fails in seconds (exit 3).
-    wanted = parse_providers(providers)
+    wanted = parse_providers(o.providers)
     sessions: list = []
     with contextlib.ExitStack() as cleanup:
         # ORT writes a profiled session's trace when it is freed: end every one, whatever fails
@@ -288,10 +261,10 @@ def verify(
             on_stage(f"starting ONNX Runtime on {provider}")
             # ORT's CUDA provider uses TF32 for fp32 convolutions by default: that is not fp32 math.
             # (TensorRT has no such option in ORT; its fp32 engines may use TF32 on Ampere and later.)
-            options = {"use_tf32": "0"} if provider == "cuda" else None
+            provider_options = {"use_tf32": "0"} if provider == "cuda" else None
             config = merge_session_configs(file_config, judgement.gate_session) if judgement and provider == "cpu" else file_config
             sessions.append(create_session(
-                path, provider, allow_fallback=allow_fallback, enable_profiling=device is None, provider_options=options,
+                path, provider, allow_fallback=o.allow_fallback, enable_profiling=device is None, provider_options=provider_options,
                 session_config=config or None, device=device if provider == "cpu" else None,
             ))
         exact_session = None
@@ -304,14 +277,14 @@ def verify(
         if precision == "int8" and device is None:
             from edgekit.runtimes.devices import suggest_devices
 
-            hint = suggest_devices(target or recipe.get("target"))
+            hint = suggest_devices(o.target or recipe.get("target"))
             if hint:
                 notes.append(hint)
 
         first = sessions[0]
         chw = expected_chw(first, plan.preprocessing)
         on_stage("loading inputs")
-        input_sets, input_notes = load_input_sets(plan.preprocessing, chw, images, inputs, random_inputs, seed)
+        input_sets, input_notes = load_input_sets(plan.preprocessing, chw, o.images, o.inputs, o.random_inputs, o.seed)
         notes += input_notes
         for session in sessions:
             probe = np.repeat(input_sets[0].tensors[:1], batch_sizes(session)[0], axis=0).astype(input_dtype(session))
@@ -327,7 +300,7 @@ def verify(
         )
         if not plan.from_metadata and plan.weights.get("kind") == "random":
             notes.append(
-                f"no --weights: the reference has seeded random weights (seed {seed}); a foreign file matches it "
+                f"no --weights: the reference has seeded random weights (seed {o.seed}); a foreign file matches it "
                 "only if it was exported from the same seeded model"
             )
         expected_outputs = {}
@@ -374,7 +347,7 @@ def verify(
             comparisons += other_rows
             cpu_rows = [c for c in comparisons if c.provider == "cpu" and c.gated]
             default_rows, exact_rows = (other_rows, cpu_rows) if gated_kernels else (cpu_rows, other_rows)
-            saturation = _saturation(default_rows, exact_rows, cpu, recipe, target or "this CPU",
+            saturation = _saturation(default_rows, exact_rows, cpu, recipe, o.target or "this CPU",
                                      gated_on_default=not gated_kernels)
         if "openvino" in runtime_names:
             comparisons += _openvino_rows(path, input_sets, expected_outputs, first_output, precision, tolerance,
@@ -384,10 +357,10 @@ def verify(
             comparisons += _torch_cuda_rows(torch_model, input_sets, expected_outputs, first_output, on_stage)
 
         accuracy = None
-        if dataset is not None:
+        if o.dataset is not None:
             on_stage("dataset")
             accuracy = measure_dataset(
-                Path(dataset), torch_model, sessions, plan.preprocessing, num_classes, max_drop, dataset_samples, seed,
+                Path(o.dataset), torch_model, sessions, plan.preprocessing, num_classes, o.max_drop, o.dataset_samples, o.seed,
                 on_stage,
             )
 

@@ -1,0 +1,75 @@
+"""Options objects (edgekit/knobs.py): each stage's knobs declared once, and its CLI command built from them."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from pathlib import Path
+
+import pytest
+import typer
+
+from edgekit.knobs import with_knobs
+from edgekit.quantize.options import QuantizeOptions
+from edgekit.verify.options import VerifyOptions
+
+# command-line names that differ from the knob's
+RENAMED = {"verify": {"samples": "dataset_samples"}}
+EMPTY_LIST = {("quantize", "exclude")}  # typer's repeatable option is None when absent; the knob's default is ()
+
+
+def _command(name: str):
+    from edgekit.cli import app
+
+    return typer.main.get_command(app).commands[name]
+
+
+@pytest.mark.parametrize("name, stage_options", [("quantize", QuantizeOptions), ("verify", VerifyOptions)])
+def test_every_knob_is_an_option_of_its_command_with_the_knobs_default_help_and_range(name, stage_options):
+    params = {RENAMED.get(name, {}).get(p.name, p.name): p for p in _command(name).params}
+    for knob in dataclasses.fields(stage_options):
+        param = params[knob.name]  # every knob reaches the command line
+        default = param.default.value if isinstance(param.default, enum.Enum) else param.default
+        if (name, knob.name) in EMPTY_LIST:
+            assert default is None and knob.default == ()
+        elif knob.name == "target" and name == "verify":
+            assert default is None and knob.default is None
+        else:
+            assert default == knob.default, knob.name
+        if knob.metadata["help"] is not None:
+            assert param.help == knob.metadata["help"], knob.name
+        low, high = knob.metadata["range"]
+        if isinstance(low, int) and not isinstance(low, bool):
+            assert (param.min, param.max) == (low, high), knob.name
+        elif isinstance(low, float):  # between(low, high): the ends in, past them out
+            assert param.callback(None, param, low) == low and param.callback(None, param, high) == high, knob.name
+            for outside in (low - 1, high * 2 + 1):
+                with pytest.raises(typer.BadParameter):
+                    param.callback(None, param, outside)
+
+
+def test_keywords_and_an_options_object_are_the_same_call():
+    base = QuantizeOptions(samples=64, target="arm64")
+    assert with_knobs(QuantizeOptions, None, {"samples": 64, "target": "arm64"}) == base
+    assert with_knobs(QuantizeOptions, base, {"seed": 3}) == dataclasses.replace(base, seed=3)
+    assert with_knobs(VerifyOptions, None, {}) == VerifyOptions()
+    with pytest.raises(TypeError, match="'sample'"):
+        with_knobs(QuantizeOptions, None, {"sample": 64})
+
+
+def test_a_stage_refuses_an_unknown_knob_before_any_work(tmp_path):
+    from edgekit.quantize import quantize
+    from edgekit.verify import verify
+
+    missing = tmp_path / "none.onnx"
+    with pytest.raises(TypeError, match="calibraton"):
+        quantize(missing, calibraton=Path("x"))
+    with pytest.raises(TypeError, match="provider"):
+        verify(missing, provider="cpu")
+
+
+def test_options_are_values():
+    options = QuantizeOptions()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.samples = 3  # type: ignore[misc]
+    assert QuantizeOptions.samples == options.samples == 128  # the class attribute is the default the CLI takes
