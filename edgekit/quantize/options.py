@@ -8,10 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgekit.compare import DEFAULT_TOLERANCES, trained_defaults
 from edgekit.knobs import knob
 from edgekit.limits import MAX_SAMPLES, MAX_SEED
 
 DEFAULT_SAMPLES = 128
+_RANDOM, _TRAINED = DEFAULT_TOLERANCES["int8"], trained_defaults()["int8"]  # the gates' defaults, said in the help
 
 
 @dataclass(frozen=True)
@@ -33,9 +35,11 @@ class QuantizeOptions:
     seed: int = knob(0, "seed of the calibration pick", low=0, high=MAX_SEED)
     output: Path | None = knob(None)  # (help: cli/options.py's Output)
     min_top1_agreement: float | None = knob(
-        None, "budget: held-out top-1 agreement with fp32, 0..1 (default 0.5; 0.95 for trained weights)", low=0.0, high=1.0)
+        None, "budget: held-out top-1 agreement with fp32, 0..1 (default "
+        f"{_RANDOM.min_top1_agreement:g}; {_TRAINED.min_top1_agreement:g} for trained weights)", low=0.0, high=1.0)
     min_sqnr: float | None = knob(
-        None, "budget: held-out SQNR of the logits, dB (default 10; 20 for trained weights)", low=0.0, high=200.0)
+        None, "budget: held-out SQNR of the logits, dB (default "
+        f"{_RANDOM.min_sqnr_db:g}; {_TRAINED.min_sqnr_db:g} for trained weights)", low=0.0, high=200.0)
     dataset: Path | None = knob(None, "labelled images (one sub-folder per class) for --max-drop")
     max_drop: float | None = knob(None, "budget: top-1 drop on --dataset, points", low=0.0, high=100.0)
     fallback: bool = knob(True, "keep the most sensitive layers in fp32 when the budget is missed")
