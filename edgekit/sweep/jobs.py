@@ -72,8 +72,7 @@ def predict_shard(model_file: str, items: list[str], preprocessing: dict, sessio
 
     _maybe_fault(name)
     prep = Preprocessing.from_dict(preprocessing)
-    session = create_session(Path(model_file), "cpu", session_config={**NO_SPIN, **(session_config or {})},
-                             threads=threads)
+    session = _session_for(Path(model_file), {**NO_SPIN, **(session_config or {})}, threads, create_session)
     predictions = [-1] * len(items)
     chunk = 64
     for start in range(0, len(items), chunk):
@@ -90,6 +89,20 @@ def predict_shard(model_file: str, items: list[str], preprocessing: dict, sessio
             for i, p in zip(where, out):
                 predictions[i] = int(p)
     return predictions
+
+
+_SESSION: dict = {}  # this worker's last session: a file's shards mostly land on the same workers
+
+
+def _session_for(path: Path, config: dict, threads: int, create):
+    """One ORT session per worker process, reused while the worker evaluates shards of the same file (same bytes:
+    size and mtime in the key, as the same sweep never rewrites a file in place)."""
+    info = path.stat()
+    key = (str(path.resolve()), info.st_size, info.st_mtime_ns, json.dumps(config, sort_keys=True), threads)
+    if key not in _SESSION:
+        _SESSION.clear()  # one at a time: a worker holds one model in memory
+        _SESSION[key] = create(path, "cpu", session_config=config, threads=threads)
+    return _SESSION[key]
 
 
 def _maybe_fault(name: str) -> None:
