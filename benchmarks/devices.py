@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from edgekit.compare import DEFAULT_TOLERANCES, compare_outputs
     from edgekit.export import export
-    from edgekit.provenance import this_cpu
+    from edgekit.core.provenance import this_cpu
     from edgekit.quantize import quantize
     from edgekit.runners import run_onnx
     from edgekit.runtimes.devices import device_status

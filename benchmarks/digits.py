@@ -421,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError:
         pass  # already set (only possible once per process)
 
-    from edgekit.errors import EdgekitError
+    from edgekit.core.errors import EdgekitError
     from edgekit.models.registry import get_spec
 
     try:

@@ -18,7 +18,7 @@ BOTH_EXPORTERS = ("densenet121", "resnext50_32x4d")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edgekit.errors import EdgekitError
+    from edgekit.core.errors import EdgekitError
     from edgekit.export import export
     from edgekit.models import list_models
 

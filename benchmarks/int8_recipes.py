@@ -52,7 +52,7 @@ def split(data: Path, name: str, preprocessing) -> tuple[np.ndarray, np.ndarray]
 
 def measure_model(name: str, data: Path, weights: Path) -> dict:
     from edgekit.compare import DEFAULT_TOLERANCES, compare_outputs
-    from edgekit.errors import CheckFailed
+    from edgekit.core.errors import CheckFailed
     from edgekit.export import export
     from edgekit.models.reference import build_model
     from edgekit.models.registry import get_spec
@@ -97,7 +97,7 @@ def measure_model(name: str, data: Path, weights: Path) -> dict:
 
 def fallback_table(name: str, data: Path, max_drop: float, min_sqnr: float | None) -> dict:
     """The fp32 fallback with a budget full int8 misses: which nodes, the trials, the latency cost."""
-    from edgekit.errors import CheckFailed
+    from edgekit.core.errors import CheckFailed
     from edgekit.quantize import quantize
 
     fp32 = WORK / name / f"{name}.onnx"
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", action="store_true", help="keep the recipe rows of int8_results.json; redo the fallback")
     args = parser.parse_args(argv)
 
-    from edgekit.provenance import library_versions, this_cpu
+    from edgekit.core.provenance import library_versions, this_cpu
 
     data = digits.DEFAULT_DATA
     digits.write_digits_imagefolder(data)
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu = this_cpu()
     result = {"measured": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu.to_dict(),
               "versions": library_versions(), "rows": rows, "fallback": fallback}
-    from edgekit.serialize import to_json
+    from edgekit.core.serialize import to_json
 
     (args.out / "int8_results.json").write_text(to_json(result))
     (args.out / "INT8.md").write_text(markdown(result))

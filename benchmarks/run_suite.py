@@ -95,7 +95,7 @@ def digits_accuracy(name: str, folder: Path) -> dict | None:
 
 
 def versions() -> dict:
-    from edgekit.provenance import library_versions
+    from edgekit.core.provenance import library_versions
 
     return library_versions()
 

@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    from edgekit.provenance import this_cpu
+    from edgekit.core.provenance import this_cpu
 
     cpu = this_cpu()
     WORK.mkdir(parents=True, exist_ok=True)

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import BadInput, one_line
-from edgekit.files import NAME_MAX, check_name_lengths, check_readable_file, file_kind, open_regular, sha256_file, shown_path  # noqa: F401
-from edgekit.files import sweep_leftovers
+from edgekit.core.errors import BadInput, one_line
+from edgekit.core.files import NAME_MAX, check_name_lengths, check_readable_file, file_kind, open_regular, sha256_file, shown_path  # noqa: F401
+from edgekit.core.files import sweep_leftovers
 from edgekit.graph import graph_dims, graph_inputs, input_spec
 from edgekit.metadata import METADATA_KEY, check_against_graph, metadata_of
 from edgekit.outputs import (  # noqa: F401  (the writers below use some; all are importable from here)
@@ -159,7 +159,7 @@ def check_signature(model, where: Path | str) -> None:
     malformed metadata JSON, a field of the wrong type or out of range, or metadata that disagrees
     with the graph's input or output (metadata.check_against_graph).
     """
-    from edgekit import limits
+    from edgekit.core import limits
 
     where = Path(shown_path(where))
     spec = input_spec(model, where)

@@ -11,9 +11,9 @@ from typing import Callable
 
 import numpy as np
 
-from edgekit import limits
-from edgekit.files import open_regular, shown_path
-from edgekit.errors import BadInput, one_line
+from edgekit.core import limits
+from edgekit.core.files import open_regular, shown_path
+from edgekit.core.errors import BadInput, one_line
 from edgekit.preprocessing import Preprocessing, to_rgb
 
 from edgekit.images import DEFAULT_CALIBRATION_DIR, load_image_folder, scan_image_folder  # noqa: F401
@@ -107,7 +107,7 @@ def build_calibration_set(
             calib = calib[np.sort(np.random.default_rng(seed).choice(len(calib), samples, replace=False))]
         elif len(calib) < samples:
             notes.append(f"{shown} has {len(calib)} calibration samples, fewer than the {samples} asked; using {len(calib)}")
-        from edgekit.files import sha256_file
+        from edgekit.core.files import sha256_file
 
         return CalibrationSet(
             calib, hold, str(source), "tensors", sha256_file(source),

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from edgekit.ondevice import metrics as _metrics
-from edgekit.errors import BadInput, ShapeMismatch
+from edgekit.core.errors import BadInput, ShapeMismatch
 
 
 @dataclass(frozen=True)

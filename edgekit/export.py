@@ -36,11 +36,11 @@ from edgekit.compare import (
     compare_outputs,
     only_elementwise_failure,
 )
-from edgekit.errors import BadInput, CheckFailed, EdgekitError, GateFailed, InvariantBroken, ShapeMismatch
+from edgekit.core.errors import BadInput, CheckFailed, EdgekitError, GateFailed, InvariantBroken, ShapeMismatch
 from edgekit.models.reference import build_model
 from edgekit.models.registry import DEFAULT_SEED, get_spec
 from edgekit.preprocessing import Preprocessing
-from edgekit.provenance import library_versions
+from edgekit.core.provenance import library_versions
 from edgekit.runners import run_onnx, run_torch
 from edgekit.structure import Structure, onnx_concat_count, onnx_grouped_conv_count, op_counts, torch_structure
 
@@ -196,7 +196,7 @@ def export(
     recipe at the input size, or the transforms of the torchvision weights with --pretrained."""
     import onnx
 
-    from edgekit.limits import MAX_BATCH, MAX_INPUT_SIZE
+    from edgekit.core.limits import MAX_BATCH, MAX_INPUT_SIZE
 
     spec = get_spec(model_name)
     size = input_size or spec.default_input_size

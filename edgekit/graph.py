@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit.errors import BadInput
+from edgekit.core.errors import BadInput
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # Ops that only a quantized graph has (QDQ or QOperator form, static or dynamic).

@@ -17,9 +17,9 @@ from typing import Callable
 
 import numpy as np
 
-from edgekit import limits
-from edgekit.files import file_kind, open_regular, shown_path
-from edgekit.errors import BadInput, one_line
+from edgekit.core import limits
+from edgekit.core.files import file_kind, open_regular, shown_path
+from edgekit.core.errors import BadInput, one_line
 from edgekit.preprocessing import Preprocessing
 from edgekit.tensors import read_npz_member
 
@@ -193,7 +193,7 @@ def pick_samples(files: list[Path], samples: int | None, seed: int = 0) -> list[
 
 
 def _cache_dir() -> Path:
-    from edgekit.files import cache_dir
+    from edgekit.core.files import cache_dir
 
     return cache_dir()
 

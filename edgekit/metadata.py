@@ -23,8 +23,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edgekit.errors import BadInput
-from edgekit.limits import MAX_METADATA_CHARS
+from edgekit.core.errors import BadInput
+from edgekit.core.limits import MAX_METADATA_CHARS
 from edgekit.metadata_schema import (  # noqa: F401  (the schema's public names, importable from here too)
     FROM_REASON,
     MISSING,

@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgekit.errors import BadInput, CheckFailed, EnvironmentUnavailable, one_line
+from edgekit.core.errors import BadInput, CheckFailed, EnvironmentUnavailable, one_line
 
 NOT_INSTALLED = "OpenVINO is not installed: pip install 'edgekit[openvino]'"
 DEVICE = "CPU"

@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgekit.errors import CheckFailed, one_line
+from edgekit.core.errors import CheckFailed, one_line
 
 ORT_OPTIMIZATION_STYLE = "Fixed"
 

@@ -13,8 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from edgekit.errors import BadInput, EdgekitError, EnvironmentUnavailable
-from edgekit.files import check_name_lengths, shown_path
+from edgekit.core.errors import BadInput, EdgekitError, EnvironmentUnavailable
+from edgekit.core.files import check_name_lengths, shown_path
 
 
 def short_name(path: Path) -> str:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgekit.errors import BadInput
+from edgekit.core.errors import BadInput
 
 if TYPE_CHECKING:  # annotations only: plotting imports neither the measurement nor the profiler
     from edgekit.layer_error import LayerReport

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.ondevice.metrics import to_rgb  # noqa: F401  (one implementation, shared with the device check)
-from edgekit.errors import BadInput
+from edgekit.core.errors import BadInput
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -291,7 +291,7 @@ MAX_PREPROCESSING_FILE = 64 * 1024  # a preprocessing JSON is a few hundred byte
 
 
 def _load_json(path: Path):
-    from edgekit.files import check_readable_file
+    from edgekit.core.files import check_readable_file
 
     if not Path(path).exists():
         raise BadInput(f"preprocessing file {path} does not exist: give a JSON file of resize, crop, mean, std")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import BadInput, CheckFailed, one_line
+from edgekit.core.errors import BadInput, CheckFailed, one_line
 from edgekit.runtime import NO_SPIN
 from edgekit.targets import merge_session_configs
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import BadInput, CheckFailed, ProviderUnavailable, one_line
-from edgekit.provenance import cuda_device_available  # noqa: F401  (re-exported: stages ask the runtime)
+from edgekit.core.errors import BadInput, CheckFailed, ProviderUnavailable, one_line
+from edgekit.core.provenance import cuda_device_available  # noqa: F401  (re-exported: stages ask the runtime)
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -55,7 +55,7 @@ def _profile_prefix() -> str:
 
 def sweep_stale_profiles(folder: str | None = None, max_age: float = STALE_PROFILE_SECONDS) -> list[Path]:
     """Delete traces a killed edgekit left (edgekit-profile-<pid>_*.json older than `max_age`, process gone)."""
-    from edgekit.files import sweep_leftovers
+    from edgekit.core.files import sweep_leftovers
 
     pattern = re.compile(re.escape(PROFILE_PREFIX) + r"(?P<pid>\d+)_.*\.json$")
     return sweep_leftovers(folder or tempfile.gettempdir(), pattern, want_dir=False, max_age=max_age)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from edgekit.errors import BadInput
-from edgekit.provenance import CpuInfo, this_cpu
+from edgekit.core.errors import BadInput
+from edgekit.core.provenance import CpuInfo, this_cpu
 
 
 # ORT's session option that makes the AVX2 u8s8 kernels accumulate exactly (in int32), as a VNNI

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit import limits
-from edgekit.files import open_regular, shown_path
-from edgekit.errors import BadInput, one_line
+from edgekit.core import limits
+from edgekit.core.files import open_regular, shown_path
+from edgekit.core.errors import BadInput, one_line
 
 # --- .npy / .npz ------------------------------------------------------------------------------------
 
@@ -94,7 +94,7 @@ def load_tensor_file(path: Path, expected_chw: tuple[int, int, int]) -> np.ndarr
     model and limits.MAX_TENSOR_BYTES before any data is read, so object arrays, a huge declared
     shape, a truncated file or archive, or a member that is not an array is one BadInput line.
     """
-    from edgekit.files import check_readable_file
+    from edgekit.core.files import check_readable_file
 
     path = check_readable_file(Path(path), "tensor file")
     label = shown_path(path)

@@ -63,7 +63,7 @@ def describe_models() -> list[ModelFacts]:
     import json
 
     from edgekit.outputs import write_text_atomic
-    from edgekit.files import cache_dir
+    from edgekit.core.files import cache_dir
 
     path = cache_dir() / f"model-facts-{_facts_key()}.json"
     names = [spec.name for spec in list_models()]
@@ -74,7 +74,7 @@ def describe_models() -> list[ModelFacts]:
     except (OSError, ValueError, TypeError):
         pass  # absent or damaged: measured again below, and rewritten
     facts = measure_models()
-    from edgekit.errors import EdgekitError
+    from edgekit.core.errors import EdgekitError
 
     try:
         write_text_atomic(path, json.dumps([f.__dict__ for f in facts]))

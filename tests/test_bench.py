@@ -7,7 +7,7 @@ import json
 import pytest
 
 from edgekit.bench import bench, interleaved_order, percentiles
-from edgekit.errors import BadInput
+from edgekit.core.errors import BadInput
 
 
 def test_percentiles_on_known_samples():

@@ -13,7 +13,7 @@ from edgekit.calibration import build_calibration_set
 from edgekit.images import DEFAULT_CALIBRATION_DIR, load_image_folder, pick_samples
 from edgekit.preprocessing import Preprocessing, to_rgb
 from edgekit.tensors import load_tensor_file
-from edgekit.errors import BadInput
+from edgekit.core.errors import BadInput
 
 PRE = Preprocessing.for_input_size(32)
 
@@ -138,7 +138,7 @@ def test_calibration_set_holds_out_images_and_says_when_short(tmp_path):
 import socket  # noqa: E402
 import zipfile  # noqa: E402
 
-from edgekit import limits  # noqa: E402
+from edgekit.core import limits  # noqa: E402
 from edgekit.images import scan_image_folder
 
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgekit.compare import DEFAULT_TOLERANCES, Tolerance, compare_outputs
-from edgekit.errors import ShapeMismatch
+from edgekit.core.errors import ShapeMismatch
 
 FP32 = DEFAULT_TOLERANCES["fp32"]
 INT8 = DEFAULT_TOLERANCES["int8"]
@@ -136,7 +136,7 @@ def test_metric_invariants(seed, scale, rows):
 
 def test_check_failures_are_typed_and_all_exit_1():
     # scripts and tests catch a failed check by its kind; the exit code stays 1 for every kind
-    from edgekit import errors
+    from edgekit.core import errors
 
     kinds = (errors.GateFailed, errors.SaturationFailed, errors.ShapeMismatch, errors.InvariantBroken,
              errors.BundleTampered)

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.artifact import read_metadata, sha256_file
 from edgekit.convert import FP16_MAX_FINITE, convert
-from edgekit.errors import GateFailed
+from edgekit.core.errors import GateFailed
 from edgekit.graph import detect_precision
 from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count
 from tests.conftest import files_in

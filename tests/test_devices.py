@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from edgekit.errors import BadInput, CheckFailed, EnvironmentUnavailable
+from edgekit.core.errors import BadInput, CheckFailed, EnvironmentUnavailable
 
 
 def _tiny_model(path):
@@ -67,7 +67,7 @@ def test_unknown_device_is_exit_2_and_a_missing_emulator_exit_3(cli, tmp_path, m
 
 def test_an_avx2_host_is_its_own_x86_avx2_device_and_faked_flags_never_are(monkeypatch):
     import edgekit.runtimes.devices as devices
-    from edgekit.provenance import CpuInfo
+    from edgekit.core.provenance import CpuInfo
 
     zen3 = CpuInfo("x86_64", "AMD EPYC (Zen 3)", frozenset({"avx2", "fma"}))
     monkeypatch.setattr(devices, "this_cpu", lambda: zen3)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from edgekit.artifact import read_metadata
-from edgekit.errors import GateFailed, InvariantBroken, BadInput, CheckFailed
+from edgekit.core.errors import GateFailed, InvariantBroken, BadInput, CheckFailed
 from edgekit.export import export
 from edgekit.models import list_models
 from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgekit.artifact import load_onnx
-from edgekit.errors import BadInput, EdgekitError
+from edgekit.core.errors import BadInput, EdgekitError
 from tests.conftest import SMALL, files_in
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -519,7 +519,7 @@ def test_int8_of_a_foreign_file_needs_model_to_verify(cli, tmp_path):
 
 
 def _digest(path: Path) -> str:
-    from edgekit.files import sha256_file
+    from edgekit.core.files import sha256_file
 
     return sha256_file(path)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit.errors import BadInput
+from edgekit.core.errors import BadInput
 from edgekit.layer_error import ActivationError, LayerReport, WeightError, layer_errors
 from edgekit.plots import plot_layer_errors
 

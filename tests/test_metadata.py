@@ -1,5 +1,5 @@
 """The edgekit metadata object is untrusted input: schema, graph consistency, limits (edgekit/metadata.py,
-edgekit/limits.py)."""
+edgekit/core/limits.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgekit.errors import BadInput
-from edgekit.limits import (
+from edgekit.core.errors import BadInput
+from edgekit.core.limits import (
     MAX_CLASSES,
     MAX_INPUT_SIZE,
     MAX_METADATA_CHARS,

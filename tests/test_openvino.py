@@ -13,7 +13,7 @@ pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install '
 
 from edgekit.images import load_image_folder
 from edgekit.compare import DEFAULT_TOLERANCES, compare_outputs  # noqa: E402
-from edgekit.errors import BadInput  # noqa: E402
+from edgekit.core.errors import BadInput  # noqa: E402
 from edgekit.openvino_runtime import OpenVinoModel, dominant_precision, openvino_available, precision_summary  # noqa: E402
 from edgekit.preprocessing import Preprocessing  # noqa: E402
 from edgekit.runners import run_batched, run_onnx  # noqa: E402

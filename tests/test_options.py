@@ -1,4 +1,4 @@
-"""Options objects (edgekit/knobs.py): each stage's knobs declared once, and its CLI command built from them."""
+"""Options objects (edgekit/core/knobs.py): each stage's knobs declared once, and its CLI command built from them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from edgekit.knobs import with_knobs
+from edgekit.core.knobs import with_knobs
 from edgekit.quantize.options import QuantizeOptions
 from edgekit.verify.options import VerifyOptions
 

@@ -17,7 +17,7 @@ import pytest
 from edgekit.ondevice import metrics as bundle_metrics
 from edgekit.ondevice import script_path
 from edgekit.compare import DEFAULT_TOLERANCES, compare_outputs
-from edgekit.errors import BadInput, CheckFailed
+from edgekit.core.errors import BadInput, CheckFailed
 from tests.conftest import CALIBRATION, files_in
 
 # Runs check.py the way a device would: torch, torchvision and edgekit cannot be imported (a meta-path

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgekit.errors import BadInput
+from edgekit.core.errors import BadInput
 from edgekit.preprocessing import (
     IMAGENET_MEAN,
     IMAGENET_STD,

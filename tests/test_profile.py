@@ -124,7 +124,7 @@ def test_int8_profile_flags_int8_kernels_and_conversions(profiles):
 
 
 def test_to_dict_is_strict_json(profiles):
-    from edgekit.serialize import to_json
+    from edgekit.core.serialize import to_json
 
     for p in profiles:
         d = json.loads(to_json(p.to_dict(top=3)))
@@ -135,7 +135,7 @@ def test_to_dict_is_strict_json(profiles):
 
 def test_compare_has_the_op_types_of_both(profiles):
     from edgekit.profile import compare_profiles
-    from edgekit.serialize import to_json
+    from edgekit.core.serialize import to_json
 
     fp32, int8 = profiles
     diff = compare_profiles(fp32, int8)
@@ -168,7 +168,7 @@ def test_no_trace_left_in_temp_or_cwd(tiny_pair, isolated_tmp):
 
 
 def test_failed_run_leaves_no_trace(tiny_pair, isolated_tmp):
-    from edgekit.errors import BadInput
+    from edgekit.core.errors import BadInput
     from edgekit.profile import profile_file
 
     tmp, cwd = isolated_tmp
@@ -178,7 +178,7 @@ def test_failed_run_leaves_no_trace(tiny_pair, isolated_tmp):
 
 
 def test_summarise_skips_warmup_and_needs_a_measured_run():
-    from edgekit.errors import CheckFailed
+    from edgekit.core.errors import CheckFailed
     from edgekit.profile import summarise_trace
 
     def node(name, op, ts, dur, dtype="float"):
@@ -208,7 +208,7 @@ def test_summarise_skips_warmup_and_needs_a_measured_run():
 
 
 def test_profile_files_interleaves_and_cleans_up(tiny_pair, isolated_tmp):
-    from edgekit.errors import BadInput
+    from edgekit.core.errors import BadInput
     from edgekit.profile import profile_files
 
     tmp, cwd = isolated_tmp

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgekit.provenance import CpuInfo, library_versions, this_cpu
+from edgekit.core.provenance import CpuInfo, library_versions, this_cpu
 
 
 def test_cpu_kinds():

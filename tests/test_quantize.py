@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from edgekit.artifact import read_metadata, sha256_file
-from edgekit.errors import BadInput, CheckFailed
+from edgekit.core.errors import BadInput, CheckFailed
 from edgekit.quantize import is_quantized, quantize
 from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count
 from tests.conftest import CALIBRATION, files_in
@@ -98,7 +98,7 @@ def test_a_file_this_cpus_ort_cannot_start_is_exit_3_not_bad_input(cli, exported
     # Where this CPU's ONNX Runtime cannot initialise a file meant for another target, that is this CPU's
     # optimizer, not the user's input: exit 3 with one line, and nothing written.
     import edgekit.quantize as quantize_module
-    from edgekit.errors import BadInput
+    from edgekit.core.errors import BadInput
 
     def refuses(self, path, fp32_nodes, *args, **kwargs):
         raise BadInput(f"ONNX Runtime cannot load {path}: graph.cc:4142 AddInitializedOrtValue Attempt to replace "

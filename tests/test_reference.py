@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from edgekit.artifact import read_metadata
-from edgekit.errors import BadInput
+from edgekit.core.errors import BadInput
 from edgekit.models.reference import plan_reference, rebuild_reference
 from edgekit.runners import run_onnx, run_torch
 from tests.conftest import CALIBRATION

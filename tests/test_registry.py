@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from edgekit.errors import BadInput
+from edgekit.core.errors import BadInput
 from edgekit.models import aliases, create_model, get_spec, list_models
 
 TORCHVISION = {

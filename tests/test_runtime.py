@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.errors import BadInput, ProviderUnavailable
+from edgekit.core.errors import BadInput, ProviderUnavailable
 from edgekit.runtime import (
     PROVIDERS,
     Session,

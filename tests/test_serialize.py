@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.serialize import to_json
+from edgekit.core.serialize import to_json
 
 
 class Color(str, Enum):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from edgekit.errors import BadInput
+from edgekit.core.errors import BadInput
 from edgekit.targets import (
     AS_WRITTEN_S8_SESSION,
     KEEP_FLOAT_SESSION,
@@ -47,7 +47,7 @@ def test_overrides_and_bad_names():
 
 
 def _cpu(flags: str, machine: str = "x86_64"):
-    from edgekit.provenance import CpuInfo
+    from edgekit.core.provenance import CpuInfo
 
     return CpuInfo(machine, "fake", frozenset(flags.split()))
 

@@ -13,7 +13,7 @@ import pytest
 from onnx import numpy_helper
 
 from edgekit.artifact import read_metadata, write_metadata
-from edgekit.errors import SaturationFailed
+from edgekit.core.errors import SaturationFailed
 from edgekit.runtime import cuda_device_available
 from tests.conftest import SMALL, files_in
 
@@ -607,7 +607,7 @@ def test_real_saturation_on_a_cpu_without_vnni(vnni_int8, avx2):
     # ORT's AVX2 u8s8 kernels (native or emulated) on an 8-bit-weight file: the default path saturates, and
     # session.x64quantprecision=1 computes exactly what a CPU with exact accumulation computes.
     from edgekit.compare import DEFAULT_TOLERANCES, compare_outputs
-    from edgekit.provenance import this_cpu
+    from edgekit.core.provenance import this_cpu
     from edgekit.runners import run_onnx
     from edgekit.targets import EXACT_INT8_SESSION
 

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from edgekit.bench.candidates import Candidate, file_candidates, torch_candidate
-from edgekit.errors import BadInput, ProviderUnavailable
+from edgekit.core.errors import BadInput, ProviderUnavailable
 
 
 @dataclass
@@ -92,7 +92,7 @@ def interleaved_order(labels: list[str], runs: int) -> list[str]:
 
 def machine_info() -> dict:
     """CPU model, cores and the flags that matter for int8 kernels, and the recipe `auto` picks here."""
-    from edgekit.provenance import this_cpu
+    from edgekit.core.provenance import this_cpu
     from edgekit.targets import auto_target
 
     cpu = this_cpu()

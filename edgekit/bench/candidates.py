@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgekit.errors import BadInput
+from edgekit.core.errors import BadInput
 
 
 @dataclass
@@ -112,7 +112,7 @@ def _onnx_candidates(
     """ORT on each provider, with the session options the file records as needed on every CPU; an int8
     file that this CPU's default kernels can saturate is timed a second time with exact accumulation
     (targets.exact_session_for: x64quantprecision=1, or s8s8 as written), so the safe option's cost is measured."""
-    from edgekit.provenance import this_cpu
+    from edgekit.core.provenance import this_cpu
     from edgekit.runtime import NO_SPIN, create_session, cuda_device_available
     from edgekit.targets import exact_session_for, kernels_label, merge_session_configs, saturates_on, session_config_for
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit.errors import BadInput, ProviderUnavailable, one_line
+from edgekit.core.errors import BadInput, ProviderUnavailable, one_line
 
 # check.py and metrics.py import numpy only; provenance and runtime are imported where used, so that
 # edgekit.compare (which imports edgekit.ondevice.metrics) stays light.
@@ -71,7 +71,7 @@ class BundleCheck:
 
 def this_cpu_for_check() -> dict:
     """This CPU as check.py describes one (edgekit's reading, so EDGEKIT_FAKE_CPU_FLAGS applies)."""
-    from edgekit.provenance import this_cpu
+    from edgekit.core.provenance import this_cpu
 
     cpu = this_cpu()
     return {"machine": cpu.machine, "model": cpu.model, "flags": sorted(cpu.flags),
@@ -120,7 +120,7 @@ def check_bundle(folder: Path, providers: list[str] | None = None, apply_session
     except bundle_check.BrokenBundle as exc:
         raise BadInput(f"broken bundle: {exc}") from None
     except bundle_check.Tampered as exc:
-        from edgekit.errors import BundleTampered
+        from edgekit.core.errors import BundleTampered
 
         raise BundleTampered(f"bundle {folder}: {exc}") from None
     return BundleCheck.from_result(result)
@@ -133,7 +133,7 @@ def check_bundle_on_device(folder: Path, device: str, apply_session_options: boo
     import json
     import subprocess
 
-    from edgekit.errors import CheckFailed, EnvironmentUnavailable
+    from edgekit.core.errors import CheckFailed, EnvironmentUnavailable
     from edgekit.runtimes.devices import emulator_log, get_device, ready_device
 
     folder = Path(folder)
@@ -152,7 +152,7 @@ def check_bundle_on_device(folder: Path, device: str, apply_session_options: boo
     except subprocess.TimeoutExpired:
         raise CheckFailed(f"check.py on the device {device} did not finish in 30 minutes") from None
     if proc.returncode == 1 and proc.stdout.startswith("FAIL: "):  # tampered: check.py used nothing
-        from edgekit.errors import BundleTampered
+        from edgekit.core.errors import BundleTampered
 
         raise BundleTampered(f"check.py on the device {device}: {proc.stdout.strip()[6:]}")
     if proc.returncode in (0, 1):
@@ -171,7 +171,7 @@ def check_bundle_on_device(folder: Path, device: str, apply_session_options: boo
 
 def read_labels(path: Path, classes: int | None) -> list[str]:
     """One label per line (a trailing newline is fine); their count must be the model's class count."""
-    from edgekit.files import open_regular
+    from edgekit.core.files import open_regular
 
     path = Path(path)
     try:

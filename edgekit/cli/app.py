@@ -26,7 +26,7 @@ from typer._click.exceptions import ClickException  # typer 0.29 vendors click (
 from typer.core import TyperGroup
 from rich.markup import escape
 
-from edgekit.errors import EdgekitError, one_line
+from edgekit.core.errors import EdgekitError, one_line
 
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT)
 EXIT_TERMINATED = 143  # SIGTERM: 128 + 15
@@ -68,7 +68,7 @@ def sigterm_as_interrupt():
 def printable(text: str) -> str:
     """Text with file names that are not valid UTF-8 (lone surrogates) shown as \\xNN escapes, so
     printing it can never raise UnicodeEncodeError."""
-    from edgekit.files import shown_path
+    from edgekit.core.files import shown_path
 
     return shown_path(str(text))
 
@@ -159,7 +159,7 @@ def handle_errors(func):
 
 def print_json(result) -> None:
     """One JSON object on stdout (--json): the result's to_dict, strict JSON."""
-    from edgekit.serialize import to_json
+    from edgekit.core.serialize import to_json
 
     sys.stdout.write(to_json(result))
     sys.stdout.flush()
@@ -168,7 +168,7 @@ def print_json(result) -> None:
 def write_json_report(path, result) -> None:
     """--report FILE.json: every number, written atomically."""
     from edgekit.artifact import write_text_atomic
-    from edgekit.serialize import to_json
+    from edgekit.core.serialize import to_json
 
     write_text_atomic(path, to_json(result))
 

@@ -48,7 +48,7 @@ def bench_command(
     """Latency (p50/p90/mean), throughput, size and memory side by side, against this machine's sgemm peak."""
     from edgekit.outputs import refuse_if_input, register_input
     from edgekit.bench import bench
-    from edgekit.errors import BadInput
+    from edgekit.core.errors import BadInput
 
     if device not in (None, "host"):
         raise BadInput(f"bench --device {device}: an emulated CPU's speed says nothing about the real one",

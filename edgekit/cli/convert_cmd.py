@@ -10,7 +10,7 @@ import typer
 from edgekit.cli import options
 from edgekit.cli.app import app, console, escape, handle_errors, human_bytes, print_json, wrote
 from edgekit.cli.output import progress
-from edgekit.errors import BadInput
+from edgekit.core.errors import BadInput
 
 CPU_NOTE = (
     "ONNX Runtime's CPU provider has few fp16 kernels: it casts the fp16 weights up and runs the ops in fp32, so "

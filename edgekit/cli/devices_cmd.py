@@ -55,7 +55,7 @@ def setup_command(
     json_output: options.Json = False,
 ) -> None:
     """Build a device's sysroot under edgekit's cache, atomically (arm64: Debian's python3, numpy, onnxruntime)."""
-    from edgekit.errors import BadInput
+    from edgekit.core.errors import BadInput
 
     if name.lower() not in ("arm64", "arm64-a53", "arm64-a76"):
         raise BadInput(f"nothing to set up for {name!r}",

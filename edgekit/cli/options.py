@@ -1,6 +1,6 @@
 """The command-line options that several commands share, declared once: names, help, ranges and
 defaults come from the core's constants, so a command cannot drift from another or from the core.
-`option` makes a command's option from its stage's options dataclass (edgekit/knobs.py)."""
+`option` makes a command's option from its stage's options dataclass (edgekit/core/knobs.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Annotated
 import typer
 
 from edgekit.images import DEFAULT_CALIBRATION_DIR
-from edgekit.knobs import described
-from edgekit.limits import MAX_BATCH, MAX_SEED
+from edgekit.core.knobs import described
+from edgekit.core.limits import MAX_BATCH, MAX_SEED
 from edgekit.targets import RECIPES
 
 

@@ -58,10 +58,10 @@ def verify_command(
 
     MODEL_FILE may also be a bundle folder from `edgekit package`: its own checks (checksums, .onnx and .ort
     on the golden inputs, the gates) run as check.py runs them on the device."""
-    from edgekit.errors import GateFailed, SaturationFailed
+    from edgekit.core.errors import GateFailed, SaturationFailed
 
     if model_file.is_dir() and (model_file / "manifest.json").exists():
-        from edgekit.errors import BadInput
+        from edgekit.core.errors import BadInput
 
         # a bundle is checked with its golden data and its manifest's gates (tightened or loosened by the gate
         # options); every other option would be silently dropped, so it is refused
@@ -152,7 +152,7 @@ def _verify_bundle(folder: Path, providers: str | None, report: Path | None, jso
     """`edgekit verify BUNDLE/`: check.py's checks, run by edgekit, with the same table; with --device, the
     bundle's own check.py run inside that (emulated) device, as the board runs it."""
     from edgekit.bundle import check_bundle, check_bundle_on_device
-    from edgekit.errors import BadInput, BundleTampered, GateFailed
+    from edgekit.core.errors import BadInput, BundleTampered, GateFailed
     from edgekit.runtime import parse_providers
 
     if device not in (None, "host"):

@@ -34,7 +34,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgekit.errors import BadInput, CheckFailed, one_line
+from edgekit.core.errors import BadInput, CheckFailed, one_line
 from edgekit.layer_error.report import (
     ActivationError,
     LayerReport,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import CheckFailed
-from edgekit.serialize import json_safe
+from edgekit.core.errors import CheckFailed
+from edgekit.core.serialize import json_safe
 
 
 @dataclass

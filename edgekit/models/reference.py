@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit.files import check_readable_file, sha256_file
-from edgekit.errors import BadInput
+from edgekit.core.files import check_readable_file, sha256_file
+from edgekit.core.errors import BadInput
 from edgekit.models.registry import ModelSpec, classifier_weight_key, create_model, get_spec
 from edgekit.preprocessing import Preprocessing
 
@@ -92,7 +92,7 @@ def plan_reference(
     describes (input size, channels, batch, classes), so a damaged or hand-edited file is one
     BadInput line naming the field, never a traceback or a silent default.
     """
-    from edgekit.files import shown_path
+    from edgekit.core.files import shown_path
     from edgekit.graph import graph_dims
     from edgekit.graph import graph_inputs, input_spec, output_classes
     from edgekit.metadata import check_against_graph, validate_metadata

@@ -10,7 +10,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Callable
 
-from edgekit.errors import BadInput
+from edgekit.core.errors import BadInput
 
 DEFAULT_SEED = 0
 

@@ -8,8 +8,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit.files import check_readable_file, sha256_file
-from edgekit.errors import BadInput, EnvironmentUnavailable, one_line
+from edgekit.core.files import check_readable_file, sha256_file
+from edgekit.core.errors import BadInput, EnvironmentUnavailable, one_line
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Callable
 
 from edgekit.artifact import model_files, sha256_file
 from edgekit.bundle import BundleCheck, check_bundle, read_labels, this_cpu_for_check
-from edgekit.errors import BadInput, CheckFailed
+from edgekit.core.errors import BadInput, CheckFailed
 from edgekit.graph import output_classes, static_batch
 from edgekit.images import DEFAULT_CALIBRATION_DIR, scan_folder
 from edgekit.ondevice import BUNDLE_SCRIPTS, script_path

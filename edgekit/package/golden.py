@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import BadInput, CheckFailed, EnvironmentUnavailable, one_line
+from edgekit.core.errors import BadInput, CheckFailed, EnvironmentUnavailable, one_line
 from edgekit.images import pick_samples
 from edgekit.ondevice import check as bundle_check
 from edgekit.preprocessing import Preprocessing

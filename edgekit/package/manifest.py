@@ -20,7 +20,7 @@ from edgekit.ort_tools import ORT_OPTIMIZATION_STYLE
 from edgekit.package.golden import GOLDEN_FILE
 from edgekit.package.ort_format import OPS_CONFIG, OrtFormat
 from edgekit.preprocessing import Preprocessing
-from edgekit.provenance import library_versions, this_cpu
+from edgekit.core.provenance import library_versions, this_cpu
 from edgekit.targets import ANY_CPU
 
 README_NAME = "README.txt"
@@ -122,7 +122,7 @@ def readme(manifest: dict) -> str:
 
 
 def write_json(path: Path, data: dict) -> None:
-    from edgekit.serialize import to_json
+    from edgekit.core.serialize import to_json
 
     path.write_text(to_json(data))
 

@@ -23,11 +23,11 @@ from edgekit.artifact import (
 from edgekit.calibration import CalibrationSet, build_calibration_set
 from edgekit.images import DEFAULT_CALIBRATION_DIR
 from edgekit.compare import REWRITE_TOLERANCE, OutputMetrics, compare_outputs
-from edgekit.errors import BadInput, CheckFailed, EnvironmentUnavailable, GateFailed, InvariantBroken, one_line
-from edgekit.knobs import with_knobs
+from edgekit.core.errors import BadInput, CheckFailed, EnvironmentUnavailable, GateFailed, InvariantBroken, one_line
+from edgekit.core.knobs import with_knobs
 from edgekit.graph import is_quantized, static_batch
 from edgekit.onnxfile import OnnxFile
-from edgekit.provenance import CpuInfo, library_versions
+from edgekit.core.provenance import CpuInfo, library_versions
 from edgekit.quantize.options import DEFAULT_SAMPLES, QuantizeOptions
 from edgekit.quantize.budget import Budget, Fallback, Measure, interleaved_p50_ms, load_labelled, search
 from edgekit.quantize.ranges import ranges_entry

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from edgekit.compare import OutputMetrics, Tolerance, compare_outputs
-from edgekit.errors import BadInput
+from edgekit.core.errors import BadInput
 from edgekit.runners import run_onnx
 
 MAX_TRIALS = 12  # quantize_static runs the fallback may make (each recalibrates)

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.compare import DEFAULT_TOLERANCES, trained_defaults
-from edgekit.knobs import knob
-from edgekit.limits import MAX_SAMPLES, MAX_SEED
+from edgekit.core.knobs import knob
+from edgekit.core.limits import MAX_SAMPLES, MAX_SEED
 
 DEFAULT_SAMPLES = 128
 _RANDOM, _TRAINED = DEFAULT_TOLERANCES["int8"], trained_defaults()["int8"]  # the gates' defaults, said in the help

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.artifact import write_atomic
-from edgekit.files import sha256_file
+from edgekit.core.files import sha256_file
 
 WORK_NAME = "calibration-ranges.json"
 MAX_ENTRY_BYTES = 256 * 1024 * 1024  # a cache entry is read whole: bounded first

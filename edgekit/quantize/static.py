@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgekit.errors import BadInput, CheckFailed, InvariantBroken, one_line
+from edgekit.core.errors import BadInput, CheckFailed, InvariantBroken, one_line
 from edgekit.runners import padded_batches
 from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
 from edgekit.targets import Recipe

@@ -19,8 +19,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edgekit.errors import BadInput, EnvironmentUnavailable
-from edgekit.provenance import CpuInfo, this_cpu
+from edgekit.core.errors import BadInput, EnvironmentUnavailable
+from edgekit.core.provenance import CpuInfo, this_cpu
 
 DEVICES_DIR_ENV = "EDGEKIT_DEVICES_DIR"
 # QEMU's user-mode emulator passes the host's /proc/cpuinfo through to an x86 guest: the emulated process

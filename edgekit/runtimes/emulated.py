@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import CheckFailed, EnvironmentUnavailable, one_line
+from edgekit.core.errors import CheckFailed, EnvironmentUnavailable, one_line
 from edgekit.ondevice import script_path
 from edgekit.runtimes.devices import DeviceStatus, emulator_log, qemu_version
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from edgekit.errors import BadInput, CheckFailed, EnvironmentUnavailable
+from edgekit.core.errors import BadInput, CheckFailed, EnvironmentUnavailable
 from edgekit.runtimes.devices import arm64_root, devices_dir, emulator_log, find_emulator, qemu_version, version_tuple
 
 DEBIAN_SUITE = "bookworm"  # its python3 is 3.11, the version the aarch64 wheels are chosen for

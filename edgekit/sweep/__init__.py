@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from edgekit.errors import BadInput, one_line
+from edgekit.core.errors import BadInput, one_line
 from edgekit.sweep.plan import Inputs, ModelPlan
 from edgekit.sweep.results import Row, read_entry, save_row, write_results
 from edgekit.sweep.spec import SweepSpec
@@ -68,7 +68,7 @@ def run_sweep(spec: SweepSpec, out: Path, *, address: str | None = None, workers
               on_stage: Callable[[str], None] | None = None, on_row: Callable[[Row, dict], None] | None = None
               ) -> SweepOutcome:
     from edgekit.artifact import refuse_folder_holding_inputs, register_input
-    from edgekit.provenance import this_cpu
+    from edgekit.core.provenance import this_cpu
     from edgekit.sweep import engine, plan
 
     stage = on_stage or (lambda _s: None)

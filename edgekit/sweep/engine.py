@@ -14,7 +14,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from edgekit.errors import BadInput, EnvironmentUnavailable, one_line
+from edgekit.core.errors import BadInput, EnvironmentUnavailable, one_line
 
 TASK_RETRIES = 2  # a worker that dies: its task runs again on a new worker, twice at most
 

@@ -29,7 +29,7 @@ FAULTS_ENV = "EDGEKIT_SWEEP_FAULTS"
 def quantize_job(name: str, model_file: str, target: str, method: str, samples: int, calibration: str, output: str,
                  ranges_cache: str, seed: int) -> dict:
     """Quantize `model_file` for `target`; a dict of what the row needs, or {"error": one line}."""
-    from edgekit.errors import one_line
+    from edgekit.core.errors import one_line
 
     started = time.perf_counter()
     try:
@@ -53,7 +53,7 @@ def eval_session_config(path: Path) -> dict[str, str]:
     """How an int8 file is run for its top-1 here: the session options it records, with the kernels its gates
     ran on this CPU (its target's exact arithmetic where this CPU's defaults differ)."""
     from edgekit.onnxfile import OnnxFile
-    from edgekit.provenance import this_cpu
+    from edgekit.core.provenance import this_cpu
     from edgekit.targets import judge_int8, merge_session_configs
 
     handle = OnnxFile.open(Path(path))

@@ -17,8 +17,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit.errors import BadInput
-from edgekit.files import sha256_file, shown_path
+from edgekit.core.errors import BadInput
+from edgekit.core.files import sha256_file, shown_path
 from edgekit.sweep.results import Row
 from edgekit.sweep.spec import SweepSpec
 

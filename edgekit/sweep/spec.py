@@ -12,9 +12,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edgekit import limits
-from edgekit.errors import BadInput, one_line
-from edgekit.files import open_regular, shown_path
+from edgekit.core import limits
+from edgekit.core.errors import BadInput, one_line
+from edgekit.core.files import open_regular, shown_path
 from edgekit.images import DEFAULT_CALIBRATION_DIR
 
 METHODS = ("minmax", "entropy", "percentile")

@@ -20,11 +20,11 @@ import numpy as np
 
 from edgekit.artifact import load_onnx, read_metadata, sha256_file
 from edgekit.compare import DEFAULT_TOLERANCES, NAN_ONLY, Tolerance, apply_noise_floor, compare_outputs, mismatched_output
-from edgekit.errors import BadInput, CheckFailed
+from edgekit.core.errors import BadInput, CheckFailed
 from edgekit.graph import precision_of
-from edgekit.knobs import with_knobs
+from edgekit.core.knobs import with_knobs
 from edgekit.models.reference import build_reference, plan_reference
-from edgekit.provenance import run_environment
+from edgekit.core.provenance import run_environment
 from edgekit.runtimes.devices import cpu_of
 from edgekit.runners import REFERENCE_BATCH, batch_sizes, input_dtype, run_session, run_torch
 from edgekit.targets import (

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from edgekit import limits
-from edgekit.files import shown_path
+from edgekit.core import limits
+from edgekit.core.files import shown_path
 from edgekit.images import DEFAULT_CALIBRATION_DIR, load_image_folder, skipped_note
 from edgekit.tensors import load_tensor_file, seeded_random_inputs
-from edgekit.errors import BadInput
+from edgekit.core.errors import BadInput
 from edgekit.preprocessing import Preprocessing
 from edgekit.verify.results import InputSet
 

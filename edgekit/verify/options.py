@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit.knobs import knob
-from edgekit.limits import MAX_RANDOM_INPUTS, MAX_SAMPLES, MAX_SEED
+from edgekit.core.knobs import knob
+from edgekit.core.limits import MAX_RANDOM_INPUTS, MAX_SAMPLES, MAX_SEED
 from edgekit.verify.inputs import DEFAULT_RANDOM_INPUTS
 
 

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from edgekit.compare import OutputMetrics, Tolerance, failed_gates
-from edgekit.errors import BadInput
+from edgekit.core.errors import BadInput
 from edgekit.verify.results import Comparison, Report
 
 
@@ -71,7 +71,7 @@ def _text(value) -> str:
     `model[v2].onnx` prints as such, and a name holding `[/b]` cannot break the markup."""
     from rich.markup import escape
 
-    from edgekit.files import shown_path
+    from edgekit.core.files import shown_path
 
     return escape(shown_path(value if isinstance(value, (str, Path)) else str(value)))
 
@@ -175,7 +175,7 @@ def note_lines(report: Report) -> list[str]:
     if report.dataset:
         notes += report.dataset.notes
         if report.dataset.skipped:
-            from edgekit.files import shown_path
+            from edgekit.core.files import shown_path
 
             notes.append(f"skipped {len(report.dataset.skipped)} unreadable image(s) in {shown_path(report.dataset.folder)}")
     return notes
@@ -185,7 +185,7 @@ def note_lines(report: Report) -> list[str]:
 
 
 def to_json(report: Report) -> str:
-    from edgekit.serialize import to_json as dumps
+    from edgekit.core.serialize import to_json as dumps
 
     return dumps(report)
 
@@ -248,7 +248,7 @@ def to_markdown(report: Report) -> str:
 
 def report_paths(path: Path) -> tuple[Path, Path]:
     """(FILE.json, FILE.md) for --report FILE.json; an unusable path is BadInput before any work is done."""
-    from edgekit.files import check_name_lengths
+    from edgekit.core.files import check_name_lengths
 
     path = check_name_lengths(Path(path), "--report")
     if path.suffix.lower() != ".json":

@@ -9,7 +9,7 @@ import stat
 from pathlib import Path
 
 from edgekit.ondevice.metrics import sha256_file  # noqa: F401  (one implementation, shared with the device check)
-from edgekit.errors import BadInput
+from edgekit.core.errors import BadInput
 
 _LFS_POINTER = b"version https://git-lfs"
 

@@ -10,7 +10,7 @@ import math
 from numbers import Integral
 from typing import Iterable
 
-from edgekit.errors import BadInput
+from edgekit.core.errors import BadInput
 
 # Largest image side: 4096 px is past any classifier's training size; one 3x4096x4096 float32 sample is 192 MiB.
 MAX_INPUT_SIZE = 4096
