@@ -46,7 +46,7 @@ MANIFEST = "digits-split.json"
 def preprocessing():
     """How the references are trained and must be fed: the 32x32 images as they are (shorter side 32,
     centre crop 32: no rescale, no crop), ImageNet mean/std. Export them with `--resize 32 --crop 32`."""
-    from edgekit.preprocessing import Preprocessing
+    from edgekit.data.preprocessing import Preprocessing
 
     return Preprocessing(resize=INPUT, crop=INPUT)
 TEST_FRACTION = 0.15
@@ -187,8 +187,8 @@ def load_split(root: Path, split: str, input_size: int = INPUT):
     """(images (N, 3, S, S) float32 tensor, labels (N,) int64 tensor) through edgekit's preprocessing."""
     import torch
 
-    from edgekit.images import load_image_folder
-    from edgekit.preprocessing import Preprocessing
+    from edgekit.data.images import load_image_folder
+    from edgekit.data.preprocessing import Preprocessing
 
     recipe = preprocessing() if input_size == INPUT else Preprocessing(resize=input_size, crop=input_size)
     arrays, labels = [], []
@@ -235,7 +235,7 @@ def background_value(mean=None, std=None):
     """A black pixel after edgekit's normalisation, shaped (1, 3, 1, 1)."""
     import torch
 
-    from edgekit.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+    from edgekit.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
     mean = torch.tensor(mean or IMAGENET_MEAN)
     std = torch.tensor(std or IMAGENET_STD)

@@ -40,7 +40,7 @@ def top1(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def split(data: Path, name: str, preprocessing) -> tuple[np.ndarray, np.ndarray]:
-    from edgekit.images import load_image_folder
+    from edgekit.data.images import load_image_folder
 
     xs, ys = [], []
     for c in digits.CLASSES:
@@ -56,7 +56,7 @@ def measure_model(name: str, data: Path, weights: Path) -> dict:
     from edgekit.export import export
     from edgekit.models.reference import build_model
     from edgekit.models.registry import get_spec
-    from edgekit.preprocessing import Preprocessing
+    from edgekit.data.preprocessing import Preprocessing
     from edgekit.quantize import quantize
     from edgekit.runners import run_onnx, run_torch
     from edgekit.targets import EXACT_INT8_SESSION

@@ -14,10 +14,10 @@ import numpy as np
 from edgekit.core import limits
 from edgekit.core.files import open_regular, shown_path
 from edgekit.core.errors import BadInput, one_line
-from edgekit.preprocessing import Preprocessing, to_rgb
+from edgekit.data.preprocessing import Preprocessing, to_rgb
 
-from edgekit.images import DEFAULT_CALIBRATION_DIR, load_image_folder, scan_image_folder  # noqa: F401
-from edgekit.tensors import load_tensor_file
+from edgekit.data.images import DEFAULT_CALIBRATION_DIR, load_image_folder, scan_image_folder  # noqa: F401
+from edgekit.data.tensors import load_tensor_file
 
 
 def augmented_samples(

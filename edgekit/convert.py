@@ -20,11 +20,11 @@ from edgekit.artifact import (
     stage_output,
     write_metadata,
 )
-from edgekit.images import DEFAULT_CALIBRATION_DIR, load_image_folder
+from edgekit.data.images import DEFAULT_CALIBRATION_DIR, load_image_folder
 from edgekit.compare import OutputMetrics, Tolerance, compare_outputs, resolve_tolerance
 from edgekit.core.errors import BadInput, CheckFailed, EnvironmentUnavailable, GateFailed, InvariantBroken, one_line
 from edgekit.graph import detect_precision, input_spec, is_quantized
-from edgekit.preprocessing import Preprocessing
+from edgekit.data.preprocessing import Preprocessing
 from edgekit.onnxfile import OnnxFile
 from edgekit.core.provenance import library_versions
 from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count

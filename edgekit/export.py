@@ -26,8 +26,8 @@ from edgekit.artifact import (
     stage_output,
     write_metadata,
 )
-from edgekit.images import DEFAULT_CALIBRATION_DIR, load_image_folder
-from edgekit.tensors import seeded_random_inputs
+from edgekit.data.images import DEFAULT_CALIBRATION_DIR, load_image_folder
+from edgekit.data.tensors import seeded_random_inputs
 from edgekit.compare import (
     EXPORT_TOLERANCE,
     SIMPLIFY_TOLERANCE,
@@ -39,7 +39,7 @@ from edgekit.compare import (
 from edgekit.core.errors import BadInput, CheckFailed, EdgekitError, GateFailed, InvariantBroken, ShapeMismatch
 from edgekit.models.reference import build_model
 from edgekit.models.registry import DEFAULT_SEED, get_spec
-from edgekit.preprocessing import Preprocessing
+from edgekit.data.preprocessing import Preprocessing
 from edgekit.core.provenance import library_versions
 from edgekit.runners import run_onnx, run_torch
 from edgekit.structure import Structure, onnx_concat_count, onnx_grouped_conv_count, op_counts, torch_structure
@@ -382,7 +382,7 @@ def _export_staged(
 def _default_preprocessing(source, size: int, notes: list[str]) -> Preprocessing:
     """torchvision's transforms for its pretrained weights where they fit the input size, else its
     ImageNet evaluation recipe scaled to the input size."""
-    from edgekit.preprocessing import preprocessing_for_torchvision_weights
+    from edgekit.data.preprocessing import preprocessing_for_torchvision_weights
 
     if source.kind == "pretrained" and source.name:
         own = preprocessing_for_torchvision_weights(source.name)

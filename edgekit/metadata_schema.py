@@ -23,7 +23,7 @@ from pydantic import (
 
 from edgekit.core.errors import BadInput
 from edgekit.core.limits import MAX_BATCH, MAX_CLASSES, MAX_INPUT_SIZE, MAX_OPSET, MAX_SAMPLES, MIN_OPSET
-from edgekit.preprocessing import Preprocessing
+from edgekit.data.preprocessing import Preprocessing
 
 SCHEMA_VERSION = 1  # bumped only when a key changes meaning; new keys alone do not bump it
 PRECISIONS = ("fp32", "fp16", "int8")

@@ -14,7 +14,7 @@ from edgekit.artifact import load_onnx, read_metadata
 from edgekit.compare import Tolerance, gates_for, weights_are_trained
 from edgekit.core.errors import BadInput
 from edgekit.graph import InputSpec, input_spec, precision_of
-from edgekit.preprocessing import Preprocessing
+from edgekit.data.preprocessing import Preprocessing
 from edgekit.targets import session_config_for
 
 

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from edgekit.calibration import build_calibration_set
-from edgekit.images import DEFAULT_CALIBRATION_DIR, load_image_folder, pick_samples
-from edgekit.preprocessing import Preprocessing, to_rgb
-from edgekit.tensors import load_tensor_file
+from edgekit.data.images import DEFAULT_CALIBRATION_DIR, load_image_folder, pick_samples
+from edgekit.data.preprocessing import Preprocessing, to_rgb
+from edgekit.data.tensors import load_tensor_file
 from edgekit.core.errors import BadInput
 
 PRE = Preprocessing.for_input_size(32)
@@ -139,7 +139,7 @@ import socket  # noqa: E402
 import zipfile  # noqa: E402
 
 from edgekit.core import limits  # noqa: E402
-from edgekit.images import scan_image_folder
+from edgekit.data.images import scan_image_folder
 
 
 def _odd_entries(folder):
@@ -188,7 +188,7 @@ def test_a_folder_of_only_odd_entries_is_bad_input(tmp_path):
 
 @pytest.mark.timeout(30)
 def test_a_fifo_that_appears_after_the_scan_does_not_block(tmp_path):
-    from edgekit.images import decode_image
+    from edgekit.data.images import decode_image
 
     os.mkfifo(tmp_path / "late.jpg")
     with pytest.raises(ValueError, match="is a named pipe"):
@@ -345,7 +345,7 @@ def test_a_fifo_named_like_a_tensor_file_does_not_block(tmp_path):
 
 
 def _cache_entry(folder):
-    from edgekit.images import _cache_dir
+    from edgekit.data.images import _cache_dir
 
     entries = sorted(_cache_dir().glob("images-*.npz"))
     return entries
@@ -435,7 +435,7 @@ def test_samples_are_bounded_before_any_work(tmp_path):
 
 
 def test_random_inputs_are_bounded(tmp_path):
-    from edgekit.tensors import seeded_random_inputs
+    from edgekit.data.tensors import seeded_random_inputs
 
     with pytest.raises(BadInput, match="--random-inputs 10001 is over edgekit's limit of 10,000"):
         seeded_random_inputs(10_001, (3, 32, 32))

@@ -122,7 +122,7 @@ def test_edgekit_loader_reads_the_split(folder):
     assert x.shape == (info["sizes"]["test"], 3, 32, 32) and x.dtype == torch.float32
     assert sorted(set(y.tolist())) == list(range(10))
     # grayscale -> RGB: after ImageNet normalisation the channels differ only by mean/std
-    from edgekit.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+    from edgekit.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

@@ -167,8 +167,8 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
 def test_huge_image_is_skipped_not_decoded(tmp_path):
     from PIL import Image
 
-    from edgekit.images import load_image_folder
-    from edgekit.preprocessing import Preprocessing
+    from edgekit.data.images import load_image_folder
+    from edgekit.data.preprocessing import Preprocessing
 
     Image.new("1", (14_000, 14_000)).save(tmp_path / "huge.png")  # 196 Mpx: a decompression bomb
     Image.new("RGB", (40, 40), (10, 20, 30)).save(tmp_path / "small.png")
@@ -235,8 +235,8 @@ def test_fuzz_onnx_loader(good_onnx_bytes, tmp_path, data):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzz_image_decoder(tmp_path, data):
-    from edgekit.images import decode_image
-    from edgekit.preprocessing import Preprocessing
+    from edgekit.data.images import decode_image
+    from edgekit.data.preprocessing import Preprocessing
 
     source = sorted((Path(__file__).resolve().parent.parent / "calibration").glob("*.*g"))
     original = data.draw(st.sampled_from(source)).read_bytes()
@@ -338,7 +338,7 @@ def test_sigterm_through_the_real_entry_point(tmp_path):
     model = write_tiny(tmp_path / "m.onnx", metadata=tiny_metadata())
     out = tmp_path / "out"
     script = (
-        "import os, signal, time, edgekit.images as c\n"
+        "import os, signal, time, edgekit.data.images as c\n"
         "def decode(*a, **k):\n"
         "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(60)\n"
         "c.decode_image = decode\n"

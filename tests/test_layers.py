@@ -35,8 +35,8 @@ def pair(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def photos():
-    from edgekit.images import load_image_folder
-    from edgekit.preprocessing import Preprocessing
+    from edgekit.data.images import load_image_folder
+    from edgekit.data.preprocessing import Preprocessing
 
     return load_image_folder(CALIBRATION, Preprocessing.for_input_size(SIZE), samples=8).tensors
 

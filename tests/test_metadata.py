@@ -30,7 +30,7 @@ from edgekit.metadata import (
     parse_metadata,
     validate_metadata,
 )
-from edgekit.preprocessing import Preprocessing
+from edgekit.data.preprocessing import Preprocessing
 
 WHERE = Path("models/r18.onnx")
 SHA = "ab" * 32

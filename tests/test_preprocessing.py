@@ -1,4 +1,4 @@
-"""edgekit.preprocessing: the model's preprocessing contract (issue 15).
+"""edgekit.data.preprocessing: the model's preprocessing contract (issue 15).
 
 Every option round-trips through the metadata, the first metadata form still loads, bad values
 are refused naming the field, and apply() computes what torchvision's transforms compute.
@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from edgekit.core.errors import BadInput
-from edgekit.preprocessing import (
+from edgekit.data.preprocessing import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     MAX_IMAGE_SIDE,

@@ -126,8 +126,8 @@ def test_metadata_chain(exported, tmp_path):
 
 def test_calibration_from_npz(exported, tmp_path):
     parent = exported("textbook_resnet18")
-    from edgekit.images import load_image_folder
-    from edgekit.preprocessing import Preprocessing
+    from edgekit.data.images import load_image_folder
+    from edgekit.data.preprocessing import Preprocessing
 
     tensors = load_image_folder(CALIBRATION, Preprocessing.for_input_size(64)).tensors
     np.savez(tmp_path / "calib.npz", input=tensors)

@@ -18,7 +18,7 @@ def test_a_seeded_random_model_comes_back_bit_identical(exported):
     proto = onnx.load(str(parent.path))
     model, plan = rebuild_reference(parent.path, proto, read_metadata(proto))
     assert plan.from_metadata and plan.spec.name == "textbook_resnet18" and plan.input_size == 64
-    from edgekit.images import load_image_folder
+    from edgekit.data.images import load_image_folder
 
     x = load_image_folder(CALIBRATION, plan.preprocessing).tensors[:3]
     np.testing.assert_allclose(run_torch(model, x), run_onnx(parent.path, x, 1), atol=1e-4)

@@ -52,8 +52,8 @@ def test_random_weights_are_seeded_and_leave_global_rng_alone():
 
 def test_settled_random_model_has_trained_scale_logits():
     # Without settling, a random ResNet-152 gives logits ~1e8 in eval mode.
-    from edgekit.images import DEFAULT_CALIBRATION_DIR, load_image_folder
-    from edgekit.preprocessing import Preprocessing
+    from edgekit.data.images import DEFAULT_CALIBRATION_DIR, load_image_folder
+    from edgekit.data.preprocessing import Preprocessing
 
     model = create_model("resnet50", input_size=64)
     photos = load_image_folder(DEFAULT_CALIBRATION_DIR, Preprocessing.for_input_size(64)).tensors

@@ -395,8 +395,8 @@ def _labelled_by(model_path: Path, images: Path, dst: Path) -> Path:
     100 % there by construction, so any change of prediction in a candidate is a measurable drop."""
     import shutil
 
-    from edgekit.images import decode_image
-    from edgekit.preprocessing import Preprocessing
+    from edgekit.data.images import decode_image
+    from edgekit.data.preprocessing import Preprocessing
     from edgekit.runtime import create_session
 
     preprocessing = Preprocessing.from_dict(read_metadata(onnx.load(str(model_path)))["preprocessing"])

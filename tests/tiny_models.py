@@ -61,7 +61,7 @@ def write_tiny(path: Path, **kwargs) -> Path:
 def tiny_metadata(size: int = SIZE, classes: int = CLASSES) -> dict:
     """Valid edgekit metadata describing the tiny graph (as textbook_resnet18: its weights differ, so a
     verify of it fails its gates, exit 1, but everything up to the comparison runs)."""
-    from edgekit.preprocessing import Preprocessing
+    from edgekit.data.preprocessing import Preprocessing
 
     return {
         "schema": 1, "model": "textbook_resnet18", "family": "resnet", "source": "textbook",

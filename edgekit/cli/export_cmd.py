@@ -13,7 +13,7 @@ from edgekit.cli import options
 from edgekit.cli.app import app, console, escape, handle_errors, human_bytes, print_json
 from edgekit.cli.output import progress
 from edgekit.export import DEFAULT_EXPORTER, DEFAULT_OPSET, EXPORTERS
-from edgekit.preprocessing import CHANNELS, INTERPOLATIONS
+from edgekit.data.preprocessing import CHANNELS, INTERPOLATIONS
 
 Exporter = Enum("Exporter", {name: name for name in EXPORTERS}, type=str)
 Interpolation = Enum("Interpolation", {name: name for name in INTERPOLATIONS}, type=str)
@@ -58,7 +58,7 @@ def export_command(
     """Build MODEL in PyTorch, export it to ONNX, simplify it, check it against PyTorch, write it."""
     from edgekit.export import export
     from edgekit.models.registry import get_spec
-    from edgekit.preprocessing import Preprocessing
+    from edgekit.data.preprocessing import Preprocessing
 
     declared = any(v is not None for v in (resize, crop, mean, std, interpolation, channels, input_channels, preprocessing_file))
     preprocessing = None
@@ -84,7 +84,7 @@ def export_command(
 
 
 def render_export(result) -> None:
-    from edgekit.preprocessing import Preprocessing
+    from edgekit.data.preprocessing import Preprocessing
 
     meta = result.metadata
     console.print(

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from edgekit.images import DEFAULT_CALIBRATION_DIR
+from edgekit.data.images import DEFAULT_CALIBRATION_DIR
 from edgekit.core.knobs import described
 from edgekit.core.limits import MAX_BATCH, MAX_SEED
 from edgekit.targets import RECIPES

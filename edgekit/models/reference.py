@@ -13,7 +13,7 @@ from pathlib import Path
 from edgekit.core.files import check_readable_file, sha256_file
 from edgekit.core.errors import BadInput
 from edgekit.models.registry import ModelSpec, classifier_weight_key, create_model, get_spec
-from edgekit.preprocessing import Preprocessing
+from edgekit.data.preprocessing import Preprocessing
 
 RANDOM_INIT = "seeded init; BatchNorm statistics and classifier scale settled on the bundled calibration photos"
 

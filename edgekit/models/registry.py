@@ -83,8 +83,8 @@ def create_model(
     """
     import torch
 
-    from edgekit.images import DEFAULT_CALIBRATION_DIR, load_image_folder
-    from edgekit.preprocessing import Preprocessing
+    from edgekit.data.images import DEFAULT_CALIBRATION_DIR, load_image_folder
+    from edgekit.data.preprocessing import Preprocessing
     from edgekit.models.blocks import materialize
     from edgekit.models.weights import settle_random_init
 

@@ -25,7 +25,7 @@ from edgekit.artifact import model_files, sha256_file
 from edgekit.bundle import BundleCheck, check_bundle, read_labels, this_cpu_for_check
 from edgekit.core.errors import BadInput, CheckFailed
 from edgekit.graph import output_classes, static_batch
-from edgekit.images import DEFAULT_CALIBRATION_DIR, scan_folder
+from edgekit.data.images import DEFAULT_CALIBRATION_DIR, scan_folder
 from edgekit.ondevice import BUNDLE_SCRIPTS, script_path
 from edgekit.ondevice import check as bundle_check
 from edgekit.onnxfile import OnnxFile

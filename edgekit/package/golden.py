@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.core.errors import BadInput, CheckFailed, EnvironmentUnavailable, one_line
-from edgekit.images import pick_samples
+from edgekit.data.images import pick_samples
 from edgekit.ondevice import check as bundle_check
-from edgekit.preprocessing import Preprocessing
+from edgekit.data.preprocessing import Preprocessing
 
 DEFAULT_GOLDEN = 8
 MAX_GOLDEN = 256

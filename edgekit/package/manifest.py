@@ -19,7 +19,7 @@ from edgekit.ondevice import check as bundle_check
 from edgekit.ort_tools import ORT_OPTIMIZATION_STYLE
 from edgekit.package.golden import GOLDEN_FILE
 from edgekit.package.ort_format import OPS_CONFIG, OrtFormat
-from edgekit.preprocessing import Preprocessing
+from edgekit.data.preprocessing import Preprocessing
 from edgekit.core.provenance import library_versions, this_cpu
 from edgekit.targets import ANY_CPU
 

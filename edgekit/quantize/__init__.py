@@ -21,7 +21,7 @@ from edgekit.artifact import (
     write_metadata,
 )
 from edgekit.calibration import CalibrationSet, build_calibration_set
-from edgekit.images import DEFAULT_CALIBRATION_DIR
+from edgekit.data.images import DEFAULT_CALIBRATION_DIR
 from edgekit.compare import REWRITE_TOLERANCE, OutputMetrics, compare_outputs
 from edgekit.core.errors import BadInput, CheckFailed, EnvironmentUnavailable, GateFailed, InvariantBroken, one_line
 from edgekit.core.knobs import with_knobs

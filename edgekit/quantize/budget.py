@@ -35,7 +35,7 @@ class LabelledSet:
 
 def load_labelled(folder: Path, preprocessing, num_classes: int | None) -> LabelledSet:
     """Every image of a labelled folder through the model's preprocessing (decoded once, cached)."""
-    from edgekit.images import load_image_folder
+    from edgekit.data.images import load_image_folder
 
     folder = Path(folder)
     if not folder.is_dir():

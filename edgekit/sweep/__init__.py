@@ -144,8 +144,8 @@ def _measure_latency(rows: list[Row], plans: list[ModelPlan], inputs: Inputs, jo
     """p50 of each finished int8 file interleaved with its fp32 parent, one file at a time (Ray is stopped)."""
     import numpy as np
 
-    from edgekit.images import decode_image
-    from edgekit.preprocessing import Preprocessing
+    from edgekit.data.images import decode_image
+    from edgekit.data.preprocessing import Preprocessing
     from edgekit.quantize.budget import interleaved_p50_ms
 
     by_name = {p.name: p for p in plans}

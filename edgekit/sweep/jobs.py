@@ -65,8 +65,8 @@ def eval_session_config(path: Path) -> dict[str, str]:
 def predict_shard(model_file: str, items: list[str], preprocessing: dict, session_config: dict, threads: int,
                   name: str = "") -> list[int]:
     """Top-1 class of each image of `items` (-1 where it cannot be decoded)."""
-    from edgekit.images import decode_image
-    from edgekit.preprocessing import Preprocessing
+    from edgekit.data.images import decode_image
+    from edgekit.data.preprocessing import Preprocessing
     from edgekit.runners import batch_sizes, run_session
     from edgekit.runtime import NO_SPIN, create_session
 

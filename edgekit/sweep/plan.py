@@ -78,7 +78,7 @@ def _files_sha(files: list[Path], root: Path) -> str:
 
 def read_inputs(spec: SweepSpec) -> Inputs:
     """The labelled set (ImageFolder) and the calibration set (image folder or tensor file), hashed by content."""
-    from edgekit.images import pick_samples, scan_image_folder
+    from edgekit.data.images import pick_samples, scan_image_folder
     from edgekit.verify.dataset import scan_dataset
 
     classes, pairs, empty = scan_dataset(spec.dataset)
@@ -113,7 +113,7 @@ def plan_exports(spec: SweepSpec, folder: Path, staging: Path, on_stage) -> list
     `staging` (moved into the output folder by `commit_exports` once every input has been checked)."""
     from edgekit.graph import output_classes
     from edgekit.onnxfile import OnnxFile
-    from edgekit.preprocessing import Preprocessing
+    from edgekit.data.preprocessing import Preprocessing
 
     plans = []
     for model in spec.models:

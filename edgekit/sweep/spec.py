@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edgekit.core import limits
 from edgekit.core.errors import BadInput, one_line
 from edgekit.core.files import open_regular, shown_path
-from edgekit.images import DEFAULT_CALIBRATION_DIR
+from edgekit.data.images import DEFAULT_CALIBRATION_DIR
 
 METHODS = ("minmax", "entropy", "percentile")
 MAX_JOBS = 512  # models x targets x methods x samples: a sweep bigger than this is a typo, not a plan

@@ -10,9 +10,9 @@ import numpy as np
 
 from edgekit.core import limits
 from edgekit.core.files import shown_path
-from edgekit.images import decode_image, pick_samples, scan_image_folder, skipped_note
+from edgekit.data.images import decode_image, pick_samples, scan_image_folder, skipped_note
 from edgekit.core.errors import BadInput
-from edgekit.preprocessing import Preprocessing
+from edgekit.data.preprocessing import Preprocessing
 from edgekit.runners import batch_sizes, run_session, run_torch
 from edgekit.verify.results import DatasetAccuracy, ProviderAccuracy
 

@@ -7,10 +7,10 @@ from typing import Callable
 
 from edgekit.core import limits
 from edgekit.core.files import shown_path
-from edgekit.images import DEFAULT_CALIBRATION_DIR, load_image_folder, skipped_note
-from edgekit.tensors import load_tensor_file, seeded_random_inputs
+from edgekit.data.images import DEFAULT_CALIBRATION_DIR, load_image_folder, skipped_note
+from edgekit.data.tensors import load_tensor_file, seeded_random_inputs
 from edgekit.core.errors import BadInput
-from edgekit.preprocessing import Preprocessing
+from edgekit.data.preprocessing import Preprocessing
 from edgekit.verify.results import InputSet
 
 DEFAULT_RANDOM_INPUTS = 4

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.compare import NAN_ONLY, OutputMetrics, Tolerance
-from edgekit.preprocessing import Preprocessing
+from edgekit.data.preprocessing import Preprocessing
 
 
 @dataclass

@@ -20,11 +20,11 @@ import numpy as np
 from edgekit.core import limits
 from edgekit.core.files import file_kind, open_regular, shown_path
 from edgekit.core.errors import BadInput, one_line
-from edgekit.preprocessing import Preprocessing
-from edgekit.tensors import read_npz_member
+from edgekit.data.preprocessing import Preprocessing
+from edgekit.data.tensors import read_npz_member
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-DEFAULT_CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "calibration"
+DEFAULT_CALIBRATION_DIR = Path(__file__).resolve().parents[2] / "calibration"
 CACHE_DIR_ENV = "EDGEKIT_CACHE_DIR"
 
 
