@@ -38,13 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=None, help="at most this many test images (default: all)")
     args = parser.parse_args(argv)
 
-    from edgekit.compare import DEFAULT_TOLERANCES, compare_outputs
+    from edgekit.judge.compare import DEFAULT_TOLERANCES, compare_outputs
     from edgekit.export import export
     from edgekit.core.provenance import this_cpu
     from edgekit.quantize import quantize
     from edgekit.runners import run_onnx
     from edgekit.runtimes.devices import device_status
-    from edgekit.targets import exact_session_for
+    from edgekit.judge.targets import exact_session_for
 
     WORK.mkdir(parents=True, exist_ok=True)
     data = WORK / "digits"

@@ -51,7 +51,7 @@ def split(data: Path, name: str, preprocessing) -> tuple[np.ndarray, np.ndarray]
 
 
 def measure_model(name: str, data: Path, weights: Path) -> dict:
-    from edgekit.compare import DEFAULT_TOLERANCES, compare_outputs
+    from edgekit.judge.compare import DEFAULT_TOLERANCES, compare_outputs
     from edgekit.core.errors import CheckFailed
     from edgekit.export import export
     from edgekit.models.reference import build_model
@@ -59,7 +59,7 @@ def measure_model(name: str, data: Path, weights: Path) -> dict:
     from edgekit.data.preprocessing import Preprocessing
     from edgekit.quantize import quantize
     from edgekit.runners import run_onnx, run_torch
-    from edgekit.targets import EXACT_INT8_SESSION
+    from edgekit.judge.targets import EXACT_INT8_SESSION
 
     folder = WORK / name
     folder.mkdir(parents=True, exist_ok=True)

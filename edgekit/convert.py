@@ -21,7 +21,7 @@ from edgekit.artifact import (
     write_metadata,
 )
 from edgekit.data.images import DEFAULT_CALIBRATION_DIR, load_image_folder
-from edgekit.compare import OutputMetrics, Tolerance, compare_outputs, resolve_tolerance
+from edgekit.judge.compare import OutputMetrics, Tolerance, compare_outputs, resolve_tolerance
 from edgekit.core.errors import BadInput, CheckFailed, EnvironmentUnavailable, GateFailed, InvariantBroken, one_line
 from edgekit.graph import detect_precision, input_spec, is_quantized
 from edgekit.data.preprocessing import Preprocessing

@@ -28,7 +28,7 @@ from edgekit.artifact import (
 )
 from edgekit.data.images import DEFAULT_CALIBRATION_DIR, load_image_folder
 from edgekit.data.tensors import seeded_random_inputs
-from edgekit.compare import (
+from edgekit.judge.compare import (
     EXPORT_TOLERANCE,
     SIMPLIFY_TOLERANCE,
     NoiseFloor,

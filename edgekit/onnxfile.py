@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.artifact import load_onnx, read_metadata
-from edgekit.compare import Tolerance, gates_for, weights_are_trained
+from edgekit.judge.compare import Tolerance, gates_for, weights_are_trained
 from edgekit.core.errors import BadInput
 from edgekit.graph import InputSpec, input_spec, precision_of
 from edgekit.data.preprocessing import Preprocessing
-from edgekit.targets import session_config_for
+from edgekit.judge.targets import session_config_for
 
 
 @dataclass

@@ -315,7 +315,7 @@ def parse_runtimes(spec: str | list[str] | None) -> list[str]:
 def openvino_golden_check(path: Path, inputs, reference, tolerance, batch: int | None) -> dict:
     """The bundle's model in OpenVINO on this CPU against the same reference and gates (recorded in the
     manifest: which runtimes passed); {"available": False} without the optional extra."""
-    from edgekit.compare import compare_outputs
+    from edgekit.judge.compare import compare_outputs
     from edgekit.runners import run_batched
 
     if not openvino_available():

@@ -66,7 +66,7 @@ def ort_left_out_because(session_options: dict) -> str | None:
     rewrites) cannot reach into it on the device. Measured on an AVX2 CPU (issue 18): such an .ort read 11.5 dB
     where its .onnx with the manifest's option read 22.4 dB. A bundle never holds a format that computes
     differently from the file that was verified."""
-    from edgekit.targets import ANY_CPU
+    from edgekit.judge.targets import ANY_CPU
 
     per_cpu = sorted(kind for kind in session_options if kind != ANY_CPU)
     if not per_cpu:

@@ -26,7 +26,7 @@ import numpy as np
 
 from edgekit.core.errors import BadInput, CheckFailed, one_line
 from edgekit.runtime import NO_SPIN
-from edgekit.targets import merge_session_configs
+from edgekit.judge.targets import merge_session_configs
 
 # Kernels that compute in 8-bit integers (the point of a quantized file).
 INT8_OPS = frozenset({

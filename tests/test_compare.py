@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgekit.compare import DEFAULT_TOLERANCES, Tolerance, compare_outputs
+from edgekit.judge.compare import DEFAULT_TOLERANCES, Tolerance, compare_outputs
 from edgekit.core.errors import ShapeMismatch
 
 FP32 = DEFAULT_TOLERANCES["fp32"]

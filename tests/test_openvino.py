@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'edgekit[openvino]'); its tests are skipped")
 
 from edgekit.data.images import load_image_folder
-from edgekit.compare import DEFAULT_TOLERANCES, compare_outputs  # noqa: E402
+from edgekit.judge.compare import DEFAULT_TOLERANCES, compare_outputs  # noqa: E402
 from edgekit.core.errors import BadInput  # noqa: E402
 from edgekit.openvino_runtime import OpenVinoModel, dominant_precision, openvino_available, precision_summary  # noqa: E402
 from edgekit.data.preprocessing import Preprocessing  # noqa: E402

@@ -16,7 +16,7 @@ import pytest
 
 from edgekit.ondevice import metrics as bundle_metrics
 from edgekit.ondevice import script_path
-from edgekit.compare import DEFAULT_TOLERANCES, compare_outputs
+from edgekit.judge.compare import DEFAULT_TOLERANCES, compare_outputs
 from edgekit.core.errors import BadInput, CheckFailed
 from tests.conftest import CALIBRATION, files_in
 

@@ -78,7 +78,7 @@ def test_generic_densenet_on_an_avx2_cpu_is_judged_as_its_target_computes(export
     # Issue 18: on an AVX2 CPU without VNNI (here natively or emulated), ORT 1.31 cannot start a session of
     # DenseNet's generic (s8s8) file with session.x64quantprecision=1. The file is judged with its signed int8
     # arithmetic as written (x86's S8->U8 rewrites off), what an NPU or ARM CPU computes, and says so.
-    from edgekit.targets import AS_WRITTEN_S8_SESSION
+    from edgekit.judge.targets import AS_WRITTEN_S8_SESSION
 
     # (32 px: the same graph as at 64 px, a quarter of the emulated arithmetic)
     result = quantize(exported("textbook_densenet", 32).path, target="generic", device="x86-avx2", samples=8,
@@ -190,7 +190,7 @@ def test_fallback_keeps_the_fewest_sensitive_nodes_in_fp32(exported, tmp_path):
 def _budget(min_sqnr: float | None = None):
     from dataclasses import replace
 
-    from edgekit.compare import DEFAULT_TOLERANCES
+    from edgekit.judge.compare import DEFAULT_TOLERANCES
     from edgekit.quantize.budget import Budget
 
     tolerance = DEFAULT_TOLERANCES["int8"]
@@ -388,7 +388,7 @@ def test_calibration_runs_once_and_its_ranges_serve_every_fallback_trial(exporte
     # ORT's calibration cache: the fallback's trials reuse the ranges the full quantization computed, and a file
     # made from the cached ranges is byte-for-byte the one a fresh calibration makes
     from edgekit.quantize.static import quantize_once
-    from edgekit.targets import RECIPES
+    from edgekit.judge.targets import RECIPES
 
     calls = calibrators
     parent = exported("textbook_resnet18", 32)

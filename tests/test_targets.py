@@ -3,7 +3,7 @@
 import pytest
 
 from edgekit.core.errors import BadInput
-from edgekit.targets import (
+from edgekit.judge.targets import (
     AS_WRITTEN_S8_SESSION,
     KEEP_FLOAT_SESSION,
     RECIPES,

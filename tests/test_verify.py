@@ -480,7 +480,7 @@ def test_not_an_onnx_file_is_exit_2(cli, tmp_path):
 
 
 def test_report_json_is_strict_with_infinite_sqnr():
-    from edgekit.compare import DEFAULT_TOLERANCES, compare_outputs
+    from edgekit.judge.compare import DEFAULT_TOLERANCES, compare_outputs
     from edgekit.verify.report import to_json
 
     m = compare_outputs(np.ones((1, 3)), np.ones((1, 3)), "logits", DEFAULT_TOLERANCES["fp32"])
@@ -494,8 +494,8 @@ def test_report_json_is_strict_with_infinite_sqnr():
 
 
 def test_fp32_noise_floor_passes_only_what_pytorch_fp32_itself_misses():
-    from edgekit.compare import DEFAULT_TOLERANCES, compare_outputs
-    from edgekit.compare import apply_noise_floor
+    from edgekit.judge.compare import DEFAULT_TOLERANCES, compare_outputs
+    from edgekit.judge.compare import apply_noise_floor
 
     exact = np.linspace(-3, 3, 20).reshape(2, 10)
     torch_fp32 = exact + 3e-4  # deep random nets: PyTorch fp32 itself is 3e-4 from float64
@@ -606,10 +606,10 @@ def test_saturation_failure_names_the_cause_and_the_fix():
 def test_real_saturation_on_a_cpu_without_vnni(vnni_int8, avx2):
     # ORT's AVX2 u8s8 kernels (native or emulated) on an 8-bit-weight file: the default path saturates, and
     # session.x64quantprecision=1 computes exactly what a CPU with exact accumulation computes.
-    from edgekit.compare import DEFAULT_TOLERANCES, compare_outputs
+    from edgekit.judge.compare import DEFAULT_TOLERANCES, compare_outputs
     from edgekit.core.provenance import this_cpu
     from edgekit.runners import run_onnx
-    from edgekit.targets import EXACT_INT8_SESSION
+    from edgekit.judge.targets import EXACT_INT8_SESSION
 
     x = np.random.default_rng(0).standard_normal((4, 3, SMALL, SMALL)).astype(np.float32) * 0.5
     default = run_onnx(vnni_int8, x, 1, device="x86-avx2")

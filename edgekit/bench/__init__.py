@@ -93,7 +93,7 @@ def interleaved_order(labels: list[str], runs: int) -> list[str]:
 def machine_info() -> dict:
     """CPU model, cores and the flags that matter for int8 kernels, and the recipe `auto` picks here."""
     from edgekit.core.provenance import this_cpu
-    from edgekit.targets import auto_target
+    from edgekit.judge.targets import auto_target
 
     cpu = this_cpu()
     return {**cpu.to_dict(), "cpu": cpu.model, "cores": os.cpu_count(), "int8_target": auto_target(cpu)}

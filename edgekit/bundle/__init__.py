@@ -1,7 +1,7 @@
 """What a deployable bundle carries besides the model, and the check of a bundle from edgekit.
 
 `check.py` (the standalone device check: numpy and onnxruntime only) and `metrics.py` (the metric core it
-shares with edgekit.compare) are copied into every bundle verbatim. `check_bundle` runs check.py's own
+shares with edgekit.judge.compare) are copied into every bundle verbatim. `check_bundle` runs check.py's own
 checks from edgekit (edgekit's metric core, edgekit's sessions): what `edgekit package` runs before it
 commits a bundle, and what `edgekit verify DIR` is to call (it lives here, below the stages, so that
 verify need not import the package stage).
@@ -15,7 +15,7 @@ from pathlib import Path
 from edgekit.core.errors import BadInput, ProviderUnavailable, one_line
 
 # check.py and metrics.py import numpy only; provenance and runtime are imported where used, so that
-# edgekit.compare (which imports edgekit.ondevice.metrics) stays light.
+# edgekit.judge.compare (which imports edgekit.ondevice.metrics) stays light.
 MAX_LABELS_BYTES = 16 << 20
 
 

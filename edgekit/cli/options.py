@@ -13,7 +13,7 @@ import typer
 from edgekit.data.images import DEFAULT_CALIBRATION_DIR
 from edgekit.core.knobs import described
 from edgekit.core.limits import MAX_BATCH, MAX_SEED
-from edgekit.targets import RECIPES
+from edgekit.judge.targets import RECIPES
 
 
 def between(low: float, high: float):

@@ -1,4 +1,4 @@
-"""The metric core shared by `edgekit verify` (through edgekit.compare) and a bundle's check.py.
+"""The metric core shared by `edgekit verify` (through edgekit.judge.compare) and a bundle's check.py.
 
 Pure numpy, no edgekit imports: `edgekit package` copies this file beside check.py in every
 bundle, so the device computes exactly what edgekit computes, from the same source.

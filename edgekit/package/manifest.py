@@ -13,7 +13,7 @@ import numpy as np
 
 from edgekit.artifact import sha256_file
 from edgekit.bundle import BundleCheck
-from edgekit.compare import Tolerance
+from edgekit.judge.compare import Tolerance
 from edgekit.graph import graph_inputs
 from edgekit.ondevice import check as bundle_check
 from edgekit.ort_tools import ORT_OPTIMIZATION_STYLE
@@ -21,7 +21,7 @@ from edgekit.package.golden import GOLDEN_FILE
 from edgekit.package.ort_format import OPS_CONFIG, OrtFormat
 from edgekit.data.preprocessing import Preprocessing
 from edgekit.core.provenance import library_versions, this_cpu
-from edgekit.targets import ANY_CPU
+from edgekit.judge.targets import ANY_CPU
 
 README_NAME = "README.txt"
 MOBILE_REPORT = "mobile_usability.txt"

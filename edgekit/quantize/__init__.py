@@ -22,7 +22,7 @@ from edgekit.artifact import (
 )
 from edgekit.calibration import CalibrationSet, build_calibration_set
 from edgekit.data.images import DEFAULT_CALIBRATION_DIR
-from edgekit.compare import REWRITE_TOLERANCE, OutputMetrics, compare_outputs
+from edgekit.judge.compare import REWRITE_TOLERANCE, OutputMetrics, compare_outputs
 from edgekit.core.errors import BadInput, CheckFailed, EnvironmentUnavailable, GateFailed, InvariantBroken, one_line
 from edgekit.core.knobs import with_knobs
 from edgekit.graph import is_quantized, static_batch
@@ -36,7 +36,7 @@ from edgekit.quantize.static import (
 )
 from edgekit.rewrites import batchnorm_as_depthwise
 from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
-from edgekit.targets import KEEP_FLOAT_SESSION, Int8Judgement, Recipe, judge_int8, resolve_recipe, session_config_for
+from edgekit.judge.targets import KEEP_FLOAT_SESSION, Int8Judgement, Recipe, judge_int8, resolve_recipe, session_config_for
 
 __all__ = ["quantize", "QuantizeOptions", "QuantizeResult", "batchnorm_as_depthwise", "is_quantized", "DEFAULT_SAMPLES"]
 WEIGHTED_OPS = {"Conv", "Gemm", "MatMul"}

@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgekit.compare import OutputMetrics, Tolerance, compare_outputs
+from edgekit.judge.compare import OutputMetrics, Tolerance, compare_outputs
 from edgekit.core.errors import BadInput
 from edgekit.runners import run_onnx
 
@@ -127,7 +127,7 @@ class Measure:
                  dataset: bool = True) -> Trial:
         """The file on the held-out images (and, with `dataset`, its top-1 on the labelled set); `session_config`
         overrides the gated kernels (None: ORT's defaults)."""
-        from edgekit.targets import KEEP_FLOAT_SESSION, merge_session_configs
+        from edgekit.judge.targets import KEEP_FLOAT_SESSION, merge_session_configs
 
         config = merge_session_configs(self.session_config if session_config is ... else session_config)
         if fp32_nodes or self.excluded:  # float nodes stay float only with ORT's re-quantizing optimizer off

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit.compare import DEFAULT_TOLERANCES, trained_defaults
+from edgekit.judge.compare import DEFAULT_TOLERANCES, trained_defaults
 from edgekit.core.knobs import knob
 from edgekit.core.limits import MAX_SAMPLES, MAX_SEED
 

@@ -17,7 +17,7 @@ import numpy as np
 from edgekit.core.errors import BadInput, CheckFailed, InvariantBroken, one_line
 from edgekit.runners import padded_batches
 from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
-from edgekit.targets import Recipe
+from edgekit.judge.targets import Recipe
 
 CALIB_PERCENTILE = 99.999  # the percentile calibrator's cut (ORT's CalibPercentile)
 

@@ -54,7 +54,7 @@ class SweepOutcome:
 def normalized(spec: SweepSpec) -> SweepSpec:
     """Aliases to registered names, `auto` to this CPU's target (rows name what ran)."""
     from edgekit.models.registry import get_spec
-    from edgekit.targets import auto_target
+    from edgekit.judge.targets import auto_target
 
     models = [get_spec(m).name for m in spec.models]
     targets = list(dict.fromkeys(auto_target() if t == "auto" else t for t in spec.targets))

@@ -54,7 +54,7 @@ def eval_session_config(path: Path) -> dict[str, str]:
     ran on this CPU (its target's exact arithmetic where this CPU's defaults differ)."""
     from edgekit.onnxfile import OnnxFile
     from edgekit.core.provenance import this_cpu
-    from edgekit.targets import judge_int8, merge_session_configs
+    from edgekit.judge.targets import judge_int8, merge_session_configs
 
     handle = OnnxFile.open(Path(path))
     meant_for = handle.recipe.get("target")

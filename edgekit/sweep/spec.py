@@ -63,7 +63,7 @@ class SweepSpec(BaseModel):
     def check_names(self) -> None:
         """Every model registered, every target and method known, weights only for swept models."""
         from edgekit.models.registry import get_spec
-        from edgekit.targets import TARGETS
+        from edgekit.judge.targets import TARGETS
 
         for model in self.models:
             get_spec(model)  # BadInput naming the registered models

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from edgekit.artifact import load_onnx, read_metadata, sha256_file
-from edgekit.compare import DEFAULT_TOLERANCES, NAN_ONLY, Tolerance, apply_noise_floor, compare_outputs, mismatched_output
+from edgekit.judge.compare import DEFAULT_TOLERANCES, NAN_ONLY, Tolerance, apply_noise_floor, compare_outputs, mismatched_output
 from edgekit.core.errors import BadInput, CheckFailed
 from edgekit.graph import precision_of
 from edgekit.core.knobs import with_knobs
@@ -27,7 +27,7 @@ from edgekit.models.reference import build_reference, plan_reference
 from edgekit.core.provenance import run_environment
 from edgekit.runtimes.devices import cpu_of
 from edgekit.runners import REFERENCE_BATCH, batch_sizes, input_dtype, run_session, run_torch
-from edgekit.targets import (
+from edgekit.judge.targets import (
     TARGETS,
     exact_session_for,
     judge_int8,
@@ -198,7 +198,7 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
     replaced: `verify(path, providers="cpu")` is `verify(path, VerifyOptions(providers="cpu"))`."""
     o = with_knobs(VerifyOptions, options, knobs)
     device = o.device
-    from edgekit.compare import gates_for, weights_are_trained
+    from edgekit.judge.compare import gates_for, weights_are_trained
     from edgekit.runtime import check_inputs, create_session, cuda_device_available, parse_providers
 
     on_stage = on_stage or (lambda _s: None)

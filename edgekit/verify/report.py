@@ -8,7 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from edgekit.compare import OutputMetrics, Tolerance, failed_gates
+from edgekit.judge.compare import OutputMetrics, Tolerance, failed_gates
 from edgekit.core.errors import BadInput
 from edgekit.verify.results import Comparison, Report
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.compare import NAN_ONLY, OutputMetrics, Tolerance
+from edgekit.judge.compare import NAN_ONLY, OutputMetrics, Tolerance
 from edgekit.data.preprocessing import Preprocessing
 
 
@@ -262,7 +262,7 @@ class Saturation:
     @property
     def exact_option(self) -> str:
         """The session option, as the manifest and the docs spell it, that gives this CPU the exact kernels."""
-        from edgekit.targets import AS_WRITTEN_S8_SESSION, EXACT_INT8_SESSION
+        from edgekit.judge.targets import AS_WRITTEN_S8_SESSION, EXACT_INT8_SESSION
 
         config = EXACT_INT8_SESSION if self.exact_kernels == "x64quantprecision=1" else AS_WRITTEN_S8_SESSION
         return ", ".join(f"{k}={v}" for k, v in config.items())
