@@ -347,7 +347,7 @@ def train_reference(name: str, data: dict, out: Path, recipe: Recipe, sizes: dic
     import torch
     from safetensors.torch import save_file
 
-    from edgekit.artifact import sha256_file
+    from edgekit.onnxfile.artifact import sha256_file
     from edgekit.models.registry import create_model, get_spec
 
     canonical = get_spec(name).name

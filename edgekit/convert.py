@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgekit.artifact import (
+from edgekit.onnxfile.artifact import (
     artifact_bytes,
     derived_output,
     resolve_output,
@@ -23,11 +23,11 @@ from edgekit.artifact import (
 from edgekit.data.images import DEFAULT_CALIBRATION_DIR, load_image_folder
 from edgekit.judge.compare import OutputMetrics, Tolerance, compare_outputs, resolve_tolerance
 from edgekit.core.errors import BadInput, CheckFailed, EnvironmentUnavailable, GateFailed, InvariantBroken, one_line
-from edgekit.graph import detect_precision, input_spec, is_quantized
+from edgekit.onnxfile.graph import detect_precision, input_spec, is_quantized
 from edgekit.data.preprocessing import Preprocessing
 from edgekit.onnxfile import OnnxFile
 from edgekit.core.provenance import library_versions
-from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count
+from edgekit.onnxfile.structure import onnx_concat_count, onnx_grouped_conv_count
 
 CONVERTER = "onnxconverter-common"
 # The converter clamps float32 values fp16 cannot hold. Its defaults (1e-7, 1e4) move weights fp16

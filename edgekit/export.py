@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgekit.artifact import (
+from edgekit.onnxfile.artifact import (
     StagedOutput,
     artifact_bytes,
     check_onnx,
@@ -42,7 +42,7 @@ from edgekit.models.registry import DEFAULT_SEED, get_spec
 from edgekit.data.preprocessing import Preprocessing
 from edgekit.core.provenance import library_versions
 from edgekit.runners import run_onnx, run_torch
-from edgekit.structure import Structure, onnx_concat_count, onnx_grouped_conv_count, op_counts, torch_structure
+from edgekit.onnxfile.structure import Structure, onnx_concat_count, onnx_grouped_conv_count, op_counts, torch_structure
 
 EXPORTERS = ("torchscript", "dynamo")
 DEFAULT_EXPORTER = "torchscript"  # 1.5 s and honours the opset; dynamo takes ~16 s and may emit a newer one

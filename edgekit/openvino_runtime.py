@@ -126,7 +126,7 @@ class OpenVinoModel:
         file says; None keeps OpenVINO's choice for this CPU, bf16 on CPUs that have it).
         `batch` fixes a dynamic batch axis to that size before compiling (static shapes run faster);
         a static batch is left as it is."""
-        from edgekit.artifact import check_readable_file
+        from edgekit.onnxfile.artifact import check_readable_file
 
         ov = _import_openvino()
         path = check_readable_file(Path(path), "ONNX file")

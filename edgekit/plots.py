@@ -55,7 +55,7 @@ def plot_layer_errors(report: LayerReport, png_path: Path, title: str) -> Path:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     figure.tight_layout()
-    from edgekit.artifact import write_atomic
+    from edgekit.onnxfile.artifact import write_atomic
 
     return write_atomic(png_path, lambda f: figure.savefig(f, format="png"))
 
@@ -103,7 +103,7 @@ def plot_profiles(profiles: dict[str, Profile], png, *, top_ops: int = 12, by: s
     ax.set_title(title + (f", {threads.pop()} threads" if len(threads) == 1 else ""))
     ax.legend()
     fig.tight_layout()
-    from edgekit.artifact import write_atomic
+    from edgekit.onnxfile.artifact import write_atomic
 
     return write_atomic(png, lambda f: fig.savefig(f, format="png", dpi=110))
 
@@ -143,6 +143,6 @@ def plot_pareto(rows: list, frontier: list, png_path: Path, title: str) -> Path:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best", title="marker area: file size", title_fontsize=7)
     figure.tight_layout()
-    from edgekit.artifact import write_atomic
+    from edgekit.onnxfile.artifact import write_atomic
 
     return write_atomic(Path(png_path), lambda f: figure.savefig(f, format="png"))

@@ -34,7 +34,7 @@ def model_macs(name: str, num_classes: int | None, input_size: int) -> int:
     """Multiply-accumulates of one image through a registered model at `input_size`."""
     import torch
 
-    from edgekit.structure import count_macs
+    from edgekit.onnxfile.structure import count_macs
 
     model = _meta_model(name, num_classes)
     with torch.device("meta"):
@@ -52,7 +52,7 @@ def _facts_key() -> str:
 
     digest = hashlib.sha256(f"{version('torch')} {version('torchvision')}".encode())
     here = Path(__file__).resolve().parent
-    for path in [here / "models" / name for name in MODEL_SOURCES] + [here / "structure.py", Path(__file__).resolve()]:
+    for path in [here / "models" / name for name in MODEL_SOURCES] + [here / "onnxfile" / "structure.py", Path(__file__).resolve()]:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:24]
 
@@ -62,7 +62,7 @@ def describe_models() -> list[ModelFacts]:
     for all) and cached under edgekit's cache, keyed by the torch/torchvision versions and the model sources."""
     import json
 
-    from edgekit.outputs import write_text_atomic
+    from edgekit.onnxfile.outputs import write_text_atomic
     from edgekit.core.files import cache_dir
 
     path = cache_dir() / f"model-facts-{_facts_key()}.json"
@@ -88,7 +88,7 @@ def measure_models() -> list[ModelFacts]:
     (shapes only: no memory for weights)."""
     import torch
 
-    from edgekit.structure import count_macs, torch_structure
+    from edgekit.onnxfile.structure import count_macs, torch_structure
 
     facts = []
     for spec in list_models():

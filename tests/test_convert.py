@@ -9,11 +9,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.artifact import read_metadata, sha256_file
+from edgekit.onnxfile.artifact import read_metadata, sha256_file
 from edgekit.convert import FP16_MAX_FINITE, convert
 from edgekit.core.errors import GateFailed
-from edgekit.graph import detect_precision
-from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count
+from edgekit.onnxfile.graph import detect_precision
+from edgekit.onnxfile.structure import onnx_concat_count, onnx_grouped_conv_count
 from tests.conftest import files_in
 
 

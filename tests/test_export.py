@@ -9,11 +9,11 @@ import onnx
 import pytest
 import torch
 
-from edgekit.artifact import read_metadata
+from edgekit.onnxfile.artifact import read_metadata
 from edgekit.core.errors import GateFailed, InvariantBroken, BadInput, CheckFailed
 from edgekit.export import export
 from edgekit.models import list_models
-from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count
+from edgekit.onnxfile.structure import onnx_concat_count, onnx_grouped_conv_count
 from tests.conftest import SMALL, files_in
 
 ALL_MODELS = [s.name for s in list_models()]

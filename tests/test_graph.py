@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgekit.core.errors import BadInput
-from edgekit.graph import detect_precision, input_spec, output_classes, precision_of, static_batch
+from edgekit.onnxfile.graph import detect_precision, input_spec, output_classes, precision_of, static_batch
 from tests.tiny_models import tiny_model
 
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgekit.artifact import load_onnx
+from edgekit.onnxfile.artifact import load_onnx
 from edgekit.core.errors import BadInput, EdgekitError
 from tests.conftest import SMALL, files_in
 
@@ -358,7 +358,7 @@ def test_sigterm_through_the_real_entry_point(tmp_path):
 def test_stale_staging_folders_are_swept(tmp_path):
     import time
 
-    from edgekit.artifact import STALE_STAGING_SECONDS, stage_output
+    from edgekit.onnxfile.artifact import STALE_STAGING_SECONDS, stage_output
 
     old = time.time() - STALE_STAGING_SECONDS - 60
 
@@ -590,7 +590,7 @@ def test_the_bundle_swap_holds_signals_until_it_is_done(tmp_path, monkeypatch):
     # a SIGTERM that arrives between moving the old bundle aside and renaming the new one in: it waits
     import signal
 
-    from edgekit.outputs import commit_folder
+    from edgekit.onnxfile.outputs import commit_folder
 
     final, staged = tmp_path / "b", tmp_path / "staged"
     final.mkdir()

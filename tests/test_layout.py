@@ -134,11 +134,11 @@ def test_device_side_files_import_nothing_from_edgekit():
 
 def test_onnx_files_are_read_in_one_place():
     # artifact.py reads every .onnx (load_onnx validates user input; load_work_file parses edgekit's own work
-    # files); the stages take an OnnxFile (edgekit/onnxfile.py) instead of re-deriving a file's facts
+    # files); the stages take an OnnxFile (edgekit/onnxfile/__init__.py) instead of re-deriving a file's facts
     readers = set()
     for module, path in _modules().items():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Attribute) and node.attr in ("load", "load_model") and \
                     isinstance(node.value, ast.Name) and node.value.id == "onnx":
                 readers.add(module)
-    assert readers == {"edgekit.artifact"}, readers
+    assert readers == {"edgekit.onnxfile.artifact"}, readers

@@ -1,4 +1,4 @@
-"""The edgekit metadata object is untrusted input: schema, graph consistency, limits (edgekit/metadata.py,
+"""The edgekit metadata object is untrusted input: schema, graph consistency, limits (edgekit/onnxfile/metadata.py,
 edgekit/core/limits.py)."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from edgekit.core.limits import (
     check_dims,
     check_tensor_budget,
 )
-from edgekit.metadata import (
+from edgekit.onnxfile.metadata import (
     METADATA_HINT,
     EdgekitMetadata,
     check_against_graph,

@@ -6,10 +6,10 @@ import numpy as np
 import onnx
 import pytest
 
-from edgekit.artifact import read_metadata, sha256_file
+from edgekit.onnxfile.artifact import read_metadata, sha256_file
 from edgekit.core.errors import BadInput, CheckFailed
 from edgekit.quantize import is_quantized, quantize
-from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count
+from edgekit.onnxfile.structure import onnx_concat_count, onnx_grouped_conv_count
 from tests.conftest import CALIBRATION, files_in
 
 

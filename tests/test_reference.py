@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from edgekit.artifact import read_metadata
+from edgekit.onnxfile.artifact import read_metadata
 from edgekit.core.errors import BadInput
 from edgekit.models.reference import plan_reference, rebuild_reference
 from edgekit.runners import run_onnx, run_torch

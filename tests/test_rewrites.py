@@ -132,7 +132,7 @@ def test_merge_conv_groups_is_exact_in_float_and_keeps_the_counts(build):
     import onnx
 
     from edgekit.rewrites import merge_conv_groups
-    from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count
+    from edgekit.onnxfile.structure import onnx_concat_count, onnx_grouped_conv_count
 
     model = build()
     rewritten = copy.deepcopy(model)
@@ -228,7 +228,7 @@ def test_batchnorm_as_depthwise_is_exact_in_float_and_keeps_the_counts():
     import onnx
 
     from edgekit.rewrites import batchnorm_as_depthwise
-    from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
+    from edgekit.onnxfile.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
 
     model = densenet_like()
     rewritten = copy.deepcopy(model)
@@ -248,7 +248,7 @@ def test_avgpool_before_conv_is_exact_in_float_and_keeps_the_counts():
     import onnx
 
     from edgekit.rewrites import avgpool_before_conv
-    from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
+    from edgekit.onnxfile.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
 
     model = densenet_like()
     rewritten = copy.deepcopy(model)
@@ -274,7 +274,7 @@ def test_avgpool_as_depthwise_is_exact_in_float_and_adds_one_grouped_conv_each()
     import onnx
 
     from edgekit.rewrites import avgpool_as_depthwise, avgpool_before_conv, batchnorm_as_depthwise
-    from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
+    from edgekit.onnxfile.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
 
     model = densenet_like()
     rewritten = copy.deepcopy(model)

@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from edgekit.artifact import read_metadata, write_metadata
+from edgekit.onnxfile.artifact import read_metadata, write_metadata
 from edgekit.core.errors import SaturationFailed
 from edgekit.runtime import cuda_device_available
 from tests.conftest import SMALL, files_in

@@ -236,8 +236,8 @@ def _paced(candidates: list[Candidate], runs: int, interval_ms: float) -> None:
 
 def _profile_into(report: BenchReport, files: list[Path], threads: int, batch: int, runs: int) -> None:
     """ORT's per-node profile of each file on the CPU, interleaved; each file compared with the first."""
-    from edgekit.graph import input_spec
-    from edgekit.artifact import load_onnx
+    from edgekit.onnxfile.graph import input_spec
+    from edgekit.onnxfile.artifact import load_onnx
     from edgekit.profile import compare_profiles, profile_files
 
     spec = input_spec(load_onnx(files[0], check=False), files[0])

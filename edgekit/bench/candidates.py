@@ -68,7 +68,7 @@ def file_candidates(
     explicit: bool, spin: bool,
 ):
     """The candidates of one file: each ORT provider, then OpenVINO, all fed the same seeded input."""
-    from edgekit.artifact import artifact_bytes
+    from edgekit.onnxfile.artifact import artifact_bytes
     from edgekit.onnxfile import OnnxFile
 
     source = OnnxFile.open(path)  # validated once (external data inside its folder, checker) for every runtime
@@ -174,7 +174,7 @@ def torch_candidate(path: Path, meta: dict | None, threads: int, batch: int) -> 
     """The PyTorch eager model the file was exported from (rebuilt from its metadata), same threads and batch."""
     import torch
 
-    from edgekit.artifact import load_onnx
+    from edgekit.onnxfile.artifact import load_onnx
     from edgekit.models.reference import rebuild_reference
     from edgekit.runtimes.torch_eager import TorchRunner
 

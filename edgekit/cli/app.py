@@ -141,7 +141,7 @@ def handle_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        from edgekit.artifact import command_inputs
+        from edgekit.onnxfile.artifact import command_inputs
 
         try:
             with command_inputs():  # this command's outputs never land on its inputs
@@ -167,7 +167,7 @@ def print_json(result) -> None:
 
 def write_json_report(path, result) -> None:
     """--report FILE.json: every number, written atomically."""
-    from edgekit.artifact import write_text_atomic
+    from edgekit.onnxfile.artifact import write_text_atomic
     from edgekit.core.serialize import to_json
 
     write_text_atomic(path, to_json(result))

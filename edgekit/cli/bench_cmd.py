@@ -46,7 +46,7 @@ def bench_command(
     json_output: options.Json = False,
 ) -> None:
     """Latency (p50/p90/mean), throughput, size and memory side by side, against this machine's sgemm peak."""
-    from edgekit.outputs import refuse_if_input, register_input
+    from edgekit.onnxfile.outputs import refuse_if_input, register_input
     from edgekit.bench import bench
     from edgekit.core.errors import BadInput
 

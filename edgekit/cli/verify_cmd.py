@@ -89,7 +89,7 @@ def verify_command(
     )
     from edgekit.verify import verify
 
-    from edgekit.outputs import refuse_if_input, register_input
+    from edgekit.onnxfile.outputs import refuse_if_input, register_input
 
     register_input(model_file, "input model")
     if parent is not None:

@@ -72,7 +72,7 @@ def _is_qdq(model) -> bool:
 
 
 def _check_pair(fp32_path: Path, int8_path: Path, fp32_model, int8_model) -> None:
-    from edgekit.artifact import read_metadata, sha256_file
+    from edgekit.onnxfile.artifact import read_metadata, sha256_file
 
     if fp32_path.resolve() == int8_path.resolve():
         raise BadInput(f"the fp32 and int8 files are the same file ({fp32_path})")
@@ -178,7 +178,7 @@ def layer_errors(
     of the models, augmented models, ORT's shape-inference files) is written into a temporary
     folder (inside `workdir` when given) that is deleted before returning.
     """
-    from edgekit.artifact import load_onnx
+    from edgekit.onnxfile.artifact import load_onnx
 
     started = time.perf_counter()
     stage = on_stage or (lambda _s: None)

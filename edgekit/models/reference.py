@@ -93,9 +93,9 @@ def plan_reference(
     BadInput line naming the field, never a traceback or a silent default.
     """
     from edgekit.core.files import shown_path
-    from edgekit.graph import graph_dims
-    from edgekit.graph import graph_inputs, input_spec, output_classes
-    from edgekit.metadata import check_against_graph, validate_metadata
+    from edgekit.onnxfile.graph import graph_dims
+    from edgekit.onnxfile.graph import graph_inputs, input_spec, output_classes
+    from edgekit.onnxfile.metadata import check_against_graph, validate_metadata
 
     where = Path(shown_path(path))
     graph_input = input_spec(model_proto, where)  # one float (N, C, H, W) input, or BadInput

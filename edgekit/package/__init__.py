@@ -21,17 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from edgekit.artifact import model_files, sha256_file
+from edgekit.onnxfile.artifact import model_files, sha256_file
 from edgekit.bundle import BundleCheck, check_bundle, read_labels, this_cpu_for_check
 from edgekit.core.errors import BadInput, CheckFailed
-from edgekit.graph import output_classes, static_batch
+from edgekit.onnxfile.graph import output_classes, static_batch
 from edgekit.data.images import DEFAULT_CALIBRATION_DIR, scan_folder
 from edgekit.ondevice import BUNDLE_SCRIPTS, script_path
 from edgekit.ondevice import check as bundle_check
 from edgekit.onnxfile import OnnxFile
 from edgekit.openvino_runtime import openvino_golden_check
 from edgekit.ort_tools import mobile_usability
-from edgekit.outputs import commit_folder, stage_folder
+from edgekit.onnxfile.outputs import commit_folder, stage_folder
 from edgekit.package.folder import OVERHEAD_BUDGET, check_destination, default_bundle_dir, write_within_budget
 from edgekit.package.golden import DEFAULT_GOLDEN, MAX_GOLDEN, golden_inputs, golden_within_budget, reference_outputs
 from edgekit.package.manifest import (

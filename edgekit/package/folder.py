@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.artifact import EXPORTS_DIR
+from edgekit.onnxfile.artifact import EXPORTS_DIR
 from edgekit.core.errors import BadInput
 from edgekit.package.golden import GOLDEN_FILE, golden_within_budget, write_golden
 from edgekit.package.manifest import bundle_files, write_manifest

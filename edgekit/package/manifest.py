@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.artifact import sha256_file
+from edgekit.onnxfile.artifact import sha256_file
 from edgekit.bundle import BundleCheck
 from edgekit.judge.compare import Tolerance
-from edgekit.graph import graph_inputs
+from edgekit.onnxfile.graph import graph_inputs
 from edgekit.ondevice import check as bundle_check
 from edgekit.ort_tools import ORT_OPTIMIZATION_STYLE
 from edgekit.package.golden import GOLDEN_FILE

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from edgekit.artifact import (
+from edgekit.onnxfile.artifact import (
     artifact_bytes,
     derived_output,
     load_work_file,
@@ -25,7 +25,7 @@ from edgekit.data.images import DEFAULT_CALIBRATION_DIR
 from edgekit.judge.compare import REWRITE_TOLERANCE, OutputMetrics, compare_outputs
 from edgekit.core.errors import BadInput, CheckFailed, EnvironmentUnavailable, GateFailed, InvariantBroken, one_line
 from edgekit.core.knobs import with_knobs
-from edgekit.graph import is_quantized, static_batch
+from edgekit.onnxfile.graph import is_quantized, static_batch
 from edgekit.onnxfile import OnnxFile
 from edgekit.core.provenance import CpuInfo, library_versions
 from edgekit.quantize.options import DEFAULT_SAMPLES, QuantizeOptions
@@ -35,7 +35,7 @@ from edgekit.quantize.static import (
     CALIB_PERCENTILE, Coverage, check_quantized, int8_coverage, int8_weight_count, quantize_once, resolve_exclusions,
 )
 from edgekit.rewrites import batchnorm_as_depthwise
-from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
+from edgekit.onnxfile.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
 from edgekit.judge.targets import KEEP_FLOAT_SESSION, Int8Judgement, Recipe, judge_int8, resolve_recipe, session_config_for
 
 __all__ = ["quantize", "QuantizeOptions", "QuantizeResult", "batchnorm_as_depthwise", "is_quantized", "DEFAULT_SAMPLES"]
@@ -128,7 +128,7 @@ def quantize(
     preprocessing = source.preprocessing()
     labelled = None
     if dataset is not None:
-        from edgekit.graph import output_classes
+        from edgekit.onnxfile.graph import output_classes
 
         stage("labelled dataset")
         labelled = load_labelled(Path(dataset), preprocessing, output_classes(model) or (metadata or {}).get("num_classes"))

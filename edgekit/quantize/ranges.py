@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.artifact import write_atomic
+from edgekit.onnxfile.artifact import write_atomic
 from edgekit.core.files import sha256_file
 
 WORK_NAME = "calibration-ranges.json"

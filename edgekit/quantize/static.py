@@ -16,7 +16,7 @@ import numpy as np
 
 from edgekit.core.errors import BadInput, CheckFailed, InvariantBroken, one_line
 from edgekit.runners import padded_batches
-from edgekit.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
+from edgekit.onnxfile.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
 from edgekit.judge.targets import Recipe
 
 CALIB_PERCENTILE = 99.999  # the percentile calibrator's cut (ORT's CalibPercentile)
@@ -104,7 +104,7 @@ def int8_weight_count(model_or_path) -> int:
     """8-bit weight initializers (rank >= 2) of an ONNX model or file."""
     from onnx import TensorProto
 
-    from edgekit.artifact import load_work_file
+    from edgekit.onnxfile.artifact import load_work_file
 
     model = load_work_file(model_or_path) if isinstance(model_or_path, Path) else model_or_path
     return sum(1 for t in model.graph.initializer if t.data_type in (TensorProto.INT8, TensorProto.UINT8) and len(t.dims) >= 2)
@@ -136,7 +136,7 @@ def int8_coverage(path: Path, workdir: Path, session_config: dict[str, str] | No
 
     optimized = workdir / "ort-optimized.onnx"
     create_session(path, "cpu", optimized_model_path=optimized, session_config=session_config or None)
-    from edgekit.artifact import load_work_file
+    from edgekit.onnxfile.artifact import load_work_file
 
     ops = Counter(n.op_type for n in load_work_file(optimized, external_data=False).graph.node)
     int8 = {op: sum(ops[k] for k in kinds) for op, kinds in INT8_KERNELS.items()}

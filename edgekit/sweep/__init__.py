@@ -67,7 +67,7 @@ def normalized(spec: SweepSpec) -> SweepSpec:
 def run_sweep(spec: SweepSpec, out: Path, *, address: str | None = None, workers: int | None = None,
               on_stage: Callable[[str], None] | None = None, on_row: Callable[[Row, dict], None] | None = None
               ) -> SweepOutcome:
-    from edgekit.artifact import refuse_folder_holding_inputs, register_input
+    from edgekit.onnxfile.artifact import refuse_folder_holding_inputs, register_input
     from edgekit.core.provenance import this_cpu
     from edgekit.sweep import engine, plan
 
@@ -92,7 +92,7 @@ def run_sweep(spec: SweepSpec, out: Path, *, address: str | None = None, workers
     notes = list(inputs.notes)
     jobs = out / "jobs"
     jobs.mkdir(exist_ok=True)
-    from edgekit.artifact import write_text_atomic
+    from edgekit.onnxfile.artifact import write_text_atomic
 
     write_text_atomic(out / "sweep.yaml", _yaml(spec.for_file()))
     fp32 = {p.name: read_entry(jobs / f"{plan.fp32_key(p, inputs, cpu.kind())}.json") for p in plans}

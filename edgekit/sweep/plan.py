@@ -111,7 +111,7 @@ def export_key(spec: SweepSpec, model: str) -> str:
 def plan_exports(spec: SweepSpec, folder: Path, staging: Path, on_stage) -> list[ModelPlan]:
     """One fp32 export per model: the one in `folder`/exports when its key still matches, else a new one made in
     `staging` (moved into the output folder by `commit_exports` once every input has been checked)."""
-    from edgekit.graph import output_classes
+    from edgekit.onnxfile.graph import output_classes
     from edgekit.onnxfile import OnnxFile
     from edgekit.data.preprocessing import Preprocessing
 
@@ -147,7 +147,7 @@ def check_classes(plans: list[ModelPlan], inputs: Inputs, dataset: Path) -> None
 
 def commit_exports(plans: list[ModelPlan], folder: Path) -> None:
     """Move the new exports into `folder`/exports, each with its key beside it."""
-    from edgekit.artifact import model_files, write_text_atomic
+    from edgekit.onnxfile.artifact import model_files, write_text_atomic
 
     (folder / "exports").mkdir(parents=True, exist_ok=True)
     for plan in plans:

@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edgekit.artifact import write_text_atomic
+from edgekit.onnxfile.artifact import write_text_atomic
 
 COLUMNS = ("model", "target", "method", "samples", "status", "fp32_top1", "int8_top1", "drop", "agreement",
            "int8_bytes", "size_ratio", "int8_p50_ms", "fp32_p50_ms", "speedup", "fp32_nodes", "ranges_cached",

@@ -155,7 +155,7 @@ def _top1(predictions: list[int], labels: list[int]) -> dict:
 
 
 def _save_fp32(out: Path, plan: ModelPlan, inputs: Inputs, cpu_kind: str, entry: dict) -> None:
-    from edgekit.artifact import write_text_atomic
+    from edgekit.onnxfile.artifact import write_text_atomic
 
     write_text_atomic(out / "jobs" / f"{fp32_key(plan, inputs, cpu_kind)}.json", json.dumps(entry) + "\n")
 

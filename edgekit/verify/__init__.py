@@ -18,10 +18,10 @@ from typing import Callable
 
 import numpy as np
 
-from edgekit.artifact import load_onnx, read_metadata, sha256_file
+from edgekit.onnxfile.artifact import load_onnx, read_metadata, sha256_file
 from edgekit.judge.compare import DEFAULT_TOLERANCES, NAN_ONLY, Tolerance, apply_noise_floor, compare_outputs, mismatched_output
 from edgekit.core.errors import BadInput, CheckFailed
-from edgekit.graph import precision_of
+from edgekit.onnxfile.graph import precision_of
 from edgekit.core.knobs import with_knobs
 from edgekit.models.reference import build_reference, plan_reference
 from edgekit.core.provenance import run_environment

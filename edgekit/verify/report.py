@@ -58,7 +58,7 @@ def _result(c: Comparison, m: OutputMetrics) -> str:
 
 
 def _size(path: Path) -> str:
-    from edgekit.artifact import artifact_bytes
+    from edgekit.onnxfile.artifact import artifact_bytes
 
     try:
         return f"{artifact_bytes(path) / 1e6:.1f} MB"
@@ -270,7 +270,7 @@ def report_paths(path: Path) -> tuple[Path, Path]:
 
 def write_reports(report: Report, path: Path) -> tuple[Path, Path]:
     """Write FILE.json (every number) and FILE.md (the summary) beside it, each atomically."""
-    from edgekit.outputs import write_text_atomic
+    from edgekit.onnxfile.outputs import write_text_atomic
 
     json_path, md_path = report_paths(path)
     write_text_atomic(json_path, to_json(report))

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from edgekit.core.errors import BadInput
 from edgekit.core.limits import MAX_METADATA_CHARS
-from edgekit.metadata_schema import (  # noqa: F401  (the schema's public names, importable from here too)
+from edgekit.onnxfile.metadata_schema import (  # noqa: F401  (the schema's public names, importable from here too)
     FROM_REASON,
     MISSING,
     PRECISIONS,

@@ -1,4 +1,11 @@
-"""One ONNX file, opened once: the handle every stage takes instead of re-deriving the file's facts.
+"""One ONNX file and its graph facts. This module is `OnnxFile`: one ONNX file, opened once, the handle every stage
+takes instead of re-deriving the file's facts.
+
+The floor: artifact.py (the one place that reads and writes .onnx: validated load, staged atomic save), outputs.py
+(atomic writes of output files and folders), metadata.py and metadata_schema.py (the `edgekit` metadata, checked
+against the graph), graph.py (a file's input, precision, static batch), structure.py (op counts, MACs, grouped convs
+and concats, the same for PyTorch and ONNX). Submodules never import this __init__ (that would be a circle); it
+imports them, and core/, data/ and judge/ below it. Nothing else is re-exported here: import the submodule.
 
 `OnnxFile.open` loads and validates through artifact.load_onnx (the one reader of .onnx files), then reads what
 the stages ask of a file in one place: its edgekit metadata, input, precision, preprocessing, whether its weights
@@ -10,10 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit.artifact import load_onnx, read_metadata
+from edgekit.onnxfile.artifact import load_onnx, read_metadata
 from edgekit.judge.compare import Tolerance, gates_for, weights_are_trained
 from edgekit.core.errors import BadInput
-from edgekit.graph import InputSpec, input_spec, precision_of
+from edgekit.onnxfile.graph import InputSpec, input_spec, precision_of
 from edgekit.data.preprocessing import Preprocessing
 from edgekit.judge.targets import session_config_for
 

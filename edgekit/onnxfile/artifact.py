@@ -21,9 +21,9 @@ from typing import Any
 from edgekit.core.errors import BadInput, one_line
 from edgekit.core.files import NAME_MAX, check_name_lengths, check_readable_file, file_kind, open_regular, sha256_file, shown_path  # noqa: F401
 from edgekit.core.files import sweep_leftovers
-from edgekit.graph import graph_dims, graph_inputs, input_spec
-from edgekit.metadata import METADATA_KEY, check_against_graph, metadata_of
-from edgekit.outputs import (  # noqa: F401  (the writers below use some; all are importable from here)
+from edgekit.onnxfile.graph import graph_dims, graph_inputs, input_spec
+from edgekit.onnxfile.metadata import METADATA_KEY, check_against_graph, metadata_of
+from edgekit.onnxfile.outputs import (  # noqa: F401  (the writers below use some; all are importable from here)
     command_inputs,
     commit_folder,
     refuse_folder_holding_inputs,
