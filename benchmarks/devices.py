@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgekit.export import export
     from edgekit.core.provenance import this_cpu
     from edgekit.quantize import quantize
-    from edgekit.runners import run_onnx
+    from edgekit.runtimes.runners import run_onnx
     from edgekit.runtimes.devices import device_status
     from edgekit.judge.targets import exact_session_for
 

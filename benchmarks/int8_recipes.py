@@ -58,7 +58,7 @@ def measure_model(name: str, data: Path, weights: Path) -> dict:
     from edgekit.models.registry import get_spec
     from edgekit.data.preprocessing import Preprocessing
     from edgekit.quantize import quantize
-    from edgekit.runners import run_onnx, run_torch
+    from edgekit.runtimes.runners import run_onnx, run_torch
     from edgekit.judge.targets import EXACT_INT8_SESSION
 
     folder = WORK / name

@@ -67,7 +67,7 @@ def digits_accuracy(name: str, folder: Path) -> dict | None:
 
     from benchmarks import digits
     from edgekit.models.reference import build_model
-    from edgekit.runners import run_onnx
+    from edgekit.runtimes.runners import run_onnx
     from edgekit.models.registry import get_spec
 
     weights = CHECKPOINTS / f"{name}-digits.safetensors"
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         exported = made["exported"]
         log(f"{name}: quantize")
         q = run_quantize(made["fp32"])
-        from edgekit.openvino_runtime import openvino_available
+        from edgekit.runtimes.openvino_model import openvino_available
 
         runtimes = ["ort", "openvino"] if openvino_available() else ["ort"]
         log(f"{name}: bench (PyTorch eager, {' and '.join(runtimes)} fp32 and int8, interleaved)")

@@ -71,8 +71,8 @@ def activation_peak(model, inputs: np.ndarray, batch: int | None) -> ActivationP
     import onnx
     from onnx import TensorProto, helper
 
-    from edgekit.runners import run_batched
-    from edgekit.runtime import create_session
+    from edgekit.runtimes.runners import run_batched
+    from edgekit.runtimes.ort import create_session
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -248,8 +248,8 @@ def _convert_staged(
 ) -> ConvertResult:
     import onnx
 
-    from edgekit.runners import batch_sizes, run_onnx, run_session, run_torch
-    from edgekit.runtime import create_session
+    from edgekit.runtimes.runners import batch_sizes, run_onnx, run_session, run_torch
+    from edgekit.runtimes.ort import create_session
 
     notes: list[str] = []
     want_grouped = onnx_grouped_conv_count(model)

@@ -41,7 +41,7 @@ from edgekit.models.reference import build_model
 from edgekit.models.registry import DEFAULT_SEED, get_spec
 from edgekit.data.preprocessing import Preprocessing
 from edgekit.core.provenance import library_versions
-from edgekit.runners import run_onnx, run_torch
+from edgekit.runtimes.runners import run_onnx, run_torch
 from edgekit.onnxfile.structure import Structure, onnx_concat_count, onnx_grouped_conv_count, op_counts, torch_structure
 
 EXPORTERS = ("torchscript", "dynamo")
@@ -420,7 +420,7 @@ def _float64_outputs(model, inputs: np.ndarray) -> np.ndarray:
 
 def _check_dynamic_batch(path: Path, inputs: np.ndarray) -> None:
     """A dynamic batch axis must really accept batch 1 and batch 3."""
-    from edgekit.runtime import create_session
+    from edgekit.runtimes.ort import create_session
 
     session = create_session(path, "cpu")
     for n in (1, 3):

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.core.errors import BadInput, CheckFailed, one_line
-from edgekit.runtime import NO_SPIN
+from edgekit.runtimes.ort import NO_SPIN
 from edgekit.judge.targets import merge_session_configs
 
 # Kernels that compute in 8-bit integers (the point of a quantized file).
@@ -323,12 +323,12 @@ def profile_file(path, x: np.ndarray, *, threads: int | None = 2, runs: int = 20
                  session_config: dict[str, str] | None = None, statistic: str = "median") -> Profile:
     """Profile `path` in ONNX Runtime (CPU) on input `x`: one warm-up run plus `runs` measured ones.
 
-    The session comes from edgekit.runtime.create_session (provider checked); ORT writes its trace
+    The session comes from edgekit.runtimes.ort.create_session (provider checked); ORT writes its trace
     under runtime's profile prefix in the temp folder, and the trace is read and deleted before this
     returns, also when a run fails. The session runs with NO_SPIN (spinning off) plus
     `session_config`, or, when that is None, the options the file's metadata says it needs on
     every CPU (an int8 file with nodes kept in float: ORT must not quantize them again)."""
-    from edgekit.runtime import create_session
+    from edgekit.runtimes.ort import create_session
 
     path = Path(path)
     if runs < 1:
@@ -357,7 +357,7 @@ def profile_files(paths, x: np.ndarray, *, threads: int | None = 2, runs: int = 
     """Profile several files interleaved (A B C A B C ...), so that drift and other processes on a
     shared machine hit them alike: {str(path): Profile}. One warm-up run each, then `runs` rounds.
     `session_config` as in profile_file (None: each file's own recorded options)."""
-    from edgekit.runtime import create_session
+    from edgekit.runtimes.ort import create_session
 
     paths = [Path(p) for p in paths]
     if runs < 1:

@@ -64,7 +64,7 @@ def test_missing_file_is_exit_2(cli, tmp_path):
 
 
 def test_unavailable_provider_is_exit_3(cli, exported):
-    from edgekit.runtime import cuda_device_available
+    from edgekit.runtimes.ort import cuda_device_available
 
     if cuda_device_available():
         pytest.skip("a CUDA device is present: CUDA is available, nothing to refuse")
@@ -84,7 +84,7 @@ def test_static_batch_mismatch(cli, exported):
 
 @pytest.mark.cuda
 def test_cuda_is_timed_with_io_binding(exported):
-    from edgekit.runtime import cuda_device_available
+    from edgekit.runtimes.ort import cuda_device_available
 
     if not cuda_device_available():
         pytest.skip("no CUDA device on this machine (torch.cuda.is_available() is False)")
@@ -93,7 +93,7 @@ def test_cuda_is_timed_with_io_binding(exported):
 
 
 def test_runtimes_parse():
-    from edgekit.openvino_runtime import parse_runtimes
+    from edgekit.runtimes.openvino_model import parse_runtimes
 
     assert parse_runtimes(None) == ["ort"] and parse_runtimes("") == ["ort"]
     assert parse_runtimes("onnxruntime, ORT") == ["ort"]

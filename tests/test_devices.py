@@ -26,8 +26,8 @@ def _tiny_model(path):
 
 
 def test_the_emulated_session_computes_what_this_machine_computes(avx2, tmp_path):
-    from edgekit.runtime import create_session
-    from edgekit.runners import run_session
+    from edgekit.runtimes.ort import create_session
+    from edgekit.runtimes.runners import run_session
 
     model = _tiny_model(tmp_path / "tiny.onnx")
     x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
@@ -42,7 +42,7 @@ def test_the_emulated_session_computes_what_this_machine_computes(avx2, tmp_path
 
 
 def test_a_file_the_device_cannot_load_names_the_device(avx2, tmp_path):
-    from edgekit.runners import run_onnx
+    from edgekit.runtimes.runners import run_onnx
 
     if avx2.mode != "emulated":
         pytest.skip("this host is an AVX2 CPU without VNNI: x86-avx2 runs natively, nothing is emulated")

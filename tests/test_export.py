@@ -100,7 +100,7 @@ def test_opset_the_exporter_cannot_produce(cli, tmp_path):
 
 
 def test_dynamic_batch_runs_batch_1_and_3(tmp_path):
-    from edgekit.runtime import create_session
+    from edgekit.runtimes.ort import create_session
 
     result = export("textbook_densenet", input_size=SMALL, dynamic_batch=True, output=tmp_path / "d.onnx")
     session = create_session(result.path)
@@ -230,7 +230,7 @@ def test_weights_checkpoint_dict_and_safetensors(tmp_path):
     save_file({k: v.contiguous() for k, v in state.items()}, str(st))
     a = export("textbook_resnet18", input_size=SMALL, weights=ckpt, output=tmp_path / "a.onnx")
     b = export("textbook_resnet18", input_size=SMALL, weights=st, output=tmp_path / "b.onnx")
-    from edgekit.runners import run_onnx
+    from edgekit.runtimes.runners import run_onnx
 
     x = np.random.default_rng(0).standard_normal((2, 3, SMALL, SMALL)).astype(np.float32)
     np.testing.assert_allclose(run_onnx(a.path, x, 1), run_onnx(b.path, x, 1), atol=1e-5)

@@ -393,7 +393,7 @@ def test_profiling_traces_are_removed_when_a_session_is_collected(tmp_path, monk
     import gc
     import tempfile
 
-    from edgekit.runtime import create_session
+    from edgekit.runtimes.ort import create_session
     from tests.tiny_models import write_tiny
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
@@ -416,7 +416,7 @@ def test_profiling_traces_are_removed_at_exit(tmp_path):
 
     model = write_tiny(tmp_path / "m" / "m.onnx")
     script = (
-        "import sys, numpy as np\nfrom pathlib import Path\nfrom edgekit.runtime import create_session\n"
+        "import sys, numpy as np\nfrom pathlib import Path\nfrom edgekit.runtimes.ort import create_session\n"
         f"s = create_session(Path({str(model)!r}), 'cpu', enable_profiling=True)\n"
         "s.session.run(None, {'input': np.zeros((1, 3, 32, 32), np.float32)})\n"
         "sys.modules['__main__'].KEEP = s\n"  # still alive when the interpreter exits
@@ -430,7 +430,7 @@ def test_profiling_traces_are_removed_at_exit(tmp_path):
 def test_stale_profiling_traces_are_swept(tmp_path):
     import time
 
-    from edgekit.runtime import sweep_stale_profiles
+    from edgekit.runtimes.ort import sweep_stale_profiles
 
     old = time.time() - 7200
     dead = tmp_path / "edgekit-profile-99999999_2026-01-01_00-00-00.json"

@@ -14,9 +14,9 @@ pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install '
 from edgekit.data.images import load_image_folder
 from edgekit.judge.compare import DEFAULT_TOLERANCES, compare_outputs  # noqa: E402
 from edgekit.core.errors import BadInput  # noqa: E402
-from edgekit.openvino_runtime import OpenVinoModel, dominant_precision, openvino_available, precision_summary  # noqa: E402
+from edgekit.runtimes.openvino_model import OpenVinoModel, dominant_precision, openvino_available, precision_summary  # noqa: E402
 from edgekit.data.preprocessing import Preprocessing  # noqa: E402
-from edgekit.runners import run_batched, run_onnx  # noqa: E402
+from edgekit.runtimes.runners import run_batched, run_onnx  # noqa: E402
 from tests.conftest import CALIBRATION  # noqa: E402
 
 INT8_LAYERS = {"u8", "i8"}

@@ -28,7 +28,7 @@ def test_each_recipe_quantizes_and_keeps_grouped_convs(target, exported, tmp_pat
         assert 0 < result.coverage.int8["Conv"] <= result.coverage.total["Conv"]
     assert result.size_ratio > 3.0
     assert read_metadata(model)["recipe"]["target"] == target
-    from edgekit.runtime import create_session
+    from edgekit.runtimes.ort import create_session
 
     session = create_session(result.path)
     out = session.run({"input": np.zeros((1, 3, 64, 64), np.float32)})[0]
@@ -47,7 +47,7 @@ def test_batchnorm_rewrite_is_exact_in_float():
     from onnx import TensorProto, helper, numpy_helper
 
     from edgekit.quantize import batchnorm_as_depthwise
-    from edgekit.runtime import create_session
+    from edgekit.runtimes.ort import create_session
 
     rng = np.random.default_rng(0)
     c = 6

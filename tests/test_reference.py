@@ -9,7 +9,7 @@ import pytest
 from edgekit.onnxfile.artifact import read_metadata
 from edgekit.core.errors import BadInput
 from edgekit.models.reference import plan_reference, rebuild_reference
-from edgekit.runners import run_onnx, run_torch
+from edgekit.runtimes.runners import run_onnx, run_torch
 from tests.conftest import CALIBRATION
 
 

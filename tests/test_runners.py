@@ -1,10 +1,10 @@
-"""runners.py: one batching rule, the ORT runner and the PyTorch runner."""
+"""runtimes/runners.py: one batching rule, the ORT runner and the PyTorch runner."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from edgekit.runners import padded_batches, run_batched, run_onnx, run_torch
+from edgekit.runtimes.runners import padded_batches, run_batched, run_onnx, run_torch
 from tests.tiny_models import tiny_model
 
 

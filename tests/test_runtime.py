@@ -1,4 +1,4 @@
-"""runtime.py: provider names, no silent fallback, node placement from ORT profiling, input checks."""
+"""runtimes/ort.py: provider names, no silent fallback, node placement from ORT profiling, input checks."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.core.errors import BadInput, ProviderUnavailable
-from edgekit.runtime import (
+from edgekit.runtimes.ort import (
     PROVIDERS,
     Session,
     check_inputs,

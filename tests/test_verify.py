@@ -14,7 +14,7 @@ from onnx import numpy_helper
 
 from edgekit.onnxfile.artifact import read_metadata, write_metadata
 from edgekit.core.errors import SaturationFailed
-from edgekit.runtime import cuda_device_available
+from edgekit.runtimes.ort import cuda_device_available
 from tests.conftest import SMALL, files_in
 
 MODEL = "textbook_densenet"  # the cheapest reference to rebuild; has Conv, Concat, BatchNorm, Gemm
@@ -163,16 +163,16 @@ def test_cuda_that_cannot_start_is_exit_3(cli, fp32):
 def test_allow_fallback_passes_and_says_it_ran_on_cpu(cli, fp32, tmp_path, monkeypatch):
     if cuda_device_available():
         pytest.skip("a CUDA device is visible: CUDA would not fall back")
-    import edgekit.runtime
+    import edgekit.runtimes.ort
 
     asked = {}
-    real = edgekit.runtime.create_session
+    real = edgekit.runtimes.ort.create_session
 
     def recording(model, provider="cpu", **kwargs):
         asked[provider] = kwargs
         return real(model, provider, **kwargs)
 
-    monkeypatch.setattr(edgekit.runtime, "create_session", recording)
+    monkeypatch.setattr(edgekit.runtimes.ort, "create_session", recording)
     res = cli("verify", fp32, "--providers", "cpu,cuda", "--allow-fallback", "--report", tmp_path / "f.json")
     assert res.exit_code == 0, res.stderr
     # fp32 means fp32 on the GPU too: ORT's CUDA provider would use TF32 convolutions by default
@@ -397,7 +397,7 @@ def _labelled_by(model_path: Path, images: Path, dst: Path) -> Path:
 
     from edgekit.data.images import decode_image
     from edgekit.data.preprocessing import Preprocessing
-    from edgekit.runtime import create_session
+    from edgekit.runtimes.ort import create_session
 
     preprocessing = Preprocessing.from_dict(read_metadata(onnx.load(str(model_path)))["preprocessing"])
     session = create_session(model_path)
@@ -608,7 +608,7 @@ def test_real_saturation_on_a_cpu_without_vnni(vnni_int8, avx2):
     # session.x64quantprecision=1 computes exactly what a CPU with exact accumulation computes.
     from edgekit.judge.compare import DEFAULT_TOLERANCES, compare_outputs
     from edgekit.core.provenance import this_cpu
-    from edgekit.runners import run_onnx
+    from edgekit.runtimes.runners import run_onnx
     from edgekit.judge.targets import EXACT_INT8_SESSION
 
     x = np.random.default_rng(0).standard_normal((4, 3, SMALL, SMALL)).astype(np.float32) * 0.5

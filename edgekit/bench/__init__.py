@@ -138,8 +138,8 @@ def bench(
 ) -> BenchReport:
     """Time every file in every runtime (x provider for ONNX Runtime), interleaved in one round-robin;
     ratios against the first file, or PyTorch with `with_torch`. `runtimes`: ort (default), openvino."""
-    from edgekit.openvino_runtime import parse_runtimes
-    from edgekit.runtime import parse_providers
+    from edgekit.runtimes.openvino_model import parse_runtimes
+    from edgekit.runtimes.ort import parse_providers
 
     if not files:
         raise BadInput("no ONNX files to benchmark", hint="edgekit bench FILE.onnx [FILE.onnx ...]")
@@ -257,7 +257,7 @@ def _runtime_versions(runtimes: list[str]) -> dict[str, str]:
 
     versions = {"onnxruntime": onnxruntime.__version__}
     if "openvino" in runtimes:
-        from edgekit.openvino_runtime import openvino_version
+        from edgekit.runtimes.openvino_model import openvino_version
 
         versions["openvino"] = openvino_version() or "unknown"
     return versions
@@ -266,7 +266,7 @@ def _runtime_versions(runtimes: list[str]) -> dict[str, str]:
 def _runtime_notes(runtimes: list[str]) -> list[str]:
     if "openvino" not in runtimes:
         return []
-    from edgekit.openvino_runtime import DEFAULT_PRECISION_HINT, default_precision_hint
+    from edgekit.runtimes.openvino_model import DEFAULT_PRECISION_HINT, default_precision_hint
 
     own = default_precision_hint()
     notes = [

@@ -113,7 +113,7 @@ def _onnx_candidates(
     file that this CPU's default kernels can saturate is timed a second time with exact accumulation
     (targets.exact_session_for: x64quantprecision=1, or s8s8 as written), so the safe option's cost is measured."""
     from edgekit.core.provenance import this_cpu
-    from edgekit.runtime import NO_SPIN, create_session, cuda_device_available
+    from edgekit.runtimes.ort import NO_SPIN, create_session, cuda_device_available
     from edgekit.judge.targets import exact_session_for, kernels_label, merge_session_configs, saturates_on, session_config_for
 
     file_config = session_config_for(recipe)

@@ -81,7 +81,7 @@ def this_cpu_for_check() -> dict:
 def _edgekit_session(path: Path, provider: str, config: dict):
     """check.py's session factory, made with edgekit's create_session (no silent provider fallback)."""
     from edgekit.ondevice import check as bundle_check
-    from edgekit.runtime import PROVIDERS, create_session
+    from edgekit.runtimes.ort import PROVIDERS, create_session
 
     short = next((k for k, v in PROVIDERS.items() if v == provider), None)
     if short is None:
@@ -101,7 +101,7 @@ def check_bundle(folder: Path, providers: list[str] | None = None, apply_session
     check is returned (passed False, exit_code 1), not raised: the caller decides."""
     from edgekit.ondevice import check as bundle_check
     from edgekit.ondevice import metrics as bundle_metrics
-    from edgekit.runtime import PROVIDERS
+    from edgekit.runtimes.ort import PROVIDERS
 
     folder = Path(folder)
     if not folder.is_dir():

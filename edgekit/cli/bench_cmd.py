@@ -96,7 +96,7 @@ def bench_command(
 
 
 def render_bench(result) -> None:
-    from edgekit.openvino_runtime import precision_summary
+    from edgekit.runtimes.openvino_model import precision_summary
 
     m = result.machine
     table = Table(

@@ -153,7 +153,7 @@ def _verify_bundle(folder: Path, providers: str | None, report: Path | None, jso
     bundle's own check.py run inside that (emulated) device, as the board runs it."""
     from edgekit.bundle import check_bundle, check_bundle_on_device
     from edgekit.core.errors import BadInput, BundleTampered, GateFailed
-    from edgekit.runtime import parse_providers
+    from edgekit.runtimes.ort import parse_providers
 
     if device not in (None, "host"):
         if providers is not None and parse_providers(providers) != ["cpu"]:

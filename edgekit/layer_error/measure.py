@@ -46,7 +46,7 @@ from edgekit.layer_error.report import (
     sqnr_db,
 )
 from edgekit.layer_error.graphs import _Graphs
-from edgekit.runners import padded_batches
+from edgekit.runtimes.runners import padded_batches
 
 DYNAMIC_BATCH = 8  # samples per run when the batch axis is dynamic
 DEFAULT_MAX_BYTES = 1 << 30  # saved tensors held at once (the three runs of one round together)

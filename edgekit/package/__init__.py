@@ -29,7 +29,7 @@ from edgekit.data.images import DEFAULT_CALIBRATION_DIR, scan_folder
 from edgekit.ondevice import BUNDLE_SCRIPTS, script_path
 from edgekit.ondevice import check as bundle_check
 from edgekit.onnxfile import OnnxFile
-from edgekit.openvino_runtime import openvino_golden_check
+from edgekit.runtimes.openvino_model import openvino_golden_check
 from edgekit.ort_tools import mobile_usability
 from edgekit.onnxfile.outputs import commit_folder, stage_folder
 from edgekit.package.folder import OVERHEAD_BUDGET, check_destination, default_bundle_dir, write_within_budget
@@ -161,7 +161,7 @@ def package(
             reference = reference_outputs(model_path, model, meta, inputs)
             here_config, _ = bundle_check.session_options_for({"session_options": session_options}, cpu)
             stage("ONNX Runtime on this machine")
-            from edgekit.runners import run_onnx
+            from edgekit.runtimes.runners import run_onnx
 
             ort_outputs = run_onnx(staged / onnx_name, inputs, static_batch(model), here_config or None)
 

@@ -72,7 +72,7 @@ def _golden_pixels(files: list[Path], pre: Preprocessing, want: int) -> tuple[np
 def reference_outputs(model_path: Path, model, meta: dict, inputs: np.ndarray) -> np.ndarray:
     """PyTorch fp32 outputs of the model the file came from (an int8/fp16 file: its fp32 ancestor)."""
     from edgekit.models.reference import rebuild_reference
-    from edgekit.runners import run_torch
+    from edgekit.runtimes.runners import run_torch
 
     try:
         torch_model, _plan = rebuild_reference(model_path, model, meta)

@@ -160,7 +160,7 @@ def _quantize_staged(
     notes: list[str] = []
     # A graph ONNX Runtime cannot run (an operator it does not know) is the user's input: say so in one line
     # now, before ORT's pre-processing prints its traceback and fails with a misleading one.
-    from edgekit.runtime import create_session
+    from edgekit.runtimes.ort import create_session
 
     create_session(model_path, "cpu", optimization="none")
     stage("calibration set")
@@ -191,7 +191,7 @@ def _quantize_staged(
     added_depthwise = bn_rewritten + len(rewrites["avgpool_as_depthwise"])  # new grouped convs, not the model's
     if any(rewrites.values()):
         # the rewritten graph must still compute the same thing, to float rounding
-        from edgekit.runners import run_onnx
+        from edgekit.runtimes.runners import run_onnx
 
         probe = calib.holdout[: min(4, len(calib.holdout))]
         before = run_onnx(pre, probe, batch)

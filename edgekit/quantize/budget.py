@@ -18,7 +18,7 @@ import numpy as np
 
 from edgekit.judge.compare import OutputMetrics, Tolerance, compare_outputs
 from edgekit.core.errors import BadInput
-from edgekit.runners import run_onnx
+from edgekit.runtimes.runners import run_onnx
 
 MAX_TRIALS = 12  # quantize_static runs the fallback may make (each recalibrates)
 
@@ -198,7 +198,7 @@ def interleaved_p50_ms(
     paths: dict[str, Path], x: np.ndarray, configs: dict[str, dict[str, str]] | None = None, rounds: int = 15
 ) -> dict[str, float]:
     """p50 latency of each file at batch len(x), CPU, no thread spinning, interleaved A B C A B C ..."""
-    from edgekit.runtime import create_session
+    from edgekit.runtimes.ort import create_session
 
     no_spin = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
     sessions = {label: create_session(path, "cpu", session_config={**no_spin, **(configs or {}).get(label, {})})

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from edgekit.core.errors import BadInput, CheckFailed, InvariantBroken, one_line
-from edgekit.runners import padded_batches
+from edgekit.runtimes.runners import padded_batches
 from edgekit.onnxfile.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
 from edgekit.judge.targets import Recipe
 
@@ -132,7 +132,7 @@ def check_quantized(quantized, parent_name: str, want_grouped: int, want_concats
 def int8_coverage(path: Path, workdir: Path, session_config: dict[str, str] | None = None) -> tuple[Coverage, dict[str, int]]:
     """Run ORT's own optimisation (as a session with the file's own session options does) and count
     what executes in int8."""
-    from edgekit.runtime import create_session
+    from edgekit.runtimes.ort import create_session
 
     optimized = workdir / "ort-optimized.onnx"
     create_session(path, "cpu", optimized_model_path=optimized, session_config=session_config or None)

@@ -1,4 +1,4 @@
-"""OpenVINO's runner on the CPU (runtimes/runner.py's interface), over openvino_runtime.OpenVinoModel: the file
+"""OpenVINO's runner on the CPU (runtimes/runner.py's interface), over openvino_model.OpenVinoModel: the file
 compiled once per batch size, its outputs on a batch, a reusable timed call, and the precisions its compiled
 graph really ran in."""
 
@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgekit.openvino_runtime import OpenVinoModel, precision_summary
+from edgekit.runtimes.openvino_model import OpenVinoModel, precision_summary
 
 
 @dataclass

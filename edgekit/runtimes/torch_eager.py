@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from edgekit.runners import no_tf32, run_torch
+from edgekit.runtimes.runners import no_tf32, run_torch
 
 
 @dataclass

@@ -22,7 +22,7 @@ TASK_RETRIES = 2  # a worker that dies: its task runs again on a new worker, twi
 def require_ray():
     """Ray, or exit 3 with how to get it. Its C++ core's warnings at import (no route out of a network namespace,
     ...) are kept off the user's stderr."""
-    from edgekit.runtime import captured_stderr
+    from edgekit.runtimes.ort import captured_stderr
 
     try:
         with captured_stderr():
@@ -53,7 +53,7 @@ def start(address: str | None, workers: int | None) -> Cluster:
     if workers is not None and not 1 <= workers <= 1024:
         raise BadInput(f"--workers must be 1 to 1024, got {workers}")
     quiet = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False}
-    from edgekit.runtime import captured_stderr
+    from edgekit.runtimes.ort import captured_stderr
 
     log: list[str] = []
     try:

@@ -67,8 +67,8 @@ def predict_shard(model_file: str, items: list[str], preprocessing: dict, sessio
     """Top-1 class of each image of `items` (-1 where it cannot be decoded)."""
     from edgekit.data.images import decode_image
     from edgekit.data.preprocessing import Preprocessing
-    from edgekit.runners import batch_sizes, run_session
-    from edgekit.runtime import NO_SPIN, create_session
+    from edgekit.runtimes.runners import batch_sizes, run_session
+    from edgekit.runtimes.ort import NO_SPIN, create_session
 
     _maybe_fault(name)
     prep = Preprocessing.from_dict(preprocessing)

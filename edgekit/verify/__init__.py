@@ -26,7 +26,7 @@ from edgekit.core.knobs import with_knobs
 from edgekit.models.reference import build_reference, plan_reference
 from edgekit.core.provenance import run_environment
 from edgekit.runtimes.devices import cpu_of
-from edgekit.runners import REFERENCE_BATCH, batch_sizes, input_dtype, run_session, run_torch
+from edgekit.runtimes.runners import REFERENCE_BATCH, batch_sizes, input_dtype, run_session, run_torch
 from edgekit.judge.targets import (
     TARGETS,
     exact_session_for,
@@ -149,7 +149,7 @@ def _openvino_rows(
 ) -> list[Comparison]:
     """OpenVINO on the CPU, same file, inputs, reference and gates as ORT (int8 gated against PyTorch, not
     against ORT: the two engines round at different points); the rows say what OpenVINO executed."""
-    from edgekit.runners import run_batched
+    from edgekit.runtimes.runners import run_batched
     from edgekit.runtimes.openvino import OpenVinoRunner
 
     rows = []
@@ -199,7 +199,7 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
     o = with_knobs(VerifyOptions, options, knobs)
     device = o.device
     from edgekit.judge.compare import gates_for, weights_are_trained
-    from edgekit.runtime import check_inputs, create_session, cuda_device_available, parse_providers
+    from edgekit.runtimes.ort import check_inputs, create_session, cuda_device_available, parse_providers
 
     on_stage = on_stage or (lambda _s: None)
     started = time.perf_counter()
@@ -215,7 +215,7 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
     if o.target is not None and (o.target == "auto" or o.target not in TARGETS):
         raise BadInput(f"unknown --target {o.target!r}", hint=f"use one of {', '.join(t for t in TARGETS if t != 'auto')}")
 
-    from edgekit.openvino_runtime import parse_runtimes
+    from edgekit.runtimes.openvino_model import parse_runtimes
 
     runtime_names = parse_runtimes(o.runtimes)  # exit 3 now when openvino is asked for and absent
     if device in ("host", ""):

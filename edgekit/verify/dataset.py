@@ -13,7 +13,7 @@ from edgekit.core.files import shown_path
 from edgekit.data.images import decode_image, pick_samples, scan_image_folder, skipped_note
 from edgekit.core.errors import BadInput
 from edgekit.data.preprocessing import Preprocessing
-from edgekit.runners import batch_sizes, run_session, run_torch
+from edgekit.runtimes.runners import batch_sizes, run_session, run_torch
 from edgekit.verify.results import DatasetAccuracy, ProviderAccuracy
 
 DATASET_CHUNK = 64  # --dataset images are decoded and run this many at a time

@@ -62,7 +62,7 @@ def run_onnx(
 ) -> np.ndarray:
     """The first output of an ONNX file (or ModelProto, or bytes) on the CPU provider (of `device`: see
     runtime.create_session)."""
-    from edgekit.runtime import create_session
+    from edgekit.runtimes.ort import create_session
 
     if not isinstance(model, (Path, bytes)):
         model = model.SerializeToString()

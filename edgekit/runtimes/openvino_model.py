@@ -316,7 +316,7 @@ def openvino_golden_check(path: Path, inputs, reference, tolerance, batch: int |
     """The bundle's model in OpenVINO on this CPU against the same reference and gates (recorded in the
     manifest: which runtimes passed); {"available": False} without the optional extra."""
     from edgekit.judge.compare import compare_outputs
-    from edgekit.runners import run_batched
+    from edgekit.runtimes.runners import run_batched
 
     if not openvino_available():
         return {"available": False, "reason": "OpenVINO is not installed (pip install 'edgekit[openvino]')"}
