@@ -13,9 +13,8 @@ import numpy as np
 
 from edgekit.core.errors import BadInput
 
-if TYPE_CHECKING:  # annotations only: plotting imports neither the measurement nor the profiler
+if TYPE_CHECKING:  # annotations only: plotting does not import the measurement
     from edgekit.layer_error import LayerReport
-    from edgekit.profile import Profile
 
 PLOT_LABELS = 3  # the worst activations labelled on the per-layer plot
 
@@ -60,11 +59,12 @@ def plot_layer_errors(report: LayerReport, png_path: Path, title: str) -> Path:
     return write_atomic(png_path, lambda f: figure.savefig(f, format="png"))
 
 
-def plot_profiles(profiles: dict[str, Profile], png, *, top_ops: int = 12, by: str = "op") -> Path:
+def plot_profiles(profiles: dict, png, *, top_ops: int = 12, by: str = "op") -> Path:
     """A PNG of ms per run per op type (`by="op"`) or per role (`by="role"`: conv, concat, convert,
     layout ..., where fp32 Conv and int8 QLinearConv share a group): one group of bars per op type
     (the `top_ops` largest, the rest as "(other)"), one bar per file, side by side in the order of
-    `profiles`. Returns the path."""
+    `profiles`. Returns the path. `profiles`: label -> bench.profile.Profile (not imported: the profiler belongs to
+    the bench stage, above this floor)."""
     # the object API with the Agg canvas: no pyplot, no global backend switch, no display needed
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -75,7 +75,7 @@ def plot_profiles(profiles: dict[str, Profile], png, *, top_ops: int = 12, by: s
         raise BadInput(f"by must be op or role, got {by!r}")
     png = Path(png)
 
-    def times(p: Profile) -> dict[str, float]:
+    def times(p) -> dict[str, float]:
         return {o.op_type: o.ms for o in p.ops} if by == "op" else p.by_role()
 
     totals: dict[str, float] = defaultdict(float)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgekit.calibration import build_calibration_set
+from edgekit.quantize.calibration import build_calibration_set
 from edgekit.data.images import DEFAULT_CALIBRATION_DIR, load_image_folder, pick_samples
 from edgekit.data.preprocessing import Preprocessing, to_rgb
 from edgekit.data.tensors import load_tensor_file

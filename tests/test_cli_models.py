@@ -10,7 +10,7 @@ def test_models_table_lists_measured_facts(cli):
 
 
 def test_models_facts_match_published_numbers():
-    from edgekit.zoo import describe_models
+    from edgekit.models.zoo import describe_models
 
     facts = {f.name: f for f in describe_models()}
     # field-notes: torchvision at 224x224
@@ -37,7 +37,7 @@ def test_summary_unknown_model(cli):
 def test_model_facts_are_measured_once_and_cached_by_what_they_depend_on(tmp_path, monkeypatch):
     # `edgekit models` in under a second after the first run: the cache holds exactly what a fresh measurement
     # gives, is keyed by torch/torchvision and the model sources, and a damaged one is measured again
-    import edgekit.zoo as zoo
+    import edgekit.models.zoo as zoo
 
     monkeypatch.setenv("EDGEKIT_CACHE_DIR", str(tmp_path))
     fresh = zoo.describe_models()

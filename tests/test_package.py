@@ -221,7 +221,7 @@ def test_an_8_bit_bundle_checked_on_an_avx2_cpu_passes_with_its_session_option(i
 def test_an_ort_that_computes_differently_from_the_onnx_fails(int8_bundle, avx2, tmp_path):
     # The bundle issue 18 found: an 8-bit file's .ort beside its .onnx. On an AVX2 CPU the .onnx gets
     # x64quantprecision=1 and the .ort cannot; check.py must FAIL it, whatever the loose random-weight gates say.
-    from edgekit.ort_tools import convert_to_ort
+    from edgekit.package.ort_tools import convert_to_ort
 
     bundle = clone(int8_bundle.folder, tmp_path / "b", copy=("manifest.json",))
     manifest = json.loads((bundle / "manifest.json").read_text())

@@ -1,4 +1,4 @@
-"""edgekit.profile: ORT's per-node profile of a tiny fp32 model and its int8 QDQ version, summarised.
+"""edgekit.bench.profile: ORT's per-node profile of a tiny fp32 model and its int8 QDQ version, summarised.
 
 No timing assertions: only what the trace must contain and how it is classified."""
 
@@ -87,7 +87,7 @@ def isolated_tmp(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def profiles(tiny_pair, tmp_path_factory):
-    from edgekit.profile import profile_file
+    from edgekit.bench.profile import profile_file
 
     x = np.random.default_rng(2).normal(size=SHAPE).astype(np.float32)
     fp32, int8 = tiny_pair
@@ -134,7 +134,7 @@ def test_to_dict_is_strict_json(profiles):
 
 
 def test_compare_has_the_op_types_of_both(profiles):
-    from edgekit.profile import compare_profiles
+    from edgekit.bench.profile import compare_profiles
     from edgekit.core.serialize import to_json
 
     fp32, int8 = profiles
@@ -159,7 +159,7 @@ def test_plot_writes_png(profiles, tmp_path):
 
 
 def test_no_trace_left_in_temp_or_cwd(tiny_pair, isolated_tmp):
-    from edgekit.profile import profile_file
+    from edgekit.bench.profile import profile_file
 
     tmp, cwd = isolated_tmp
     x = np.zeros(SHAPE, np.float32)
@@ -169,7 +169,7 @@ def test_no_trace_left_in_temp_or_cwd(tiny_pair, isolated_tmp):
 
 def test_failed_run_leaves_no_trace(tiny_pair, isolated_tmp):
     from edgekit.core.errors import BadInput
-    from edgekit.profile import profile_file
+    from edgekit.bench.profile import profile_file
 
     tmp, cwd = isolated_tmp
     with pytest.raises(BadInput):
@@ -179,7 +179,7 @@ def test_failed_run_leaves_no_trace(tiny_pair, isolated_tmp):
 
 def test_summarise_skips_warmup_and_needs_a_measured_run():
     from edgekit.core.errors import CheckFailed
-    from edgekit.profile import summarise_trace
+    from edgekit.bench.profile import summarise_trace
 
     def node(name, op, ts, dur, dtype="float"):
         return {"cat": "Node", "name": f"{name}_kernel_time", "ts": ts, "dur": dur,
@@ -209,7 +209,7 @@ def test_summarise_skips_warmup_and_needs_a_measured_run():
 
 def test_profile_files_interleaves_and_cleans_up(tiny_pair, isolated_tmp):
     from edgekit.core.errors import BadInput
-    from edgekit.profile import profile_files
+    from edgekit.bench.profile import profile_files
 
     tmp, cwd = isolated_tmp
     x = np.zeros(SHAPE, np.float32)

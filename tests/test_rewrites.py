@@ -1,4 +1,4 @@
-"""edgekit.rewrites: each rewrite computes the same function in float (ONNX Runtime, random inputs,
+"""edgekit.quantize.rewrites: each rewrite computes the same function in float (ONNX Runtime, random inputs,
 atol 1e-4) and keeps the grouped-conv and Concat counts."""
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def test_merge_conv_groups_is_exact_in_float_and_keeps_the_counts(build):
 
     import onnx
 
-    from edgekit.rewrites import merge_conv_groups
+    from edgekit.quantize.rewrites import merge_conv_groups
     from edgekit.onnxfile.structure import onnx_concat_count, onnx_grouped_conv_count
 
     model = build()
@@ -150,7 +150,7 @@ def test_merge_conv_groups_is_exact_in_float_and_keeps_the_counts(build):
 
 
 def test_merge_conv_groups_picks_the_narrow_groups_only():
-    from edgekit.rewrites import merge_conv_groups
+    from edgekit.quantize.rewrites import merge_conv_groups
 
     model = resnext_like()
     records = {r["node"]: r for r in merge_conv_groups(model)}
@@ -173,7 +173,7 @@ def test_merge_conv_groups_picks_the_narrow_groups_only():
 
 
 def test_merge_conv_groups_never_makes_a_grouped_conv_dense():
-    from edgekit.rewrites import merge_conv_groups
+    from edgekit.quantize.rewrites import merge_conv_groups
 
     model = resnext_like()
     records = {r["node"]: r for r in merge_conv_groups(model, min_group_channels=1024)}
@@ -191,7 +191,7 @@ def test_merge_conv_groups_gives_the_same_int8_model(tmp_path):
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from edgekit.rewrites import merge_conv_groups
+    from edgekit.quantize.rewrites import merge_conv_groups
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -227,7 +227,7 @@ def test_batchnorm_as_depthwise_is_exact_in_float_and_keeps_the_counts():
 
     import onnx
 
-    from edgekit.rewrites import batchnorm_as_depthwise
+    from edgekit.quantize.rewrites import batchnorm_as_depthwise
     from edgekit.onnxfile.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
 
     model = densenet_like()
@@ -247,7 +247,7 @@ def test_avgpool_before_conv_is_exact_in_float_and_keeps_the_counts():
 
     import onnx
 
-    from edgekit.rewrites import avgpool_before_conv
+    from edgekit.quantize.rewrites import avgpool_before_conv
     from edgekit.onnxfile.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
 
     model = densenet_like()
@@ -273,7 +273,7 @@ def test_avgpool_as_depthwise_is_exact_in_float_and_adds_one_grouped_conv_each()
 
     import onnx
 
-    from edgekit.rewrites import avgpool_as_depthwise, avgpool_before_conv, batchnorm_as_depthwise
+    from edgekit.quantize.rewrites import avgpool_as_depthwise, avgpool_before_conv, batchnorm_as_depthwise
     from edgekit.onnxfile.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
 
     model = densenet_like()
@@ -305,7 +305,7 @@ def test_avgpool_rewrites_leave_other_pools_alone():
     import onnx
     from onnx import helper
 
-    import edgekit.rewrites as rewrites
+    import edgekit.quantize.rewrites as rewrites
 
     rng = np.random.default_rng(3)
     nodes, inits = [], []

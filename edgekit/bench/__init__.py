@@ -238,7 +238,7 @@ def _profile_into(report: BenchReport, files: list[Path], threads: int, batch: i
     """ORT's per-node profile of each file on the CPU, interleaved; each file compared with the first."""
     from edgekit.onnxfile.graph import input_spec
     from edgekit.onnxfile.artifact import load_onnx
-    from edgekit.profile import compare_profiles, profile_files
+    from edgekit.bench.profile import compare_profiles, profile_files
 
     spec = input_spec(load_onnx(files[0], check=False), files[0])
     x = np.random.default_rng(0).standard_normal([batch, *spec.chw]).astype(np.float32)

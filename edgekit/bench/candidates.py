@@ -48,7 +48,7 @@ def macs_for(meta: dict | None) -> int | None:
     """Multiply-accumulates per image of the model a file came from (None for a foreign file)."""
     if not meta or "model" not in meta or "input_size" not in meta:
         return None
-    from edgekit.zoo import model_macs
+    from edgekit.models.zoo import model_macs
 
     return model_macs(str(meta["model"]), int(meta.get("num_classes") or 0) or None, int(meta["input_size"]))
 

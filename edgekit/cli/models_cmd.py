@@ -16,7 +16,7 @@ from edgekit.cli.app import app, console, handle_errors, print_json
 def models_command(json_output: options.Json = False) -> None:
     """Registered models: family, params, GMACs at the default input size, grouped convs, concats."""
     from edgekit.models.registry import aliases
-    from edgekit.zoo import describe_models
+    from edgekit.models.zoo import describe_models
 
     rows = describe_models()
     alias_of: dict[str, list[str]] = {}
@@ -54,7 +54,7 @@ def summary_command(
 ) -> None:
     """The torchinfo layer table of a model (as the seed chapter shows for resnet18)."""
     from edgekit.models.registry import get_spec
-    from edgekit.zoo import layer_summary
+    from edgekit.models.zoo import layer_summary
 
     table = layer_summary(model, input_size=input_size, num_classes=num_classes, depth=depth)
     if json_output:

@@ -30,7 +30,7 @@ from edgekit.ondevice import BUNDLE_SCRIPTS, script_path
 from edgekit.ondevice import check as bundle_check
 from edgekit.onnxfile import OnnxFile
 from edgekit.runtimes.openvino_model import openvino_golden_check
-from edgekit.ort_tools import mobile_usability
+from edgekit.package.ort_tools import mobile_usability
 from edgekit.onnxfile.outputs import commit_folder, stage_folder
 from edgekit.package.folder import OVERHEAD_BUDGET, check_destination, default_bundle_dir, write_within_budget
 from edgekit.package.golden import DEFAULT_GOLDEN, MAX_GOLDEN, golden_inputs, golden_within_budget, reference_outputs

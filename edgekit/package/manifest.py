@@ -16,7 +16,7 @@ from edgekit.bundle import BundleCheck
 from edgekit.judge.compare import Tolerance
 from edgekit.onnxfile.graph import graph_inputs
 from edgekit.ondevice import check as bundle_check
-from edgekit.ort_tools import ORT_OPTIMIZATION_STYLE
+from edgekit.package.ort_tools import ORT_OPTIMIZATION_STYLE
 from edgekit.package.golden import GOLDEN_FILE
 from edgekit.package.ort_format import OPS_CONFIG, OrtFormat
 from edgekit.data.preprocessing import Preprocessing

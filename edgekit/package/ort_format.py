@@ -7,7 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit.ort_tools import convert_to_ort, ort_left_out_because, portable_ops_config
+from edgekit.package.ort_tools import convert_to_ort, ort_left_out_because, portable_ops_config
 from edgekit.judge.targets import ANY_CPU
 
 OPS_CONFIG = "required_operators.config"

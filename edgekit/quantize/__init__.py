@@ -20,7 +20,7 @@ from edgekit.onnxfile.artifact import (
     stage_output,
     write_metadata,
 )
-from edgekit.calibration import CalibrationSet, build_calibration_set
+from edgekit.quantize.calibration import CalibrationSet, build_calibration_set
 from edgekit.data.images import DEFAULT_CALIBRATION_DIR
 from edgekit.judge.compare import REWRITE_TOLERANCE, OutputMetrics, compare_outputs
 from edgekit.core.errors import BadInput, CheckFailed, EnvironmentUnavailable, GateFailed, InvariantBroken, one_line
@@ -34,7 +34,7 @@ from edgekit.quantize.ranges import ranges_entry
 from edgekit.quantize.static import (
     CALIB_PERCENTILE, Coverage, check_quantized, int8_coverage, int8_weight_count, quantize_once, resolve_exclusions,
 )
-from edgekit.rewrites import batchnorm_as_depthwise
+from edgekit.quantize.rewrites import batchnorm_as_depthwise
 from edgekit.onnxfile.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
 from edgekit.judge.targets import KEEP_FLOAT_SESSION, Int8Judgement, Recipe, judge_int8, resolve_recipe, session_config_for
 
@@ -337,7 +337,7 @@ def _first_measure(measure, full: Path, judgement: Int8Judgement, recipe: Recipe
 def apply_rewrites(model, recipe: Recipe) -> dict:
     """The recipe's graph rewrites on the pre-processed fp32 model, in order (see rewrites.py for each one's
     measured reason); returns what each did, for the metadata. The caller checks the function is unchanged."""
-    from edgekit.rewrites import avgpool_as_depthwise, avgpool_before_conv, merge_conv_groups
+    from edgekit.quantize.rewrites import avgpool_as_depthwise, avgpool_before_conv, merge_conv_groups
 
     done: dict = {"conv_groups_merged": [], "avgpool_before_conv": [], "avgpool_as_depthwise": []}
     if recipe.merge_conv_groups:

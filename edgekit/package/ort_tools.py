@@ -97,7 +97,7 @@ def mobile_usability(path: Path) -> tuple[dict, str]:
     """ORT Mobile usability (onnxruntime.tools.check_onnx_model_mobile_usability's checker): NNAPI and CoreML
     partitions, per EP, and the verdict; its log captured, never printed. ({'available': False, ...} when the
     tool cannot run here.)"""
-    logger = logging.getLogger("edgekit.ort_tools.mobile_usability")
+    logger = logging.getLogger("edgekit.package.ort_tools.mobile_usability")
     handler = _ListHandler()
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

@@ -52,7 +52,8 @@ def _facts_key() -> str:
 
     digest = hashlib.sha256(f"{version('torch')} {version('torchvision')}".encode())
     here = Path(__file__).resolve().parent
-    for path in [here / "models" / name for name in MODEL_SOURCES] + [here / "onnxfile" / "structure.py", Path(__file__).resolve()]:
+    sources = [here / name for name in MODEL_SOURCES] + [here.parent / "onnxfile" / "structure.py", Path(__file__).resolve()]
+    for path in sources:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:24]
 
