@@ -1,5 +1,6 @@
-"""The house: stages only orchestrate and never import each other; no import circle; no module over 450 lines
-outside the one that says why."""
+"""The house: every module lives on a floor and imports only from its own floor or below; stages only orchestrate
+and never import each other; the ground floor (core/) imports nothing of edgekit but itself and ondevice/; no import
+circle; no module over 450 lines outside the one that says why."""
 
 from __future__ import annotations
 
@@ -12,6 +13,22 @@ STAGES = {"export", "quantize", "verify", "bench", "package", "convert"}
 # Above the stages, like the CLI: a workflow runs several stages as a user would (sweep: export, then quantize and
 # judge each file), so it may import them; no stage and nothing of the engine imports a workflow.
 WORKFLOWS = {"sweep"}
+# The floors, bottom up: a module imports only from its own floor or a lower one (the stages, one floor, also never
+# import each other). The key is the first name under edgekit/ (a folder, or a module at the package root).
+FLOORS = [
+    {"ondevice", ""},  # what runs on the device (imports nothing of edgekit); "" is the package root (__version__)
+    {"core"},  # errors, limits, files, serialize, provenance, knobs
+    {"data"},  # images and preprocessing
+    {"judge"},  # comparison, gates, int8 recipes and how an int8 file is judged
+    {"onnxfile"},  # one ONNX file and its graph facts
+    {"runtimes", "models"},  # one runner per runtime; the model registry, families and facts
+    {"layer_error", "bundle"},  # per-layer int8 error; a bundle's host side
+    {"plots"},  # the PNGs
+    STAGES,
+    WORKFLOWS,
+    {"cli", "__main__"},
+]
+ENGINE = set().union(*FLOORS[1:8])
 
 
 def _imports(path: Path) -> set[str]:
@@ -55,16 +72,6 @@ def test_no_stage_imports_another_stage():
             if other is not None and other != mine:
                 crossings.append(f"{module} imports {imported}")
     assert not crossings, crossings
-
-
-def test_the_engine_imports_no_stage():
-    modules = _modules()
-    offenders = [
-        f"{m} imports {i}" for m, p in modules.items()
-        if _stage(m) is None and not m.startswith("edgekit.cli") and not _workflow(m)
-        for i in _imports(p) if _stage(i) is not None
-    ]
-    assert not offenders, offenders
 
 
 def _workflow(module: str) -> bool:
@@ -142,3 +149,62 @@ def test_onnx_files_are_read_in_one_place():
                     isinstance(node.value, ast.Name) and node.value.id == "onnx":
                 readers.add(module)
     assert readers == {"edgekit.onnxfile.artifact"}, readers
+
+
+def _floor(module: str) -> int | None:
+    parts = module.split(".")
+    room = parts[1] if len(parts) > 1 else ""
+    return next((n for n, floor in enumerate(FLOORS) if room in floor), None)
+
+
+def test_every_module_lives_on_a_floor():
+    # a new module goes into the folder of the floor it belongs to (README, "Where new things go"), not loose at
+    # the package root: the root holds only the stages export.py and convert.py, plots.py and __main__.py
+    homeless = sorted(m for m in _modules() if _floor(m) is None)
+    assert not homeless, homeless
+
+
+def test_no_import_runs_up_a_floor():
+    modules = _modules()
+    upward = [
+        f"{m} (floor {_floor(m)}) imports {i} (floor {_floor(i)})" for m, p in modules.items()
+        for i in _imports(p) if (_floor(i) or 0) > (_floor(m) or 0)
+    ]
+    assert not upward, upward
+
+
+def test_the_engine_imports_no_stage_and_no_workflow():
+    offenders = [
+        f"{m} imports {i}" for m, p in _modules().items() if m.split(".")[1:2] and m.split(".")[1] in ENGINE
+        for i in _imports(p) if _stage(i) is not None or _workflow(i)
+    ]
+    assert not offenders, offenders
+
+
+def test_the_ground_floor_imports_only_itself_and_ondevice():
+    # core/ (errors, limits, files, serialize, provenance, knobs) is what every floor may use: it imports nothing of
+    # edgekit but core/ and ondevice/ (and the package root, for __version__)
+    offenders = [
+        f"{m} imports {i}" for m, p in _modules().items() if m == "edgekit.core" or m.startswith("edgekit.core.")
+        for i in _imports(p)
+        if i != "edgekit" and not any(i == f"edgekit.{r}" or i.startswith(f"edgekit.{r}.") for r in ("core", "ondevice"))
+    ]
+    assert not offenders, offenders
+
+
+def test_a_folders_init_says_what_it_holds_and_reexports_nothing():
+    # importers use full paths (edgekit.onnxfile.artifact, edgekit.core.errors): an engine folder's __init__ is a
+    # docstring; onnxfile/__init__ is the OnnxFile module itself and imports its floor, re-exporting none of it
+    for room in ("core", "data", "judge", "runtimes"):
+        init = PACKAGE / room / "__init__.py"
+        tree = ast.parse(init.read_text())
+        assert ast.get_docstring(tree), f"{room}/__init__.py says nothing about what the floor holds"
+        assert not [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))], f"{room}/__init__.py imports"
+
+
+def test_no_flat_module_is_left_at_its_old_path():
+    # the regrouping (issue 19, "Rooms") left no compatibility shim behind
+    moved = {"artifact", "outputs", "metadata", "metadata_schema", "graph", "structure", "preprocessing", "images",
+             "tensors", "runtime", "runners", "openvino_runtime", "compare", "targets", "errors", "limits", "files",
+             "serialize", "provenance", "knobs", "calibration", "rewrites", "profile", "ort_tools", "zoo", "onnxfile"}
+    assert not [m for m in moved if (PACKAGE / f"{m}.py").exists()]
