@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 
 DIGITS := benchmarks/work/digits
 DIGITS_REF := benchmarks/reference/textbook_densenet-digits.safetensors
+DIGITS_REF2 := benchmarks/reference/textbook_resnext-digits.safetensors
 
 demo: setup
 	$(BIN)/edgekit export densenet --opset 17
@@ -26,6 +27,11 @@ demo: setup
 	$(BIN)/edgekit export textbook_densenet --weights $(DIGITS_REF) --input-size 32 --resize 32 --crop 32
 	$(BIN)/edgekit quantize exports/textbook_densenet.onnx --calibration $(DIGITS)/calib --dataset $(DIGITS)/calib --max-drop 0.5
 	$(BIN)/edgekit verify exports/textbook_densenet.int8.onnx --images $(DIGITS)/calib --dataset $(DIGITS)/test --random-inputs 0
+	@echo "--- a sweep: both digits references x two recipes x two calibration methods, judged on the test split (local Ray) ---"
+	$(BIN)/edgekit sweep --models textbook_densenet,textbook_resnext --input-size 32 --resize 32 \
+		--weights textbook_densenet=$(DIGITS_REF) --weights textbook_resnext=$(DIGITS_REF2) \
+		--targets x86-avx2,arm64 --methods minmax,percentile --calibration $(DIGITS)/calib --dataset $(DIGITS)/test \
+		--max-drop 0.5 --workers 2 -o exports/sweep
 
 # The AVX2 lane (tests that need the int8 arithmetic of an x86 CPU without VNNI) runs natively on such a CPU and
 # under QEMU's user-mode emulator elsewhere: scripts/emulators.sh installs it where it can, else says what to install.
@@ -41,4 +47,4 @@ bench: setup
 	$(BIN)/python benchmarks/run_suite.py
 
 clean:
-	rm -rf exports/*.onnx exports/*.data .pytest_cache
+	rm -rf exports/*.onnx exports/*.data exports/sweep .pytest_cache

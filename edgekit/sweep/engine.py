@@ -43,7 +43,7 @@ class Cluster:
     nodes: int
 
     def describe(self) -> str:
-        where = "a local Ray instance (loopback)" if self.address == "local" else f"the Ray cluster at {self.address}"
+        where = "a local Ray instance" if self.address == "local" else f"the Ray cluster at {self.address}"
         return f"{self.workers} worker(s) x {self.threads} thread(s) on {where}, {self.nodes} node(s)"
 
 
