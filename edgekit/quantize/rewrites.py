@@ -38,12 +38,9 @@ def batchnorm_as_depthwise(model) -> int:
         ))
         rewritten += 1
     if rewritten:
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
+        _replace(model.graph.node, nodes)
         used = {name for n in model.graph.node for name in n.input}
-        kept = [t for t in model.graph.initializer if t.name in used]
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(kept)
+        _replace(model.graph.initializer, [t for t in model.graph.initializer if t.name in used])
     return rewritten
 
 
@@ -182,14 +179,10 @@ def avgpool_before_conv(model) -> list[dict]:
         records.append({"conv": conv.name or conv.output[0], "pool": pool.name or result, "kernel": k})
     if records:
         # the pool now runs before the conv: restore a topological order
-        order = _topological(model)
-        del model.graph.node[:]
-        model.graph.node.extend(order)
+        _replace(model.graph.node, _topological(model))
         # stale shape annotations of the renamed tensors
         renamed = {r for n in model.graph.node for r in n.output}
-        keep = [v for v in model.graph.value_info if v.name in renamed]
-        del model.graph.value_info[:]
-        model.graph.value_info.extend(keep)
+        _replace(model.graph.value_info, [v for v in model.graph.value_info if v.name in renamed])
     return records
 
 
@@ -251,6 +244,12 @@ def avgpool_as_depthwise(model) -> list[dict]:
         records.append({"pool": node.name or node.output[0], "conv": base, "kernel": kernel, "strides": strides,
                         "channels": channels})
     if records:
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
+        _replace(model.graph.node, nodes)
     return records
+
+
+def _replace(field, items) -> None:
+    """A repeated protobuf field of the graph (nodes, initializers, value_info) set to `items`, in order."""
+    items = list(items)
+    del field[:]
+    field.extend(items)
