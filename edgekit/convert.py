@@ -1,6 +1,6 @@
 """fp16 conversion (onnxconverter-common's float16 converter) and the checks that make it trustworthy:
 really fp16, structure kept, runs in ONNX Runtime, and measured against the PyTorch fp32 model the
-file came from with the fp16 gates, before anything is written."""
+file came from with the fp16 gates, before anything is written. Its knobs are ConvertOptions (below)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from edgekit.onnxfile.artifact import (
 from edgekit.data.images import DEFAULT_CALIBRATION_DIR, load_image_folder
 from edgekit.judge.compare import OutputMetrics, Tolerance, compare_outputs, resolve_tolerance
 from edgekit.core.errors import BadInput, CheckFailed, EnvironmentUnavailable, GateFailed, InvariantBroken, one_line
+from edgekit.core.knobs import knob, with_knobs
 from edgekit.onnxfile.graph import detect_precision, input_spec, is_quantized
 from edgekit.data.preprocessing import Preprocessing
 from edgekit.onnxfile import OnnxFile
@@ -37,6 +38,20 @@ CONVERTER = "onnxconverter-common"
 FP16_MIN_POSITIVE = float(np.finfo(np.float16).smallest_subnormal)  # 5.96e-08
 FP16_MAX_FINITE = float(np.finfo(np.float16).max)  # 65504
 PRECISIONS = ("fp16",)
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """The knobs of `convert`, with the defaults and help `edgekit convert` shows (cli/convert_cmd.py; knobs
+    without help take it from the option several commands share, cli/options.py). `precision` is what
+    `--fp16` asks for; the gates default to the fp16 ones."""
+
+    precision: str = knob("fp16", "convert to fp16 (onnxconverter-common), for GPU/NPU targets")
+    output: Path | None = knob(None)
+    keep_io_types: bool = knob(True, "keep float32 inputs/outputs (Casts inside) or make them float16")
+    images: Path | None = knob(None)
+    min_top1_agreement: float | None = knob(None)
+    min_sqnr: float | None = knob(None)
 
 
 @dataclass
@@ -202,17 +217,17 @@ def _refuse_non_fp32(model, meta: dict | None, path: Path) -> None:
 
 def convert(
     model_path: Path,
+    options: ConvertOptions | None = None,
     *,
-    precision: str = "fp16",
-    output: Path | None = None,
-    keep_io_types: bool = True,
-    images: Path | None = None,
-    min_top1_agreement: float | None = None,
-    min_sqnr: float | None = None,
     on_stage: Callable[[str], None] | None = None,
+    **knobs,
 ) -> ConvertResult:
     """Convert an fp32 ONNX file to fp16 (float32 inputs/outputs kept unless `keep_io_types` is False);
-    nothing is written unless every check passes."""
+    nothing is written unless every check passes. OPTIONS (ConvertOptions) with any keyword KNOBS replaced:
+    `convert(path, output=o)` is `convert(path, ConvertOptions(output=o))`."""
+    o = with_knobs(ConvertOptions, options, knobs)
+    precision, output, keep_io_types, images = o.precision, o.output, o.keep_io_types, o.images
+    min_top1_agreement, min_sqnr = o.min_top1_agreement, o.min_sqnr
     started = time.perf_counter()
     stage = on_stage or (lambda _s: None)
     model_path = Path(model_path)

@@ -9,13 +9,17 @@ from pathlib import Path
 import pytest
 import typer
 
+from edgekit.convert import ConvertOptions
 from edgekit.core.knobs import with_knobs
 from edgekit.quantize.options import QuantizeOptions
 from edgekit.verify.options import VerifyOptions
 
 # command-line names that differ from the knob's
-RENAMED = {"verify": {"samples": "dataset_samples"}}
+RENAMED = {"verify": {"samples": "dataset_samples"}, "convert": {"fp16": "precision"}}
 EMPTY_LIST = {("quantize", "exclude")}  # typer's repeatable option is None when absent; the knob's default is ()
+# a flag that asks for the knob's one value: off by default on the command line, which then refuses to run
+FLAG_FOR = {("convert", "precision"): "fp16"}
+STAGES = [("quantize", QuantizeOptions), ("verify", VerifyOptions), ("convert", ConvertOptions)]
 
 
 def _command(name: str):
@@ -24,7 +28,7 @@ def _command(name: str):
     return typer.main.get_command(app).commands[name]
 
 
-@pytest.mark.parametrize("name, stage_options", [("quantize", QuantizeOptions), ("verify", VerifyOptions)])
+@pytest.mark.parametrize("name, stage_options", STAGES)
 def test_every_knob_is_an_option_of_its_command_with_the_knobs_default_help_and_range(name, stage_options):
     params = {RENAMED.get(name, {}).get(p.name, p.name): p for p in _command(name).params}
     for knob in dataclasses.fields(stage_options):
@@ -32,6 +36,8 @@ def test_every_knob_is_an_option_of_its_command_with_the_knobs_default_help_and_
         default = param.default.value if isinstance(param.default, enum.Enum) else param.default
         if (name, knob.name) in EMPTY_LIST:
             assert default is None and knob.default == ()
+        elif (name, knob.name) in FLAG_FOR:
+            assert default is False and knob.default == FLAG_FOR[name, knob.name]
         elif knob.name == "target" and name == "verify":
             assert default is None and knob.default is None
         else:
@@ -53,12 +59,14 @@ def test_keywords_and_an_options_object_are_the_same_call():
     assert with_knobs(QuantizeOptions, None, {"samples": 64, "target": "arm64"}) == base
     assert with_knobs(QuantizeOptions, base, {"seed": 3}) == dataclasses.replace(base, seed=3)
     assert with_knobs(VerifyOptions, None, {}) == VerifyOptions()
+    assert with_knobs(ConvertOptions, None, {"keep_io_types": False}) == ConvertOptions(keep_io_types=False)
     with pytest.raises(TypeError, match="'sample'"):
         with_knobs(QuantizeOptions, None, {"sample": 64})
 
 
 def test_a_stage_refuses_an_unknown_knob_before_any_work(tmp_path):
     from edgekit.quantize import quantize
+    from edgekit.convert import convert
     from edgekit.verify import verify
 
     missing = tmp_path / "none.onnx"
@@ -66,6 +74,8 @@ def test_a_stage_refuses_an_unknown_knob_before_any_work(tmp_path):
         quantize(missing, calibraton=Path("x"))
     with pytest.raises(TypeError, match="provider"):
         verify(missing, provider="cpu")
+    with pytest.raises(TypeError, match="keep_io_type"):
+        convert(missing, keep_io_type=False)
 
 
 def test_options_are_values():

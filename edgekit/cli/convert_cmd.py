@@ -8,8 +8,10 @@ from typing import Annotated
 import typer
 
 from edgekit.cli import options
+from edgekit.cli.options import option
 from edgekit.cli.app import app, console, escape, handle_errors, human_bytes, print_json, wrote
 from edgekit.cli.output import progress
+from edgekit.convert import ConvertOptions
 from edgekit.core.errors import BadInput
 
 CPU_NOTE = (
@@ -18,21 +20,19 @@ CPU_NOTE = (
     "faster on a CPU. fp16 is for GPU and NPU targets, which also round activations and accumulate in fp16: verify "
     "it there (edgekit verify FILE --providers cuda)."
 )
+C = ConvertOptions  # the stage's options' defaults, help and ranges: convert.py
 
 
 @app.command("convert")
 @handle_errors
 def convert_command(
     model: Annotated[Path, typer.Argument(help="fp32 .onnx file (from edgekit export, or foreign)")],
-    fp16: Annotated[bool, typer.Option("--fp16", help="convert to fp16 (onnxconverter-common), for GPU/NPU targets")] = False,
-    keep_io_types: Annotated[
-        bool,
-        typer.Option("--keep-io-types/--fp16-io", help="keep float32 inputs/outputs (Casts inside) or make them float16"),
-    ] = True,
-    images: options.Images = None,
-    min_top1_agreement: options.MinTop1 = None,
-    min_sqnr: options.MinSqnr = None,
-    output: options.Output = None,
+    fp16: Annotated[bool, option(C, "precision", "--fp16")] = False,  # the only precision: C.precision
+    keep_io_types: Annotated[bool, option(C, "keep_io_types", "--keep-io-types/--fp16-io")] = C.keep_io_types,
+    images: options.Images = C.images,
+    min_top1_agreement: options.MinTop1 = C.min_top1_agreement,
+    min_sqnr: options.MinSqnr = C.min_sqnr,
+    output: options.Output = C.output,
     json_output: options.Json = False,
 ) -> None:
     """Convert an fp32 file to fp16, checked against the PyTorch fp32 model with the fp16 gates."""
@@ -41,16 +41,9 @@ def convert_command(
     if not fp16:
         raise BadInput("say what to convert to: --fp16 (the only conversion; int8 is `edgekit quantize`)")
     with progress("convert") as shown:
-        result = convert(
-            model,
-            precision="fp16",
-            output=output,
-            keep_io_types=keep_io_types,
-            images=images,
-            min_top1_agreement=min_top1_agreement,
-            min_sqnr=min_sqnr,
-            on_stage=shown.stage,
-        )
+        knobs = ConvertOptions(precision="fp16", output=output, keep_io_types=keep_io_types, images=images,
+                               min_top1_agreement=min_top1_agreement, min_sqnr=min_sqnr)
+        result = convert(model, knobs, on_stage=shown.stage)
     if json_output:
         print_json(result)
     else:
