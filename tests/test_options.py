@@ -11,6 +11,7 @@ import typer
 
 from edgekit.convert import ConvertOptions
 from edgekit.core.knobs import with_knobs
+from edgekit.package.options import PackageOptions
 from edgekit.quantize.options import QuantizeOptions
 from edgekit.verify.options import VerifyOptions
 
@@ -19,7 +20,8 @@ RENAMED = {"verify": {"samples": "dataset_samples"}, "convert": {"fp16": "precis
 EMPTY_LIST = {("quantize", "exclude")}  # typer's repeatable option is None when absent; the knob's default is ()
 # a flag that asks for the knob's one value: off by default on the command line, which then refuses to run
 FLAG_FOR = {("convert", "precision"): "fp16"}
-STAGES = [("quantize", QuantizeOptions), ("verify", VerifyOptions), ("convert", ConvertOptions)]
+STAGES = [("quantize", QuantizeOptions), ("verify", VerifyOptions), ("convert", ConvertOptions),
+          ("package", PackageOptions)]
 
 
 def _command(name: str):
@@ -60,6 +62,7 @@ def test_keywords_and_an_options_object_are_the_same_call():
     assert with_knobs(QuantizeOptions, base, {"seed": 3}) == dataclasses.replace(base, seed=3)
     assert with_knobs(VerifyOptions, None, {}) == VerifyOptions()
     assert with_knobs(ConvertOptions, None, {"keep_io_types": False}) == ConvertOptions(keep_io_types=False)
+    assert with_knobs(PackageOptions, PackageOptions(golden=4), {}) == PackageOptions(golden=4)
     with pytest.raises(TypeError, match="'sample'"):
         with_knobs(QuantizeOptions, None, {"sample": 64})
 
@@ -67,6 +70,7 @@ def test_keywords_and_an_options_object_are_the_same_call():
 def test_a_stage_refuses_an_unknown_knob_before_any_work(tmp_path):
     from edgekit.quantize import quantize
     from edgekit.convert import convert
+    from edgekit.package import package
     from edgekit.verify import verify
 
     missing = tmp_path / "none.onnx"
@@ -76,6 +80,8 @@ def test_a_stage_refuses_an_unknown_knob_before_any_work(tmp_path):
         verify(missing, provider="cpu")
     with pytest.raises(TypeError, match="keep_io_type"):
         convert(missing, keep_io_type=False)
+    with pytest.raises(TypeError, match="label"):
+        package(missing, label=Path("x"))
 
 
 def test_options_are_values():

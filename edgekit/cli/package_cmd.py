@@ -9,32 +9,30 @@ import typer
 from rich.table import Table
 
 from edgekit.cli import options
+from edgekit.cli.options import option
 from edgekit.cli.app import app, console, escape, handle_errors, human_bytes, print_json
 from edgekit.cli.output import progress
+from edgekit.package.options import PackageOptions
+
+P = PackageOptions  # the stage's options' defaults, help and ranges: package/options.py
 
 
 @app.command("package")
 @handle_errors
 def package_command(
     model: Annotated[Path, typer.Argument(help="the .onnx file (from edgekit export, quantize or convert)")],
-    output: Annotated[
-        Path | None, typer.Option("-o", "--output", file_okay=False, help="bundle folder (default: exports/<name>.bundle/)")
-    ] = None,
-    labels: Annotated[
-        Path | None, typer.Option("--labels", dir_okay=False, help="class names, one per line (as many as the model's classes)")
-    ] = None,
-    images: options.Images = None,
-    golden: Annotated[
-        int | None,
-        typer.Option("--golden", min=1, max=256, help="photos in the golden data (default 8, fewer if they would add > 10 % to the model files)"),
-    ] = None,
+    output: Annotated[Path | None, option(P, "output", "-o", "--output", file_okay=False)] = P.output,
+    labels: Annotated[Path | None, option(P, "labels", "--labels", dir_okay=False)] = P.labels,
+    images: options.Images = P.images,
+    golden: Annotated[int | None, option(P, "golden", "--golden")] = P.golden,
     json_output: options.Json = False,
 ) -> None:
     """A folder for the device: .onnx + .ort, manifest, golden data, and check.py (numpy + onnxruntime only)."""
     from edgekit.package import package
 
     with progress("package") as shown:
-        result = package(model, output=output, labels=labels, images=images, golden=golden, on_stage=shown.stage)
+        knobs = PackageOptions(output=output, labels=labels, images=images, golden=golden)
+        result = package(model, knobs, on_stage=shown.stage)
     if json_output:
         print_json(result)
     else:

@@ -11,6 +11,7 @@ with check.py's own checks, and renamed into place only when they pass; on any f
 The steps, each in its own module: golden.py (the golden photos and their PyTorch reference), ort_format.py
 (the .ort and its operators config), manifest.py (manifest.json, README.txt, the file list), folder.py (where
 the bundle goes, and the golden data and manifest written within the overhead budget). This module runs them.
+Its knobs are PackageOptions (package/options.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Callable
 from edgekit.onnxfile.artifact import model_files, sha256_file
 from edgekit.bundle import BundleCheck, check_bundle, read_labels, this_cpu_for_check
 from edgekit.core.errors import BadInput, CheckFailed
+from edgekit.core.knobs import with_knobs
 from edgekit.onnxfile.graph import output_classes, static_batch
 from edgekit.data.images import DEFAULT_CALIBRATION_DIR, scan_folder
 from edgekit.ondevice import BUNDLE_SCRIPTS, script_path
@@ -44,9 +46,10 @@ from edgekit.package.manifest import (
     readme,
     write_json,
 )
+from edgekit.package.options import PackageOptions
 from edgekit.package.ort_format import write_ort_format
 
-__all__ = ["package", "check_bundle", "PackageResult", "BundleCheck", "BundleFile", "golden_within_budget"]
+__all__ = ["package", "check_bundle", "PackageOptions", "PackageResult", "BundleCheck", "BundleFile", "golden_within_budget"]
 
 
 @dataclass
@@ -97,16 +100,18 @@ class PackageResult:
 
 def package(
     model_path: Path,
+    options: PackageOptions | None = None,
     *,
-    output: Path | None = None,
-    labels: Path | None = None,
-    images: Path | None = None,
-    golden: int | None = None,
     on_stage: Callable[[str], None] | None = None,
+    **knobs,
 ) -> PackageResult:
     """Write the bundle for an edgekit .onnx file (fp32, fp16 or int8) and check it; nothing is written
-    unless every check passes. `golden`: photos in the golden data (default 8, fewer when they would add
-    more than OVERHEAD_BUDGET to the model files; an explicit count is kept and the overhead said)."""
+    unless every check passes. OPTIONS (PackageOptions: output, labels, images, golden) with any keyword KNOBS
+    replaced: `package(path, golden=4)` is `package(path, PackageOptions(golden=4))`. `golden`: photos in the
+    golden data (default 8, fewer when they would add more than OVERHEAD_BUDGET to the model files; an explicit
+    count is kept and the overhead said)."""
+    o = with_knobs(PackageOptions, options, knobs)
+    output, labels, images, golden = o.output, o.labels, o.images, o.golden
     stage = on_stage or (lambda _s: None)
     model_path = Path(model_path)
     if model_path.suffix.lower() != ".onnx":
