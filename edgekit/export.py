@@ -1,5 +1,6 @@
 """torch -> ONNX: export, check the opset, simplify (onnxsim), check the invariants, compare with
-PyTorch on real images, embed the provenance, and only then write the file (atomically)."""
+PyTorch on real images, embed the provenance, and only then write the file (atomically). Its knobs are
+ExportOptions (below)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ from edgekit.judge.compare import (
     only_elementwise_failure,
 )
 from edgekit.core.errors import BadInput, CheckFailed, EdgekitError, GateFailed, InvariantBroken, ShapeMismatch
+from edgekit.core.knobs import knob, with_knobs
+from edgekit.core.limits import MAX_BATCH, MAX_INPUT_SIZE, MAX_SEED
 from edgekit.models.reference import build_model
 from edgekit.models.registry import DEFAULT_SEED, get_spec
 from edgekit.data.preprocessing import Preprocessing
@@ -51,6 +54,28 @@ MIN_OPSET = 7
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 RANDOM_CHECK_INPUTS = 4
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """The knobs of `export`, with the defaults, help and ranges `edgekit export` shows (cli/export_cmd.py; knobs
+    without help take it from the option several commands share, cli/options.py). `preprocessing`: the model's
+    own (the CLI's --preprocessing FILE and --resize/--crop/--mean/...); default torchvision's ImageNet recipe at
+    the input size, or the transforms of the torchvision weights with `pretrained`."""
+
+    opset: int = knob(DEFAULT_OPSET, "ONNX opset of the file; checked, never silently changed")
+    input_size: int | None = knob(None, "height = width (default: the model's, 224)")
+    batch: int = knob(1, low=1, high=MAX_BATCH)
+    dynamic_batch: bool = knob(False, "make the batch axis dynamic")
+    num_classes: int | None = knob(None, "default: the model's, or the weights file's", low=1, high=100_000)
+    weights: Path | None = knob(None)
+    pretrained: bool = knob(False)
+    seed: int = knob(DEFAULT_SEED, "seed of the random weights", low=0, high=MAX_SEED)
+    exporter: str = knob(DEFAULT_EXPORTER)
+    simplify_graph: bool = knob(True, "skip onnxsim")  # the help of --no-simplify, which turns it off
+    output: Path | None = knob(None)
+    images: Path | None = knob(None)
+    preprocessing: Preprocessing | None = knob(None)
 
 
 @dataclass
@@ -174,30 +199,19 @@ def check_inputs_for(preprocessing: Preprocessing, images: Path | None, seed: in
 
 def export(
     model_name: str,
+    options: ExportOptions | None = None,
     *,
-    opset: int = DEFAULT_OPSET,
-    input_size: int | None = None,
-    batch: int = 1,
-    dynamic_batch: bool = False,
-    num_classes: int | None = None,
-    weights: Path | None = None,
-    pretrained: bool = False,
-    seed: int = DEFAULT_SEED,
-    exporter: str = DEFAULT_EXPORTER,
-    simplify_graph: bool = True,
-    output: Path | None = None,
-    images: Path | None = None,
-    preprocessing: Preprocessing | None = None,
     on_stage: Callable[[str], None] | None = None,
+    **knobs,
 ) -> ExportResult:
     """Export a registered model to a checked, simplified ONNX file; nothing is written unless every check passes.
 
-    `preprocessing`: the model's own (from --resize/--crop/--mean/...); default torchvision's ImageNet
-    recipe at the input size, or the transforms of the torchvision weights with --pretrained."""
+    OPTIONS (ExportOptions) with any keyword KNOBS replaced: `export(name, opset=18)` is
+    `export(name, ExportOptions(opset=18))`."""
     import onnx
 
-    from edgekit.core.limits import MAX_BATCH, MAX_INPUT_SIZE
-
+    o = with_knobs(ExportOptions, options, knobs)
+    opset, input_size, batch, preprocessing = o.opset, o.input_size, o.batch, o.preprocessing
     spec = get_spec(model_name)
     size = input_size or spec.default_input_size
     if not 32 <= size <= MAX_INPUT_SIZE:
@@ -217,12 +231,12 @@ def export(
             f"the preprocessing crops to {preprocessing.crop} but --input-size is {size}",
             hint="the crop is the model's input size: make them equal",
         )
-    final = resolve_output(output, default_output(spec.name))
+    final = resolve_output(o.output, default_output(spec.name))
     staged = stage_output(final)  # an unwritable destination fails here, before any work
     try:
         return _export_staged(
-            spec, staged, opset, size, batch, dynamic_batch, num_classes, weights, pretrained, seed,
-            exporter, simplify_graph, images, preprocessing, on_stage or (lambda _s: None),
+            spec, staged, opset, size, batch, o.dynamic_batch, o.num_classes, o.weights, o.pretrained, o.seed,
+            o.exporter, o.simplify_graph, o.images, preprocessing, on_stage or (lambda _s: None),
         )
     except BaseException:
         staged.discard()

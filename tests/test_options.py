@@ -11,17 +11,21 @@ import typer
 
 from edgekit.convert import ConvertOptions
 from edgekit.core.knobs import with_knobs
+from edgekit.export import ExportOptions
 from edgekit.package.options import PackageOptions
 from edgekit.quantize.options import QuantizeOptions
 from edgekit.verify.options import VerifyOptions
 
 # command-line names that differ from the knob's
-RENAMED = {"verify": {"samples": "dataset_samples"}, "convert": {"fp16": "precision"}}
+RENAMED = {"verify": {"samples": "dataset_samples"}, "convert": {"fp16": "precision"},
+           # --preprocessing FILE (with --resize, --crop, --mean...) is how the command line gives the knob
+           "export": {"no_simplify": "simplify_graph", "preprocessing_file": "preprocessing"}}
 EMPTY_LIST = {("quantize", "exclude")}  # typer's repeatable option is None when absent; the knob's default is ()
 # a flag that asks for the knob's one value: off by default on the command line, which then refuses to run
 FLAG_FOR = {("convert", "precision"): "fp16"}
+INVERTED = {("export", "simplify_graph")}  # --no-simplify turns the knob off
 STAGES = [("quantize", QuantizeOptions), ("verify", VerifyOptions), ("convert", ConvertOptions),
-          ("package", PackageOptions)]
+          ("package", PackageOptions), ("export", ExportOptions)]
 
 
 def _command(name: str):
@@ -38,6 +42,8 @@ def test_every_knob_is_an_option_of_its_command_with_the_knobs_default_help_and_
         default = param.default.value if isinstance(param.default, enum.Enum) else param.default
         if (name, knob.name) in EMPTY_LIST:
             assert default is None and knob.default == ()
+        elif (name, knob.name) in INVERTED:
+            assert default is (not knob.default), knob.name
         elif (name, knob.name) in FLAG_FOR:
             assert default is False and knob.default == FLAG_FOR[name, knob.name]
         elif knob.name == "target" and name == "verify":
@@ -63,6 +69,7 @@ def test_keywords_and_an_options_object_are_the_same_call():
     assert with_knobs(VerifyOptions, None, {}) == VerifyOptions()
     assert with_knobs(ConvertOptions, None, {"keep_io_types": False}) == ConvertOptions(keep_io_types=False)
     assert with_knobs(PackageOptions, PackageOptions(golden=4), {}) == PackageOptions(golden=4)
+    assert with_knobs(ExportOptions, None, {"simplify_graph": False}).simplify_graph is False
     with pytest.raises(TypeError, match="'sample'"):
         with_knobs(QuantizeOptions, None, {"sample": 64})
 
@@ -70,6 +77,7 @@ def test_keywords_and_an_options_object_are_the_same_call():
 def test_a_stage_refuses_an_unknown_knob_before_any_work(tmp_path):
     from edgekit.quantize import quantize
     from edgekit.convert import convert
+    from edgekit.export import export
     from edgekit.package import package
     from edgekit.verify import verify
 
@@ -82,6 +90,8 @@ def test_a_stage_refuses_an_unknown_knob_before_any_work(tmp_path):
         convert(missing, keep_io_type=False)
     with pytest.raises(TypeError, match="label"):
         package(missing, label=Path("x"))
+    with pytest.raises(TypeError, match="simplify"):
+        export("textbook_resnet18", simplify=False)
 
 
 def test_options_are_values():

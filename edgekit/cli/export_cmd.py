@@ -10,33 +10,33 @@ import typer
 from rich.table import Table
 
 from edgekit.cli import options
+from edgekit.cli.options import option
 from edgekit.cli.app import app, console, escape, handle_errors, human_bytes, print_json
 from edgekit.cli.output import progress
-from edgekit.export import DEFAULT_EXPORTER, DEFAULT_OPSET, EXPORTERS
+from edgekit.export import EXPORTERS, ExportOptions
 from edgekit.data.preprocessing import CHANNELS, INTERPOLATIONS
 
 Exporter = Enum("Exporter", {name: name for name in EXPORTERS}, type=str)
 Interpolation = Enum("Interpolation", {name: name for name in INTERPOLATIONS}, type=str)
 Channels = Enum("Channels", {name: name for name in CHANNELS}, type=str)
+E = ExportOptions  # the stage's options' defaults, help and ranges: export.py
 
 
 @app.command("export")
 @handle_errors
 def export_command(
     model: Annotated[str, typer.Argument(help="model name or alias (see `edgekit models`)")],
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset of the file; checked, never silently changed")] = DEFAULT_OPSET,
-    input_size: Annotated[int | None, typer.Option("--input-size", help="height = width (default: the model's, 224)")] = None,
-    batch: options.Batch = 1,
-    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="make the batch axis dynamic")] = False,
-    num_classes: Annotated[
-        int | None, typer.Option("--num-classes", min=1, max=100_000, help="default: the model's, or the weights file's")
-    ] = None,
-    weights: options.Weights = None,
-    pretrained: options.Pretrained = False,
-    seed: Annotated[int, typer.Option("--seed", min=0, max=options.MAX_SEED, help="seed of the random weights")] = 0,
-    exporter: Annotated[Exporter, typer.Option("--exporter", case_sensitive=False)] = Exporter(DEFAULT_EXPORTER),
-    no_simplify: Annotated[bool, typer.Option("--no-simplify", help="skip onnxsim")] = False,
-    images: options.Images = None,
+    opset: Annotated[int, option(E, "opset", "--opset")] = E.opset,
+    input_size: Annotated[int | None, option(E, "input_size", "--input-size")] = E.input_size,
+    batch: options.Batch = E.batch,
+    dynamic_batch: Annotated[bool, option(E, "dynamic_batch", "--dynamic-batch")] = E.dynamic_batch,
+    num_classes: Annotated[int | None, option(E, "num_classes", "--num-classes")] = E.num_classes,
+    weights: options.Weights = E.weights,
+    pretrained: options.Pretrained = E.pretrained,
+    seed: Annotated[int, option(E, "seed", "--seed")] = E.seed,
+    exporter: Annotated[Exporter, option(E, "exporter", "--exporter", case_sensitive=False)] = Exporter(E.exporter),
+    no_simplify: Annotated[bool, option(E, "simplify_graph", "--no-simplify")] = not E.simplify_graph,
+    images: options.Images = E.images,
     resize: Annotated[
         str | None, typer.Option("--resize", help="shorter side before the centre crop, or 'none' (resize straight to the crop)")
     ] = None,
@@ -52,7 +52,7 @@ def export_command(
         Path | None,
         typer.Option("--preprocessing", dir_okay=False, help="JSON file with all of the above (options given override it)"),
     ] = None,
-    output: options.Output = None,
+    output: options.Output = E.output,
     json_output: options.Json = False,
 ) -> None:
     """Build MODEL in PyTorch, export it to ONNX, simplify it, check it against PyTorch, write it."""
@@ -71,12 +71,12 @@ def export_command(
         )
         input_size = input_size or preprocessing.crop
     with progress(f"export {model}") as shown:
-        result = export(
-            model, opset=opset, input_size=input_size, batch=batch, dynamic_batch=dynamic_batch,
-            num_classes=num_classes, weights=weights, pretrained=pretrained, seed=seed, exporter=exporter.value,
-            simplify_graph=not no_simplify, output=output, images=images, preprocessing=preprocessing,
-            on_stage=shown.stage,
+        knobs = ExportOptions(
+            opset=opset, input_size=input_size, batch=batch, dynamic_batch=dynamic_batch, num_classes=num_classes,
+            weights=weights, pretrained=pretrained, seed=seed, exporter=exporter.value, simplify_graph=not no_simplify,
+            output=output, images=images, preprocessing=preprocessing,
         )
+        result = export(model, knobs, on_stage=shown.stage)
     if json_output:
         print_json(result)
     else:
