@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import typer
 
+from edgekit.bench.options import BenchOptions
 from edgekit.convert import ConvertOptions
 from edgekit.core.knobs import with_knobs
 from edgekit.export import ExportOptions
@@ -19,13 +20,14 @@ from edgekit.verify.options import VerifyOptions
 # command-line names that differ from the knob's
 RENAMED = {"verify": {"samples": "dataset_samples"}, "convert": {"fp16": "precision"},
            # --preprocessing FILE (with --resize, --crop, --mean...) is how the command line gives the knob
-           "export": {"no_simplify": "simplify_graph", "preprocessing_file": "preprocessing"}}
+           "export": {"no_simplify": "simplify_graph", "preprocessing_file": "preprocessing"},
+           "bench": {"torch": "with_torch", "interval": "interval_ms"}}
 EMPTY_LIST = {("quantize", "exclude")}  # typer's repeatable option is None when absent; the knob's default is ()
 # a flag that asks for the knob's one value: off by default on the command line, which then refuses to run
 FLAG_FOR = {("convert", "precision"): "fp16"}
 INVERTED = {("export", "simplify_graph")}  # --no-simplify turns the knob off
 STAGES = [("quantize", QuantizeOptions), ("verify", VerifyOptions), ("convert", ConvertOptions),
-          ("package", PackageOptions), ("export", ExportOptions)]
+          ("package", PackageOptions), ("export", ExportOptions), ("bench", BenchOptions)]
 
 
 def _command(name: str):
@@ -70,12 +72,14 @@ def test_keywords_and_an_options_object_are_the_same_call():
     assert with_knobs(ConvertOptions, None, {"keep_io_types": False}) == ConvertOptions(keep_io_types=False)
     assert with_knobs(PackageOptions, PackageOptions(golden=4), {}) == PackageOptions(golden=4)
     assert with_knobs(ExportOptions, None, {"simplify_graph": False}).simplify_graph is False
+    assert with_knobs(BenchOptions, BenchOptions(runs=3), {"warmup": 0}) == BenchOptions(runs=3, warmup=0)
     with pytest.raises(TypeError, match="'sample'"):
         with_knobs(QuantizeOptions, None, {"sample": 64})
 
 
 def test_a_stage_refuses_an_unknown_knob_before_any_work(tmp_path):
     from edgekit.quantize import quantize
+    from edgekit.bench import bench
     from edgekit.convert import convert
     from edgekit.export import export
     from edgekit.package import package
@@ -92,6 +96,8 @@ def test_a_stage_refuses_an_unknown_knob_before_any_work(tmp_path):
         package(missing, label=Path("x"))
     with pytest.raises(TypeError, match="simplify"):
         export("textbook_resnet18", simplify=False)
+    with pytest.raises(TypeError, match="interval"):
+        bench([missing], interval=5.0)
 
 
 def test_options_are_values():

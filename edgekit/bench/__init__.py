@@ -3,7 +3,7 @@ measured side by side in one run, interleaved so that drift on a shared machine 
 candidate equally, against this machine's own fp32 matrix-multiply peak.
 
 This module times and reports (the round-robin, paced runs, statistics, the machine's peak); what is timed,
-one ready-to-call candidate per file x runtime, is candidates.py's."""
+one ready-to-call candidate per file x runtime, is candidates.py's. Its knobs are BenchOptions (bench/options.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from typing import Callable
 import numpy as np
 
 from edgekit.bench.candidates import Candidate, file_candidates, torch_candidate
+from edgekit.bench.options import BenchOptions
 from edgekit.core.errors import BadInput, ProviderUnavailable
+from edgekit.core.knobs import with_knobs
 
 
 @dataclass
@@ -122,22 +124,18 @@ def sgemm_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
 
 def bench(
     files: list[Path],
+    options: BenchOptions | None = None,
     *,
-    providers: list[str] | None = None,
-    threads: int | None = None,
-    batch: int = 1,
-    warmup: int = 5,
-    runs: int = 30,
-    seconds: float | None = None,
-    with_torch: bool = False,
-    spin: bool = False,
-    runtimes: list[str] | str | None = None,
-    interval_ms: float | None = None,
-    profile: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
+    **knobs,
 ) -> BenchReport:
     """Time every file in every runtime (x provider for ONNX Runtime), interleaved in one round-robin;
-    ratios against the first file, or PyTorch with `with_torch`. `runtimes`: ort (default), openvino."""
+    ratios against the first file, or PyTorch with `with_torch`. `runtimes`: ort (default), openvino.
+    OPTIONS (BenchOptions) with any keyword KNOBS replaced: `bench(files, runs=3)` is
+    `bench(files, BenchOptions(runs=3))`."""
+    o = with_knobs(BenchOptions, options, knobs)
+    providers, threads, batch, warmup, runs, seconds = o.providers, o.threads, o.batch, o.warmup, o.runs, o.seconds
+    with_torch, spin, runtimes, interval_ms, profile = o.with_torch, o.spin, o.runtimes, o.interval_ms, o.profile
     from edgekit.runtimes.openvino_model import parse_runtimes
     from edgekit.runtimes.ort import parse_providers
 

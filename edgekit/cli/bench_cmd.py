@@ -8,36 +8,30 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from edgekit.bench.options import BenchOptions
 from edgekit.cli import options
+from edgekit.cli.options import option
 from edgekit.cli.app import app, console, escape, handle_errors, human_bytes, print_json, write_json_report
 from edgekit.cli.output import progress
+
+B = BenchOptions  # the stage's options' defaults, help and ranges: bench/options.py
+
 
 @app.command("bench")
 @handle_errors
 def bench_command(
     files: Annotated[list[Path], typer.Argument(help="ONNX files; ratios are against the first (or PyTorch with --torch)")],
-    providers: options.Providers = None,
-    runtimes: options.Runtimes = None,
-    threads: options.Threads = None,
-    batch: options.Batch = 1,
-    warmup: Annotated[int, typer.Option("--warmup", min=0, max=10_000)] = 5,
-    runs: Annotated[int, typer.Option("--runs", min=1, max=1_000_000, help="timed runs per candidate")] = 30,
-    seconds: Annotated[
-        float | None,
-        typer.Option("--seconds", callback=options.between(0.0, 86_400.0), help="keep timing whole rounds until this budget is spent"),
-    ] = None,
-    torch: Annotated[bool, typer.Option("--torch", help="also time the PyTorch eager model rebuilt from the metadata")] = False,
-    spin: Annotated[
-        bool, typer.Option("--spin", help="let ORT threads spin between runs (faster back-to-back, unfair when interleaved)")
-    ] = False,
-    interval: Annotated[
-        float | None,
-        typer.Option("--interval", callback=options.between(1.0, 10_000.0),
-                     help="also time one inference every INTERVAL ms (a 30 fps camera: 33), besides back to back"),
-    ] = None,
-    profile: Annotated[
-        bool, typer.Option("--profile", help="ORT's per-node profile of each file (CPU): time per op type, int8 vs float, layout")
-    ] = False,
+    providers: options.Providers = B.providers,
+    runtimes: options.Runtimes = B.runtimes,
+    threads: options.Threads = B.threads,
+    batch: options.Batch = B.batch,
+    warmup: Annotated[int, option(B, "warmup", "--warmup")] = B.warmup,
+    runs: Annotated[int, option(B, "runs", "--runs")] = B.runs,
+    seconds: Annotated[float | None, option(B, "seconds", "--seconds")] = B.seconds,
+    torch: Annotated[bool, option(B, "with_torch", "--torch")] = B.with_torch,
+    spin: Annotated[bool, option(B, "spin", "--spin")] = B.spin,
+    interval: Annotated[float | None, option(B, "interval_ms", "--interval")] = B.interval_ms,
+    profile: Annotated[bool, option(B, "profile", "--profile")] = B.profile,
     plot: Annotated[
         Path | None, typer.Option("--plot", dir_okay=False, help="with --profile: where the PNG goes (default: beside the first file)")
     ] = None,
@@ -61,21 +55,12 @@ def bench_command(
             refuse_if_input(out, what)
 
     with progress("bench") as shown:
-        result = bench(
-            files,
-            providers=[p for p in providers.split(",")] if providers else None,
-            threads=threads,
-            batch=batch,
-            warmup=warmup,
-            runs=runs,
-            seconds=seconds,
-            with_torch=torch,
-            spin=spin,
-            runtimes=runtimes,
-            interval_ms=interval,
-            profile=profile,
-            on_progress=lambda done, total: shown.count("timing (interleaved)", done, total),
+        knobs = BenchOptions(
+            providers=[p for p in providers.split(",")] if providers else None, threads=threads, batch=batch,
+            warmup=warmup, runs=runs, seconds=seconds, with_torch=torch, spin=spin, runtimes=runtimes,
+            interval_ms=interval, profile=profile,
         )
+        result = bench(files, knobs, on_progress=lambda done, total: shown.count("timing (interleaved)", done, total))
     png = None
     if result.profile_objects:
         from edgekit.plots import plot_profiles
