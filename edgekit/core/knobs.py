@@ -1,6 +1,7 @@
 """Options objects: a stage's knobs declared once, each with its default, its help and its range.
 
-A stage's options are a frozen dataclass whose fields are made with `knob` (quantize/options.py, verify/options.py).
+A stage's options are a frozen dataclass whose fields are made with `knob` (quantize/, verify/,
+package/ and bench/options.py; at the top of the single-file stages export.py and convert.py).
 The stage function reads them; its CLI command takes each option's default, help and range from them
 (cli/options.py: `option`), so none of the three is written twice. Ranges are the CLI's: the stage functions keep
 their own checks of what a caller may pass.
