@@ -121,13 +121,7 @@ def render_sweep(outcome) -> None:
                       ("*" if row.name in frontier else "") + ("c" if row.cached else ""))
     console.print(table)
     console.print("* on the Pareto frontier (drop vs latency); c read from the job cache")
-    summary = outcome.written.get("json")
-    limit = None
-    if summary is not None:
-        import json
-
-        limit = json.loads(Path(summary).read_text()).get("max_drop")
-    for model, row in best_per_model(outcome.rows, limit).items():
+    for model, row in best_per_model(outcome.rows, outcome.max_drop).items():
         console.print(f"best {escape(model)}: " + (escape(f"{row.name} -> {row.file}") if row else "none within the budget"))
     for row in outcome.failed:
         console.print(f"[red]failed[/] {escape(row.name)}: {escape(row.error or '')}")

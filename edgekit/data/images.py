@@ -183,6 +183,21 @@ def decode_image(path: Path, preprocessing: Preprocessing) -> np.ndarray:
         raise ValueError(f"too large to decode safely ({exc})") from None
 
 
+def decode_chunks(paths: list, preprocessing: Preprocessing, chunk: int = 64):
+    """`paths` decoded and preprocessed `chunk` at a time, for scoring a labelled set. Yields (the end of the chunk,
+    the positions in `paths` of the images that decoded, their float32 batch or None when none did, and (path,
+    reason) for each that did not)."""
+    for start in range(0, len(paths), chunk):
+        arrays, decoded, failed = [], [], []
+        for i in range(start, min(start + chunk, len(paths))):
+            try:
+                arrays.append(decode_image(Path(paths[i]), preprocessing))
+                decoded.append(i)
+            except ValueError as exc:
+                failed.append((Path(paths[i]), str(exc)))
+        yield start + chunk, decoded, np.stack(arrays).astype(np.float32) if arrays else None, failed
+
+
 def pick_samples(files: list[Path], samples: int | None, seed: int = 0) -> list[Path]:
     """`samples` files chosen deterministically (seeded), in sorted order; all when there are fewer."""
     if samples is None or samples >= len(files):

@@ -198,10 +198,9 @@ def interleaved_p50_ms(
     paths: dict[str, Path], x: np.ndarray, configs: dict[str, dict[str, str]] | None = None, rounds: int = 15
 ) -> dict[str, float]:
     """p50 latency of each file at batch len(x), CPU, no thread spinning, interleaved A B C A B C ..."""
-    from edgekit.runtimes.ort import create_session
+    from edgekit.runtimes.ort import NO_SPIN, create_session
 
-    no_spin = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
-    sessions = {label: create_session(path, "cpu", session_config={**no_spin, **(configs or {}).get(label, {})})
+    sessions = {label: create_session(path, "cpu", session_config={**NO_SPIN, **(configs or {}).get(label, {})})
                 for label, path in paths.items()}
     feeds = {label: {s.input_name: x} for label, s in sessions.items()}
     samples: dict[str, list[float]] = {label: [] for label in sessions}

@@ -56,6 +56,11 @@ def run_session(session, inputs: np.ndarray, batch: int | None) -> list[np.ndarr
     )
 
 
+def top1(session, x: np.ndarray) -> np.ndarray:
+    """The class each input of `x` gets from an ORT session's first output, at the session's largest batch."""
+    return run_session(session, x, batch_sizes(session)[-1])[0].reshape(len(x), -1).argmax(axis=1)
+
+
 def run_onnx(
     model: Path | bytes | object, inputs: np.ndarray, batch: int | None, session_config: dict[str, str] | None = None,
     device: str | None = None,

@@ -39,6 +39,7 @@ class SweepOutcome:
     cluster: str
     jobs_run: int  # quantize + top-1 jobs run this time (0 on a re-run that found everything cached)
     seconds: float
+    max_drop: float | None  # the budget the best file per model was chosen under
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -48,7 +49,7 @@ class SweepOutcome:
     def to_dict(self) -> dict:
         return {"folder": str(self.folder), "rows": [r.to_dict() for r in self.rows],
                 "written": {k: str(v) for k, v in self.written.items()}, "cluster": self.cluster,
-                "jobs_run": self.jobs_run, "seconds": self.seconds, "notes": self.notes}
+                "jobs_run": self.jobs_run, "seconds": self.seconds, "max_drop": self.max_drop, "notes": self.notes}
 
 
 def normalized(spec: SweepSpec) -> SweepSpec:
@@ -137,7 +138,7 @@ def run_sweep(spec: SweepSpec, out: Path, *, address: str | None = None, workers
         raise
     summary["cluster"] = cluster_text
     written = write_results(out, rows, summary)
-    return SweepOutcome(out, rows, written, cluster_text, jobs_run, time.perf_counter() - started, notes)
+    return SweepOutcome(out, rows, written, cluster_text, jobs_run, time.perf_counter() - started, spec.max_drop, notes)
 
 
 def _measure_latency(rows: list[Row], plans: list[ModelPlan], inputs: Inputs, jobs: Path, stage) -> None:
@@ -148,12 +149,12 @@ def _measure_latency(rows: list[Row], plans: list[ModelPlan], inputs: Inputs, jo
     from edgekit.data.preprocessing import Preprocessing
     from edgekit.quantize.budget import interleaved_p50_ms
 
-    by_name = {p.name: p for p in plans}
     todo = [r for r in rows if r.status == "ok" and r.int8_p50_ms is None]
+    inputs_of = {p.name: (p, np.stack([decode_image(Path(inputs.items[0]), Preprocessing.from_dict(p.preprocessing))]))
+                 for p in plans if any(r.model == p.name for r in todo)}  # one image, batch 1, per model
     for i, row in enumerate(todo, 1):
         stage(f"latency {i}/{len(todo)}: {row.name}")
-        parent = by_name[row.model]
-        x = np.stack([decode_image(Path(inputs.items[0]), Preprocessing.from_dict(parent.preprocessing))])
+        parent, x = inputs_of[row.model]
         try:
             ms = interleaved_p50_ms({"fp32": parent.file, "int8": Path(row.file)}, x.astype(np.float32),
                                     {"int8": row.session_config})

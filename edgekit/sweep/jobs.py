@@ -21,7 +21,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 
 FAULTS_ENV = "EDGEKIT_SWEEP_FAULTS"
 
@@ -65,28 +64,17 @@ def eval_session_config(path: Path) -> dict[str, str]:
 def predict_shard(model_file: str, items: list[str], preprocessing: dict, session_config: dict, threads: int,
                   name: str = "") -> list[int]:
     """Top-1 class of each image of `items` (-1 where it cannot be decoded)."""
-    from edgekit.data.images import decode_image
+    from edgekit.data.images import decode_chunks
     from edgekit.data.preprocessing import Preprocessing
-    from edgekit.runtimes.runners import batch_sizes, run_session
     from edgekit.runtimes.ort import NO_SPIN, create_session
+    from edgekit.runtimes.runners import top1
 
     _maybe_fault(name)
-    prep = Preprocessing.from_dict(preprocessing)
     session = _session_for(Path(model_file), {**NO_SPIN, **(session_config or {})}, threads, create_session)
     predictions = [-1] * len(items)
-    chunk = 64
-    for start in range(0, len(items), chunk):
-        arrays, where = [], []
-        for i, item in enumerate(items[start : start + chunk], start):
-            try:
-                arrays.append(decode_image(Path(item), prep))
-                where.append(i)
-            except ValueError:
-                pass
-        if arrays:
-            x = np.stack(arrays).astype(np.float32)
-            out = run_session(session, x, batch_sizes(session)[-1])[0].reshape(len(x), -1).argmax(axis=1)
-            for i, p in zip(where, out):
+    for _end, decoded, x, _failed in decode_chunks(items, Preprocessing.from_dict(preprocessing)):
+        if x is not None:
+            for i, p in zip(decoded, top1(session, x)):
                 predictions[i] = int(p)
     return predictions
 

@@ -43,6 +43,7 @@ class ModelPlan:
     classes: int | None
     preprocessing: dict
     reused: bool  # the export in the output folder was still current
+    sha256: str  # of the fp32 file: the keys of its rows
 
 
 def versions() -> dict[str, str]:
@@ -132,7 +133,7 @@ def plan_exports(spec: SweepSpec, folder: Path, staging: Path, on_stage) -> list
                              output=staging / f"{model}.onnx", preprocessing=prep).path
         handle = OnnxFile.open(current)
         plans.append(ModelPlan(model, current, key, output_classes(handle.proto) or (handle.metadata or {}).get("num_classes"),
-                               handle.preprocessing().to_dict(), reused))
+                               handle.preprocessing().to_dict(), reused, sha256_file(current)))
     return plans
 
 
@@ -169,18 +170,17 @@ def _module_sha(name: str) -> str:
 
 
 def fp32_key(plan: ModelPlan, inputs: Inputs, cpu_kind: str) -> str:
-    return digest("fp32-top1", sha256_file(plan.file), inputs.dataset_sha, cpu_kind, versions())
+    return digest("fp32-top1", plan.sha256, inputs.dataset_sha, cpu_kind, versions())
 
 
 def plan_rows(spec: SweepSpec, plans: list[ModelPlan], inputs: Inputs, cpu_kind: str) -> list[Row]:
     installed = versions()
     rows = []
     for plan in plans:
-        parent_sha = sha256_file(plan.file)
         for target in spec.targets:
             for method in spec.methods:
                 for samples in spec.samples:
-                    key = digest("int8-row", parent_sha, target, method, samples, inputs.calibration_sha,
+                    key = digest("int8-row", plan.sha256, target, method, samples, inputs.calibration_sha,
                                  inputs.dataset_sha, spec.seed, cpu_kind, installed)
                     rows.append(Row(plan.name, target, method, samples, key))
     return rows

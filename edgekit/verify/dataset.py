@@ -10,10 +10,10 @@ import numpy as np
 
 from edgekit.core import limits
 from edgekit.core.files import shown_path
-from edgekit.data.images import decode_image, pick_samples, scan_image_folder, skipped_note
+from edgekit.data.images import decode_chunks, pick_samples, scan_image_folder, skipped_note
 from edgekit.core.errors import BadInput
 from edgekit.data.preprocessing import Preprocessing
-from edgekit.runtimes.runners import batch_sizes, run_session, run_torch
+from edgekit.runtimes.runners import run_torch, top1
 from edgekit.verify.results import DatasetAccuracy, ProviderAccuracy
 
 DATASET_CHUNK = 64  # --dataset images are decoded and run this many at a time
@@ -133,23 +133,16 @@ def measure_dataset(
     correct = [0] * len(sessions)
     agree = [0] * len(sessions)
     used = 0
-    for start in range(0, len(chosen), DATASET_CHUNK):
-        on_stage(f"dataset {min(start + DATASET_CHUNK, len(chosen))}/{len(chosen)}")
-        arrays, labels = [], []
-        for path in chosen[start : start + DATASET_CHUNK]:
-            try:
-                arrays.append(decode_image(path, preprocessing))
-                labels.append(label_of[path])
-            except ValueError as exc:
-                skipped.append((path, str(exc)))
-        if not arrays:
+    for end, decoded, x, failed in decode_chunks(chosen, preprocessing, DATASET_CHUNK):
+        on_stage(f"dataset {min(end, len(chosen))}/{len(chosen)}")
+        skipped += failed
+        if x is None:
             continue
-        x = np.stack(arrays).astype(np.float32)
-        y = np.asarray(labels)
+        y = np.asarray([label_of[chosen[i]] for i in decoded])
         torch_pred = run_torch(model, x).argmax(axis=1)
         torch_correct += int((torch_pred == y).sum())
         for i, session in enumerate(sessions):
-            pred = run_session(session, x, batch_sizes(session)[-1])[0].reshape(len(x), -1).argmax(axis=1)
+            pred = top1(session, x)
             correct[i] += int((pred == y).sum())
             agree[i] += int((pred == torch_pred).sum())
         used += len(x)
