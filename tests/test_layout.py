@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "edgekit"
-STAGES = {"export", "quantize", "verify", "bench", "package", "convert"}
+STAGES = {"export", "quantize", "verify", "bench", "package", "convert", "importer"}
 # Above the stages, like the CLI: a workflow runs several stages as a user would (sweep: export, then quantize and
 # judge each file), so it may import them; no stage and nothing of the engine imports a workflow.
 WORKFLOWS = {"sweep"}
@@ -22,7 +22,7 @@ FLOORS = [
     {"judge"},  # comparison, gates, int8 recipes and how an int8 file is judged
     {"onnxfile"},  # one ONNX file and its graph facts
     {"runtimes", "models"},  # one runner per runtime; the model registry, families and facts
-    {"layer_error", "bundle"},  # per-layer int8 error; a bundle's host side
+    {"layer_error", "bundle", "reference"},  # per-layer int8 error; a bundle's host side; the reference runner
     {"plots"},  # the PNGs
     STAGES,
     WORKFLOWS,

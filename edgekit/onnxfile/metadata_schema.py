@@ -27,6 +27,7 @@ from edgekit.data.preprocessing import Preprocessing
 
 SCHEMA_VERSION = 1  # bumped only when a key changes meaning; new keys alone do not bump it
 PRECISIONS = ("fp32", "fp16", "int8")
+TASKS = ("classify", "dense")  # dense: detection/segmentation maps, judged by SQNR/cosine/max abs, never by top-1
 WEIGHT_KINDS = ("random", "file", "pretrained")
 # Keys an fp32 export always writes; a file derived from a foreign parent (quantized from an .onnx
 # without edgekit metadata) has none of them.
@@ -94,6 +95,28 @@ class PretrainedWeights(_Part):
 Weights = Annotated[Union[RandomWeights, FileWeights, PretrainedWeights], Field(discriminator="kind")]
 
 
+class EntryPoint(_Part):
+    """A user's own PyTorch model the file was exported from (`export file.py:factory`, `pkg.module:factory`,
+    `timm:name`). verify never imports it by itself: the user names it again and its sha256 is checked."""
+
+    kind: Literal["file", "module", "timm"]
+    spec: Name  # as the user gave it: "mynet.py:build", "mypkg.nets:build", "timm:resnet50d"
+    factory: Name  # the callable's name (timm: the model name)
+    path: Name | None = None  # the source file that was imported (file and module kinds)
+    sha256: Sha256 | None = None  # of that source file
+
+
+class Imported(_Part):
+    """The foreign ONNX file an imported file was normalised from (`edgekit import`), and what was changed."""
+
+    file: Name
+    sha256: Sha256
+    opset: StrictInt = Field(ge=1, le=MAX_OPSET)  # the original's default-domain opset
+    producer: StrictStr | None = None  # producer_name and version, as the original says
+    changes: list[StrictStr]
+    check: dict[str, Any] | None = None  # the normalised file against the original in ONNX Runtime
+
+
 class Parent(_Part):
     """The file a derived (int8, fp16) file was made from."""
 
@@ -153,6 +176,9 @@ class EdgekitMetadata(_Part):
     precision: Literal["fp32", "fp16", "int8"]
     versions: dict[StrictStr, StrictStr]
     created: StrictStr | None = None
+    task: Literal["classify", "dense"] | None = None  # absent: classify (every file before imports)
+    entry: EntryPoint | None = None  # a user's own module (source "user" or "timm")
+    imported: Imported | None = None  # an imported foreign file: no PyTorch provenance, its reference is ONNX
     # derived files
     parent: Parent | None = None
     calibration: Calibration | None = None
@@ -194,7 +220,11 @@ class EdgekitMetadata(_Part):
     @model_validator(mode="after")
     def _consistent(self) -> "EdgekitMetadata":
         foreign_parent = self.parent is not None and not self.parent.metadata
-        if not foreign_parent:
+        if self.imported is not None:
+            for key in ("input_shape", "input_name", "output_name", "opset"):
+                if getattr(self, key) is None:
+                    raise MetadataProblem(key, MISSING, "edgekit import writes it into every file it imports")
+        elif not foreign_parent:
             present = _keys_set(self)
             missing = [k for k in PROVENANCE_KEYS if k not in present]
             if missing:
@@ -231,8 +261,17 @@ class EdgekitMetadata(_Part):
 
     @property
     def has_provenance(self) -> bool:
-        """False for a file derived from a foreign parent: no model, weights or input size is recorded."""
-        return self.model is not None
+        """False for a file derived from a foreign parent and for an imported file: no PyTorch model is recorded."""
+        return self.model is not None and self.imported is None
+
+    @property
+    def is_imported(self) -> bool:
+        """An imported foreign file or one derived from it: its reference is ONNX (the original, or the fp32 parent)."""
+        return self.imported is not None
+
+    @property
+    def task_kind(self) -> str:
+        return self.task or "classify"
 
     def preprocessing_spec(self) -> Preprocessing:
         """The validated preprocessing as the object every image loader takes."""
