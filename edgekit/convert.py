@@ -98,7 +98,7 @@ def activation_peak(model, inputs: np.ndarray, batch: int | None) -> ActivationP
     for name in names:
         probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
     session = create_session(probe.SerializeToString(), "cpu", optimization="basic")
-    order = [o.name for o in session.session.get_outputs()]
+    order = session.output_names
     peaks = np.zeros(len(order))
     for start in range(len(inputs)):
         outs = run_batched(lambda x: session.run({session.input_name: x}), inputs[start : start + 1], batch)

@@ -19,6 +19,8 @@ from edgekit.bench.candidates import Candidate, file_candidates, torch_candidate
 from edgekit.bench.options import BenchOptions
 from edgekit.core.errors import BadInput, ProviderUnavailable
 from edgekit.core.knobs import with_knobs
+from edgekit.runtimes.timer import interleaved, paced, percentiles
+from edgekit.runtimes.timer import rotation as interleaved_order  # noqa: F401  (its old name here)
 
 
 @dataclass
@@ -77,19 +79,6 @@ class BenchReport:
         del data["profile_objects"]
         data["order"] = self.order[: 3 * max(1, len(self.timings))]  # the pattern, not every run
         return data
-
-
-def percentiles(samples: list[float] | np.ndarray) -> tuple[float, float, float]:
-    """(p50, p90, mean) with numpy's linear interpolation."""
-    array = np.asarray(samples, dtype=np.float64)
-    if array.size == 0:
-        raise ValueError("no samples")
-    return float(np.percentile(array, 50)), float(np.percentile(array, 90)), float(array.mean())
-
-
-def interleaved_order(labels: list[str], runs: int) -> list[str]:
-    """A B C A B C ...: each round times every candidate once, so drift hits them equally."""
-    return [label for _ in range(runs) for label in labels]
 
 
 def machine_info() -> dict:
@@ -171,33 +160,13 @@ def bench(
                 c.label = c.label.replace(Path(c.file).name, str(c.file), 1)
         labels = [c.label for c in candidates]
     by_label = {c.label: c for c in candidates}
-
-    for _ in range(warmup):
-        for c in candidates:
-            c.run()
-    total_runs = runs
-    order = interleaved_order(labels, total_runs)
-    started = time.perf_counter()
-    done = 0
-    planned = len(order)
-    i = 0
-    while True:
-        if i >= len(order):
-            if seconds is None or time.perf_counter() - started >= seconds:
-                break
-            order.extend(labels)  # a time budget: keep whole rounds going until it is spent
-            planned = len(order)
-        c = by_label[order[i]]
-        t0 = time.perf_counter()
-        c.run()
-        c.samples_ms.append((time.perf_counter() - t0) * 1000)
-        i += 1
-        done += 1
-        if on_progress:
-            on_progress(done, planned)
-
+    samples, order = interleaved({c.label: c.run for c in candidates}, runs, warmup=warmup, seconds=seconds,
+                                 on_progress=on_progress)
+    for label, ms in samples.items():
+        by_label[label].samples_ms.extend(ms)
     if interval_ms:
-        _paced(candidates, min(runs, 50), interval_ms)
+        for label, ms in paced({c.label: c.run for c in candidates}, min(runs, 50), interval_ms).items():
+            by_label[label].paced_ms.extend(ms)
     peak = sgemm_gflops(threads)
     timings = [_timing(c, batch, peak) for c in candidates]
     base = timings[0]
@@ -212,24 +181,6 @@ def bench(
     if profile:
         _profile_into(report, [Path(f) for f in files], threads, batch, min(runs, 20))
     return report
-
-
-def _paced(candidates: list[Candidate], runs: int, interval_ms: float) -> None:
-    """One inference every `interval_ms` (the candidates take turns): edge pipelines are paced by their
-    camera, and a thread pool that has gone idle between frames wakes up slower than back-to-back runs."""
-    period = interval_ms / 1000
-    next_tick = time.perf_counter()
-    for _ in range(runs):
-        for c in candidates:
-            next_tick += period
-            t0 = time.perf_counter()
-            c.run()
-            c.paced_ms.append((time.perf_counter() - t0) * 1000)
-            delay = next_tick - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            else:
-                next_tick = time.perf_counter()  # a run longer than the interval: no catching up in bursts
 
 
 def _profile_into(report: BenchReport, files: list[Path], threads: int, batch: int, runs: int) -> None:

@@ -131,14 +131,7 @@ def _onnx_candidates(
         # steals the cores from the candidate timed next. It costs ORT ~5 % on back-to-back runs.
         config = merge_session_configs({} if spin else NO_SPIN, file_config, extra)
         session = create_session(path, provider, threads=threads, session_config=config or None)  # exit 3 if asked and absent
-        name = session.input_name
-        if provider == "cpu":
-            feed = {name: x}
-
-            def run(session=session, feed=feed):
-                session.session.run(None, feed)
-        else:
-            run = _cuda_runner(session, name, x)
+        run = session.timed_runner(x)
         run()
         after = _rss_bytes()
         out.append(
@@ -149,25 +142,6 @@ def _onnx_candidates(
             )
         )
     return out
-
-
-def _cuda_runner(session, input_name: str, x: np.ndarray):
-    """Time a CUDA session with I/O binding: input already on the device, outputs kept there, and a
-    synchronisation after each run so the time is the GPU's, not the launch's."""
-    import onnxruntime as ort
-
-    sess = session.session
-    device_input = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
-    binding = sess.io_binding()
-    binding.bind_ortvalue_input(input_name, device_input)
-    for output in sess.get_outputs():
-        binding.bind_output(output.name, "cuda", 0)
-
-    def run():
-        sess.run_with_iobinding(binding)
-        binding.synchronize_outputs()
-
-    return run
 
 
 def torch_candidate(path: Path, meta: dict | None, threads: int, batch: int) -> Candidate:

@@ -38,12 +38,12 @@ def run_batched(fn: Callable[[np.ndarray], list[np.ndarray]], inputs: np.ndarray
 
 def input_dtype(session) -> type:
     """numpy dtype of the session's first input (float16 models take float16)."""
-    return np.float16 if session.session.get_inputs()[0].type == "tensor(float16)" else np.float32
+    return np.float16 if session.input_type == "tensor(float16)" else np.float32
 
 
 def batch_sizes(session) -> list[int]:
     """The batch sizes to exercise: the static one, or 1 and DYNAMIC_LARGE_BATCH."""
-    dim = session.session.get_inputs()[0].shape[0]
+    dim = session.input_shape[0]
     return [int(dim)] if isinstance(dim, int) and dim > 0 else [1, DYNAMIC_LARGE_BATCH]
 
 
@@ -73,6 +73,21 @@ def run_onnx(
         model = model.SerializeToString()
     session = create_session(model, "cpu", session_config=session_config, device=device)
     return run_session(session, inputs, batch)[0]
+
+
+def latency_ms(
+    paths: dict[str, Path], x: np.ndarray, configs: dict[str, dict[str, str]] | None = None, rounds: int = 15,
+    threads: int | None = None,
+) -> dict[str, float]:
+    """Median latency of each file at batch len(x) on the CPU provider, spinning off, interleaved A B C A B C ...
+    (runtimes/timer.py): what the quantize budget and the sweep report beside accuracy."""
+    from edgekit.runtimes.ort import NO_SPIN, create_session
+    from edgekit.runtimes.timer import medians
+
+    sessions = {label: create_session(path, "cpu", threads=threads,
+                                      session_config={**NO_SPIN, **(configs or {}).get(label, {})})
+                for label, path in paths.items()}
+    return medians({label: s.timed_runner(x) for label, s in sessions.items()}, rounds)
 
 
 def run_torch(model, inputs: np.ndarray, device: str = "cpu", dtype=None, batch: int = REFERENCE_BATCH) -> np.ndarray:
