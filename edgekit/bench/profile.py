@@ -329,6 +329,7 @@ def profile_file(path, x: np.ndarray, *, threads: int | None = 2, runs: int = 20
     `session_config`, or, when that is None, the options the file's metadata says it needs on
     every CPU (an int8 file with nodes kept in float: ORT must not quantize them again)."""
     from edgekit.runtimes.ort import create_session
+    from edgekit.runtimes.timer import interleaved
 
     path = Path(path)
     if runs < 1:
@@ -339,9 +340,7 @@ def profile_file(path, x: np.ndarray, *, threads: int | None = 2, runs: int = 20
     session = create_session(path, "cpu", threads=threads, session_config=config, enable_profiling=True)
     events = None
     try:
-        feed = {session.input_name: np.ascontiguousarray(x)}
-        for _ in range(runs + 1):
-            session.run(feed)
+        interleaved({str(path): session.timed_runner(x)}, runs, warmup=1)
         events = _end_profiling(session)
     finally:
         if events is None:
@@ -358,6 +357,7 @@ def profile_files(paths, x: np.ndarray, *, threads: int | None = 2, runs: int = 
     shared machine hit them alike: {str(path): Profile}. One warm-up run each, then `runs` rounds.
     `session_config` as in profile_file (None: each file's own recorded options)."""
     from edgekit.runtimes.ort import create_session
+    from edgekit.runtimes.timer import interleaved
 
     paths = [Path(p) for p in paths]
     if runs < 1:
@@ -375,10 +375,7 @@ def profile_files(paths, x: np.ndarray, *, threads: int | None = 2, runs: int = 
             configs[str(p)] = merge_session_configs(NO_SPIN, file_session_config(p) if session_config is None else session_config)
             sessions.append(create_session(p, "cpu", threads=threads, session_config=configs[str(p)],
                                            enable_profiling=True))
-        feeds = [{s.input_name: np.ascontiguousarray(x)} for s in sessions]
-        for _ in range(runs + 1):
-            for s, feed in zip(sessions, feeds):
-                s.run(feed)
+        interleaved({str(p): s.timed_runner(x) for p, s in zip(paths, sessions)}, runs, warmup=1)
         for p, s in zip(paths, sessions):
             events = _end_profiling(s)
             if not events:
