@@ -208,3 +208,30 @@ def test_no_flat_module_is_left_at_its_old_path():
              "tensors", "runtime", "runners", "openvino_runtime", "compare", "targets", "errors", "limits", "files",
              "serialize", "provenance", "knobs", "calibration", "rewrites", "profile", "ort_tools", "zoo", "onnxfile"}
     assert not [m for m in moved if (PACKAGE / f"{m}.py").exists()]
+
+
+# Running a model is the runtimes' business (runtimes/ort.py, openvino_model.py, torch_eager.py, emulated.py) and the
+# device side's (ondevice/): nothing else constructs an ONNX Runtime session or an OpenVINO core, reaches through an
+# edgekit Session to ORT's, binds I/O, or calls ORT's raw run(None, ...).
+RAW_RUNTIME = ("InferenceSession(", "SessionOptions(", ".session.", ".run(None", "io_binding", "Core()", ".compile_model(")
+# Places not yet moved behind the runtimes (each one a named debt; the list only ever shrinks).
+RAW_RUNTIME_DEBT = {
+    "edgekit/quantize/budget.py": 4,
+    "edgekit/layer_error/measure.py": 1,
+    "edgekit/verify/__init__.py": 3,
+    "edgekit/verify/inputs.py": 1,
+}
+
+
+def test_nothing_outside_runtimes_touches_a_session_directly():
+    found: dict[str, int] = {}
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith(("edgekit/runtimes/", "edgekit/ondevice/")):
+            continue
+        hits = sum(line.count(p) for line in path.read_text().splitlines() if not line.lstrip().startswith("#")
+                   for p in RAW_RUNTIME)
+        if hits:
+            found[rel] = hits
+    over = {f: n for f, n in found.items() if n > RAW_RUNTIME_DEBT.get(f, 0)}
+    assert not over, f"raw runtime calls outside runtimes/: {over} (open a runner through edgekit.runtimes instead)"
