@@ -142,8 +142,7 @@ def _energies(reference, candidate) -> tuple[float, float]:
     float32 tensors are compared in float32 (BLAS dot products: the rounding is ~1e-6 relative, far
     below what a dB figure shows); anything else, or a sum that overflows float32, in float64.
     """
-    refs = [reference] if isinstance(reference, np.ndarray) else list(reference)
-    cands = [candidate] if isinstance(candidate, np.ndarray) else list(candidate)
+    refs, cands = _arrays(reference), _arrays(candidate)
     if len(refs) != len(cands):
         raise CheckFailed(f"cannot compare {len(refs)} reference tensors with {len(cands)} int8 ones")
     signal = noise = 0.0
@@ -162,6 +161,14 @@ def _energies(reference, candidate) -> tuple[float, float]:
         signal += pair[0]
         noise += pair[1]
     return signal, noise
+
+
+def _arrays(value) -> list:
+    """One array, or a list of arrays, as a list. A 0-d weight (a scalar shared by many Adds) reaches here as a
+    numpy scalar (np.float32), not an ndarray: it is one array of one element."""
+    if isinstance(value, (np.ndarray, np.generic, float, int)):
+        return [np.asarray(value)]
+    return list(value)
 
 
 def _db(signal: float, noise: float) -> float:

@@ -30,8 +30,49 @@ def onnx_grouped_conv_count(model) -> int:
 
 
 def onnx_concat_count(model) -> int:
-    """Concat nodes (float or int8) joining two or more tensors."""
-    return sum(1 for n in model.graph.node if n.op_type in _CONCAT_OPS and _concat_arity(n) >= 2)
+    """Concatenations of feature maps: Concat nodes (float or int8) joining two or more tensors, except those that
+    only compute a shape (`x.view(x.size(0), -1)` in TorchScript is Shape -> Gather -> Unsqueeze -> Concat ->
+    Reshape: an int64 Concat, which ORT's pre-processing or onnxsim folds away)."""
+    shape_only = _shape_tensors(model)
+    return sum(1 for n in model.graph.node
+               if n.op_type in _CONCAT_OPS and _concat_arity(n) >= 2 and not (set(n.output) & shape_only))
+
+
+# Tensors of these element types are shapes, indices or axes, never feature maps.
+_INDEX_TYPES = {6, 7, 12, 13}  # INT32, INT64, UINT32, UINT64 (TensorProto)
+# Ops whose output is integer-typed whatever their input; and ops whose output has their first input's type.
+_SHAPE_SOURCES = {"Shape", "Size", "NonZero", "ArgMax", "ArgMin"}
+_TYPE_KEEPING = {"Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Reshape", "Identity", "Add", "Sub", "Mul",
+                 "Div", "Neg", "Abs", "Min", "Max", "Expand", "Tile", "Flatten", "Range", "ReduceProd", "Mod"}
+
+
+def _shape_tensors(model) -> set[str]:
+    """Names of integer-typed tensors (shapes, indices, axes) of the main graph: declared so (inputs, initializers,
+    Constant values, value_info), made by a shape op or a Cast to an integer type, or carried through a
+    type-keeping op from one of them. Nodes are in topological order (ONNX requires it)."""
+    graph = model.graph
+    ints = {t.name for t in graph.initializer if t.data_type in _INDEX_TYPES}
+    for value in (*graph.input, *graph.value_info, *graph.output):
+        if value.type.tensor_type.elem_type in _INDEX_TYPES:
+            ints.add(value.name)
+    for node in graph.node:
+        integer = False
+        if node.op_type in _SHAPE_SOURCES:
+            integer = True
+        elif node.op_type == "Constant":
+            integer = any(a.name == "value" and a.t.data_type in _INDEX_TYPES for a in node.attribute) or any(
+                a.name in ("value_int", "value_ints") for a in node.attribute)
+        elif node.op_type == "Cast":
+            integer = any(a.name == "to" and a.i in _INDEX_TYPES for a in node.attribute)
+        elif node.op_type in _TYPE_KEEPING and node.input:
+            data = [i for i in node.input if i]
+            # Gather/Slice/Reshape/Expand/Tile/Unsqueeze/Squeeze take integer indices after their data: only the
+            # first input says the type; element-wise ops and Concat need every input integer.
+            firsts = data[:1] if node.op_type not in ("Concat", "Add", "Sub", "Mul", "Div", "Min", "Max", "Mod") else data
+            integer = bool(firsts) and all(i in ints for i in firsts)
+        if integer:
+            ints.update(o for o in node.output if o)
+    return ints
 
 
 def _concat_arity(node) -> int:
