@@ -171,8 +171,7 @@ def decode_image(path: Path, preprocessing: Preprocessing) -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(handle) as image:
                 # JPEG can decode at a reduced scale: much faster for huge photos, same result after resize.
-                side = preprocessing.resize or preprocessing.crop
-                image.draft("RGB", (side, side))
+                image.draft("RGB", preprocessing.draft_size)
                 image.load()
                 return preprocessing.apply(image)
     except UnidentifiedImageError:

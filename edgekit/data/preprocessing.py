@@ -25,7 +25,8 @@ MAX_IMAGE_SIDE = 4096  # ceiling for resize and crop: a typo (22400) would other
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 CHANNELS = ("rgb", "bgr", "gray")
 FORMAT_VERSION = 2
-_KEYS = ("resize", "crop", "mean", "std", "interpolation", "channels", "input_channels")
+_KEYS = ("resize", "crop", "mean", "std", "interpolation", "channels", "input_channels", "pad_value")
+LETTERBOX = "letterbox"  # resize keeping the aspect so the image fits the crop (H x W), pad right/bottom
 # what from_dict and a --preprocessing-file accept: today's keys plus the first form's channel_order
 _ACCEPTED = frozenset(_KEYS) | {"version", "layout", "channel_order"}
 
@@ -53,28 +54,49 @@ class Preprocessing:
        `resize=None` resizes the whole image straight to `crop` x `crop`, aspect not kept,
        no crop (torchvision's `Resize((crop, crop))`: how small-image models such as 8x8
        digits upscaled to 32x32 are trained).
+       `resize="letterbox"` (OCR/detection style): scale the image so it fits inside H x W keeping its aspect
+       (scale = min(W/w, H/h), sides rounded, at least 1 px), place it top-left and fill the right/bottom
+       with the pixel value `pad_value` (0..255, the same in every channel, before normalisation).
+       `crop` is the model's input: N (square) or (H, W); a square (N, N) is stored as N.
     3. x / 255, then (x - mean) / std per channel, mean and std in the model's channel order
        (one value for a gray model broadcasts); layout NCHW.
     """
 
-    resize: int | None
-    crop: int
+    resize: int | str | None
+    crop: int | tuple[int, int]
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     interpolation: str = "bilinear"
     channels: str = "rgb"
     input_channels: int = 3
     layout: str = "NCHW"
+    pad_value: int | None = None  # letterbox only: the fill, a pixel value 0..255 before normalisation
 
     def __post_init__(self):
         # every path (CLI options, metadata, JSON file, direct construction) is checked here
         resize, crop = self.resize, self.crop
-        if resize is not None:
-            _check_side("resize", resize, "the shorter side in pixels, or none to resize straight to the crop")
-        _check_side("crop", crop, "the model's input size in pixels")
-        if resize is not None and crop > resize:
-            raise _FieldError("crop", crop, f"larger than resize {resize}; the crop is cut from the resized image, "
-                                            "so give resize >= crop (or resize none)")
+        if isinstance(crop, (tuple, list)) and len(crop) == 2:
+            for side in crop:
+                _check_side("crop", side, "the model's input size in pixels: N, or HxW")
+            crop = int(crop[0]) if crop[0] == crop[1] else (int(crop[0]), int(crop[1]))
+            object.__setattr__(self, "crop", crop)  # frozen: a square (N, N) is N, so old readers see an int
+        else:
+            _check_side("crop", crop, "the model's input size in pixels: N, or HxW")
+        if resize == LETTERBOX:
+            pad = 0 if self.pad_value is None else self.pad_value
+            if not _is_int(pad) or not 0 <= pad <= 255:
+                raise _FieldError("pad_value", pad, "give the fill of the padding as a pixel value, 0 to 255")
+            object.__setattr__(self, "pad_value", int(pad))
+        else:
+            if self.pad_value is not None:
+                raise _FieldError("pad_value", self.pad_value, "only a letterbox resize pads; drop it or use "
+                                                               "resize letterbox")
+            if resize is not None:
+                _check_side("resize", resize, "the shorter side in pixels, none to resize straight to the crop, "
+                                              "or letterbox")
+            if resize is not None and max(self.crop_hw) > resize:
+                raise _FieldError("crop", crop, f"larger than resize {resize}; the crop is cut from the resized "
+                                                "image, so give resize >= crop (or resize none)")
         if self.interpolation not in INTERPOLATIONS:
             raise _FieldError("interpolation", self.interpolation, f"use one of {', '.join(INTERPOLATIONS)}")
         if self.channels not in CHANNELS:
@@ -92,8 +114,12 @@ class Preprocessing:
             object.__setattr__(self, name, values)  # frozen: normalise lists and numpy scalars to a float tuple
 
     @classmethod
-    def for_input_size(cls, size: int) -> "Preprocessing":
-        """torchvision's ImageNet evaluation recipe scaled to `size` (resize 256 -> crop 224)."""
+    def for_input_size(cls, size) -> "Preprocessing":
+        """torchvision's ImageNet evaluation recipe scaled to `size` (resize 256 -> crop 224); for a non-square
+        (H, W) input, its mean and std with a straight resize to H x W (no crop)."""
+        if isinstance(size, tuple) and size[0] != size[1]:
+            return cls(resize=None, crop=size)
+        size = size[0] if isinstance(size, tuple) else size
         return cls(resize=int(round(size * 256 / 224)), crop=size)
 
     @classmethod
@@ -111,33 +137,44 @@ class Preprocessing:
 
     def to_dict(self) -> dict:
         """JSON-ready, with a version so that readers can tell it from the first form."""
-        return {"version": FORMAT_VERSION, "resize": self.resize, "crop": self.crop, "mean": list(self.mean),
-                "std": list(self.std), "interpolation": self.interpolation, "channels": self.channels,
-                "input_channels": self.input_channels, "layout": self.layout}
+        crop = self.crop if isinstance(self.crop, int) else list(self.crop)
+        out = {"version": FORMAT_VERSION, "resize": self.resize, "crop": crop, "mean": list(self.mean),
+               "std": list(self.std), "interpolation": self.interpolation, "channels": self.channels,
+               "input_channels": self.input_channels, "layout": self.layout}
+        if self.pad_value is not None:  # letterbox only, so every other file's dict is as before
+            out["pad_value"] = self.pad_value
+        return out
 
     @classmethod
     def from_options(cls, input_size, *, resize=None, crop=None, mean=None, std=None, interpolation=None,
-                     channels=None, input_channels=None, file: str | Path | None = None) -> "Preprocessing":
+                     channels=None, input_channels=None, pad_value=None, file: str | Path | None = None,
+                     size_option: str = "--input-size") -> "Preprocessing":
         """From CLI options (None = not given; strings such as "none" or "0.5,0.5,0.5" are parsed) over a JSON
-        `file` of the same keys over for_input_size(input_size)'s values. The crop is the model's input size."""
-        size = _parse("input_size", input_size, label="--input-size")
-        if not 1 <= size <= MAX_IMAGE_SIDE:
+        `file` of the same keys over for_input_size(input_size)'s values. The crop is the model's input size
+        (N, or a (H, W) tuple for a non-square input)."""
+        if isinstance(input_size, tuple):
+            size = (int(input_size[0]), int(input_size[1]))
+            size = size[0] if size[0] == size[1] else size
+        else:
+            size = _parse("input_size", input_size, label="--input-size")
+        if not all(1 <= s <= MAX_IMAGE_SIDE for s in ((size,) if isinstance(size, int) else size)):
             raise BadInput(f"--input-size {input_size!r}: give the model's input size, 1..{MAX_IMAGE_SIDE} pixels")
         values, labels = {}, {}
         if file is not None:
             values.update(_read_mapping(_load_json(Path(file)), f"preprocessing file {file}"))
             labels.update({key: f"preprocessing file {file} field '{key}'" for key in values})
         given = {"resize": resize, "crop": crop, "mean": mean, "std": std, "interpolation": interpolation,
-                 "channels": channels, "input_channels": input_channels}
+                 "channels": channels, "input_channels": input_channels, "pad_value": pad_value}
         for key, raw in given.items():
             if raw is not None:
                 option = "--" + key.replace("_", "-")
                 values[key] = _parse(key, raw, label=option)
                 labels[key] = option
         values.setdefault("crop", size)
-        if values["crop"] != size:
-            raise BadInput(f"{labels['crop']} is {values['crop']} but --input-size is {size}: the crop is the "
-                           f"model's input size; pass --input-size {values['crop']} or drop the crop")
+        if _square(values["crop"]) != size:
+            raise BadInput(f"{labels['crop']} is {_side_text(values['crop'])} but {size_option} is {_side_text(size)}: "
+                           f"the crop is the model's input size; pass {size_option} {_side_text(values['crop'])} "
+                           "or drop the crop")
         default = cls.for_input_size(size)
         values.setdefault("resize", default.resize)
         try:
@@ -147,15 +184,31 @@ class Preprocessing:
 
     @property
     def chw(self) -> tuple[int, int, int]:
-        """The shape apply() returns: (input_channels, crop, crop)."""
-        return (self.input_channels, self.crop, self.crop)
+        """The shape apply() returns: (input_channels, H, W)."""
+        return (self.input_channels, *self.crop_hw)
+
+    @property
+    def crop_hw(self) -> tuple[int, int]:
+        """The model's input (H, W): (crop, crop) for a square one."""
+        return (self.crop, self.crop) if isinstance(self.crop, int) else tuple(self.crop)
+
+    @property
+    def draft_size(self) -> tuple[int, int]:
+        """(width, height) a decoder may reduce a JPEG to (PIL's draft) without changing what apply() makes."""
+        h, w = self.crop_hw
+        side = self.resize if isinstance(self.resize, int) else 0
+        return (max(w, side), max(h, side))
 
     def describe(self) -> str:
         """One line for summaries."""
+        h, w = self.crop_hw
         if self.resize is None:
-            geometry = f"resize to {self.crop}x{self.crop} ({self.interpolation}, aspect not kept)"
+            geometry = f"resize to {h}x{w} ({self.interpolation}, aspect not kept)"
+        elif self.resize == LETTERBOX:
+            geometry = (f"letterbox into {h}x{w} ({self.interpolation}, aspect kept, padded right/bottom with "
+                        f"pixel value {self.pad_value})")
         else:
-            geometry = f"resize {self.resize} (shorter side, {self.interpolation}), centre crop {self.crop}"
+            geometry = f"resize {self.resize} (shorter side, {self.interpolation}), centre crop {_side_text(self.crop)}"
         colour = self.channels.upper() if self.channels != "gray" else f"gray x{self.input_channels}"
         return f"{geometry}, {colour}, mean {_floats_text(self.mean)}, std {_floats_text(self.std)}"
 
@@ -168,16 +221,24 @@ class Preprocessing:
             image = image.convert("L")  # before resizing: one channel to resample, as gray datasets load
         resample = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
                     "nearest": Image.Resampling.NEAREST}[self.interpolation]
+        ch, cw = self.crop_hw
         if self.resize is None:
-            image = image.resize((self.crop, self.crop), resample)
+            image = image.resize((cw, ch), resample)
+        elif self.resize == LETTERBOX:
+            w, h = image.size
+            scale = min(cw / w, ch / h)
+            inner = image.resize((max(1, min(cw, round(w * scale))), max(1, min(ch, round(h * scale)))), resample)
+            fill = self.pad_value if image.mode == "L" else (self.pad_value,) * 3
+            image = Image.new(image.mode, (cw, ch), fill)
+            image.paste(inner, (0, 0))
         else:
             w, h = image.size
             # torchvision's Resize(int): the longer side is truncated, not rounded; same for its centre crop offsets
             size = (self.resize, int(self.resize * h / w)) if w <= h else (int(self.resize * w / h), self.resize)
             image = image.resize(size, resample)
-            left = int(round((size[0] - self.crop) / 2.0))
-            top = int(round((size[1] - self.crop) / 2.0))
-            image = image.crop((left, top, left + self.crop, top + self.crop))
+            left = int(round((size[0] - cw) / 2.0))
+            top = int(round((size[1] - ch) / 2.0))
+            image = image.crop((left, top, left + cw, top + ch))
         array = np.asarray(image, dtype=np.float32) / 255.0
         if array.ndim == 2:
             array = np.repeat(array[..., None], self.input_channels, axis=2)
@@ -241,13 +302,23 @@ def _parse(key: str, value, label: str | None = None):
     text = value.strip() if isinstance(value, str) else None
     if key == "resize" and (value is None or (text or "").lower() == "none"):
         return None
-    if key in ("resize", "crop", "input_channels", "input_size"):
+    if key == "resize" and (text or "").lower() == LETTERBOX:
+        return LETTERBOX
+    if key == "crop" and (isinstance(value, (list, tuple)) or (text is not None and "x" in text.lower())):
+        parts = text.lower().split("x") if text is not None else list(value)
+        try:
+            if len(parts) != 2 or any(isinstance(v, (bool, float)) and not float(v).is_integer() for v in parts):
+                raise ValueError
+            return tuple(int(str(v).strip()) if isinstance(v, str) else int(v) for v in parts)
+        except (TypeError, ValueError):
+            raise BadInput(f"{label} is {_show(value)}: expected N or HxW in pixels, e.g. 224 or 48x192") from None
+    if key in ("resize", "crop", "input_channels", "input_size", "pad_value"):
         if isinstance(value, float) and value.is_integer():
             return int(value)
         if text is not None and text.lstrip("+-").isdigit():
             return int(text)
         if not _is_int(value):
-            extra = " or none" if key == "resize" else ""
+            extra = " or none, or letterbox" if key == "resize" else ""
             raise BadInput(f"{label} is {_show(value)}: expected a whole number{extra}")
         return int(value)
     if key in ("mean", "std"):
@@ -306,6 +377,15 @@ def _load_json(path: Path):
         raise BadInput(f"preprocessing file {path} cannot be read: {exc}") from None
     except json.JSONDecodeError as exc:
         raise BadInput(f"preprocessing file {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+
+
+def _square(crop):
+    """(N, N) as N, so a crop compares with an input size either way."""
+    return crop[0] if isinstance(crop, tuple) and crop[0] == crop[1] else crop
+
+
+def _side_text(size) -> str:
+    return f"{size[0]}x{size[1]}" if isinstance(size, tuple) else str(size)
 
 
 def _show(value) -> str:

@@ -137,7 +137,7 @@ def check_against_graph(
     for i, (name, dim) in enumerate((("height", height), ("width", width)), start=2):
         if dim is not None and meta.input_size is not None and dim != meta.input_size:
             raise disagree("input_size", meta.input_size, f"input {shown_in} has {name} {dim}")
-        if dim is not None and dim != pre.crop:
+        if dim is not None and dim != pre.crop_hw[i - 2]:
             raise disagree("preprocessing.crop", pre.crop, f"input {shown_in} has {name} {dim}")
     if channels is not None and channels != want_channels:
         raise disagree(
