@@ -166,18 +166,39 @@ TRAINED_WEIGHTS = ("file", "pretrained")  # the metadata's weights.kind of a mod
 
 
 def weights_are_trained(weights: dict | None) -> bool:
-    """A file's weights came from training (a weights file or pretrained), not from a seeded random init."""
+    """The stricter gates apply: the weights came from training (a weights file or pretrained), or they are unknown
+    (None: a foreign or imported file, or one derived from it) and so not seeded-random. Only weights the metadata
+    records as seeded-random (kind "random") get the loose random-weight gates."""
+    if weights is None:
+        return True
     return isinstance(weights, dict) and weights.get("kind") in TRAINED_WEIGHTS
 
 
+DENSE_NOTE = "dense output: gated on SQNR (fp16, int8) or elementwise max abs (fp32), cosine shown; top-1 never gated"
+
+
 def gates_for(precision: str, trained: bool, atol: float | None = None, rtol: float | None = None,
-              min_top1_agreement: float | None = None, min_sqnr: float | None = None) -> tuple[Tolerance, str]:
-    """The gates a file of `precision` is held to, and a line saying where they come from: the one place where
-    trained weights mean stricter int8 gates (trained_defaults), with the user's overrides on top."""
-    tolerance, source = resolve_tolerance(precision, atol, rtol, min_top1_agreement, min_sqnr,
-                                          defaults=trained_defaults() if trained else None)
+              min_top1_agreement: float | None = None, min_sqnr: float | None = None, *, task: str = "classify",
+              why: str | None = None) -> tuple[Tolerance, str]:
+    """The gates a file of `precision` is held to, and a line saying where they come from and why: the one place
+    where trained (or unknown) weights mean stricter int8 gates (trained_defaults), and where a dense output (task
+    "dense": detection or segmentation maps) drops every top-1 gate, with the user's overrides on top. `why`: the
+    reason the weights count as trained or not, said in the line."""
+    defaults = trained_defaults() if trained else dict(DEFAULT_TOLERANCES)
+    if task == "dense":
+        if min_top1_agreement is not None:
+            raise BadInput("--min-top1-agreement does not apply to a dense output (no class decision to agree on)",
+                           hint="gate it with --min-sqnr, --atol/--rtol")
+        import dataclasses
+
+        defaults = {k: dataclasses.replace(t, same_top1=False, min_top1_agreement=None) for k, t in defaults.items()}
+    tolerance, source = resolve_tolerance(precision, atol, rtol, min_top1_agreement, min_sqnr, defaults=defaults)
     if trained:
         source = source.replace("defaults", "defaults for trained weights", 1)
+    if why:
+        source += f" ({why})"
+    if task == "dense":
+        source += f"; {DENSE_NOTE}"
     return tolerance, source
 
 

@@ -1,8 +1,10 @@
-"""`verify`: an ONNX file on each ONNX Runtime execution provider against the PyTorch model it was
-made from, rebuilt from the file's own metadata. Returns a Report; never prints.
+"""`verify`: an ONNX file on each ONNX Runtime execution provider against its reference. Returns a Report;
+never prints.
 
-The reference is always PyTorch fp32 on CPU (for an int8 or fp16 file: the fp32 model it descends
-from). Gates depend on the file's precision (compare.DEFAULT_TOLERANCES) and can be overridden.
+The reference (edgekit.reference: open_reference) is the PyTorch fp32 model the file was made from, rebuilt from
+its metadata, on the CPU (for an int8 or fp16 file: the fp32 model it descends from); for a file with no PyTorch
+source it is ONNX Runtime on the CPU running the fp32 parent (an int8/fp16 file descended from a foreign or
+imported file) or the original foreign file (an imported fp32 file). Gates depend on the file's precision (compare.DEFAULT_TOLERANCES) and can be overridden.
 An int8 file on an x86 CPU without VNNI also runs with exact accumulation, so this CPU's kernel
 saturation is measured and named apart from the file's quantization error. Its knobs are VerifyOptions
 (verify/options.py).
@@ -11,7 +13,6 @@ saturation is measured and named apart from the file's quantization error. Its k
 from __future__ import annotations
 
 import contextlib
-import copy
 import time
 from pathlib import Path
 from typing import Callable
@@ -20,13 +21,13 @@ import numpy as np
 
 from edgekit.onnxfile.artifact import load_onnx, read_metadata, sha256_file
 from edgekit.judge.compare import DEFAULT_TOLERANCES, NAN_ONLY, Tolerance, apply_noise_floor, compare_outputs, mismatched_output
-from edgekit.core.errors import BadInput, CheckFailed
+from edgekit.core.errors import BadInput
 from edgekit.onnxfile.graph import precision_of
 from edgekit.core.knobs import with_knobs
-from edgekit.models.reference import build_reference, plan_reference
 from edgekit.core.provenance import run_environment
 from edgekit.runtimes.devices import cpu_of
-from edgekit.runtimes.runners import REFERENCE_BATCH, batch_sizes, input_dtype, run_session, run_torch
+from edgekit.reference.runner import check_finite, open_reference
+from edgekit.runtimes.runners import REFERENCE_BATCH, batch_sizes, input_dtype, run_session
 from edgekit.judge.targets import (
     TARGETS,
     exact_session_for,
@@ -60,21 +61,24 @@ SATURATION_GAP_DB = 3.0
 
 
 class _ExactReference:
-    """Float64 PyTorch outputs, computed at most once per input set, for the fp32 noise-floor check."""
+    """Float64 outputs of the reference (PyTorch only), computed at most once per input set, for the fp32
+    noise-floor check."""
 
-    def __init__(self, model):
-        self.model = model
-        self.double = None
+    def __init__(self, reference):
+        self.reference = reference
         self.cache: dict[str, np.ndarray] = {}
 
     def get(self, name: str, inputs: np.ndarray) -> np.ndarray:
-        import torch
-
         if name not in self.cache:
-            if self.double is None:
-                self.double = copy.deepcopy(self.model).double()
-            self.cache[name] = run_torch(self.double, inputs, dtype=torch.float64)
+            self.cache[name] = self.reference.run_exact(inputs)
         return self.cache[name]
+
+
+def row_tolerance(precision: str, input_set: str, tolerance: Tolerance) -> Tolerance:
+    """The gates of one row. int8 scales are calibrated on images; standard-normal noise lies outside the calibrated
+    ranges and saturates (random-weight resnet18 at 224: 4.7 dB, 0 % top-1 agreement, against 27 dB and 100 % on the
+    photos), so random inputs to an int8 file are gated on NaN/Inf only, on every runtime."""
+    return NAN_ONLY if precision == "int8" and input_set == "random" else tolerance
 
 
 def _rows(
@@ -89,12 +93,7 @@ def _rows(
             on_stage(f"ONNX Runtime on {session.requested}{' ' + kernels if kernels else ''}: {s.name}, batch {batch}")
             got = run_session(session, s.tensors, batch)[0]
             ref = expected[s.name]
-            row_tol, notes = tolerance, []
-            if precision == "int8" and s.name == "random":
-                # int8 scales are calibrated on images; standard-normal noise lies outside the
-                # calibrated ranges and saturates (random-weight resnet18 at 224: 4.7 dB, 0 % top-1
-                # agreement, against 27 dB and 100 % on the photos). Only NaN/Inf are gated there.
-                row_tol = NAN_ONLY
+            row_tol, notes = row_tolerance(precision, s.name, tolerance), []
             if got.shape != ref.shape:
                 metrics = mismatched_output(output_name, ref.shape, got.shape)
             else:
@@ -161,7 +160,7 @@ def _openvino_rows(
                 runners[batch] = OpenVinoRunner.load(path, batch=batch)
             runner = runners[batch]
             got = run_batched(runner.run, s.tensors, batch)[0]
-            row_tol = NAN_ONLY if precision == "int8" and s.name == "random" else tolerance
+            row_tol = row_tolerance(precision, s.name, tolerance)
             ref = expected[s.name]
             metrics = (mismatched_output(output_name, ref.shape, got.shape) if got.shape != ref.shape
                        else compare_outputs(ref, got, output_name, row_tol))
@@ -231,20 +230,27 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
     on_stage("loading the file")
     model_proto = load_onnx(path)
     meta = read_metadata(model_proto, path)
-    plan = plan_reference(path, model_proto, meta, o.model, o.weights, o.pretrained, o.seed)
+    ref = open_reference(path, model_proto, meta, model=o.model, weights=o.weights, pretrained=o.pretrained,
+                         seed=o.seed, parent=o.parent)
+    if o.parent is not None and ref.kind == "pytorch" and not o.layers:
+        raise BadInput(f"--parent names the fp32 reference of a file without a PyTorch source; {path}'s reference is "
+                       f"PyTorch ({ref.model_name})", hint="drop --parent, or add --layers to compare with that file")
     precision = precision_of(model_proto, meta)
-    # the reference's weights decide: a foreign file verified against --weights is a trained model too
-    tolerance, tolerance_source = gates_for(precision, weights_are_trained(plan.weights), o.atol, o.rtol,
-                                            o.min_top1_agreement, o.min_sqnr)
+    # the reference's weights decide: a foreign file verified against --weights is a trained model too, and one
+    # whose weights are unknown (an ONNX reference) is not seeded-random
+    tolerance, tolerance_source = gates_for(precision, ref.trained, o.atol, o.rtol, o.min_top1_agreement, o.min_sqnr,
+                                            task=ref.task, why=ref.why_gates)
     if o.dataset is not None:
-        check_dataset(Path(o.dataset), plan.num_classes)  # a bad folder fails now, not after the reference is built
+        check_dataset(Path(o.dataset), ref.num_classes)  # a bad folder fails now, not after the reference is built
     user_elementwise = o.atol is not None or o.rtol is not None
     digest = sha256_file(path)
     del model_proto  # the sessions read the file themselves; large graphs need not stay in memory
 
     if o.layers and precision != "int8":
         raise BadInput(f"--layers compares an int8 file with its fp32 parent; {path} is {precision}")
-    parent_path = _parent_for_layers(path, meta, o.parent) if o.layers else None
+    parent_path = None
+    if o.layers:
+        parent_path = ref.file if ref.kind == "parent" else _parent_for_layers(path, meta, o.parent)
     cpu = cpu_of(device)
     recipe = (meta or {}).get("recipe") or {}
     judgement = judge_int8(recipe, cpu, o.target) if precision == "int8" else None
@@ -282,9 +288,9 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
                 notes.append(hint)
 
         first = sessions[0]
-        chw = expected_chw(first, plan.preprocessing)
+        chw = expected_chw(first, ref.preprocessing)
         on_stage("loading inputs")
-        input_sets, input_notes = load_input_sets(plan.preprocessing, chw, o.images, o.inputs, o.random_inputs, o.seed)
+        input_sets, input_notes = load_input_sets(ref.preprocessing, chw, o.images, o.inputs, o.random_inputs, o.seed)
         notes += input_notes
         for session in sessions:
             probe = np.repeat(input_sets[0].tensors[:1], batch_sizes(session)[0], axis=0).astype(input_dtype(session))
@@ -292,26 +298,26 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
         if input_dtype(first) == np.float16:
             notes.append("the model takes float16 inputs: the float32 inputs are cast to float16 for ONNX Runtime")
 
-        on_stage(f"building the PyTorch reference ({plan.spec.name})")
-        torch_model = build_reference(plan)
+        on_stage(f"building the reference ({ref.model_name})" if ref.kind == "pytorch" else "starting the reference")
+        cleanup.callback(ref.close)
+        ref.load()
+        torch_model = ref.torch_model
         reference = Reference(
-            model=plan.spec.name, family=plan.spec.family, from_metadata=plan.from_metadata, weights=plan.weights,
-            num_classes=plan.num_classes, input_size=plan.input_size, preprocessing=plan.preprocessing,
+            model=ref.model_name, family=ref.family, from_metadata=ref.from_metadata, weights=ref.weights,
+            num_classes=ref.num_classes, input_size=ref.input_size, preprocessing=ref.preprocessing, kind=ref.kind,
+            file=str(ref.file) if ref.file else None, sha256=ref.sha256, task=ref.task, text=ref.describe(),
         )
-        if not plan.from_metadata and plan.weights.get("kind") == "random":
+        if ref.kind == "pytorch" and not ref.from_metadata and (ref.weights or {}).get("kind") == "random":
             notes.append(
                 f"no --weights: the reference has seeded random weights (seed {o.seed}); a foreign file matches it "
                 "only if it was exported from the same seeded model"
             )
         expected_outputs = {}
         for s in input_sets:
-            on_stage(f"PyTorch on {s.name}")
-            ref = run_torch(torch_model, s.tensors)
-            if not np.isfinite(ref).all():
-                raise CheckFailed(
-                    f"the PyTorch reference itself produced NaN/Inf on the {s.name} inputs; nothing to compare against"
-                )
-            expected_outputs[s.name] = ref
+            on_stage(f"reference ({ref.short}) on {s.name}")
+            out = ref.run(s.tensors)
+            check_finite(out, s.name, ref)
+            expected_outputs[s.name] = out
         first_ref = expected_outputs[input_sets[0].name]
         num_classes = int(first_ref.reshape(len(first_ref), -1).shape[1])
         reference.num_classes = num_classes
@@ -328,8 +334,8 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
             )
         first_output = first.session.get_outputs()[0].name
         if len(first.session.get_outputs()) > 1:
-            notes.append(f"the model has several outputs; PyTorch gives one, compared with {first_output!r}")
-        exact = _ExactReference(torch_model) if precision == "fp32" and not user_elementwise else None
+            notes.append(f"the model has several outputs; the first, {first_output!r}, is compared")
+        exact = _ExactReference(ref) if precision == "fp32" and not user_elementwise and ref.has_exact else None
         runs: list[ProviderRun] = []
         comparisons: list[Comparison] = []
         gated_kernels = judgement.kernels if judgement else ""
@@ -352,7 +358,7 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
         if "openvino" in runtime_names:
             comparisons += _openvino_rows(path, input_sets, expected_outputs, first_output, precision, tolerance,
                                           batch_sizes(first), on_stage)
-        if cuda_device_available() and any(p in ("cuda", "tensorrt") for p in wanted):
+        if torch_model is not None and cuda_device_available() and any(p in ("cuda", "tensorrt") for p in wanted):
             reference.devices = ["cpu", "cuda"]
             comparisons += _torch_cuda_rows(torch_model, input_sets, expected_outputs, first_output, on_stage)
 
@@ -360,7 +366,7 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
         if o.dataset is not None:
             on_stage("dataset")
             accuracy = measure_dataset(
-                Path(o.dataset), torch_model, sessions, plan.preprocessing, num_classes, o.max_drop, o.dataset_samples, o.seed,
+                Path(o.dataset), ref.run, sessions, ref.preprocessing, num_classes, o.max_drop, o.dataset_samples, o.seed,
                 on_stage,
             )
 

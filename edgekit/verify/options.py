@@ -43,12 +43,15 @@ class VerifyOptions:
     rtol: float | None = knob(None, "elementwise relative tolerance (fp32 default 1e-3)", low=0.0, high=1e6)
     min_top1_agreement: float | None = knob(None)
     min_sqnr: float | None = knob(None)
-    dataset: Path | None = knob(None, "labelled images, one sub-folder per class (ImageFolder): top-1 accuracy")
+    dataset: Path | None = knob(None, "labelled images, one sub-folder per class (ImageFolder), or an .npz of preprocessed "
+                                 "tensors with labels (keys x/y or inputs/labels): top-1 accuracy")
     max_drop: float | None = knob(None, "fail when top-1 on --dataset drops more than this many points",
                                   low=0.0, high=100.0)
     dataset_samples: int | None = knob(None, "at most this many --dataset images (seeded pick)", low=1, high=MAX_SAMPLES)
     target: str | None = knob(None, "int8: the CPU the file is meant for (default: this one)")
     layers: bool = knob(False, "int8: per-layer error against the fp32 parent (table, JSON, PNG plot)")
-    parent: Path | None = knob(None, "with --layers: the fp32 file (default: the one the metadata names)")
+    parent: Path | None = knob(None, "the fp32 file a file without a PyTorch source is compared with (its parent, or an "
+                                 "imported file's original; checked by sha256), and the fp32 file of --layers (default: "
+                                 "the one the metadata names, beside the file)")
     runtimes: str | None = knob(None)
     device: str | None = knob(None)

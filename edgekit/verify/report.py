@@ -27,11 +27,12 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%" if x < 1 else "100%"
 
 
-def describe_gates(tol: Tolerance) -> str:
-    """The gates in words, e.g. '|ORT - PyTorch| <= 1e-4 + 1e-3*|PyTorch|, identical top-1; NaN/Inf fail'."""
+def describe_gates(tol: Tolerance, ref: str = "PyTorch") -> str:
+    """The gates in words, e.g. '|ORT - PyTorch| <= 1e-4 + 1e-3*|PyTorch|, identical top-1; NaN/Inf fail' (`ref`: what
+    the reference is called)."""
     parts = []
     if tol.atol is not None or tol.rtol is not None:
-        parts.append(f"|ORT - PyTorch| <= {tol.atol or 0:g} + {tol.rtol or 0:g}*|PyTorch| elementwise")
+        parts.append(f"|ORT - {ref}| <= {tol.atol or 0:g} + {tol.rtol or 0:g}*|{ref}| elementwise")
     if tol.same_top1:
         parts.append("identical top-1 (ties within the tolerance excepted)")
     if tol.min_top1_agreement is not None:
@@ -76,13 +77,21 @@ def _text(value) -> str:
     return escape(shown_path(value if isinstance(value, (str, Path)) else str(value)))
 
 
+def _ref_word(report: Report) -> str:
+    return "PyTorch" if report.reference.kind == "pytorch" else "ref"
+
+
+def _ref_label(report: Report) -> str:
+    return "PyTorch fp32" if report.reference.kind == "pytorch" else report.reference.short
+
+
 def header_lines(report: Report) -> list[str]:
     """What was verified, against what, with which gates, on which inputs and providers (rich markup;
     every path and string from the file or the user is escaped)."""
     lines = [
         f"[bold]verify[/] {_text(report.file)}  (sha256 {report.sha256[:12]}, {report.precision}, {_size(report.file)})",
         f"reference: {_text(report.reference.describe())}",
-        f"gates ({_text(report.tolerance_source)}): {_text(describe_gates(report.tolerance))}",
+        f"gates ({_text(report.tolerance_source)}): {_text(describe_gates(report.tolerance, _ref_word(report)))}",
         "inputs: " + "; ".join(f"{_text(s.name)}: {_text(s.description)}" for s in report.input_sets),
     ]
     for run in report.providers:
@@ -104,7 +113,7 @@ def comparison_table(report: Report, verbose: bool = False):
     from rich.table import Table
 
     columns = VERBOSE_COLUMNS if verbose else BRIEF_COLUMNS
-    table = Table(title=f"{_text(report.file.name)} vs PyTorch", show_lines=False)
+    table = Table(title=f"{_text(report.file.name)} vs {_text(report.reference.short)}", show_lines=False)
     for name in columns:
         left = name in ("runtime", "inputs", "output", "result", "failed gates")
         table.add_column(name, justify="left" if left else "right", overflow="fold")
@@ -152,9 +161,9 @@ def dataset_table(report: Report):
         return None
     gate = f", gate: drop <= {d.max_drop:g} points" if d.max_drop is not None else ""
     table = Table(title=f"accuracy on {_text(Path(d.folder))} ({d.samples} images, {len(d.classes)} classes{gate})")
-    for name in ("model", "top-1 %", "drop (points)", "agrees with PyTorch", "result"):
+    for name in ("model", "top-1 %", "drop (points)", "agrees with the reference", "result"):
         table.add_column(name, justify="left" if name in ("model", "result") else "right")
-    table.add_row("PyTorch fp32 (reference)", f"{d.torch_top1:.2f}", "-", "-", "")
+    table.add_row(f"{_text(_ref_label(report))} (reference)", f"{d.torch_top1:.2f}", "-", "-", "")
     for p in d.providers:
         failed = d.max_drop is not None and p.drop > d.max_drop
         result = "" if d.max_drop is None else ("[bold red]FAIL[/]" if failed else "[green]PASS[/]")
@@ -198,7 +207,7 @@ def to_markdown(report: Report) -> str:
         "",
         f"- file: `{report.file}` (sha256 `{report.sha256}`), precision {report.precision}",
         f"- reference: {report.reference.describe()}",
-        f"- gates ({report.tolerance_source}): {describe_gates(report.tolerance)}",
+        f"- gates ({report.tolerance_source}): {describe_gates(report.tolerance, _ref_word(report))}",
         "- inputs: " + "; ".join(f"{s.name}: {s.description}" for s in report.input_sets),
     ]
     for run in report.providers:
@@ -229,9 +238,9 @@ def to_markdown(report: Report) -> str:
             "",
             f"## Accuracy on `{d.folder}` ({d.samples} images, {len(d.classes)} classes)",
             "",
-            "| model | top-1 % | drop (points) | agrees with PyTorch |",
+            "| model | top-1 % | drop (points) | agrees with the reference |",
             "|---|--:|--:|--:|",
-            f"| PyTorch fp32 (reference) | {d.torch_top1:.2f} | - | - |",
+            f"| {_ref_label(report)} (reference) | {d.torch_top1:.2f} | - | - |",
         ]
         for p in d.providers:
             out.append(f"| {p.label} ({report.precision}) | {p.top1:.2f} | {p.drop:+.2f} | {p.agreement:.1f}% |")

@@ -14,25 +14,29 @@ from edgekit.data.preprocessing import Preprocessing
 
 @dataclass
 class Reference:
-    """The PyTorch model the ONNX file is compared with, and where that knowledge came from."""
+    """What the ONNX file is compared with (edgekit.reference: PyTorch, or ONNX Runtime on the fp32 parent or the
+    original file), and where that knowledge came from."""
 
-    model: str
-    family: str
+    model: str | None
+    family: str | None
     from_metadata: bool
-    weights: dict  # WeightsSource.to_dict()
+    weights: dict | None  # WeightsSource.to_dict(); None for an ONNX reference (the weights are unknown)
     num_classes: int | None
-    input_size: int
+    input_size: int | None
     preprocessing: Preprocessing
     devices: list[str] = field(default_factory=lambda: ["cpu"])
+    kind: str = "pytorch"  # pytorch | parent | original
+    file: str | None = None  # the ONNX reference (parent, original)
+    sha256: str | None = None
+    task: str = "classify"
+    text: str = ""  # edgekit.reference.Reference.describe()
+
+    @property
+    def short(self) -> str:
+        return "PyTorch" if self.kind == "pytorch" else ("the fp32 parent" if self.kind == "parent" else "the original")
 
     def describe(self) -> str:
-        from edgekit.models.weights import WeightsSource
-
-        where = "rebuilt from the file's metadata" if self.from_metadata else "from --model/--weights"
-        return (
-            f"PyTorch {self.model} fp32, weights {WeightsSource.from_dict(self.weights).describe()}, "
-            f"on {' and '.join(d.upper() for d in self.devices)} ({where})"
-        )
+        return f"{self.text}, on {' and '.join(d.upper() for d in self.devices)}"
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
