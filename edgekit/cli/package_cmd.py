@@ -25,13 +25,21 @@ def package_command(
     labels: Annotated[Path | None, option(P, "labels", "--labels", dir_okay=False)] = P.labels,
     images: options.Images = P.images,
     golden: Annotated[int | None, option(P, "golden", "--golden")] = P.golden,
+    model_name: Annotated[str | None, option(P, "model", "--model")] = P.model,
+    weights: options.Weights = P.weights,
+    parent: Annotated[Path | None, option(P, "parent", "--parent", dir_okay=False)] = P.parent,
     json_output: options.Json = False,
 ) -> None:
     """A folder for the device: .onnx + .ort, manifest, golden data, and check.py (numpy + onnxruntime only)."""
     from edgekit.package import package
+    from edgekit.onnxfile.outputs import register_input
 
+    register_input(model, "input model")
+    if parent is not None:
+        register_input(parent, "fp32 parent")
     with progress("package") as shown:
-        knobs = PackageOptions(output=output, labels=labels, images=images, golden=golden)
+        knobs = PackageOptions(output=output, labels=labels, images=images, golden=golden, model=model_name,
+                               weights=weights, parent=parent)
         result = package(model, knobs, on_stage=shown.stage)
     if json_output:
         print_json(result)

@@ -48,6 +48,7 @@ def verify_command(
         Path | None, typer.Option("--report", help="write all numbers to FILE.json and a summary to FILE.md", dir_okay=False)
     ] = None,
     device: options.Device = V.device,
+    device_timeout: options.DeviceTimeout = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="every metric in the table (the reports always have them)")] = False,
     expect_manifest: Annotated[
         str | None, typer.Option("--expect-manifest", help="a bundle: fail unless its manifest.json has this sha256")
@@ -60,20 +61,24 @@ def verify_command(
     on the golden inputs, the gates) run as check.py runs them on the device."""
     from edgekit.core.errors import GateFailed, SaturationFailed
 
+    knobs = VerifyOptions(
+        providers=providers, allow_fallback=allow_fallback, images=images, inputs=inputs, random_inputs=random_inputs,
+        seed=seed, model=model, weights=weights, pretrained=pretrained, atol=atol, rtol=rtol,
+        min_top1_agreement=min_top1_agreement, min_sqnr=min_sqnr, dataset=dataset, max_drop=max_drop,
+        dataset_samples=samples, target=target.value if target is not None and target.value != "auto" else None,
+        layers=layers, parent=parent, runtimes=runtimes, device=device,
+    )
     if model_file.is_dir() and (model_file / "manifest.json").exists():
         from edgekit.core.errors import BadInput
 
         # a bundle is checked with its golden data and its manifest's gates (tightened or loosened by the gate
         # options); every other option would be silently dropped, so it is refused
-        given = {"--allow-fallback": allow_fallback, "--images": images, "--inputs": inputs,
-                 "--random-inputs": random_inputs != V.random_inputs, "--seed": seed != V.seed, "--model": model,
-                 "--weights": weights, "--pretrained": pretrained, "--dataset": dataset, "--max-drop": max_drop,
-                 "--samples": samples, "--target": target, "--layers": layers, "--parent": parent, "--plot": plot,
-                 "--runtimes": runtimes}
-        refused = [name for name, value in given.items() if value not in (None, False)]
+        refused = bundle_refused_options(knobs) + (["--plot"] if plot is not None else [])
         if refused:
             raise BadInput(f"{', '.join(refused)} does not apply to a bundle ({model_file} is checked with its own "
                            "golden data and gates)", hint="verify the .onnx inside it for that")
+        if report is not None:
+            _refuse_report_in_bundle(report, model_file)
         gates = {"atol": atol, "rtol": rtol, "min_top1_agreement": min_top1_agreement, "min_sqnr_db": min_sqnr}
         _verify_bundle(model_file, providers, report, json_output, device, expect_manifest,
                        {k: v for k, v in gates.items() if v is not None})
@@ -99,13 +104,6 @@ def verify_command(
             refuse_if_input(out, "--report")
     if plot is not None:
         refuse_if_input(plot, "--plot")
-    knobs = VerifyOptions(
-        providers=providers, allow_fallback=allow_fallback, images=images, inputs=inputs, random_inputs=random_inputs,
-        seed=seed, model=model, weights=weights, pretrained=pretrained, atol=atol, rtol=rtol,
-        min_top1_agreement=min_top1_agreement, min_sqnr=min_sqnr, dataset=dataset, max_drop=max_drop,
-        dataset_samples=samples, target=target.value if target is not None and target.value != "auto" else None,
-        layers=layers, parent=parent, runtimes=runtimes, device=device,
-    )
     with progress(f"verify {model_file.name}") as shown:
         result = verify(model_file, knobs, on_stage=shown.stage)
     written = write_reports(result, report) if report is not None else None
@@ -144,13 +142,64 @@ def verify_command(
         )
     if json_output:
         return
-    console.print(f"[bold green]PASS[/] {escape(str(model_file))} matches PyTorch on {', '.join(r.label for r in result.providers)} ({result.seconds:.1f} s)")
+    console.print(f"[bold green]PASS[/] {escape(str(model_file))} matches {escape(result.reference.short)} on {', '.join(r.label for r in result.providers)} ({result.seconds:.1f} s)")
+
+
+# VerifyOptions a bundle check reads (the providers, the gates, the device); every other field is refused for a bundle,
+# so a field added to VerifyOptions is refused there until the bundle check learns it.
+BUNDLE_OPTIONS = {"providers", "atol", "rtol", "min_top1_agreement", "min_sqnr", "device"}
+FLAGS = {"dataset_samples": "--samples"}  # a field whose flag is not its name with dashes
+
+
+def bundle_refused_options(knobs: VerifyOptions) -> list[str]:
+    """The flags given (not at their defaults) that a bundle check would ignore."""
+    import dataclasses
+
+    refused = []
+    for f in dataclasses.fields(VerifyOptions):
+        if f.name in BUNDLE_OPTIONS:
+            continue
+        if getattr(knobs, f.name) != f.default:
+            refused.append(FLAGS.get(f.name, "--" + f.name.replace("_", "-")))
+    return refused
+
+
+def _refuse_report_in_bundle(report: Path, bundle: Path) -> None:
+    """A --report inside the bundle would overwrite or add to what its manifest vouches for."""
+    from edgekit.core.errors import BadInput
+
+    root = bundle.resolve()
+    for out in (report, report.with_suffix(".md")):
+        target = Path(out).resolve()
+        if target == root or root in target.parents:
+            raise BadInput(f"--report {out} is inside the bundle {bundle}; it would change the files its manifest "
+                           "vouches for", hint="write the report outside the bundle folder")
+
+
+def _require_providers(providers: str | None) -> None:
+    """A GPU provider asked of a bundle check that this machine cannot start is a missing environment (exit 3),
+    said before the check runs, not a failed check."""
+    from edgekit.core.errors import ProviderUnavailable
+    from edgekit.runtimes.ort import PROVIDERS, cuda_device_available, parse_providers
+
+    import onnxruntime
+
+    available = set(onnxruntime.get_available_providers())
+    for name in parse_providers(providers):
+        if name == "cpu":
+            continue
+        if PROVIDERS[name] not in available:
+            raise ProviderUnavailable(f"{name.upper()} is not in this onnxruntime ({', '.join(sorted(available))})",
+                                      hint="run where the provider works, e.g. with onnxruntime-gpu installed")
+        if name in ("cuda", "tensorrt") and not cuda_device_available():
+            raise ProviderUnavailable(f"{name.upper()}: no CUDA device is visible to this process",
+                                      hint="run on a machine with an NVIDIA GPU, or drop --providers")
 
 
 def _verify_bundle(folder: Path, providers: str | None, report: Path | None, json_output: bool,
                    device: str | None = None, expect_manifest: str | None = None, gates: dict | None = None) -> None:
     """`edgekit verify BUNDLE/`: check.py's checks, run by edgekit, with the same table; with --device, the
-    bundle's own check.py run inside that (emulated) device, as the board runs it."""
+    checks run by edgekit with the models inside that (emulated) device; nothing from the bundle runs."""
     from edgekit.bundle import check_bundle, check_bundle_on_device
     from edgekit.core.errors import BadInput, BundleTampered, GateFailed
     from edgekit.runtimes.ort import parse_providers
@@ -163,6 +212,7 @@ def _verify_bundle(folder: Path, providers: str | None, report: Path | None, jso
                            f"{', '.join('--' + k.replace('_', '-') for k in gates)}")
         result = check_bundle_on_device(folder, device, expect_manifest=expect_manifest)
     else:
+        _require_providers(providers)
         result = check_bundle(folder, parse_providers(providers), expect_manifest=expect_manifest, gates=gates)
     if report is not None:
         from edgekit.cli.app import write_json_report

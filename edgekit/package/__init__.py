@@ -2,7 +2,8 @@
 
 A bundle holds the model (.onnx, its external data, and the ORT format .ort with the
 required_operators.config a minimal ORT build needs), golden inputs (photos as uint8 pixels after
-resize/crop, and their PyTorch fp32 reference outputs), manifest.json (signature, preprocessing,
+resize/crop, and their reference outputs: edgekit.reference, PyTorch fp32 or, for a file without a PyTorch
+source, ONNX Runtime on its fp32 parent or original), manifest.json (signature, preprocessing,
 classes, precision and recipe, session options per CPU, the gates, sha256 of every file, versions,
 ORT Mobile usability) and check.py + metrics.py (numpy and onnxruntime only) that re-run the checks
 on the device. The folder is built in a hidden temp folder beside its destination, checked there
@@ -125,7 +126,13 @@ def package(
             f"{model_path} carries no edgekit metadata, so its PyTorch reference and preprocessing are unknown",
             hint="package a file written by edgekit export, quantize or convert",
         )
-    tolerance, tolerance_source = source.gates()  # the gates verify and quantize use for this file
+    from edgekit.judge.compare import gates_for
+    from edgekit.reference.runner import open_reference
+
+    # the reference of the golden outputs, and the gates verify gives this file (trained or unknown weights: the
+    # stricter ones; a dense output: no top-1 gate)
+    ref = open_reference(model_path, model, meta, model=o.model, weights=o.weights, parent=o.parent)
+    tolerance, tolerance_source = gates_for(precision, ref.trained, task=ref.task, why=ref.why_gates)
     classes = output_classes(model) or (int(meta["num_classes"]) if str(meta.get("num_classes", "")).isdigit() else None)
     label_list = read_labels(labels, classes) if labels is not None else None
     if "preprocessing" not in meta:
@@ -162,8 +169,11 @@ def package(
             stage("golden inputs")
             pixels, names, inputs = golden_inputs(photos, photo_dir, pre, golden or DEFAULT_GOLDEN, notes)
 
-            stage("PyTorch fp32 reference")
-            reference = reference_outputs(model_path, model, meta, inputs)
+            stage(f"the reference ({ref.short})")
+            try:
+                reference = reference_outputs(ref, inputs)
+            finally:
+                ref.close()
             here_config, _ = bundle_check.session_options_for({"session_options": session_options}, cpu)
             stage("ONNX Runtime on this machine")
             from edgekit.runtimes.runners import run_onnx
@@ -178,7 +188,8 @@ def package(
 
         model_names = [p.name for p in sources] + ([ort.name] if ort.name else [])
         manifest = build_manifest(model_path, model, meta, precision, pre, classes, label_list, recipe, session_options,
-                                  tolerance, tolerance_source, photo_dir, sources, ort, mobile)
+                                  tolerance, tolerance_source, photo_dir, sources, ort, mobile,
+                                  reference=ref.describe() + ", on CPU", task=ref.task)
         versions = manifest["versions"]
         (staged / README_NAME).write_text(readme(manifest))
 

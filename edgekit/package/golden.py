@@ -69,16 +69,17 @@ def _golden_pixels(files: list[Path], pre: Preprocessing, want: int) -> tuple[np
     return np.stack(pixels), names, notes
 
 
-def reference_outputs(model_path: Path, model, meta: dict, inputs: np.ndarray) -> np.ndarray:
-    """PyTorch fp32 outputs of the model the file came from (an int8/fp16 file: its fp32 ancestor)."""
-    from edgekit.models.reference import rebuild_reference
-    from edgekit.runtimes.runners import run_torch
+def reference_outputs(reference, inputs: np.ndarray) -> np.ndarray:
+    """The reference's fp32 outputs on the golden inputs (edgekit.reference: PyTorch, or ONNX Runtime on the fp32
+    parent or the original file); NaN/Inf there is a failed check, nothing to compare against."""
+    from edgekit.reference.runner import check_finite
 
     try:
-        torch_model, _plan = rebuild_reference(model_path, model, meta)
+        outputs = reference.run(inputs)
     except ImportError as exc:
         raise EnvironmentUnavailable(f"the PyTorch reference needs torch: {one_line(exc)}") from None
-    return run_torch(torch_model, inputs).astype(np.float32)
+    check_finite(outputs, "golden", reference)
+    return np.asarray(outputs, np.float32)
 
 
 def write_golden(path: Path, pixels, outputs, ort_outputs, names) -> None:

@@ -42,6 +42,8 @@ def build_manifest(
     model_path: Path, model, meta: dict, precision: str, pre: Preprocessing, classes: int | None,
     label_list: list[str] | None, recipe: dict | None, session_options: dict, tolerance: Tolerance,
     tolerance_source: str, photo_dir: Path, sources: list[Path], ort: OrtFormat, mobile: dict,
+    reference: str = "PyTorch fp32 on CPU, the model the file was made from (rebuilt from its metadata)",
+    task: str = "classify",
 ) -> dict:
     """The manifest of a bundle before its golden data and checksums are written (`golden` and `files` are
     filled by write_manifest's caller)."""
@@ -63,13 +65,14 @@ def build_manifest(
         },
         "classes": {"count": classes, "labels": label_list},
         "precision": precision,
+        "task": task,
         "recipe": recipe,
         "session_options": session_options,
         "session_options_rules": {k: bundle_check.CPU_RULES.get(k, "unknown to this check.py") for k in session_options},
         "gates": {**tolerance.to_dict(), "source": tolerance_source + (", the photos' gates" if precision == "int8" else "")},
         "golden": {
             "file": GOLDEN_FILE, "samples": 0, "images": [], "source": str(photo_dir),
-            "reference": "outputs: PyTorch fp32 on CPU, the model the file was made from (rebuilt from its metadata)",
+            "reference": f"outputs: {reference}",
             "ort_outputs": "this .onnx in ONNX Runtime on the packaging machine's CPU (not a gate: for comparison)",
         },
         "ort_format": {

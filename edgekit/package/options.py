@@ -25,3 +25,8 @@ class PackageOptions:
     golden: int | None = knob(
         None, f"photos in the golden data (default {DEFAULT_GOLDEN}, fewer if they would add > {OVERHEAD_BUDGET * 100:.0f} % "
         "to the model files)", low=1, high=MAX_GOLDEN)
+    model: str | None = knob(None, "the PyTorch model a file without edgekit provenance was exported from (its golden "
+                                   "outputs' reference)")
+    weights: Path | None = knob(None)
+    parent: Path | None = knob(None, "the fp32 file (parent, or an imported file's original) the golden outputs of a file "
+                                     "without a PyTorch source come from (default: found beside it by its sha256)")
