@@ -113,31 +113,30 @@ def _onnx_candidates(
     file that this CPU's default kernels can saturate is timed a second time with exact accumulation
     (targets.exact_session_for: x64quantprecision=1, or s8s8 as written), so the safe option's cost is measured."""
     from edgekit.core.provenance import this_cpu
-    from edgekit.runtimes.ort import NO_SPIN, create_session, cuda_device_available
-    from edgekit.judge.targets import exact_session_for, kernels_label, merge_session_configs, saturates_on, session_config_for
+    from edgekit.judge.targets import exact_session_for, kernels_label, saturates_on
+    from edgekit.runtimes.factory import open_runner, session_options
+    from edgekit.runtimes.ort import cuda_device_available
 
-    file_config = session_config_for(recipe)
-    variants = [("", {})]
+    variants = [("", "default")]
     if recipe is not None and saturates_on(recipe, this_cpu()):
-        exact = exact_session_for(recipe)
-        variants.append((f" {kernels_label(exact)}", exact))
+        variants.append((f" {kernels_label(exact_session_for(recipe))}", "exact"))
     out = []
-    for provider, (suffix, extra) in ((p, v) for p in providers for v in (variants if p == "cpu" else variants[:1])):
+    for provider, (suffix, kernels) in ((p, v) for p in providers for v in (variants if p == "cpu" else variants[:1])):
         if provider != "cpu" and not explicit and not cuda_device_available():
             skipped.append(f"{path.name} on {provider}: no CUDA device visible")
             continue
         before = _rss_bytes()
         # No spinning by default: an idle ORT thread pool otherwise busy-waits after each run and
         # steals the cores from the candidate timed next. It costs ORT ~5 % on back-to-back runs.
-        config = merge_session_configs({} if spin else NO_SPIN, file_config, extra)
-        session = create_session(path, provider, threads=threads, session_config=config or None)  # exit 3 if asked and absent
-        run = session.timed_runner(x)
+        runner = open_runner(path, "ort", provider, recipe=recipe, kernels=kernels, timing=True, spin=spin,
+                             threads=threads)  # exit 3 if asked and absent
+        run = runner.timed_runner(x)
         run()
         after = _rss_bytes()
         out.append(
             Candidate(
                 label=_label(path, "ort", provider, runtimes, providers, suffix), kind="onnx", provider=provider, run=run,
-                runtime_config={**file_config, **extra} or None,
+                runtime_config=session_options(recipe, kernels=kernels) or None,
                 memory_bytes=(after - before) if before is not None and after is not None else None, **facts,
             )
         )

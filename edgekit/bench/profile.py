@@ -25,8 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.core.errors import BadInput, CheckFailed, one_line
-from edgekit.runtimes.ort import NO_SPIN
-from edgekit.judge.targets import merge_session_configs
+from edgekit.runtimes.factory import session_options
 
 # Kernels that compute in 8-bit integers (the point of a quantized file).
 INT8_OPS = frozenset({
@@ -336,7 +335,7 @@ def profile_file(path, x: np.ndarray, *, threads: int | None = 2, runs: int = 20
         raise BadInput(f"runs must be >= 1, got {runs}")
     if not path.is_file():
         raise BadInput(f"no such file: {path}")
-    config = merge_session_configs(NO_SPIN, file_session_config(path) if session_config is None else session_config)
+    config = session_options(None, timing=True, extra=file_session_config(path) if session_config is None else session_config)
     session = create_session(path, "cpu", threads=threads, session_config=config, enable_profiling=True)
     events = None
     try:
@@ -372,7 +371,8 @@ def profile_files(paths, x: np.ndarray, *, threads: int | None = 2, runs: int = 
     try:
         configs = {}
         for p in paths:
-            configs[str(p)] = merge_session_configs(NO_SPIN, file_session_config(p) if session_config is None else session_config)
+            configs[str(p)] = session_options(None, timing=True,
+                                             extra=file_session_config(p) if session_config is None else session_config)
             sessions.append(create_session(p, "cpu", threads=threads, session_config=configs[str(p)],
                                            enable_profiling=True))
         interleaved({str(p): s.timed_runner(x) for p, s in zip(paths, sessions)}, runs, warmup=1)

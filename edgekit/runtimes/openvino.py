@@ -34,6 +34,9 @@ class OpenVinoRunner:
         """{runtime precision: compute layers}, e.g. {"u8": 22, "f32": 2}."""
         return self.model.executed_precisions()
 
+    def close(self) -> None:
+        """Nothing to end: the compiled model is freed with the runner."""
+
     @property
     def config(self) -> dict:
         """The compiled model's threads, streams and precision hint."""

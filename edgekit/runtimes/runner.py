@@ -1,8 +1,9 @@
 """The one small interface a runtime's runner offers, whichever stage uses it: run on a batch, a timed single run,
 and what the runtime actually executed. bench times `timed_runner`; verify compares what `run` returns.
 
-ONNX Runtime's runner is runtime.Session (runners.run_session runs it on a batch); OpenVINO's is
-runtimes/openvino.py, PyTorch eager on the CPU or a CUDA device is runtimes/torch_eager.py.
+Every runner comes from runtimes/factory.py open_runner: ONNX Runtime's is factory.OrtRunner (over
+runtimes/ort.py's Session, on this machine or inside an emulated device), OpenVINO's is runtimes/openvino.py;
+PyTorch eager on the CPU or a CUDA device is runtimes/torch_eager.py.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 
 
 class Runner(Protocol):
-    runtime: str  # openvino | torch
+    runtime: str  # ort | openvino | torch
     device: str  # cpu | cuda
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
@@ -24,3 +25,6 @@ class Runner(Protocol):
 
     def executed(self) -> dict:
         """What the runtime actually executed, in its own terms (OpenVINO: {precision: compute layers})."""
+
+    def close(self) -> None:
+        """Release what the runner holds (an ORT session's profile trace, a device worker)."""

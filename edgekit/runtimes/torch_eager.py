@@ -54,3 +54,6 @@ class TorchRunner:
 
     def executed(self) -> dict:
         return {"device": self.device, "precision": "fp32"}
+
+    def close(self) -> None:
+        """Nothing to end here: `TorchRunner.on` gives the model back to the CPU when its block ends."""
