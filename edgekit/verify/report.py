@@ -113,6 +113,10 @@ def comparison_table(report: Report, verbose: bool = False):
     from rich.table import Table
 
     columns = VERBOSE_COLUMNS if verbose else BRIEF_COLUMNS
+    dense = report.reference.task == "dense"
+    if dense:  # a dense map's top-1 is meaningless: cosine in its column, and top-1/top-5 not shown
+        columns = tuple("cosine" if n == "top-1" else n for n in columns if n != "top-5" or "cosine" not in columns)
+        columns = tuple(dict.fromkeys(columns))
     table = Table(title=f"{_text(report.file.name)} vs {_text(report.reference.short)}", show_lines=False)
     for name in columns:
         left = name in ("runtime", "inputs", "output", "result", "failed gates")
