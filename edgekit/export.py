@@ -40,8 +40,9 @@ from edgekit.judge.compare import (
 from edgekit.core.errors import BadInput, CheckFailed, EdgekitError, GateFailed, InvariantBroken, ShapeMismatch
 from edgekit.core.knobs import knob, with_knobs
 from edgekit.core.limits import MAX_BATCH, MAX_INPUT_SIZE, MAX_SEED
-from edgekit.models.reference import build_model
-from edgekit.models.registry import DEFAULT_SEED, get_spec
+from edgekit.models.reference import build_model, resolve_model
+from edgekit.models.registry import DEFAULT_SEED
+from edgekit.models.user import user_export_facts
 from edgekit.data.preprocessing import Preprocessing
 from edgekit.core.provenance import library_versions
 from edgekit.runtimes.runners import run_onnx, run_torch
@@ -204,7 +205,8 @@ def export(
     on_stage: Callable[[str], None] | None = None,
     **knobs,
 ) -> ExportResult:
-    """Export a registered model to a checked, simplified ONNX file; nothing is written unless every check passes.
+    """Export a registered model, or a user's own (`file.py:factory`, `pkg.module:factory`, `timm:NAME`:
+    models/user.py), to a checked, simplified ONNX file; nothing is written unless every check passes.
 
     OPTIONS (ExportOptions) with any keyword KNOBS replaced: `export(name, opset=18)` is
     `export(name, ExportOptions(opset=18))`."""
@@ -212,7 +214,7 @@ def export(
 
     o = with_knobs(ExportOptions, options, knobs)
     opset, input_size, batch, preprocessing = o.opset, o.input_size, o.batch, o.preprocessing
-    spec = get_spec(model_name)
+    spec = resolve_model(model_name)
     size = input_size or spec.default_input_size
     if not 32 <= size <= MAX_INPUT_SIZE:
         raise BadInput(
@@ -231,7 +233,7 @@ def export(
             f"the preprocessing crops to {preprocessing.crop} but --input-size is {size}",
             hint="the crop is the model's input size: make them equal",
         )
-    final = resolve_output(o.output, default_output(spec.name))
+    final = resolve_output(o.output, default_output(getattr(spec, "stem", spec.name)))
     staged = stage_output(final)  # an unwritable destination fails here, before any work
     try:
         return _export_staged(
@@ -261,6 +263,7 @@ def _export_staged(
 
     stage("build")
     model, source = build_model(spec, num_classes, weights, pretrained, seed, size)
+    user = user_export_facts(spec, model, source, notes)
     if preprocessing is None:
         preprocessing = _default_preprocessing(source, size, notes)
     _check_input_channels(model, preprocessing)
@@ -324,7 +327,7 @@ def _export_staged(
     metadata = {
         "schema": 1,
         "model": spec.name,
-        "family": spec.family,
+        "family": user.get("family", spec.family),
         "source": spec.source,
         "num_classes": int(reference.shape[1]),
         "input_size": size,
@@ -338,8 +341,9 @@ def _export_staged(
         "exporter": exporter,
         "simplified": simplified,
         "precision": "fp32",
-        "versions": versions,
+        "versions": {**versions, **user.get("versions", {})},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **({"entry": user["entry"]} if user else {}),
     }
     write_metadata(final_model, metadata)
 

@@ -25,7 +25,10 @@ E = ExportOptions  # the stage's options' defaults, help and ranges: export.py
 @app.command("export")
 @handle_errors
 def export_command(
-    model: Annotated[str, typer.Argument(help="model name or alias (see `edgekit models`)")],
+    model: Annotated[str, typer.Argument(
+        help="model name or alias (see `edgekit models`), or your own: path/to/file.py:factory, package.module:factory "
+        "(the factory returns an nn.Module; gets num_classes when it takes it; --input-size default 224), timm:NAME"
+    )],
     opset: Annotated[int, option(E, "opset", "--opset")] = E.opset,
     input_size: Annotated[int | None, option(E, "input_size", "--input-size")] = E.input_size,
     batch: options.Batch = E.batch,
@@ -57,13 +60,13 @@ def export_command(
 ) -> None:
     """Build MODEL in PyTorch, export it to ONNX, simplify it, check it against PyTorch, write it."""
     from edgekit.export import export
-    from edgekit.models.registry import get_spec
+    from edgekit.models.reference import resolve_model
     from edgekit.data.preprocessing import Preprocessing
 
     declared = any(v is not None for v in (resize, crop, mean, std, interpolation, channels, input_channels, preprocessing_file))
     preprocessing = None
     if declared:
-        size = input_size or crop or get_spec(model).default_input_size
+        size = input_size or crop or resolve_model(model).default_input_size
         preprocessing = Preprocessing.from_options(
             size, resize=resize, crop=crop, mean=mean, std=std,
             interpolation=interpolation.value if interpolation else None, channels=channels.value if channels else None,

@@ -1,5 +1,8 @@
-"""The PyTorch model an ONNX file came from: built from a registered name and a weights source,
-or rebuilt from a file's edgekit metadata (or from --model/--weights for a foreign file).
+"""The PyTorch model an ONNX file came from: built from a registered name (or a user's own entry point,
+models/user.py) and a weights source, or rebuilt from a file's edgekit metadata (or from --model/--weights
+for a foreign file). A user's module named in a file's metadata is never imported unless the user names it
+again with --model, and its source must have the recorded sha256. Before any numeric comparison the rebuilt
+module is checked against the graph (models/architecture.py): an unrelated --model is said as such.
 
 The same code builds the model at export and rebuilds it for verify, bench and the bundle, so a
 seeded random model comes back bit-identical.
@@ -7,19 +10,26 @@ seeded random model comes back bit-identical.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edgekit.core.files import check_readable_file, sha256_file
 from edgekit.core.errors import BadInput
 from edgekit.models.registry import ModelSpec, classifier_weight_key, create_model, get_spec
+from edgekit.models.user import UserModel, is_user_spec, parse_user_spec, with_defaults
 from edgekit.data.preprocessing import Preprocessing
 
 RANDOM_INIT = "seeded init; BatchNorm statistics and classifier scale settled on the bundled calibration photos"
 
 
+def resolve_model(name: str) -> ModelSpec | UserModel:
+    """A zoo name or alias (registry.get_spec), or a user's `file.py:factory`, `pkg.module:factory`, `timm:NAME`."""
+    return with_defaults(parse_user_spec(name)) if is_user_spec(name) else get_spec(name)
+
+
 def build_model(
-    spec: ModelSpec,
+    spec: ModelSpec | UserModel,
     num_classes: int | None,
     weights: Path | None,
     pretrained: bool,
@@ -31,6 +41,10 @@ def build_model(
 
     if weights is not None and pretrained:
         raise BadInput("--weights and --pretrained exclude each other", hint="choose one")
+    if isinstance(spec, UserModel):
+        from edgekit.models.user import build_user_model
+
+        return build_user_model(spec, num_classes, weights, pretrained, seed, input_size, RANDOM_INIT)
     if weights is None and not pretrained:
         return create_model(spec.name, num_classes, seed, input_size), WeightsSource(
             kind="random", seed=seed, init=RANDOM_INIT
@@ -74,6 +88,11 @@ class ReferencePlan:
     preprocessing: Preprocessing
     from_metadata: bool
     weights: dict
+    # What the graph holds, for the architecture check before any comparison (models/architecture.py).
+    where: Path | None = None
+    graph_convs: Counter | None = None
+    graph_unknown_convs: int = 0
+    graph_classes: int | None = None
 
 
 def plan_reference(
@@ -116,16 +135,27 @@ def plan_reference(
                 f"{where} was made from a file without edgekit metadata, so the PyTorch model it came from is unknown",
                 hint="pass --model NAME and --weights FILE (or --pretrained) its parent was exported from",
             )
-        spec = get_spec(model)
+        spec = resolve_model(model)
         size = graph_input.spatial or spec.default_input_size
         num_classes = output_classes(model_proto)
         weights_dict = weights_for_cli(weights, pretrained, seed)
         # A derived file of a foreign parent still records the preprocessing it was calibrated with.
         preprocessing = parsed.preprocessing_spec() if parsed is not None else Preprocessing.for_input_size(size)
-        return ReferencePlan(spec, num_classes, size, weights, pretrained, seed, preprocessing, False, weights_dict)
+        return _with_graph(
+            ReferencePlan(spec, num_classes, size, weights, pretrained, seed, preprocessing, False, weights_dict),
+            model_proto, where,
+        )
 
-    spec = get_spec(parsed.model)
-    if model is not None and get_spec(model).name != spec.name:
+    if parsed.entry is not None:
+        spec = _user_entry(parsed, model, weights, where)
+    else:
+        spec = get_spec(parsed.model)
+    if model is not None and is_user_spec(model) and parsed.entry is None:
+        raise BadInput(
+            f"{where} was exported from {spec.name} (its metadata says so), not {model}",
+            hint="drop --model; it is only for files without edgekit metadata or exported from your own module",
+        )
+    if model is not None and parsed.entry is None and get_spec(model).name != spec.name:
         raise BadInput(
             f"{where} was exported from {spec.name} (its metadata says so), not {get_spec(model).name}",
             hint="drop --model; it is only for files without edgekit metadata",
@@ -173,10 +203,56 @@ def plan_reference(
                     f"with sha256 {expected}",
                     hint="pass the weights file it was exported from with --weights",
                 )
-    return ReferencePlan(
-        spec, parsed.num_classes, parsed.input_size, weights_file, use_pretrained, ref_seed,
-        parsed.preprocessing_spec(), True, recorded.to_dict(),
+    return _with_graph(
+        ReferencePlan(
+            spec, parsed.num_classes, parsed.input_size, weights_file, use_pretrained, ref_seed,
+            parsed.preprocessing_spec(), True, recorded.to_dict(),
+        ),
+        model_proto, where,
     )
+
+
+def _with_graph(plan: ReferencePlan, model_proto, where: Path) -> ReferencePlan:
+    """The plan with the graph's convolutions and classes, read from the proto (no weights are loaded)."""
+    from edgekit.models.architecture import onnx_conv_signatures
+    from edgekit.onnxfile.graph import output_classes
+
+    convs, unknown = onnx_conv_signatures(model_proto)
+    return replace(plan, where=where, graph_convs=convs, graph_unknown_convs=unknown,
+                   graph_classes=output_classes(model_proto))
+
+
+def _user_entry(parsed, model: str | None, weights: Path | None, where: Path) -> UserModel:
+    """The user's entry point recorded in the file, named again by the user with --model (never imported from the
+    file by itself) and checked: the same kind and factory, and a source with the recorded sha256."""
+    entry = parsed.entry
+    with_weights = ""
+    if parsed.weights is not None and parsed.weights.kind == "file" and weights is None:
+        with_weights = f" --weights {parsed.weights.path}"
+    if model is None:
+        raise BadInput(
+            f"{where} was made from your own model {entry.spec}; verify does not import code a file names by itself",
+            hint=f"pass --model {entry.spec}{with_weights} (the source must still have sha256 {(entry.sha256 or '')[:16]}...)"
+            if entry.sha256 else f"pass --model {entry.spec}{with_weights}",
+        )
+    if not is_user_spec(model):
+        raise BadInput(f"{where} was exported from {entry.spec} (its metadata says so), not {model}",
+                       hint=f"pass --model {entry.spec}")
+    given = with_defaults(parse_user_spec(model))
+    if given.kind == "timm" or entry.kind == "timm":
+        if given.kind != entry.kind or given.factory != entry.factory:
+            raise BadInput(f"{where} was exported from {entry.spec}, not {model}", hint=f"pass --model {entry.spec}")
+    else:
+        if given.factory != entry.factory:
+            raise BadInput(f"{where} was exported from the factory {entry.factory!r} ({entry.spec}), not {given.factory!r}",
+                           hint=f"pass --model {given.spec.rsplit(':', 1)[0]}:{entry.factory}")
+        if given.sha256 != entry.sha256:
+            raise BadInput(
+                f"{given.path} has sha256 {given.sha256}, but {where} was exported from a source with sha256 "
+                f"{entry.sha256}; the module has changed since",
+                hint="pass the source it was exported from, or re-export the file",
+            )
+    return replace(given, family=parsed.family or given.family, default_input_size=parsed.input_size)
 
 
 def _short(text: str, limit: int = 80) -> str:
@@ -193,10 +269,19 @@ def weights_for_cli(weights: Path | None, pretrained: bool, seed: int) -> dict:
 
 
 def build_reference(plan: ReferencePlan):
-    """The PyTorch fp32 model in eval mode (build_model: the same code that made the file)."""
+    """The PyTorch fp32 model in eval mode (build_model: the same code that made the file), checked against the
+    graph's architecture before anything is compared (a plan from plan_reference knows the graph)."""
     model, source = build_model(
         plan.spec, plan.num_classes, plan.weights_file, plan.pretrained, plan.seed, plan.input_size
     )
+    if plan.graph_convs is not None:
+        import torch
+
+        from edgekit.models.architecture import check_architecture
+
+        example = torch.zeros(1, *plan.preprocessing.chw)
+        check_architecture(model, plan.graph_convs, plan.graph_unknown_convs, plan.graph_classes, example,
+                           plan.where or "the file", plan.spec.name)
     if plan.pretrained and plan.weights.get("sha256") and source.sha256 != plan.weights["sha256"]:
         raise BadInput(
             f"the pretrained weights in the local cache ({source.path}) have sha256 {source.sha256}, but the file "
