@@ -212,3 +212,30 @@ def test_every_verify_option_a_bundle_ignores_is_refused(cli, bundle):
     assert bundle_refused_options(VerifyOptions()) == []
     res = cli("verify", bundle, "--parent", bundle / "manifest.json")
     assert res.exit_code == 2 and "--parent does not apply to a bundle" in _one_line(res)
+
+
+def test_an_imported_file_is_judged_against_its_original_across_runtimes_and_packages(cli, foreign, tmp_path):
+    from edgekit.cli import app
+
+    if "import" not in {c.name for c in app.registered_commands}:
+        pytest.skip("edgekit import is not in this tree yet")
+    fp32, _int8 = foreign
+    imported = tmp_path / "imp" / "own.onnx"
+    res = cli("import", fp32, "-o", imported)
+    assert res.exit_code == 0, res.stderr
+    res = cli("verify", imported)  # the original is elsewhere: one line naming --parent
+    assert res.exit_code == 2 and "--parent" in _one_line(res)
+    res = cli("verify", imported, "--parent", fp32, "--providers", "cpu", "--report", tmp_path / "i.json")
+    assert res.exit_code == 0, res.stderr
+    assert "ONNX Runtime on the original file" in res.stdout
+    report = json.loads((tmp_path / "i.json").read_text())
+    assert report["reference"]["kind"] == "original"
+    plain = [c for c in report["comparisons"] if c["kernels"] == "no graph optimisations"]
+    assert plain and all(c["gated"] and c["passed"] for c in plain)
+
+    int8 = _quantize(cli, imported, tmp_path / "imp" / "own.int8.onnx")  # its parent (imported) is beside it
+    bundle = tmp_path / "bundle"
+    res = cli("package", int8, "-o", bundle, "--golden", "2")
+    assert res.exit_code == 0, res.stderr
+    proc = run_on_device(bundle / "check.py", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

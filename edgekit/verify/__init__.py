@@ -171,6 +171,30 @@ def _openvino_rows(
     return rows
 
 
+def _cross_runtime_rows(path: Path, input_sets: list[InputSet], expected: dict[str, np.ndarray], output_name: str,
+                        precision: str, tolerance: Tolerance, file_config: dict, runtime_names: list[str],
+                        batches: list[int], on_stage: Callable[[str], None]) -> list[Comparison]:
+    """An imported file against its original, across runtimes as Polygraphy `run --onnxrt --openvino` does: ORT
+    with graph optimisations disabled (gated: the normalised graph must compute the same without ORT's fusions), and
+    OpenVINO where installed (for comparison, not a gate, unless --runtimes openvino asked for it: then its own rows
+    gate it)."""
+    import importlib.util
+
+    from edgekit.runtimes.ort import create_session
+
+    on_stage("ONNX Runtime without graph optimisations")
+    plain = create_session(path, "cpu", optimization="none", session_config=file_config or None)
+    rows = _rows(plain, input_sets, expected, precision, tolerance, None, on_stage, kernels="no graph optimisations")
+    if "openvino" not in runtime_names and importlib.util.find_spec("openvino") is not None:
+        extra = _openvino_rows(path, input_sets, expected, output_name, precision, tolerance, batches, on_stage)
+        for row in extra:
+            row.gated = False
+            row.notes.append("OpenVINO against the original file, for comparison (as Polygraphy --openvino); not a "
+                             "gate: pass --runtimes ort,openvino to gate it")
+        rows += extra
+    return rows
+
+
 def _saturation(rows: list[Comparison], exact_rows: list[Comparison], cpu, recipe: dict, judged_for: str,
                 gated_on_default: bool) -> Saturation | None:
     """Default vs exact int8 kernels on the first image input set (the photos or tensors)."""
@@ -358,6 +382,9 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
         if "openvino" in runtime_names:
             comparisons += _openvino_rows(path, input_sets, expected_outputs, first_output, precision, tolerance,
                                           batch_sizes(first), on_stage)
+        if ref.kind == "original" and device is None and "cpu" in wanted:
+            comparisons += _cross_runtime_rows(path, input_sets, expected_outputs, first_output, precision, tolerance,
+                                               file_config, runtime_names, batch_sizes(first), on_stage)
         if torch_model is not None and cuda_device_available() and any(p in ("cuda", "tensorrt") for p in wanted):
             reference.devices = ["cpu", "cuda"]
             comparisons += _torch_cuda_rows(torch_model, input_sets, expected_outputs, first_output, on_stage)
