@@ -40,6 +40,7 @@ def quantize_command(
     fallback: Annotated[bool, option(Q, "fallback", "--fallback/--no-fallback")] = Q.fallback,
     ranges_cache: Annotated[Path | None, option(Q, "ranges_cache", "--ranges-cache", file_okay=False)] = Q.ranges_cache,
     device: options.Device = Q.device,
+    device_timeout: options.DeviceTimeout = None,
     output: options.Output = Q.output,
     json_output: options.Json = False,
 ) -> None:
@@ -74,6 +75,8 @@ def render_quantize(result) -> None:
         f"{r.method} calibration",
     )
     table.add_row("why", r.reason)
+    for change in result.prepared:
+        table.add_row("prepared", escape(change))
     if result.excluded:
         table.add_row("kept in float", f"{len(result.excluded)} nodes")
     table.add_row(
@@ -89,10 +92,12 @@ def render_quantize(result) -> None:
         )
     table.add_row("calibration", escape(f"{result.calibration.description}; {result.calibration_seconds:.1f}s"))
     h = result.holdout
+    decision = "" if result.task == "dense" else f"top-1 agreement {h.top1_agreement:.1%}, top-5 {h.top5_agreement:.1%}, "
     table.add_row(
-        "vs fp32 on held-out data",
-        f"top-1 agreement {h.top1_agreement:.1%}, top-5 {h.top5_agreement:.1%}, SQNR {h.sqnr_db:.1f} dB, "
-        f"cosine {h.cosine:.4f} ({escape(result.calibration.holdout_description)})"
+        "vs fp32 on held-out data" + (" (dense output)" if result.task == "dense" else ""),
+        f"{decision}SQNR {h.sqnr_db:.1f} dB, cosine {h.cosine:.4f}"
+        + (f", max abs {h.max_abs:.3g}" if result.task == "dense" else "")
+        + f" ({escape(result.calibration.holdout_description)})"
         + (escape(f" [{result.judgement.kernels}, as its target computes]") if result.judgement.gate_session else ""),
     )
     if result.holdout_default is not None:
@@ -102,6 +107,8 @@ def render_quantize(result) -> None:
             f"top-1 agreement {d.top1_agreement:.1%}, SQNR {d.sqnr_db:.1f} dB ({escape(result.cpu.kind())}; not the file's target)",
         )
     table.add_row("budget", escape(result.budget))
+    if result.gates:
+        table.add_row("gates", escape(result.gates))
     if result.dataset_top1:
         fp32, int8 = result.dataset_top1
         table.add_row("top-1 on --dataset", f"fp32 {fp32:.2f} %, int8 {int8:.2f} % (drop {fp32 - int8:+.2f} points)")

@@ -24,12 +24,13 @@ from edgekit.quantize.calibration import CalibrationSet, build_calibration_set
 from edgekit.data.images import DEFAULT_CALIBRATION_DIR
 from edgekit.judge.compare import REWRITE_TOLERANCE, OutputMetrics, compare_outputs
 from edgekit.core.errors import BadInput, CheckFailed, EnvironmentUnavailable, GateFailed, InvariantBroken, one_line
-from edgekit.core.knobs import with_knobs
+from edgekit.core.knobs import described, with_knobs
 from edgekit.onnxfile.graph import is_quantized, static_batch
 from edgekit.onnxfile import OnnxFile
 from edgekit.core.provenance import CpuInfo, library_versions
 from edgekit.quantize.options import DEFAULT_SAMPLES, QuantizeOptions
 from edgekit.quantize.budget import Budget, Fallback, Measure, interleaved_p50_ms, load_labelled, search
+from edgekit.quantize.prepare import int8_gates, prepare_graph, resolve_preprocessing, task_of
 from edgekit.quantize.ranges import ranges_entry
 from edgekit.quantize.static import (
     CALIB_PERCENTILE, Coverage, check_quantized, int8_coverage, int8_weight_count, quantize_once, resolve_exclusions,
@@ -69,6 +70,9 @@ class QuantizeResult:
     dataset_top1: tuple[float, float] | None = None  # (fp32, int8) top-1 on --dataset
     ranges_cached: bool = False  # the activation ranges came from the ranges cache (no calibration ran)
     notes: list[str] = field(default_factory=list)
+    task: str = "classify"  # dense: a detection/segmentation map, judged by SQNR only
+    gates: str = ""  # which gates applied and why (trained or random weights, dense)
+    prepared: list[str] = field(default_factory=list)  # what quantize's preparation changed in the graph
 
     @property
     def size_ratio(self) -> float:
@@ -87,7 +91,8 @@ class QuantizeResult:
             "holdout_default_kernels": self.holdout_default.to_dict() if self.holdout_default else None,
             "budget": self.budget, "fallback": self.fallback.to_dict() if self.fallback else None,
             "dataset_top1": {"fp32": self.dataset_top1[0], "int8": self.dataset_top1[1]} if self.dataset_top1 else None,
-            "notes": self.notes, "metadata": self.metadata,
+            "notes": self.notes, "task": self.task, "gates": self.gates, "prepared": self.prepared,
+            "metadata": self.metadata,
         }
 
 
@@ -112,8 +117,9 @@ def quantize(
         ready_device(device)  # unknown: exit 2; not installed: exit 3, before any work
     if max_drop is not None and dataset is None:
         raise BadInput("--max-drop is a top-1 budget on --dataset", hint="give --dataset DIR (labelled, one folder per class)")
-    if max_drop is not None and not (max_drop >= 0 and max_drop < 100):
-        raise BadInput(f"--max-drop must be 0 to 100 points, got {max_drop}")
+    low, high = described(QuantizeOptions, "max_drop").metadata["range"]  # the CLI's range, declared once
+    if max_drop is not None and not (low <= max_drop <= high):
+        raise BadInput(f"--max-drop must be {low:g} to {high:g} points, got {max_drop}")
     stage = on_stage or (lambda _s: None)
     progress = on_progress or (lambda *_a: None)
     source = OnnxFile.open(model_path)
@@ -123,9 +129,14 @@ def quantize(
                        hint="quantize the fp32 file it came from")
     if source.spec.dtype != "float32":
         raise BadInput(f"{model_path} does not take fp32 inputs; edgekit quantizes fp32 models only")
-    tolerance, _source = source.gates("int8", min_top1_agreement=o.min_top1_agreement, min_sqnr=o.min_sqnr)
+    task = task_of(model, metadata)
+    if task == "dense" and max_drop is not None:
+        raise BadInput(f"--max-drop is a top-1 budget; {model_path.name} has a dense output (no class decision)",
+                       hint="gate it with --min-sqnr")
+    tolerance, gates = int8_gates(metadata, task, o.min_top1_agreement, o.min_sqnr)
     recipe = resolve_recipe(o.target, o.method, o.per_channel, o.rewrites)
-    preprocessing = source.preprocessing()
+    preprocessing, assumed = resolve_preprocessing(source, o.calibration, dataset)
+    plan = _Plan(task, gates, [assumed] if assumed else [])
     labelled = None
     if dataset is not None:
         from edgekit.onnxfile.graph import output_classes
@@ -141,7 +152,7 @@ def quantize(
     try:
         with tempfile.TemporaryDirectory(prefix="edgekit-quantize-") as tmp:
             result = _quantize_staged(model_path, model, metadata, recipe, preprocessing, excluded, o, staged,
-                                      Path(tmp), budget, stage, progress)
+                                      Path(tmp), budget, stage, progress, plan)
         staged.commit()
         return result
     except BaseException:
@@ -149,15 +160,23 @@ def quantize(
         raise
 
 
+@dataclass
+class _Plan:
+    """What quantize decided about the file before any work: its task, its gates (and why), notes to say."""
+
+    task: str
+    gates: str
+    notes: list[str]
+
+
 def _quantize_staged(
     model_path, model, metadata, recipe: Recipe, preprocessing, excluded, o: QuantizeOptions, staged, workdir: Path,
-    budget: Budget, stage, progress,
+    budget: Budget, stage, progress, plan: _Plan,
 ) -> QuantizeResult:
     import onnx
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     device, explicit_target = o.device, o.target.lower()
-    notes: list[str] = []
+    notes: list[str] = list(plan.notes)
     # A graph ONNX Runtime cannot run (an operator it does not know) is the user's input: say so in one line
     # now, before ORT's pre-processing prints its traceback and fails with a misleading one.
     from edgekit.runtimes.ort import create_session
@@ -174,13 +193,9 @@ def _quantize_staged(
     batch = static_batch(model)
 
     stage("pre-process")
-    pre = workdir / "preprocessed.onnx"
-    try:
-        # The loaded model (external data already read and checked), not the path: ORT's
-        # pre-processing copies a path into a temp folder without its external data file.
-        quant_pre_process(model, str(pre), skip_symbolic_shape=True)
-    except Exception as exc:
-        raise CheckFailed(f"ONNX Runtime's quantization pre-processing failed on {model_path}: {one_line(exc, 200)}") from exc
+    prepared = prepare_graph(model, model_path, workdir, calib.holdout[: min(4, len(calib.holdout))], batch,
+                             output_name)
+    pre = prepared.path
     pre_model = load_work_file(pre)
     want_grouped = onnx_grouped_conv_count(model)
     want_concats = onnx_concat_count(model)
@@ -277,6 +292,10 @@ def _quantize_staged(
     }
     if not metadata:
         new_meta["preprocessing"] = preprocessing.to_dict()
+    if plan.task == "dense":
+        new_meta["task"] = "dense"
+    if prepared.changes:
+        new_meta["recipe"]["prepared"] = prepared.changes
     new_meta["versions"] = library_versions()
     write_metadata(quantized, new_meta)
     staged.save(quantized)
@@ -315,7 +334,7 @@ def _quantize_staged(
         grouped_convs=grouped - added_depthwise, concats=concats, batchnorm_rewritten=bn_rewritten, holdout=holdout,
         metadata=new_meta, cpu=cpu, judgement=judgement, holdout_default=holdout_default, budget=budget.describe(),
         fallback=fallback, dataset_top1=(trial.fp32_top1, trial.int8_top1) if trial.drop is not None else None,
-        notes=notes, ranges_cached=ranges.hit,
+        notes=notes, ranges_cached=ranges.hit, task=plan.task, gates=plan.gates, prepared=prepared.changes,
     )
 
 
