@@ -8,10 +8,20 @@ from __future__ import annotations
 
 import io
 import textwrap
+import warnings
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 TORCHVISION_NAMES = ("mobilenet_v3_small", "regnet_y_400mf", "shufflenet_v2_x1_0", "efficientnet_b0", "convnext_tiny")
+
+
+def _legacy_export(*args, **kwargs) -> None:
+    """torch.onnx.export with the TorchScript exporter, its deprecation notice silenced."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(*args, dynamo=False, **kwargs)
 
 
 def _torchvision_model(name: str, num_classes: int = 10):
@@ -31,7 +41,7 @@ def torchvision_torchscript(tmp, name: str = "mobilenet_v3_small", size: int = 6
 
     model = _torchvision_model(name)
     path = Path(tmp) / f"{name}_ts.onnx"
-    torch.onnx.export(model, (torch.randn(1, 3, size, size),), str(path), dynamo=False, opset_version=17,
+    _legacy_export(model, (torch.randn(1, 3, size, size),), str(path), opset_version=17,
                       input_names=["input"], output_names=["logits"])
     return path
 
@@ -82,13 +92,26 @@ def onnxsim_file(tmp) -> Path:
     import torch
 
     raw = Path(tmp) / "viewnet_raw.onnx"
-    torch.onnx.export(_onnxsim_net(), (torch.randn(1, 3, 32, 32),), str(raw), dynamo=False, opset_version=13,
+    _legacy_export(_onnxsim_net(), (torch.randn(1, 3, 32, 32),), str(raw), opset_version=13,
                       input_names=["input"], output_names=["output"])
     simplified, ok = onnxsim.simplify(onnx.load(str(raw)))
     assert ok, "onnxsim could not validate its own output"
     path = Path(tmp) / "viewnet_sim.onnx"
     onnx.save(simplified, str(path))
     raw.unlink()
+    return path
+
+
+def view_dynamic_batch(tmp) -> Path:
+    """The onnxsim_file net exported with a dynamic batch and no simplification: `x.view(x.size(0), -1)` stays a
+    Shape -> Gather -> Unsqueeze -> Concat -> Reshape subgraph, which `edgekit import --input-shape 1,3,32,32`
+    folds."""
+    import torch
+
+    path = Path(tmp) / "viewnet_dynamic.onnx"
+    _legacy_export(_onnxsim_net(), (torch.randn(1, 3, 32, 32),), str(path), opset_version=13,
+                      input_names=["input"], output_names=["output"],
+                      dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
     return path
 
 
@@ -122,7 +145,7 @@ def paddle_style_opset11(tmp) -> Path:
     from onnx import helper
 
     path = Path(tmp) / "paddle_style.onnx"
-    torch.onnx.export(_paddle_net(), (torch.randn(1, 3, 32, 96),), str(path), dynamo=False, opset_version=11,
+    _legacy_export(_paddle_net(), (torch.randn(1, 3, 32, 96),), str(path), opset_version=11,
                       input_names=["x"], output_names=["softmax_out"],
                       dynamic_axes={"x": {0: "-1", 2: "h", 3: "w"}, "softmax_out": {0: "-1"}})
     model = onnx.load(str(path))
@@ -169,7 +192,7 @@ def dense_output(tmp) -> Path:
     import torch
 
     path = Path(tmp) / "textdet.onnx"
-    torch.onnx.export(_dense_net(), (torch.randn(1, 3, 64, 64),), str(path), dynamo=False, opset_version=17,
+    _legacy_export(_dense_net(), (torch.randn(1, 3, 64, 64),), str(path), opset_version=17,
                       input_names=["image"], output_names=["prob_map"])
     return path
 

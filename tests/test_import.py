@@ -1,0 +1,246 @@
+"""`edgekit import`: ONNX files made elsewhere become edgekit fp32 files that every command accepts.
+
+The corpus (tests/foreign_models.py) is built once per module; every test goes through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import foreign_models as fm
+from conftest import files_in
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("foreign")
+    return {
+        "torchscript": fm.torchvision_torchscript(folder),
+        "dynamo": fm.torchvision_dynamo(folder),
+        "onnxsim": fm.onnxsim_file(folder),
+        "view_dynamic": fm.view_dynamic_batch(folder),
+        "paddle": fm.paddle_style_opset11(folder),
+        "dense": fm.dense_output(folder),
+    }
+
+
+PADDLE_ARGS = ("--input-shape", "1,3,32,96", "--resize", "letterbox", "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5",
+               "--channels", "bgr", "--pad-value", "128")
+CASES = {  # corpus key -> (extra arguments, the words each change line must hold, the task)
+    "torchscript": ((), [], "classify"),
+    "dynamo": ((), ["external data loaded"], "classify"),
+    "onnxsim": ((), [], "classify"),
+    "view_dynamic": (("--input-shape", "1,3,32,32"), ["pinned from (batch, 3, 32, 32) to (1, 3, 32, 32)",
+                                                      "shape-only subgraphs folded with onnxsim"], "classify"),
+    "paddle": (PADDLE_ARGS, ["pinned from (-1, 3, h, w) to (1, 3, 32, 96)", "Constant node(s) turned into initializers",
+                             "opset 11 upgraded to 13"], "classify"),
+    "dense": ((), [], "dense"),
+}
+
+
+def _meta(path):
+    from edgekit.onnxfile.artifact import load_onnx, read_metadata
+
+    model = load_onnx(path)  # every command's loader: signature, schema, metadata against the graph
+    return model, read_metadata(model, path)
+
+
+def _one_line_error(res, code):
+    assert res.exit_code == code, (res.exit_code, res.stdout, res.stderr)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert "Traceback" not in res.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("key", list(CASES))
+def test_each_corpus_file_imports(cli, corpus, tmp_path, key):
+    from edgekit.core.files import sha256_file
+
+    source = corpus[key]
+    before = sha256_file(source)
+    out = tmp_path / f"{key}.onnx"
+    extra, words, task = CASES[key]
+    res = cli("import", source, "-o", out, "--json", *extra)
+    assert res.exit_code == 0, res.stderr
+    result = json.loads(res.stdout)
+    for word in words:
+        assert any(word in change for change in result["changes"]), (word, result["changes"])
+    assert result["task"] == task and result["task_detected"]
+    assert result["vs_original"]["passed"]
+    assert sha256_file(source) == before  # the original is never touched
+    model, meta = _meta(out)
+    assert meta["precision"] == "fp32" and meta["task"] == task
+    assert meta["imported"]["file"] == source.name and meta["imported"]["sha256"] == before
+    assert meta["imported"]["changes"] == result["changes"]
+    assert meta["opset"] >= 13 and meta["imported"]["check"]["max_abs"] <= 1e-5
+    assert not [n for n in model.graph.node if n.op_type == "Constant" and n.attribute[0].t.dims]  # no weight constant
+    assert files_in(tmp_path) == [out.name]  # no sidecar, no staging folder left
+
+
+def test_the_summary_says_the_changes_the_task_and_the_check(cli, corpus, tmp_path):
+    res = cli("import", corpus["paddle"], "-o", tmp_path / "p.onnx", *PADDLE_ARGS)
+    assert res.exit_code == 0, res.stderr
+    text = " ".join(res.stdout.split())
+    assert "Constant node(s) turned into initializers" in text and "opset 11 upgraded to 13" in text
+    assert "classify (detected from the output's shape" in text
+    assert "letterbox into 32x96" in text and "pixel value 128" in text
+    assert "bit-exact" in text or "max abs" in text
+    assert "PaddlePaddle 2.6" in text
+
+
+def test_non_square_letterbox_preprocessing_is_recorded(cli, corpus, tmp_path):
+    from edgekit.data.preprocessing import Preprocessing
+
+    out = tmp_path / "p.onnx"
+    assert cli("import", corpus["paddle"], "-o", out, *PADDLE_ARGS).exit_code == 0
+    model, meta = _meta(out)
+    assert meta["input_shape"] == [1, 3, 32, 96] and "input_size" not in meta
+    pre = Preprocessing.from_dict(meta["preprocessing"])
+    assert pre.crop == (32, 96) and pre.resize == "letterbox" and pre.pad_value == 128 and pre.channels == "bgr"
+    assert meta["preprocessing"]["crop"] == [32, 96]
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, 32, 96]
+
+
+def test_a_dynamic_batch_stays_dynamic_when_asked(cli, corpus, tmp_path):
+    import onnxruntime as ort
+
+    out = tmp_path / "p.onnx"
+    res = cli("import", corpus["paddle"], "-o", out, "--input-shape", "N,3,32,96", "--crop", "32x96")
+    assert res.exit_code == 0, res.stderr
+    _model, meta = _meta(out)
+    assert meta["input_shape"] == ["batch", 3, 32, 96] and meta["dynamic_batch"] is True
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"x": np.zeros((3, 3, 32, 96), np.float32)})[0].shape == (3, 6)
+
+
+def test_dense_output_is_detected_and_classify_refused(cli, corpus, tmp_path):
+    out = tmp_path / "d.onnx"
+    res = cli("import", corpus["dense"], "-o", out, "--json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["output_shape"] == [1, 1, 64, 64]
+    assert _meta(out)[1]["task"] == "dense" and "num_classes" not in _meta(out)[1]
+    line = _one_line_error(cli("import", corpus["dense"], "-o", tmp_path / "c.onnx", "--task", "classify"), 2)
+    assert "(N, 1, 64, 64)" in line and "--task dense" in line
+    assert files_in(tmp_path) == ["d.onnx"]
+
+
+def test_default_output_is_under_exports(cli, corpus, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli("import", corpus["onnxsim"]).exit_code == 0
+    assert files_in(tmp_path / "exports") == ["viewnet_sim.onnx"]
+    # an imported file is an edgekit file: importing it again is refused
+    line = _one_line_error(cli("import", "exports/viewnet_sim.onnx", "-o", tmp_path / "again.onnx"), 2)
+    assert "already an edgekit file" in line
+
+
+# --- refusals: one line, the right exit code, nothing written ---------------------------------------------
+
+
+def test_dynamic_height_width_needs_input_shape(cli, corpus, tmp_path):
+    line = _one_line_error(cli("import", corpus["paddle"], "-o", tmp_path / "p.onnx"), 2)
+    assert "dynamic height and width" in line and "--input-shape" in line
+    assert files_in(tmp_path) == []
+
+
+@pytest.mark.parametrize("shape, words", [
+    ("1,3,32", "give N,C,H,W"), ("1,3,32,abc", "not a whole number"), ("1,2,32,96", "1 or 3 channels"),
+    ("1,3,0,96", "height and width"),
+])
+def test_bad_input_shape_is_one_line(cli, corpus, tmp_path, shape, words):
+    line = _one_line_error(cli("import", corpus["paddle"], "-o", tmp_path / "p.onnx", "--input-shape", shape), 2)
+    assert words in line
+    assert files_in(tmp_path) == []
+
+
+def test_input_shape_must_agree_with_static_dims(cli, corpus, tmp_path):
+    line = _one_line_error(cli("import", corpus["dense"], "-o", tmp_path / "d.onnx", "--input-shape", "1,3,32,32"), 2)
+    assert "height 32" in line and "give 64" in line
+    line = _one_line_error(cli("import", corpus["dense"], "-o", tmp_path / "d.onnx", "--input-shape", "N,3,64,64"), 2)
+    assert "dynamic batch" in line
+
+
+def test_missing_sidecar_is_one_line(cli, corpus, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(corpus["dynamo"], folder)  # the .onnx without its .onnx.data
+    line = _one_line_error(cli("import", folder / corpus["dynamo"].name, "-o", tmp_path / "out.onnx"), 2)
+    assert "external data file" in line and "is missing" in line
+    assert files_in(tmp_path) == ["in"]
+
+
+def test_a_file_that_is_not_onnx_is_one_line(cli, tmp_path):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"this is not a protobuf at all\n" * 3)
+    line = _one_line_error(cli("import", bad, "-o", tmp_path / "out.onnx"), 2)
+    assert "not a valid ONNX file" in line
+    assert files_in(tmp_path) == ["model.onnx"]
+
+
+def test_output_onto_the_input_is_refused(cli, corpus, tmp_path):
+    from edgekit.core.files import sha256_file
+
+    source = tmp_path / "textdet.onnx"
+    shutil.copy(corpus["dense"], source)
+    before = sha256_file(source)
+    line = _one_line_error(cli("import", source, "-o", source), 2)
+    assert "would destroy an input" in line
+    line = _one_line_error(cli("import", source, "-o", tmp_path), 2)  # a folder: the same name inside it
+    assert "would destroy an input" in line
+    (tmp_path / "link.onnx").hardlink_to(source)
+    _one_line_error(cli("import", source, "-o", tmp_path / "link.onnx"), 2)
+    assert sha256_file(source) == before and files_in(tmp_path) == ["link.onnx", "textdet.onnx"]
+
+
+def test_a_normalised_graph_that_differs_from_the_original_fails_and_writes_nothing(cli, corpus, tmp_path, monkeypatch):
+    from onnx import numpy_helper
+
+    from edgekit.importer import normalise
+
+    real = normalise.fold_shapes
+
+    def broken(model, where):
+        model, change = real(model, where)
+        weight = next(t for t in model.graph.initializer if len(t.dims) == 4)
+        weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.01, weight.name))
+        return model, change
+
+    monkeypatch.setattr(normalise, "fold_shapes", broken)
+    line = _one_line_error(cli("import", corpus["onnxsim"], "-o", tmp_path / "x.onnx"), 1)
+    assert "differs from the original's" in line and "nothing was written" in line
+    assert files_in(tmp_path) == []
+
+
+def test_preprocessing_must_match_the_input(cli, corpus, tmp_path):
+    line = _one_line_error(cli("import", corpus["paddle"], "-o", tmp_path / "p.onnx", "--input-shape", "1,3,32,96",
+                               "--crop", "32x64"), 2)
+    assert "--crop is 32x64 but --input-shape is 32x96" in line
+    line = _one_line_error(cli("import", corpus["paddle"], "-o", tmp_path / "p.onnx", "--input-shape", "1,3,32,96",
+                               "--pad-value", "3"), 2)
+    assert "only a letterbox resize pads" in line
+    assert files_in(tmp_path) == []
+
+
+# --- every command accepts the imported file -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["onnxsim", "paddle", "dense", pytest.param("dynamo", marks=pytest.mark.slow)])
+def test_quantize_takes_each_imported_file(cli, corpus, tmp_path, key):
+    extra, _words, _task = CASES[key]
+    fp32 = tmp_path / f"{key}.onnx"
+    assert cli("import", corpus[key], "-o", fp32, *extra).exit_code == 0
+    args = ["quantize", fp32, "-o", tmp_path / f"{key}.int8.onnx", "--json"]
+    if key == "paddle":  # non-square calibration tensors (N, 3, 32, 96)
+        npz = tmp_path / "calib.npz"
+        np.savez(npz, x=np.random.default_rng(0).standard_normal((8, 3, 32, 96)).astype(np.float32))
+        args += ["--calibration", npz]
+    if key == "dynamo":  # random-weight mobilenet_v3_small: int8 agrees on fewer than 95 % of held-out crops
+        args += ["--min-agreement", "0.5"]
+    res = cli(*args)
+    assert res.exit_code == 0, res.stderr
+    _model, meta = _meta(tmp_path / f"{key}.int8.onnx")
+    assert meta["precision"] == "int8"
