@@ -244,3 +244,60 @@ def test_quantize_takes_each_imported_file(cli, corpus, tmp_path, key):
     assert res.exit_code == 0, res.stderr
     _model, meta = _meta(tmp_path / f"{key}.int8.onnx")
     assert meta["precision"] == "int8"
+
+
+# --- non-square and letterbox preprocessing: host and device compute the same pixels ----------------------
+
+
+@pytest.mark.parametrize("kw", [
+    dict(resize="letterbox", crop=(32, 96), pad_value=128, channels="bgr", mean=(0.5,) * 3, std=(0.5,) * 3),
+    dict(resize="letterbox", crop=(40, 24), pad_value=0),
+    dict(resize=None, crop=(32, 96)),
+    dict(resize=120, crop=(48, 96), interpolation="bicubic"),
+    dict(resize="letterbox", crop=(32, 64), channels="gray", input_channels=1, mean=(0.5,), std=(0.25,)),
+])
+def test_device_preprocessing_matches_the_host_for_non_square_inputs(kw):
+    from PIL import Image
+
+    from edgekit.data.preprocessing import Preprocessing
+    from edgekit.ondevice.check import crop_uint8, normalize
+
+    pre = Preprocessing(**kw)
+    d = pre.to_dict()
+    assert Preprocessing.from_dict(json.loads(json.dumps(d))) == pre  # the metadata's round trip
+    rng = np.random.default_rng(0)
+    for size in ((50, 60), (200, 31), (17, 90)):  # (W, H): wide, tall, taller than the input
+        image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+        host = pre.apply(image)
+        device = normalize(crop_uint8(image, d), d["mean"], d["std"])
+        assert host.shape == pre.chw == device.shape
+        np.testing.assert_allclose(device, host, atol=1e-6)
+
+
+def test_letterbox_keeps_the_aspect_and_pads_right_and_bottom():
+    from PIL import Image
+
+    from edgekit.data.preprocessing import Preprocessing
+
+    pre = Preprocessing(resize="letterbox", crop=(32, 96), pad_value=255, mean=(0.0,) * 3, std=(1.0,) * 3)
+    out = pre.apply(Image.new("RGB", (40, 20), (0, 0, 0)))  # 2:1 into 96x32 -> 64x32, then 32 columns of padding
+    assert out.shape == (3, 32, 96)
+    assert np.all(out[:, :, :64] == 0.0) and np.all(out[:, :, 64:] == 1.0)
+    out = pre.apply(Image.new("RGB", (10, 40), (0, 0, 0)))  # tall: 8x32, the rest padded
+    assert np.all(out[:, :, :8] == 0.0) and np.all(out[:, :, 8:] == 1.0)
+
+
+@pytest.mark.slow
+def test_a_non_square_imported_file_packages_and_its_bundle_checks(cli, corpus, tmp_path):
+    import subprocess
+    import sys
+
+    fp32, int8, bundle = tmp_path / "p.onnx", tmp_path / "p.int8.onnx", tmp_path / "bundle"
+    assert cli("import", corpus["paddle"], "-o", fp32, *PADDLE_ARGS).exit_code == 0
+    assert cli("quantize", fp32, "-o", int8).exit_code == 0
+    res = cli("package", int8, "--parent", fp32, "-o", bundle)
+    assert res.exit_code == 0, res.stderr
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["preprocessing"]["crop"] == [32, 96] and manifest["preprocessing"]["resize"] == "letterbox"
+    check = subprocess.run([sys.executable, "check.py"], cwd=bundle, capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -230,10 +230,15 @@ def _check_preprocessing(pre: dict) -> None:
     def bad(key: str, want: str):
         raise BrokenBundle(f"the manifest's preprocessing {key} is {pre.get(key)!r}: {want}")
 
-    if not (isinstance(pre.get("crop"), int) and 1 <= pre["crop"] <= 8192):
-        bad("crop", "an integer from 1 to 8192")
-    if pre.get("resize") is not None and not (isinstance(pre["resize"], int) and pre["crop"] <= pre["resize"] <= 16384):
-        bad("resize", "null or an integer from crop to 16384")
+    crop = pre.get("crop")
+    sides = crop if isinstance(crop, list) and len(crop) == 2 else [crop]  # N, or [H, W]
+    if not all(isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= 8192 for c in sides):
+        bad("crop", "an integer from 1 to 8192, or [H, W] of them")
+    if pre.get("resize") == "letterbox":
+        if not (isinstance(pre.get("pad_value", 0), int) and 0 <= pre.get("pad_value", 0) <= 255):
+            bad("pad_value", "an integer from 0 to 255")
+    elif pre.get("resize") is not None and not (isinstance(pre["resize"], int) and max(sides) <= pre["resize"] <= 16384):
+        bad("resize", "null, letterbox or an integer from crop to 16384")
     if pre.get("interpolation") not in ("bilinear", "bicubic", "nearest"):
         bad("interpolation", "bilinear, bicubic or nearest")
     if pre.get("channels") not in ("rgb", "bgr", "gray"):
@@ -335,8 +340,8 @@ def crop_uint8(image, pre: dict) -> np.ndarray:
     """A PIL image -> the model's pixels before normalisation: uint8 (C, H, W), in the model's channel order.
 
     1. to 8-bit RGB (alpha on white), or gray; 2. resize (PIL, `interpolation`): `resize` = N scales the
-    shorter side to N (the longer side truncated) and centre-crops `crop` x `crop`; `resize` = null resizes
-    straight to `crop` x `crop`; 3. BGR models get the channels reversed; gray ones repeated to the input channels.
+    shorter side to N (the longer side truncated) and centre-crops `crop` (N, or [H, W]); `resize` = null resizes
+    straight to the crop; "letterbox" fits the image into it keeping the aspect, padded right/bottom with `pad_value`; 3. BGR models get the channels reversed; gray ones repeated to the input channels.
     """
     from PIL import Image
 
@@ -345,17 +350,25 @@ def crop_uint8(image, pre: dict) -> np.ndarray:
         image = image.convert("L")
     resample = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
                 "nearest": Image.Resampling.NEAREST}[pre["interpolation"]]
-    crop, resize = int(pre["crop"]), pre["resize"]
+    crop, resize = pre["crop"], pre["resize"]
+    ch, cw = (int(crop[0]), int(crop[1])) if isinstance(crop, (list, tuple)) else (int(crop), int(crop))  # N or [H, W]
     if resize is None:
-        image = image.resize((crop, crop), resample)
+        image = image.resize((cw, ch), resample)
+    elif resize == "letterbox":  # fit H x W keeping the aspect, top-left, pad right/bottom with pad_value
+        w, h = image.size
+        scale = min(cw / w, ch / h)
+        inner = image.resize((max(1, min(cw, round(w * scale))), max(1, min(ch, round(h * scale)))), resample)
+        pad = int(pre.get("pad_value", 0))
+        image = Image.new(image.mode, (cw, ch), pad if image.mode == "L" else (pad,) * 3)
+        image.paste(inner, (0, 0))
     else:
         resize = int(resize)
         w, h = image.size
         size = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
         image = image.resize(size, resample)
-        left = int(round((size[0] - crop) / 2.0))
-        top = int(round((size[1] - crop) / 2.0))
-        image = image.crop((left, top, left + crop, top + crop))
+        left = int(round((size[0] - cw) / 2.0))
+        top = int(round((size[1] - ch) / 2.0))
+        image = image.crop((left, top, left + cw, top + ch))
     array = np.asarray(image, dtype=np.uint8)
     if array.ndim == 2:
         array = np.repeat(array[..., None], int(pre.get("input_channels", 3)), axis=2)
