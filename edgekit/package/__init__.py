@@ -121,10 +121,11 @@ def package(
         raise BadInput(f"--golden {golden}: give 1 to {MAX_GOLDEN} photos")
     source = OnnxFile.open(model_path)
     model, meta, spec, precision = source.proto, source.metadata, source.spec, source.precision
-    if meta is None:
+    if meta is None and o.model is None:
         raise BadInput(
-            f"{model_path} carries no edgekit metadata, so its PyTorch reference and preprocessing are unknown",
-            hint="package a file written by edgekit export, quantize or convert",
+            f"{model_path} carries no edgekit metadata, so its reference and preprocessing are unknown",
+            hint="import it first (edgekit import FILE -o OUT.onnx), or pass --model NAME (and --weights FILE) it was "
+            "exported from",
         )
     from edgekit.judge.compare import gates_for
     from edgekit.reference.runner import open_reference
@@ -132,12 +133,14 @@ def package(
     # the reference of the golden outputs, and the gates verify gives this file (trained or unknown weights: the
     # stricter ones; a dense output: no top-1 gate)
     ref = open_reference(model_path, model, meta, model=o.model, weights=o.weights, parent=o.parent)
-    tolerance, tolerance_source = gates_for(precision, ref.trained, task=ref.task, why=ref.why_gates)
+    tolerance, tolerance_source = gates_for(precision, ref.trained, task=ref.task,
+                                            why=None if ref.kind == "pytorch" else ref.why_gates)
+    has_meta, meta = meta is not None, meta if meta is not None else {}
     classes = output_classes(model) or (int(meta["num_classes"]) if str(meta.get("num_classes", "")).isdigit() else None)
     label_list = read_labels(labels, classes) if labels is not None else None
-    if "preprocessing" not in meta:
+    if has_meta and "preprocessing" not in meta:
         raise BadInput(f"the edgekit metadata of {model_path} has no preprocessing", hint="re-export the file")
-    pre = source.preprocessing()
+    pre = source.preprocessing() if has_meta else ref.preprocessing  # --model: ImageNet at its input size
     if any(d is not None and d != p for d, p in zip(spec.chw, pre.chw)):
         raise BadInput(f"{model_path}: input {spec.name!r} is {spec.chw} but its preprocessing makes {pre.chw}")
     photo_dir = Path(images) if images is not None else DEFAULT_CALIBRATION_DIR

@@ -263,7 +263,7 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
     # the reference's weights decide: a foreign file verified against --weights is a trained model too, and one
     # whose weights are unknown (an ONNX reference) is not seeded-random
     tolerance, tolerance_source = gates_for(precision, ref.trained, o.atol, o.rtol, o.min_top1_agreement, o.min_sqnr,
-                                            task=ref.task, why=ref.why_gates)
+                                            task=ref.task, why=None if ref.kind == "pytorch" else ref.why_gates)
     if o.dataset is not None:
         check_dataset(Path(o.dataset), ref.num_classes)  # a bad folder fails now, not after the reference is built
     user_elementwise = o.atol is not None or o.rtol is not None
