@@ -1,7 +1,7 @@
 """What an ONNX file is, read from its graph: its input (name, batch, CHW, dtype) and its precision.
 
-edgekit handles single-input float image classifiers; `input_spec` is the one place that reads the
-input's geometry, and says so clearly when a graph is something else.
+edgekit handles single-input float image models (N, C, H, W), square or not; `input_spec` is the one place that
+reads the input's geometry, and says so clearly when a graph is something else.
 """
 
 from __future__ import annotations
@@ -31,9 +31,15 @@ class InputSpec:
 
     @property
     def spatial(self) -> int | None:
-        """H (= W) when static and square, else None."""
+        """H (= W) when static and square, else None (a non-square input: see `hw`)."""
         c, h, w = self.chw
         return h if h is not None and h == w else None
+
+    @property
+    def hw(self) -> tuple[int, int] | None:
+        """(H, W) when both are static (square or not), else None."""
+        c, h, w = self.chw
+        return (h, w) if h is not None and w is not None else None
 
 
 def _dims(value_info) -> list[int | None]:
