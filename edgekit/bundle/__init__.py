@@ -1,10 +1,11 @@
 """What a deployable bundle carries besides the model, and the check of a bundle from edgekit.
 
 `check.py` (the standalone device check: numpy and onnxruntime only) and `metrics.py` (the metric core it
-shares with edgekit.judge.compare) are copied into every bundle verbatim. `check_bundle` runs check.py's own
-checks from edgekit (edgekit's metric core, edgekit's sessions): what `edgekit package` runs before it
-commits a bundle, and what `edgekit verify DIR` is to call (it lives here, below the stages, so that
-verify need not import the package stage).
+shares with edgekit.judge.compare) are copied into every bundle verbatim, for the user on the board. `check_bundle`
+runs check.py's own checks from edgekit (edgekit's metric core, edgekit's sessions): what `edgekit package` runs
+before it commits a bundle, and what `edgekit verify DIR` is to call (it lives here, below the stages, so that
+verify need not import the package stage). `check_bundle_on_device` runs the same checks with the models on an
+(emulated) device, never the bundle's own code (bundle/on_device.py).
 """
 
 from __future__ import annotations
@@ -128,45 +129,20 @@ def check_bundle(folder: Path, providers: list[str] | None = None, apply_session
 
 def check_bundle_on_device(folder: Path, device: str, apply_session_options: bool = True,
                            expect_manifest: str | None = None) -> BundleCheck:
-    """The bundle's own check.py, run as `device` runs it (runtimes.devices: natively, or inside QEMU with the
-    device's Python, numpy and onnxruntime): what the board itself would print, as a BundleCheck."""
-    import json
-    import subprocess
+    """The bundle's checks with its models run as `device` runs them (runtimes.devices: natively, or inside QEMU
+    with the device's Python, numpy and onnxruntime), as a BundleCheck. Nothing from the bundle runs: every file
+    is checked on this machine first and copied privately; edgekit's own code runs the checks (bundle.on_device)."""
+    from edgekit.bundle.on_device import check_on_device
+    from edgekit.core.errors import BundleTampered
+    from edgekit.ondevice import check as bundle_check
 
-    from edgekit.core.errors import CheckFailed, EnvironmentUnavailable
-    from edgekit.runtimes.devices import emulator_log, get_device, ready_device
-
-    folder = Path(folder)
-    script = folder / "check.py"
-    if not script.is_file():
-        raise BadInput(f"broken bundle: {script} is missing")
-    status = ready_device(device)
-    args = ["--json"] + ([] if apply_session_options else ["--no-session-options"])
-    args += ["--expect-manifest", expect_manifest] if expect_manifest else []
-    spec = get_device(device)
-    if spec.arch == "x86_64" and spec.qemu_cpu:  # QEMU shows an x86 guest the host's /proc/cpuinfo: state the flags
-        args += ["--cpu-flags", " ".join(sorted(spec.flags))]
     try:
-        proc = subprocess.run(status.argv(script.resolve(), *args), capture_output=True, text=True, timeout=1800,
-                              cwd=folder, env=status.environ())
-    except subprocess.TimeoutExpired:
-        raise CheckFailed(f"check.py on the device {device} did not finish in 30 minutes") from None
-    if proc.returncode == 1 and proc.stdout.startswith("FAIL: "):  # tampered: check.py used nothing
-        from edgekit.core.errors import BundleTampered
-
-        raise BundleTampered(f"check.py on the device {device}: {proc.stdout.strip()[6:]}")
-    if proc.returncode in (0, 1):
-        try:
-            result = json.loads(proc.stdout)
-        except ValueError:
-            raise CheckFailed(f"check.py on the device {device} printed no JSON report (exit {proc.returncode})") from None
-        result["cpu"] = {**result.get("cpu", {}), "device": device, "device_mode": status.mode}
-        return BundleCheck.from_result(result)
-    lines = emulator_log(proc.stderr)
-    why = lines[-1] if lines else f"exit {proc.returncode}"
-    if proc.returncode == 2:
-        raise BadInput(f"check.py on the device {device}: {why}")
-    raise EnvironmentUnavailable(f"check.py on the device {device}: {why}")
+        result = check_on_device(Path(folder), device, apply_session_options, expect_manifest)
+    except bundle_check.BrokenBundle as exc:
+        raise BadInput(f"broken bundle: {exc}") from None
+    except bundle_check.Tampered as exc:
+        raise BundleTampered(f"bundle {folder}: {exc}") from None
+    return BundleCheck.from_result(result)
 
 
 def read_labels(path: Path, classes: int | None) -> list[str]:

@@ -109,13 +109,45 @@ def find_emulator(arch: str, minimum: tuple[int, int] | None = None) -> str | No
     return None
 
 
-def arm64_sysroot_facts() -> dict:
-    """What `edgekit devices setup arm64` recorded ({} when there is no sysroot)."""
+MAX_FACTS_BYTES = 64 << 10  # device.json is ~100 bytes
+
+
+def read_device_file(path: Path, limit: int = MAX_FACTS_BYTES) -> bytes | None:
+    """A device file's bytes, read as images are: a regular file (a FIFO or device is refused without blocking) of
+    at most `limit` bytes; None when it is absent, not regular, too large or unreadable (the device is then not
+    set up, and `edgekit devices` says so)."""
+    from edgekit.core.files import open_regular
+
     try:
-        facts = json.loads((arm64_root() / "device.json").read_text())
+        with open_regular(path, "device file") as f:
+            data = f.read(limit + 1)
     except (OSError, ValueError):
+        return None
+    return data if len(data) <= limit else None
+
+
+def arm64_sysroot_facts() -> dict:
+    """What `edgekit devices setup arm64` recorded ({} when there is no sysroot, or its facts file is not a small
+    regular JSON file)."""
+    raw = read_device_file(arm64_root() / "device.json")
+    try:
+        facts = json.loads(raw) if raw is not None else {}
+    except ValueError:
         return {}
-    return facts if isinstance(facts, dict) else {}
+    return facts if isinstance(facts, dict) and all(isinstance(facts.get(k), str) for k in ("onnxruntime", "numpy")) else {}
+
+
+DEVICE_TIMEOUT_S = 180.0  # a device worker that does not answer is given up after this (--device-timeout)
+_device_timeout: list[float] = []
+
+
+def set_device_timeout(seconds: float | None) -> None:
+    """How long an (emulated) device may take to answer one request: `seconds`, or None for the default."""
+    _device_timeout[:] = [] if seconds is None else [float(seconds)]
+
+
+def device_timeout() -> float:
+    return _device_timeout[0] if _device_timeout else DEVICE_TIMEOUT_S
 
 
 def _host_is(device: Device) -> bool:
@@ -173,7 +205,7 @@ def device_status(name: str) -> DeviceStatus:
     python = root / "sysroot" / "usr" / "bin" / "python3.11"
     site = root / "site"
     facts = arm64_sysroot_facts()
-    if not python.exists() or not (site / "onnxruntime").is_dir() or not facts:
+    if not python.is_file() or not (site / "onnxruntime").is_dir() or not facts:
         missing.append(f"the arm64 sysroot under {root} (run: edgekit devices setup arm64)")
     elif emulator is not None and version_tuple(facts.get("onnxruntime")) >= (1, 28):
         # QEMU 7.2 segfaults importing onnxruntime >= 1.28 for aarch64 (field-notes.md): say so, not crash

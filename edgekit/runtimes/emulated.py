@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -21,11 +22,11 @@ import numpy as np
 
 from edgekit.core.errors import CheckFailed, EnvironmentUnavailable, one_line
 from edgekit.ondevice import script_path
-from edgekit.runtimes.devices import DeviceStatus, emulator_log, qemu_version
+from edgekit.runtimes.devices import DeviceStatus, device_timeout, emulator_log, qemu_version
 
 WORKER = script_path("ort_worker.py")
-START_TIMEOUT_S = 600  # an emulated CPU initialises a large graph slowly; a hung emulator must still end
-RUN_TIMEOUT_S = 1800  # one batch through the model under emulation
+# How long the worker may take to start (an emulated CPU initialises a large graph slowly) and to answer one
+# batch: runtimes.devices.device_timeout(), 3 minutes unless --device-timeout says otherwise.
 
 
 @dataclass(frozen=True)
@@ -44,14 +45,24 @@ class EmulatedSession:
         self.device = status.name
         self._emulator = f"{Path(status.command[0]).name} {qemu_version(status.command[0])}" if status.command else "native"
         self._stderr = tempfile.TemporaryFile()
-        argv = status.argv(WORKER, Path(model).resolve(), json.dumps(session_config or {}), optimization)
+        # edgekit's own worker, copied from the installed package into a private (0700) folder: what runs in the
+        # device is exactly the code edgekit ships, never a file beside the model
+        self._private = tempfile.mkdtemp(prefix="edgekit-worker-")
+        worker = Path(self._private) / WORKER.name
+        shutil.copyfile(WORKER, worker)
+        argv = status.argv(worker, Path(model).resolve(), json.dumps(session_config or {}), optimization)
         try:
             self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-                                          env=status.environ())
+                                          env=status.environ(), cwd=self._private)
         except OSError as exc:
+            self._remove_private()
             raise EnvironmentUnavailable(f"device {self.device}: cannot start {argv[0]}: {one_line(exc)}") from None
         self._lock = threading.Lock()
-        hello = self._answer(START_TIMEOUT_S)
+        try:
+            hello = self._answer()
+        except BaseException:
+            self.close()
+            raise
         if not hello.get("ok"):
             self.close()
             raise _LoadFailed(hello.get("error") or "the worker said nothing")
@@ -60,9 +71,10 @@ class EmulatedSession:
         self._providers = list(hello["providers"])
         self.onnxruntime = hello.get("onnxruntime")
 
-    def _answer(self, timeout: float = RUN_TIMEOUT_S) -> dict:
-        """The worker's next answer; its death (a signal, an exit) or silence past `timeout` is exit 3, naming the
-        device, the emulator and why."""
+    def _answer(self, timeout: float | None = None) -> dict:
+        """The worker's next answer; its death (a signal, an exit), silence past `timeout` (default: the device
+        timeout) or an answer that is not one is exit 3, naming the device, the emulator and why."""
+        timeout = device_timeout() if timeout is None else timeout
         timed_out = threading.Event()
 
         def kill():
@@ -80,14 +92,22 @@ class EmulatedSession:
             self._stderr.seek(0)
             log = emulator_log(self._stderr.read().decode(errors="replace"))
             if timed_out.is_set():
-                why = f"no answer in {timeout:.0f} s, stopped"
+                why = f"no answer in {timeout:.0f} s, stopped (--device-timeout SECONDS gives a slow board longer)"
             elif code < 0:
                 why = f"killed by {signal.Signals(-code).name}" + (f" ({log[-1][:200]})" if log else "")
             else:
                 why = log[-1][:300] if log else f"exit code {code}"
             raise EnvironmentUnavailable(f"the emulated device {self.device} ({self._emulator}) stopped: {why}",
                                          hint="edgekit devices says what it needs; nothing was written")
-        return json.loads(line)
+        try:
+            answer = json.loads(line)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            self._proc.kill()
+            raise EnvironmentUnavailable(f"the emulated device {self.device} ({self._emulator}) answered "
+                                         f"{line[:60]!r}, not its protocol", hint="edgekit devices says what it needs")
+        return answer
 
     def get_inputs(self) -> list[_Value]:
         return list(self._inputs)
@@ -120,9 +140,16 @@ class EmulatedSession:
             return [outputs[index[n]] for n in output_names]
         return outputs
 
+    def _remove_private(self) -> None:
+        private = getattr(self, "_private", None)
+        if private:
+            shutil.rmtree(private, ignore_errors=True)
+            self._private = None
+
     def close(self) -> None:
         proc = getattr(self, "_proc", None)
         if proc is None or proc.poll() is not None:
+            self._remove_private()
             return
         with contextlib.suppress(OSError, ValueError):
             proc.stdin.write(b"\n")
@@ -132,6 +159,7 @@ class EmulatedSession:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        self._remove_private()
 
     def __del__(self):
         with contextlib.suppress(Exception):

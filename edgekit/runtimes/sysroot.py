@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 from edgekit.core.errors import BadInput, CheckFailed, EnvironmentUnavailable
-from edgekit.runtimes.devices import arm64_root, devices_dir, emulator_log, find_emulator, qemu_version, version_tuple
+from edgekit.core.files import shown_path
+from edgekit.runtimes.devices import DEVICES_DIR_ENV, arm64_root, devices_dir, emulator_log, find_emulator, qemu_version, version_tuple
 
 DEBIAN_SUITE = "bookworm"  # its python3 is 3.11, the version the aarch64 wheels are chosen for
 # QEMU 7.2 (bookworm's) segfaults importing onnxruntime >= 1.28 for aarch64; QEMU 10 (bookworm-backports) runs it.
@@ -114,8 +115,12 @@ def setup_arm64(onnxruntime_version: str | None = None, numpy_spec: str = "numpy
     emulator = check_tools(version)
     mirror = debian_mirror()
     final = arm64_root()
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".arm64-staging-", dir=final.parent))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".arm64-staging-", dir=final.parent))
+    except OSError as exc:
+        raise EnvironmentUnavailable(f"cannot make the devices folder {shown_path(final.parent)}: {exc.strerror or exc}",
+                                     hint=f"set {DEVICES_DIR_ENV} to a writable folder with ~1 GB free") from None
     try:
         sysroot, site = staging / "sysroot", staging / "site"
         stage(f"debootstrap: Debian {DEBIAN_SUITE} arm64 python3 (download only)")
@@ -140,7 +145,10 @@ def setup_arm64(onnxruntime_version: str | None = None, numpy_spec: str = "numpy
         out = _run([emulator, "-cpu", "cortex-a53", "-L", str(sysroot), str(python), "-c",
                     "import numpy, onnxruntime, platform; print(platform.machine(), onnxruntime.__version__, numpy.__version__)"],
                    "the emulated aarch64 Python", timeout=300, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
-        machine, ort_version, np_version = out.split()[-3:]
+        words = out.split()
+        if len(words) < 3:
+            raise EnvironmentUnavailable(f"the emulated aarch64 Python printed {out.strip()[:80]!r}, not its versions")
+        machine, ort_version, np_version = words[-3:]
         if machine != "aarch64" or ort_version != version:
             raise CheckFailed(f"the emulated Python reports {machine} with onnxruntime {ort_version}, not aarch64 {version}")
         (staging / "device.json").write_text(json.dumps({"onnxruntime": ort_version, "numpy": np_version,
@@ -154,6 +162,10 @@ def setup_arm64(onnxruntime_version: str | None = None, numpy_spec: str = "numpy
         staging.rename(final)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:  # a full disk, a folder made read-only meanwhile: exit 3, the staging folder removed
+        shutil.rmtree(staging, ignore_errors=True)
+        raise EnvironmentUnavailable(f"setting up arm64 in {shown_path(final.parent)} failed: {exc.strerror or exc}",
+                                     hint=f"free space there (~1 GB) or set {DEVICES_DIR_ENV} to another folder") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
