@@ -75,6 +75,20 @@ Device = Annotated[
     typer.Option("--device", help="judge int8 on this CPU's ONNX Runtime kernels: host, x86-avx2, arm64-a53, arm64-a76 "
                  "(emulated where it is not this machine; `edgekit devices` says which are ready)"),
 ]
+
+
+def _set_device_timeout(value: float | None) -> float | None:
+    from edgekit.runtimes.devices import set_device_timeout
+
+    set_device_timeout(value)  # None: the default (3 minutes), also between in-process runs
+    return value
+
+
+DeviceTimeout = Annotated[
+    float | None,
+    typer.Option("--device-timeout", min=1, max=86400, callback=_set_device_timeout, metavar="SECONDS",
+                 help="with --device: seconds the device may take to answer one request (default 180; for slow boards)"),
+]
 Runtimes = Annotated[
     str | None,
     typer.Option("--runtimes", help="comma-separated: ort,openvino (default: ort; openvino needs pip install 'edgekit[openvino]')"),
