@@ -76,6 +76,8 @@ def test_each_corpus_file_imports(cli, corpus, tmp_path, key):
     assert meta["precision"] == "fp32" and meta["task"] == task
     assert meta["imported"]["file"] == source.name and meta["imported"]["sha256"] == before
     assert meta["imported"]["changes"] == result["changes"]
+    assert meta["imported"]["preprocessing"] == ("given" if key == "paddle" else "assumed")  # and a note says so
+    assert any("no preprocessing given" in n for n in result["notes"]) == (key != "paddle")
     assert meta["opset"] >= 13 and meta["imported"]["check"]["max_abs"] <= 1e-5
     assert not [n for n in model.graph.node if n.op_type == "Constant" and n.attribute[0].t.dims]  # no weight constant
     assert files_in(tmp_path) == [out.name]  # no sidecar, no staging folder left
@@ -104,6 +106,22 @@ def test_non_square_letterbox_preprocessing_is_recorded(cli, corpus, tmp_path):
     assert meta["preprocessing"]["crop"] == [32, 96]
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 3, 32, 96]
+
+
+def test_preprocessing_file_with_a_non_square_letterbox(cli, corpus, tmp_path):
+    spec = tmp_path / "pre.json"
+    spec.write_text(json.dumps({"resize": "letterbox", "crop": [32, 96], "pad_value": 0, "mean": [0.5, 0.5, 0.5],
+                                "std": [0.5, 0.5, 0.5], "channels": "bgr"}))
+    out = tmp_path / "p.onnx"
+    res = cli("import", corpus["paddle"], "-o", out, "--input-shape", "1,3,32,96", "--preprocessing", spec, "--json")
+    assert res.exit_code == 0, res.stderr
+    meta = _meta(out)[1]
+    assert meta["preprocessing"]["crop"] == [32, 96] and meta["preprocessing"]["resize"] == "letterbox"
+    assert meta["imported"]["preprocessing"] == "given"
+    spec.write_text(json.dumps({"resize": "letterbox", "crop": [48, 192], "mean": [0.5] * 3, "std": [0.5] * 3}))
+    line = _one_line_error(cli("import", corpus["paddle"], "-o", out, "--input-shape", "1,3,32,96",
+                               "--preprocessing", spec), 2)
+    assert f"preprocessing file {spec} field 'crop' is 48x192 but --input-shape is 32x96" in line
 
 
 def test_a_dynamic_batch_stays_dynamic_when_asked(cli, corpus, tmp_path):
