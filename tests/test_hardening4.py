@@ -274,3 +274,43 @@ def test_devices_setup_on_a_full_disk_is_exit_3_and_leaves_no_staging_folder(tmp
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "No space left on device" in lines[0]
     assert files_in(tmp_path / "devices") == []
+
+
+# --- 3. round three's leftovers: package -o and --images ---------------------------------------------------
+
+
+def test_package_into_a_folder_whose_manifest_is_a_fifo_is_refused_not_waited_on(bundle, tmp_path):
+    model = bundle.parent / "r18.int8.onnx"
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "manifest.json")
+    before = tree(out)
+    proc = run("package", model, "-o", out, timeout=60)
+    assert proc.returncode == 2 and "not an edgekit bundle" in one_line(proc)
+    assert tree(out) == before
+
+
+def test_package_under_a_symlink_loop_is_one_line(bundle, tmp_path):
+    model = bundle.parent / "r18.int8.onnx"
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    for out in (tmp_path / "a", tmp_path / "a" / "bundle"):
+        proc = run("package", model, "-o", out, timeout=60)
+        assert proc.returncode == 2 and "symlink loop" in one_line(proc)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+
+
+def test_package_images_with_a_decompression_bomb_names_and_skips_it(bundle, tmp_path):
+    from PIL import Image
+
+    model = bundle.parent / "r18.int8.onnx"
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("L", (20000, 20000)).save(images / "bomb.png")  # 400 Mpixel, 400 kB on disk
+    Image.new("RGB", (48, 48), (200, 30, 30)).save(images / "red.png")
+    before = tree(images)
+    proc = run("package", model, "-o", tmp_path / "b.bundle", "--images", images, "--json", timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    notes = json.loads(proc.stdout)["notes"]
+    assert any("bomb.png" in n and "too large to decode safely" in n for n in notes), notes
+    assert "Traceback" not in proc.stderr and tree(images) == before

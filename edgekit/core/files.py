@@ -143,6 +143,28 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def resolved(path, what: str = "path") -> Path:
+    """`path` resolved (symlinks followed, `..` collapsed); a symlink loop or a name that cannot be followed is
+    BadInput naming it, never a RuntimeError from pathlib."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as exc:  # Python < 3.13: RuntimeError "Symlink loop"; later: OSError ELOOP
+        why = "a symlink loop" if isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP else (
+            getattr(exc, "strerror", None) or str(exc))
+        raise BadInput(f"{what} {shown_path(path)} cannot be followed: {why}", hint="name a path without a symlink loop") from None
+
+
+def read_small_regular(path, limit: int) -> bytes | None:
+    """The bytes of a regular file of at most `limit` bytes (a FIFO, device or socket refused without blocking);
+    None when it is absent, not a regular file, larger, or unreadable."""
+    try:
+        with open_regular(Path(path)) as f:
+            data = f.read(limit + 1)
+    except (OSError, ValueError):
+        return None
+    return data if len(data) <= limit else None
+
+
 NAME_MAX = 255  # bytes in one path component: every file system edgekit writes to on Linux
 
 

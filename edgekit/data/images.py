@@ -153,11 +153,11 @@ def scan_folder(folder: Path) -> tuple[list[Path], list[Path]]:
     return scan.images, scan.others
 
 
-def decode_image(path: Path, preprocessing: Preprocessing) -> np.ndarray:
-    """Decode and preprocess one image; raises ValueError with the reason when it cannot.
-
-    Only a regular file is opened (a FIFO that appeared since the folder was scanned never blocks).
-    """
+@contextlib.contextmanager
+def open_image(path: Path, draft: tuple[int, int] | None = None):
+    """A PIL image of the file at `path`, decoded: only a regular file is opened (a FIFO that appeared since the
+    folder was scanned never blocks), and an image of more pixels than PIL's bound (a decompression bomb) is
+    refused before it is decoded. Every reason it cannot be used is ValueError with that reason in words."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -166,20 +166,30 @@ def decode_image(path: Path, preprocessing: Preprocessing) -> np.ndarray:
         raise ValueError(str(exc)) from None
     except OSError as exc:
         raise ValueError(f"cannot open: {exc.strerror or exc}") from None
-    try:
-        with handle, warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(handle) as image:
-                # JPEG can decode at a reduced scale: much faster for huge photos, same result after resize.
-                image.draft("RGB", preprocessing.draft_size)
-                image.load()
-                return preprocessing.apply(image)
-    except UnidentifiedImageError:
-        raise ValueError("cannot decode: not an image file PIL can identify") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(f"cannot decode: {one_line(exc)}") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ValueError(f"too large to decode safely ({exc})") from None
+    with handle, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(handle)
+            if draft is not None:  # JPEG can decode at a reduced scale: much faster for huge photos
+                image.draft("RGB", draft)
+            image.load()
+        except UnidentifiedImageError:
+            raise ValueError("cannot decode: not an image file PIL can identify") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ValueError(f"too large to decode safely ({one_line(exc, 200)})") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise ValueError(f"cannot decode: {one_line(exc)}") from None
+        with image:
+            yield image
+
+
+def decode_image(path: Path, preprocessing: Preprocessing) -> np.ndarray:
+    """Decode and preprocess one image (open_image); raises ValueError with the reason when it cannot."""
+    with open_image(path, preprocessing.draft_size) as image:
+        try:
+            return preprocessing.apply(image)
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ValueError(f"cannot decode: {one_line(exc)}") from None
 
 
 def decode_chunks(paths: list, preprocessing: Preprocessing, chunk: int = 64):

@@ -10,6 +10,7 @@ import numpy as np
 
 from edgekit.onnxfile.artifact import EXPORTS_DIR
 from edgekit.core.errors import BadInput
+from edgekit.core.files import read_small_regular, resolved
 from edgekit.package.golden import GOLDEN_FILE, golden_within_budget, write_golden
 from edgekit.package.manifest import bundle_files, write_manifest
 
@@ -24,15 +25,25 @@ def default_bundle_dir(model_path: Path) -> Path:
     return EXPORTS_DIR / f"{name}{BUNDLE_SUFFIX}"
 
 
+MAX_MANIFEST_BYTES = 16 << 20  # check.py's own bound on a manifest
+
+
 def _is_bundle(folder: Path) -> bool:
+    """Whether `folder` holds an edgekit manifest: read as a regular file of bounded size (a FIFO named
+    manifest.json is not waited on, it is not a bundle)."""
+    raw = read_small_regular(folder / "manifest.json", MAX_MANIFEST_BYTES)
     try:
-        return json.loads((folder / "manifest.json").read_text()).get("edgekit_bundle") is not None
-    except (OSError, ValueError, AttributeError):
+        return raw is not None and json.loads(raw).get("edgekit_bundle") is not None
+    except (ValueError, AttributeError):
         return False
 
 
-def check_destination(final: Path) -> None:
-    """BadInput when `final` is a file, or a folder with files in it that is not an edgekit bundle."""
+def check_destination(final: Path, model_folder: Path | None = None) -> None:
+    """BadInput when `final` cannot be followed (a symlink loop), is `model_folder`, is a file, or is a folder
+    with files in it that is not an edgekit bundle."""
+    where = resolved(final, "output")
+    if model_folder is not None and where == resolved(model_folder, "model folder"):
+        raise BadInput(f"output {final} is the folder the model is in", hint="name a new folder for the bundle")
     if final.exists() and not final.is_dir():
         raise BadInput(f"output {final} exists and is a file", hint="name a folder for the bundle with -o")
     if final.is_dir() and any(final.iterdir()) and not _is_bundle(final):
