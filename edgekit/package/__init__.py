@@ -148,9 +148,7 @@ def package(
     if not photos:
         raise BadInput(f"no photos in {photo_dir}", hint="pass --images DIR with jpg/png photos")
     final = Path(output) if output is not None else default_bundle_dir(model_path)
-    if final.resolve() == model_path.parent.resolve():
-        raise BadInput(f"output {final} is the folder the model is in", hint="name a new folder for the bundle")
-    check_destination(final)
+    check_destination(final, model_path.parent)  # a symlink loop, the model's own folder, a folder not a bundle
     recipe = meta.get("recipe") if precision == "int8" else None
     session_options = dict((recipe or {}).get("session_options") or {})
     cpu = this_cpu_for_check()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.core.errors import BadInput, CheckFailed, EnvironmentUnavailable, one_line
-from edgekit.data.images import pick_samples
+from edgekit.data.images import open_image, pick_samples
 from edgekit.ondevice import check as bundle_check
 from edgekit.data.preprocessing import Preprocessing
 
@@ -40,7 +40,7 @@ def golden_inputs(photos: list[Path], photo_dir: Path, pre: Preprocessing, want:
 def _golden_pixels(files: list[Path], pre: Preprocessing, want: int) -> tuple[np.ndarray, list[str], list[str]]:
     """Up to `want` photos as uint8 (C, H, W) crops (check.py's crop_uint8), each checked to normalise to exactly
     what edgekit's Preprocessing.apply gives; (pixels, names, notes on skipped files)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     pre_dict = pre.to_dict()
     pixels, names, notes = [], [], []
@@ -48,11 +48,13 @@ def _golden_pixels(files: list[Path], pre: Preprocessing, want: int) -> tuple[np
         if len(pixels) >= want:
             break
         try:
-            with Image.open(path) as image:
-                image.load()
+            with open_image(path) as image:  # a regular file, a decompression bomb refused before decoding
                 crop = bundle_check.crop_uint8(image, pre_dict)
                 expected = pre.apply(image)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        except ValueError as exc:
+            notes.append(f"skipped {path.name}: {one_line(exc, 300)}")
+            continue
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             notes.append(f"skipped {path.name}: cannot decode ({one_line(exc, 200)})")
             continue
         got = bundle_check.normalize(crop, pre.mean, pre.std)
