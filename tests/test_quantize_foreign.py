@@ -3,9 +3,9 @@ opset below 13, Constant weights, a 0-d scalar weight, the Reshape-shape Concat,
 inputs, a dense output, and the gates a file of unknown weights gets. Each through the real CLI: exit 0, or one
 line with the right exit code and the fix; no traceback; nothing half-written.
 
-The files are built here, small (32-64 px), by the exporters users have: TorchScript torch.onnx, the dynamo
-exporter, onnxsim; the Paddle2ONNX-style file is a TorchScript opset-11 export with its weights moved into
-Constant nodes and its height/width made dynamic, as Paddle2ONNX writes them."""
+The shared corpus (tests/foreign_models.py: onnxsim, dynamo with external data, Paddle-style opset 11 with
+Constant weights and a dynamic H x W, a dense output, the unfolded Reshape-shape subgraph) and, built here, what it
+lacks: an opset-12 TorchScript file, a 0-d scalar weight shared by three Adds, a non-square static input."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import onnx
 import pytest
 
 from edgekit.onnxfile.artifact import read_metadata
+from tests import foreign_models
 from tests.conftest import files_in
 
 torch = pytest.importorskip("torch")
@@ -43,28 +44,6 @@ class _ViewNet(nn.Module):
         return self.fc(x.view(x.size(0), -1))
 
 
-class _PoolNet(nn.Module):
-    """Global-pooled classifier: any H x W (the Paddle-style file)."""
-
-    def __init__(self):
-        super().__init__()
-        self.c1, self.c2, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.Linear(16, 10)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.c2(torch.relu(self.c1(x)))).mean((2, 3)))
-
-
-class _DenseNet(nn.Module):
-    """A fully convolutional 'text detector': its output is a (N, 1, H, W) map."""
-
-    def __init__(self):
-        super().__init__()
-        self.c1, self.c2, self.c3 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 1, 1)
-
-    def forward(self, x):
-        return torch.sigmoid(self.c3(torch.relu(self.c2(torch.relu(self.c1(x))))))
-
-
 def _torchscript(model, path, shape=(1, 3, 32, 32), opset=17, **kwargs):
     torch.manual_seed(0)
     with warnings.catch_warnings():
@@ -89,49 +68,12 @@ def corpus(tmp_path_factory):
         "scalar": _torchscript(_ViewNet(scalar=True), folder / "scalar.onnx",
                                dynamic_axes={"input": {0: "N"}, "output": {0: "N"}}),
         "wide": _torchscript(_ViewNet(32, 64), folder / "wide.onnx", shape=(1, 3, 32, 64)),
-        "dense": _torchscript(_DenseNet(), folder / "dense.onnx"),
         "square.npz": _tensors(folder / "square.npz", (3, 32, 32)),
         "wide.npz": _tensors(folder / "wide.npz", (3, 32, 64)),
+        "paddle.npz": _tensors(folder / "paddle.npz", (3, 32, 96)),
+        "64.npz": _tensors(folder / "64.npz", (3, 64, 64)),
     }
     return folder, files
-
-
-def _onnxsim(folder, source):
-    onnxsim = pytest.importorskip("onnxsim")
-    model, ok = onnxsim.simplify(onnx.load(str(source)))
-    assert ok
-    onnx.save(model, str(folder / "sim.onnx"))
-    return folder / "sim.onnx"
-
-
-def _dynamo(folder):
-    pytest.importorskip("onnxscript")
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(_ViewNet().eval(), (torch.randn(1, 3, 32, 32),), dynamo=True, verbose=False,
-                                    input_names=["input"], output_names=["output"])
-    program.save(str(folder / "dyn.onnx"), external_data=True)
-    assert (folder / "dyn.onnx.data").exists()
-    return folder / "dyn.onnx"
-
-
-def _paddle_style(folder):
-    """Opset 11, every weight a Constant node, input (N, 3, ?, ?)."""
-    from onnx import helper
-
-    path = _torchscript(_PoolNet(), folder / "p11.onnx", shape=(1, 3, 32, 64), opset=11,
-                        dynamic_axes={"input": {0: "N", 2: "H", 3: "W"}, "output": {0: "N"}})
-    model = onnx.load(str(path))
-    consts = [helper.make_node("Constant", [], [t.name], value=t, name=f"const_{t.name}") for t in model.graph.initializer]
-    nodes = consts + list(model.graph.node)
-    inputs = [i for i in model.graph.input if i.name == "input"]
-    del model.graph.initializer[:], model.graph.node[:], model.graph.input[:]
-    model.graph.node.extend(nodes)
-    model.graph.input.extend(inputs)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(folder / "paddle.onnx"))
-    return folder / "paddle.onnx"
 
 
 def _quantize(cli, source, out, *args):
@@ -153,18 +95,38 @@ def _ok(res, out) -> dict:
 def test_onnxsim_file_quantizes(cli, corpus, tmp_path):
     # a Reshape shape stored as an initializer: ORT's pre-processing given the in-memory model failed with
     # "... foo.bin, but it is not regular file"; quantize now hands it a file
+    pytest.importorskip("onnxsim")
     folder, files = corpus
-    sim = _onnxsim(folder, files["torchscript"])
+    sim = foreign_models.onnxsim_file(folder)
     assert any(n.op_type == "Reshape" for n in onnx.load(str(sim)).graph.node)
     out = tmp_path / "sim.int8.onnx"
     report = _ok(_quantize(cli, sim, out, "--calibration", files["square.npz"]), out)
     assert report["holdout"]["sqnr_db"] > 20
 
 
-def test_dynamo_file_with_external_data_quantizes(cli, corpus, tmp_path):
+def test_small_dynamo_file_with_external_data_quantizes(cli, corpus, tmp_path):
+    # the dynamo exporter writes the view's shape as an initializer and the weights into a sidecar .data file
+    pytest.importorskip("onnxscript")
     folder, files = corpus
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(_ViewNet().eval(), (torch.randn(1, 3, 32, 32),), dynamo=True, verbose=False,
+                                    input_names=["input"], output_names=["output"])
+    program.save(str(folder / "view_dynamo.onnx"), external_data=True)
+    assert (folder / "view_dynamo.onnx.data").exists()
+    out = tmp_path / "vd.int8.onnx"
+    _ok(_quantize(cli, folder / "view_dynamo.onnx", out, "--calibration", files["square.npz"]), out)
+    assert files_in(tmp_path) == ["vd.int8.onnx"]
+
+
+def test_dynamo_file_with_external_data_quantizes(cli, corpus, tmp_path):
+    pytest.importorskip("onnxscript")
+    folder, files = corpus
+    source = foreign_models.torchvision_dynamo(folder)  # mobilenet_v3_small, 64 px, a sidecar .data file
+    assert (folder / f"{source.name}.data").exists()
     out = tmp_path / "dyn.int8.onnx"
-    _ok(_quantize(cli, _dynamo(folder), out, "--calibration", files["square.npz"]), out)
+    _ok(_quantize(cli, source, out, "--calibration", files["64.npz"]), out)
     assert files_in(tmp_path) == ["dyn.int8.onnx"]  # the int8 file holds its weights inline
 
 
@@ -187,19 +149,19 @@ def test_edgekits_own_opset_12_export_quantizes(cli, exported, tmp_path):
 
 def test_paddle_style_file_constant_weights_opset_11_dynamic_hw(cli, corpus, tmp_path):
     folder, files = corpus
-    paddle = _paddle_style(folder)
+    paddle = foreign_models.paddle_style_opset11(folder)
     # images need a size to be resized to: one line pointing to the pin
     res = _quantize(cli, paddle, tmp_path / "x.onnx")
     assert res.exit_code == 2 and res.stderr.count("\n") == 1
     assert "dynamic height/width" in res.stderr and "edgekit import" in res.stderr and "--input-shape" in res.stderr
     assert files_in(tmp_path) == []
-    # preprocessed tensors say it themselves, here a non-square 32 x 64
+    # preprocessed tensors say it themselves, here a non-square 32 x 96
     out = tmp_path / "paddle.int8.onnx"
-    report = _ok(_quantize(cli, paddle, out, "--calibration", files["wide.npz"]), out)
+    report = _ok(_quantize(cli, paddle, out, "--calibration", files["paddle.npz"]), out)
     changes = " ".join(report["prepared"])
     assert "Constant node(s) moved into initializers" in changes and "opset 11 -> 13" in changes
-    assert report["coverage"]["int8"]["Conv"] == 2
-    assert any("calibration tensors' size" in n and "32x64" in n for n in report["notes"])
+    assert report["coverage"]["int8"]["Conv"] >= 3 and report["grouped_convs"] == 1
+    assert any("calibration tensors' size" in n and "32x96" in n for n in report["notes"])
 
 
 def test_non_square_input_with_tensors(cli, corpus, tmp_path):
@@ -216,9 +178,10 @@ def test_scalar_weight_and_shape_concat_through_the_fp32_fallback(cli, corpus, t
     # analysis of the fallback ('numpy.float32' object is not iterable)
     from edgekit.onnxfile.structure import onnx_concat_count
 
-    _folder, files = corpus
-    model = onnx.load(str(files["scalar"]))
-    assert any(n.op_type == "Concat" for n in model.graph.node) and onnx_concat_count(model) == 0
+    folder, files = corpus
+    for source in (files["scalar"], foreign_models.view_dynamic_batch(folder)):
+        model = onnx.load(str(source))
+        assert any(n.op_type == "Concat" for n in model.graph.node) and onnx_concat_count(model) == 0
     res = _quantize(cli, files["scalar"], tmp_path / "x.onnx", "--calibration", files["square.npz"], "--min-sqnr", "150")
     assert res.exit_code == 1 and res.stderr.count("\n") == 1 and "did not meet it either" in res.stderr
     assert files_in(tmp_path) == []
@@ -250,15 +213,17 @@ def test_random_weight_export_keeps_the_random_gates(cli, exported, tmp_path):
 
 
 def test_dense_output_is_judged_by_sqnr_only(cli, corpus, tmp_path):
-    _folder, files = corpus
+    folder, files = corpus
+    dense = foreign_models.dense_output(folder)  # (N, 1, H, W) map, one feature-map Concat
     out = tmp_path / "dense.int8.onnx"
-    report = _ok(_quantize(cli, files["dense"], out, "--calibration", files["square.npz"]), out)
+    report = _ok(_quantize(cli, dense, out, "--calibration", files["64.npz"]), out)
     assert report["task"] == "dense" and "agreement" not in report["budget"] and "SQNR" in report["budget"]
+    assert report["concats"] == 1 and "dense output" in report["gates"]
     assert read_metadata(onnx.load(str(out)))["task"] == "dense"
-    text = cli("quantize", files["dense"], "-o", tmp_path / "d2.onnx", "--calibration", files["square.npz"])
-    assert text.exit_code == 0 and "dense output" in text.stdout
+    text = cli("quantize", dense, "-o", tmp_path / "d2.onnx", "--calibration", files["64.npz"])
+    assert text.exit_code == 0 and "dense output" in text.stdout and "top-1 agreement" not in text.stdout
     for args in (["--min-top1-agreement", "0.9"], ["--dataset", str(tmp_path), "--max-drop", "1"]):
-        res = _quantize(cli, files["dense"], tmp_path / "x.onnx", "--calibration", files["square.npz"], *args)
+        res = _quantize(cli, dense, tmp_path / "x.onnx", "--calibration", files["64.npz"], *args)
         assert res.exit_code == 2 and res.stderr.count("\n") == 1 and "dense output" in res.stderr
     assert not (tmp_path / "x.onnx").exists()
 
