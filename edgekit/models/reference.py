@@ -25,7 +25,15 @@ RANDOM_INIT = "seeded init; BatchNorm statistics and classifier scale settled on
 
 def resolve_model(name: str) -> ModelSpec | UserModel:
     """A zoo name or alias (registry.get_spec), or a user's `file.py:factory`, `pkg.module:factory`, `timm:NAME`."""
-    return with_defaults(parse_user_spec(name)) if is_user_spec(name) else get_spec(name)
+    if is_user_spec(name):
+        return with_defaults(parse_user_spec(name))
+    try:
+        return get_spec(name)
+    except BadInput as exc:
+        if Path(f"{name}.py").is_file():  # `edgekit export mynet` beside mynet.py
+            raise BadInput(f"unknown model {name!r}", hint=f"for your own model in {name}.py, give {name}.py:FACTORY "
+                           f"(or {name}:FACTORY)") from None
+        raise exc
 
 
 def build_model(
@@ -231,8 +239,8 @@ def _user_entry(parsed, model: str | None, weights: Path | None, where: Path) ->
         with_weights = f" --weights {parsed.weights.path}"
     if model is None:
         raise BadInput(
-            f"{where} was made from your own model {entry.spec}; verify does not import code a file names by itself",
-            hint=f"pass --model {entry.spec}{with_weights} (the source must still have sha256 {(entry.sha256 or '')[:16]}...)"
+            f"{where} was made from your own model {entry.spec}; edgekit does not import code a file names by itself",
+            hint=f"pass --model {entry.spec}{with_weights}; its source was {entry.path}, sha256 {entry.sha256[:16]}..."
             if entry.sha256 else f"pass --model {entry.spec}{with_weights}",
         )
     if not is_user_spec(model):
