@@ -241,3 +241,16 @@ def test_without_timm_it_is_exit_3_with_the_install_line(cli, tmp_path, monkeypa
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm -> ImportError
     err = _one_line_error(cli("export", "timm:resnet50d", "--input-size", SIZE, "-o", tmp_path / "x.onnx"), 3)
     assert "pip install 'timm==1.0.31'" in err and files_in(tmp_path) == []
+
+
+def test_a_torchvision_regnet_is_not_resnet18(cli, tmp_path):
+    """The issue's case: a regnet file verified with --model resnet18 was exit 1 with max abs 5.1 and no hint."""
+    from tests.foreign_models import torchvision_torchscript
+
+    regnet = torchvision_torchscript(tmp_path, "regnet_y_400mf", size=64)
+    _one_line_error(cli("verify", regnet, "--model", "resnet18"), 2, f"{regnet} is not resnet18", "convolutions")
+
+
+def test_a_zoo_file_refuses_a_user_module_as_its_model(cli, exported, user_dir):
+    zoo = exported("textbook_resnet18", 32).path
+    _one_line_error(cli("verify", zoo, "--model", f"{user_dir / 'mynet.py'}:build"), 2, "textbook_resnet18", "not")

@@ -43,8 +43,11 @@ def build_model(
     pretrained: bool,
     seed: int,
     input_size: int | None = None,
+    *,
+    strict_classes: bool = True,
 ):
-    """The PyTorch model in eval mode and where its weights came from."""
+    """The PyTorch model in eval mode and where its weights came from. `strict_classes` False: a user's factory
+    that gives other classes than `num_classes` is not refused here (build_reference's architecture check is)."""
     from edgekit.models.weights import WeightsSource, apply_state_dict, load_pretrained_state, load_state_dict_file
 
     if weights is not None and pretrained:
@@ -52,7 +55,8 @@ def build_model(
     if isinstance(spec, UserModel):
         from edgekit.models.user import build_user_model
 
-        return build_user_model(spec, num_classes, weights, pretrained, seed, input_size, RANDOM_INIT)
+        return build_user_model(spec, num_classes, weights, pretrained, seed, input_size, RANDOM_INIT,
+                                strict_classes=strict_classes)
     if weights is None and not pretrained:
         return create_model(spec.name, num_classes, seed, input_size), WeightsSource(
             kind="random", seed=seed, init=RANDOM_INIT
@@ -280,7 +284,8 @@ def build_reference(plan: ReferencePlan):
     """The PyTorch fp32 model in eval mode (build_model: the same code that made the file), checked against the
     graph's architecture before anything is compared (a plan from plan_reference knows the graph)."""
     model, source = build_model(
-        plan.spec, plan.num_classes, plan.weights_file, plan.pretrained, plan.seed, plan.input_size
+        plan.spec, plan.num_classes, plan.weights_file, plan.pretrained, plan.seed, plan.input_size,
+        strict_classes=plan.graph_convs is None,
     )
     if plan.graph_convs is not None:
         import torch

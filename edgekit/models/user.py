@@ -245,9 +245,11 @@ def with_defaults(user: UserModel) -> UserModel:
 
 
 def build_user_model(user: UserModel, num_classes: int | None, weights: Path | None, pretrained: bool, seed: int,
-                     input_size: int | None, random_init: str):
+                     input_size: int | None, random_init: str, strict_classes: bool = True):
     """(model in eval mode, WeightsSource) for a user's entry point: seeded random weights (drawn twice to be sure
-    the factory is reproducible, then settled as the zoo's), or a weights file loaded strictly."""
+    the factory is reproducible, then settled as the zoo's), or a weights file loaded strictly. `strict_classes`
+    False (a reference for verify): a factory that gives other classes than `num_classes` is left to the
+    architecture check, which words it as "FILE is not MODEL"."""
     import torch
 
     from edgekit.models.weights import WeightsSource, apply_state_dict, load_state_dict_file, settle_random_init
@@ -268,7 +270,7 @@ def build_user_model(user: UserModel, num_classes: int | None, weights: Path | N
         if num_classes is None and inferred is not None and _rows(model.state_dict(), model) != inferred:
             model, _ = instantiate(user, inferred, seed)  # a factory without num_classes: the strict load says why
         apply_state_dict(model, state, str(weights), user.spec)
-        probe_forward(user, model, size, num_classes)
+        probe_forward(user, model, size, num_classes if strict_classes else None)
         source = WeightsSource(kind="file", path=str(Path(weights).resolve()), sha256=sha256_file(Path(weights)))
         return model.eval(), source
     model, _ = instantiate(user, num_classes, seed)
@@ -281,7 +283,7 @@ def build_user_model(user: UserModel, num_classes: int | None, weights: Path | N
             hint="pass --weights FILE (torch.save(model.state_dict(), 'w.pt'))",
         )
     del again
-    probe_forward(user, model, size, num_classes)
+    probe_forward(user, model, size, num_classes if strict_classes else None)
     from edgekit.data.images import DEFAULT_CALIBRATION_DIR, load_image_folder
     from edgekit.data.preprocessing import Preprocessing
 
