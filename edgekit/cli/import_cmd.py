@@ -67,7 +67,9 @@ def import_command(
         preprocessing = Preprocessing.from_options(
             size, resize=resize, crop=crop, mean=mean, std=std,
             interpolation=interpolation.value if interpolation else None, channels=channels.value if channels else None,
-            input_channels=input_channels, pad_value=pad_value, file=preprocessing_file, size_option="--input-shape",
+            input_channels=input_channels, pad_value=pad_value, file=preprocessing_file,
+            size_option="--input-shape" if pinned else "the file's input",
+            size_fix=f"give --crop {size if isinstance(size, int) else '%dx%d' % size} or drop it",
         )
     with progress(f"import {source.name}") as shown:
         knobs = ImportOptions(input_shape=pinned, task=task.value if task else None, output=output, images=images,
@@ -84,14 +86,15 @@ def _input_hw(source: Path, pinned) -> int | tuple[int, int]:
     if pinned is not None:
         h, w = pinned[2], pinned[3]
     else:
-        from edgekit.onnxfile.artifact import check_readable_file, load_work_file
+        from edgekit.onnxfile.artifact import check_readable_file, load_onnx, load_work_file
         from edgekit.onnxfile.graph import input_spec
 
         check_readable_file(source, "ONNX file")
         try:
-            _c, h, w = input_spec(load_work_file(source, external_data=False), source).chw
-        except Exception:  # unparsable: the stage says so in its own words
-            return 1
+            proto = load_work_file(source, external_data=False)  # the graph only: its weights are not needed here
+        except Exception:  # unparsable: the validating loader words it as every command does
+            proto = load_onnx(source, check=False)
+        _c, h, w = input_spec(proto, source).chw
         if h is None or w is None:
             from edgekit.core.errors import BadInput
 

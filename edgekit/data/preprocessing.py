@@ -148,7 +148,7 @@ class Preprocessing:
     @classmethod
     def from_options(cls, input_size, *, resize=None, crop=None, mean=None, std=None, interpolation=None,
                      channels=None, input_channels=None, pad_value=None, file: str | Path | None = None,
-                     size_option: str = "--input-size") -> "Preprocessing":
+                     size_option: str = "--input-size", size_fix: str | None = None) -> "Preprocessing":
         """From CLI options (None = not given; strings such as "none" or "0.5,0.5,0.5" are parsed) over a JSON
         `file` of the same keys over for_input_size(input_size)'s values. The crop is the model's input size
         (N, or a (H, W) tuple for a non-square input)."""
@@ -172,9 +172,9 @@ class Preprocessing:
                 labels[key] = option
         values.setdefault("crop", size)
         if _square(values["crop"]) != size:
+            fix = size_fix or f"pass {size_option} {_side_text(values['crop'])} or drop the crop"
             raise BadInput(f"{labels['crop']} is {_side_text(values['crop'])} but {size_option} is {_side_text(size)}: "
-                           f"the crop is the model's input size; pass {size_option} {_side_text(values['crop'])} "
-                           "or drop the crop")
+                           f"the crop is the model's input size; {fix}")
         default = cls.for_input_size(size)
         values.setdefault("resize", default.resize)
         try:
