@@ -319,3 +319,20 @@ def test_a_non_square_imported_file_packages_and_its_bundle_checks(cli, corpus, 
     assert manifest["preprocessing"]["crop"] == [32, 96] and manifest["preprocessing"]["resize"] == "letterbox"
     check = subprocess.run([sys.executable, "check.py"], cwd=bundle, capture_output=True, text=True, timeout=300)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("crop", [32], "expected N or HxW"), ("crop", [0, 96], "N, or HxW"), ("crop", [32, 96.5], "expected N or HxW"),
+    ("crop", [32, 96, 3], "expected N or HxW"), ("resize", "letterboxed", "expected a whole number"),
+    ("pad_value", 3, "only a letterbox resize pads"),
+])
+def test_damaged_non_square_preprocessing_metadata_is_one_bad_input(field, value, words):
+    from edgekit.core.errors import BadInput
+    from edgekit.data.preprocessing import Preprocessing
+
+    good = Preprocessing(resize=None, crop=(32, 96)).to_dict()
+    assert good["crop"] == [32, 96] and "pad_value" not in good  # other files' dicts keep their keys
+    with pytest.raises(BadInput, match=words):
+        Preprocessing.from_dict({**good, field: value})
+    assert Preprocessing.from_dict({**good, "crop": "32x96"}).crop == (32, 96)
+    assert Preprocessing.from_dict({**good, "crop": [64, 64]}).crop == 64  # a square pair is stored as N
