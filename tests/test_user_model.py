@@ -254,3 +254,19 @@ def test_a_torchvision_regnet_is_not_resnet18(cli, tmp_path):
 def test_a_zoo_file_refuses_a_user_module_as_its_model(cli, exported, user_dir):
     zoo = exported("textbook_resnet18", 32).path
     _one_line_error(cli("verify", zoo, "--model", f"{user_dir / 'mynet.py'}:build"), 2, "textbook_resnet18", "not")
+
+
+def test_verify_runs_no_code_of_the_module_it_does_not_trust(cli, tmp_path, monkeypatch):
+    """The module leaves a marker when imported: verify without --model, or with a source whose sha256 differs,
+    must not import it."""
+    source = tmp_path / "marked.py"
+    source.write_text(BAD + "\nfrom pathlib import Path\nPath(__file__).with_suffix('.imported').touch()\n")
+    marker = tmp_path / "marked.imported"
+    monkeypatch.chdir(tmp_path)
+    assert cli("export", "marked.py:fixed", "--input-size", SIZE, "-o", "m.onnx").exit_code == 0
+    assert marker.exists()
+    marker.unlink()
+    _one_line_error(cli("verify", "m.onnx"), 2, "marked.py:fixed")
+    source.write_text(source.read_text() + "# edited\n")
+    _one_line_error(cli("verify", "m.onnx", "--model", "marked.py:fixed"), 2, "sha256")
+    assert not marker.exists()
