@@ -20,12 +20,12 @@ P = PackageOptions  # the stage's options' defaults, help and ranges: package/op
 @app.command("package")
 @handle_errors
 def package_command(
-    model: Annotated[Path, typer.Argument(help="the .onnx file (from edgekit export, quantize or convert)")],
+    model_file: Annotated[Path, typer.Argument(metavar="MODEL", help="the .onnx file (from edgekit export, import, quantize or convert)")],
     output: Annotated[Path | None, option(P, "output", "-o", "--output", file_okay=False)] = P.output,
     labels: Annotated[Path | None, option(P, "labels", "--labels", dir_okay=False)] = P.labels,
     images: options.Images = P.images,
     golden: Annotated[int | None, option(P, "golden", "--golden")] = P.golden,
-    model_name: Annotated[str | None, option(P, "model", "--model")] = P.model,
+    model: Annotated[str | None, option(P, "model", "--model")] = P.model,
     weights: options.Weights = P.weights,
     parent: Annotated[Path | None, option(P, "parent", "--parent", dir_okay=False)] = P.parent,
     json_output: options.Json = False,
@@ -34,13 +34,13 @@ def package_command(
     from edgekit.package import package
     from edgekit.onnxfile.outputs import register_input
 
-    register_input(model, "input model")
+    register_input(model_file, "input model")
     if parent is not None:
         register_input(parent, "fp32 parent")
     with progress("package") as shown:
-        knobs = PackageOptions(output=output, labels=labels, images=images, golden=golden, model=model_name,
+        knobs = PackageOptions(output=output, labels=labels, images=images, golden=golden, model=model,
                                weights=weights, parent=parent)
-        result = package(model, knobs, on_stage=shown.stage)
+        result = package(model_file, knobs, on_stage=shown.stage)
     if json_output:
         print_json(result)
     else:
