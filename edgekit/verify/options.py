@@ -36,7 +36,8 @@ class VerifyOptions:
     random_inputs: int = knob(DEFAULT_RANDOM_INPUTS, "seeded standard-normal inputs added (0: none)",
                               low=0, high=MAX_RANDOM_INPUTS)
     seed: int = knob(0, "seed of the random inputs (and of random weights with --model)", low=0, high=MAX_SEED)
-    model: str | None = knob(None, "the model a file without edgekit metadata was exported from")
+    model: str | None = knob(None, "the model a file without edgekit metadata was exported from, or your own "
+                             "(file.py:factory, module:factory, timm:NAME) a file was exported from")
     weights: Path | None = knob(None)
     pretrained: bool = knob(False)
     atol: float | None = knob(None, "elementwise absolute tolerance (fp32 default 1e-4)", low=0.0, high=1e6)
