@@ -239,3 +239,22 @@ def test_an_imported_file_is_judged_against_its_original_across_runtimes_and_pac
     assert res.exit_code == 0, res.stderr
     proc = run_on_device(bundle / "check.py", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_gates_fit_the_file():
+    from edgekit.core.errors import BadInput
+    from edgekit.judge.compare import gates_for, weights_are_trained
+
+    assert weights_are_trained(None)  # unknown (foreign, imported): not seeded-random
+    assert weights_are_trained({"kind": "file"}) and weights_are_trained({"kind": "pretrained"})
+    assert not weights_are_trained({"kind": "random", "seed": 0})
+    tol, source = gates_for("int8", True, why="weights unknown")
+    assert (tol.min_top1_agreement, tol.min_sqnr_db) == (0.95, 12.0) and "weights unknown" in source
+    assert gates_for("int8", False)[0].min_top1_agreement == 0.5
+    for precision in ("fp32", "fp16", "int8"):
+        dense, source = gates_for(precision, True, task="dense")
+        assert not dense.same_top1 and dense.min_top1_agreement is None and "dense output" in source
+    assert gates_for("fp32", True, task="dense")[0].atol == 1e-4
+    assert gates_for("int8", True, task="dense", min_sqnr=20)[0].min_sqnr_db == 20
+    with pytest.raises(BadInput, match="dense"):
+        gates_for("int8", True, task="dense", min_top1_agreement=0.9)
