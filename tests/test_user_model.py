@@ -270,3 +270,19 @@ def test_verify_runs_no_code_of_the_module_it_does_not_trust(cli, tmp_path, monk
     source.write_text(source.read_text() + "# edited\n")
     _one_line_error(cli("verify", "m.onnx", "--model", "marked.py:fixed"), 2, "sha256")
     assert not marker.exists()
+
+
+def test_lazy_modules_get_their_shapes_under_the_seed(cli, tmp_path, monkeypatch):
+    (tmp_path / "lazy.py").write_text(textwrap.dedent('''
+        from torch import nn
+
+        def build(num_classes=10):
+            return nn.Sequential(nn.LazyConv2d(8, 3, padding=1), nn.LazyBatchNorm2d(), nn.ReLU(), nn.Flatten(),
+                                 nn.LazyLinear(num_classes))
+    '''))
+    monkeypatch.chdir(tmp_path)
+    res = cli("export", "lazy.py:build", "--input-size", SIZE, "--num-classes", "3", "-o", "lazy.onnx")
+    assert res.exit_code == 0, res.stderr
+    assert "1 BatchNorm layer's statistics and the last Linear layer's scale settled" in " ".join(res.stdout.split())
+    res = cli("verify", "lazy.onnx", "--model", "lazy.py:build")
+    assert res.exit_code == 0, res.stderr

@@ -178,8 +178,9 @@ def _takes_num_classes(factory) -> bool:
     return any(p.name == "num_classes" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
-def instantiate(user: UserModel, num_classes: int | None, seed: int):
-    """(module in eval mode, whether num_classes was passed): the factory called under torch.manual_seed(seed)."""
+def instantiate(user: UserModel, num_classes: int | None, seed: int, size: int = USER_DEFAULT_INPUT_SIZE):
+    """(module in eval mode, whether num_classes was passed): the factory called under torch.manual_seed(seed);
+    lazy modules are given their shapes by one forward at `size`, under the same seed."""
     import torch
     from torch import nn
 
@@ -194,6 +195,10 @@ def instantiate(user: UserModel, num_classes: int | None, seed: int):
         torch.manual_seed(seed)
         try:
             model = create(**kwargs)
+            if isinstance(model, nn.Module):
+                from edgekit.models.blocks import materialize
+
+                materialize(model, size=size)
         except (BadInput, EnvironmentUnavailable):
             raise
         except KeyboardInterrupt:
@@ -262,19 +267,19 @@ def build_user_model(user: UserModel, num_classes: int | None, weights: Path | N
     size = input_size or user.default_input_size
     if weights is not None:
         state = load_state_dict_file(Path(weights))
-        model, _ = instantiate(user, num_classes, seed)
+        model, _ = instantiate(user, num_classes, seed, size)
         inferred = _rows(state, model)
         if num_classes is not None and inferred is not None and num_classes != inferred:
             raise BadInput(f"{weights} has {inferred} classes but --num-classes {num_classes} was given",
                            hint="drop --num-classes to use the file's")
         if num_classes is None and inferred is not None and _rows(model.state_dict(), model) != inferred:
-            model, _ = instantiate(user, inferred, seed)  # a factory without num_classes: the strict load says why
+            model, _ = instantiate(user, inferred, seed, size)  # a factory without num_classes: the strict load says why
         apply_state_dict(model, state, str(weights), user.spec)
         probe_forward(user, model, size, num_classes if strict_classes else None)
         source = WeightsSource(kind="file", path=str(Path(weights).resolve()), sha256=sha256_file(Path(weights)))
         return model.eval(), source
-    model, _ = instantiate(user, num_classes, seed)
-    again, _ = instantiate(user, num_classes, seed)
+    model, _ = instantiate(user, num_classes, seed, size)
+    again, _ = instantiate(user, num_classes, seed, size)
     first, second = model.state_dict(), again.state_dict()
     if first.keys() != second.keys() or any(not torch.equal(first[k], second[k]) for k in first):
         raise BadInput(
@@ -349,7 +354,8 @@ def user_export_facts(spec, model, source, notes: list[str]) -> dict:
     if source.kind == "random":
         norms = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
         linear = any(isinstance(m, nn.Linear) for m in model.modules())
-        settled = [f"{norms} BatchNorm layers' statistics" if norms else "",
+        layers = "layer's" if norms == 1 else "layers'"
+        settled = [f"{norms} BatchNorm {layers} statistics" if norms else "",
                    "the last Linear layer's scale" if linear else ""]
         said = " and ".join(p for p in settled if p)
         notes.append(f"seeded random weights drawn by {spec.spec} under torch.manual_seed({source.seed}); "
