@@ -286,3 +286,12 @@ def test_lazy_modules_get_their_shapes_under_the_seed(cli, tmp_path, monkeypatch
     assert "1 BatchNorm layer's statistics and the last Linear layer's scale settled" in " ".join(res.stdout.split())
     res = cli("verify", "lazy.onnx", "--model", "lazy.py:build")
     assert res.exit_code == 0, res.stderr
+
+
+def test_without_input_size_a_user_model_is_exported_at_224_and_says_so(cli, tmp_path, monkeypatch):
+    (tmp_path / "bad.py").write_text(BAD)
+    monkeypatch.chdir(tmp_path)
+    res = cli("export", "bad.py:fixed", "-o", "x.onnx")
+    assert res.exit_code == 0, res.stderr
+    assert "no --input-size: exported at 224 px" in " ".join(res.stdout.split())
+    assert read_metadata(onnx.load(str(tmp_path / "x.onnx")))["input_size"] == 224

@@ -80,6 +80,10 @@ def export_command(
             output=output, images=images, preprocessing=preprocessing,
         )
         result = export(model, knobs, on_stage=shown.stage)
+    entry = result.metadata.get("entry")
+    if input_size is None and entry is not None:
+        why = "timm's own input size" if entry["kind"] == "timm" else "a factory does not say its input size"
+        result.notes.append(f"no --input-size: exported at {result.metadata['input_size']} px ({why})")
     if json_output:
         print_json(result)
     else:
