@@ -145,6 +145,7 @@ def test_edgekits_own_opset_12_export_quantizes(cli, exported, tmp_path):
     out = tmp_path / "e12.int8.onnx"
     report = _ok(_quantize(cli, exported("textbook_resnet18", 32, opset=12).path, out), out)
     assert any("opset 12 -> 13" in c for c in report["prepared"])
+    assert read_metadata(onnx.load(str(out)))["opset"] == 13  # the int8 file's own opset, not its parent's
 
 
 def test_paddle_style_file_constant_weights_opset_11_dynamic_hw(cli, corpus, tmp_path):

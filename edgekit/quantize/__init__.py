@@ -23,24 +23,24 @@ from edgekit.onnxfile.artifact import (
 from edgekit.quantize.calibration import CalibrationSet, build_calibration_set
 from edgekit.data.images import DEFAULT_CALIBRATION_DIR
 from edgekit.judge.compare import REWRITE_TOLERANCE, OutputMetrics, compare_outputs
-from edgekit.core.errors import BadInput, CheckFailed, EnvironmentUnavailable, GateFailed, InvariantBroken, one_line
+from edgekit.core.errors import BadInput, CheckFailed, EnvironmentUnavailable, GateFailed, InvariantBroken
 from edgekit.core.knobs import described, with_knobs
 from edgekit.onnxfile.graph import is_quantized, static_batch
 from edgekit.onnxfile import OnnxFile
 from edgekit.core.provenance import CpuInfo, library_versions
 from edgekit.quantize.options import DEFAULT_SAMPLES, QuantizeOptions
-from edgekit.quantize.budget import Budget, Fallback, Measure, interleaved_p50_ms, load_labelled, search
-from edgekit.quantize.prepare import int8_gates, prepare_graph, resolve_preprocessing, task_of
+from edgekit.quantize.budget import Budget, Fallback, Measure, load_labelled
+from edgekit.quantize.fallback import budget_missed, meet_budget
+from edgekit.quantize.prepare import default_opset, int8_gates, prepare_graph, resolve_preprocessing, task_of
 from edgekit.quantize.ranges import ranges_entry
 from edgekit.quantize.static import (
-    CALIB_PERCENTILE, Coverage, check_quantized, int8_coverage, int8_weight_count, quantize_once, resolve_exclusions,
+    CALIB_PERCENTILE, Coverage, check_quantized, int8_coverage, quantize_once, resolve_exclusions,
 )
 from edgekit.quantize.rewrites import batchnorm_as_depthwise
 from edgekit.onnxfile.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
-from edgekit.judge.targets import KEEP_FLOAT_SESSION, Int8Judgement, Recipe, judge_int8, resolve_recipe, session_config_for
+from edgekit.judge.targets import Int8Judgement, Recipe, judge_int8, resolve_recipe, session_config_for
 
 __all__ = ["quantize", "QuantizeOptions", "QuantizeResult", "batchnorm_as_depthwise", "is_quantized", "DEFAULT_SAMPLES"]
-WEIGHTED_OPS = {"Conv", "Gemm", "MatMul"}
 
 
 @dataclass
@@ -130,9 +130,9 @@ def quantize(
     if source.spec.dtype != "float32":
         raise BadInput(f"{model_path} does not take fp32 inputs; edgekit quantizes fp32 models only")
     task = task_of(model, metadata)
-    if task == "dense" and max_drop is not None:
-        raise BadInput(f"--max-drop is a top-1 budget; {model_path.name} has a dense output (no class decision)",
-                       hint="gate it with --min-sqnr")
+    if task == "dense" and (max_drop is not None or dataset is not None):
+        raise BadInput(f"--dataset and --max-drop measure top-1; {model_path.name} has a dense output (no class "
+                       "decision)", hint="gate it with --min-sqnr")
     tolerance, gates = int8_gates(metadata, task, o.min_top1_agreement, o.min_sqnr)
     recipe = resolve_recipe(o.target, o.method, o.per_channel, o.rewrites)
     preprocessing, assumed = resolve_preprocessing(source, o.calibration, dataset)
@@ -173,8 +173,6 @@ def _quantize_staged(
     model_path, model, metadata, recipe: Recipe, preprocessing, excluded, o: QuantizeOptions, staged, workdir: Path,
     budget: Budget, stage, progress, plan: _Plan,
 ) -> QuantizeResult:
-    import onnx
-
     device, explicit_target = o.device, o.target.lower()
     notes: list[str] = list(plan.notes)
     # A graph ONNX Runtime cannot run (an operator it does not know) is the user's input: say so in one line
@@ -201,23 +199,11 @@ def _quantize_staged(
     want_concats = onnx_concat_count(model)
     if onnx_grouped_conv_count(pre_model) != want_grouped:
         raise InvariantBroken(f"ORT's pre-processing changed the number of grouped convolutions of {model_path.name}")
-    rewrites = apply_rewrites(pre_model, recipe)
+    stage("rewrite")
+    rewrites, excluded = _rewrite(pre, pre_model, recipe, calib.holdout[: min(4, len(calib.holdout))], batch,
+                                  output_name, excluded)
     bn_rewritten = rewrites["batchnorm_as_depthwise"]
     added_depthwise = bn_rewritten + len(rewrites["avgpool_as_depthwise"])  # new grouped convs, not the model's
-    if any(rewrites.values()):
-        # the rewritten graph must still compute the same thing, to float rounding
-        from edgekit.runtimes.runners import run_onnx
-
-        probe = calib.holdout[: min(4, len(calib.holdout))]
-        before = run_onnx(pre, probe, batch)
-        onnx.save(pre_model, str(pre))
-        drift = compare_outputs(before, run_onnx(pre, probe, batch), output_name, REWRITE_TOLERANCE)
-        if not drift.passed:
-            done = ", ".join(k for k, v in rewrites.items() if v)
-            raise GateFailed(f"the graph rewrites ({done}) changed the outputs: {'; '.join(drift.failures)}")
-        names = {n.name for n in pre_model.graph.node}
-        # an --exclude naming a rewritten node means its replacement
-        excluded = sorted(e if e in names or f"{e}_as_depthwise" not in names else f"{e}_as_depthwise" for e in excluded)
 
     ranges = ranges_entry(o.ranges_cache, workdir, pre, calib.tensors, recipe.method,
                           CALIB_PERCENTILE if recipe.method == "percentile" else None)
@@ -255,28 +241,9 @@ def _quantize_staged(
     stage("accuracy budget")
     measure = Measure(model_path, calib.holdout, output_name, batch, budget, judgement.gate_session, bool(excluded),
                       device=device)
-    trial = _first_measure(measure, full, judgement, recipe, cpu, device)
-    fallback = None
-    chosen = full
-    if not trial.passed(budget):
-        if not o.fallback:
-            _budget_missed(trial, budget, calib, judgement, "; fp32 fallback off (--no-fallback)")
-        fallback = _fallback(pre, full, calib.holdout, judgement, budget, measure, make, stage, excluded,
-                             trial.holdout.sqnr_db)
-        if fallback.chosen is None:
-            best = max(fallback.trials, key=lambda t: t.holdout.sqnr_db) if fallback.trials else trial
-            _budget_missed(best, budget, calib, judgement,
-                           f"; keeping up to {len(fallback.trials[-1].fp32_nodes) if fallback.trials else 0} "
-                           "of the most sensitive nodes in fp32 did not meet it either")
-        trial = fallback.chosen
-        chosen = trial.path  # the search made and measured it already
-        notes.append(
-            f"full int8 missed the budget; {len(trial.fp32_nodes)} node(s) kept in fp32 to meet it: {', '.join(trial.fp32_nodes)}"
-        )
-        fallback.latency_ms = interleaved_p50_ms(
-            {"fp32": model_path, "int8": full, "mixed": chosen}, calib.holdout[: batch or 1],
-            {"mixed": dict(KEEP_FLOAT_SESSION)},
-        )
+    trial, fallback, chosen = meet_budget(_first_measure(measure, full, judgement, recipe, cpu, device), o, model_path,
+                                          pre, full, calib, batch, judgement, budget, measure, make, stage, excluded,
+                                          notes)
 
     quantized = load_work_file(chosen)
     grouped, concats = check_quantized(quantized, model_path.name, want_grouped, want_concats, added_depthwise)
@@ -296,6 +263,8 @@ def _quantize_staged(
         new_meta["task"] = "dense"
     if prepared.changes:
         new_meta["recipe"]["prepared"] = prepared.changes
+    if new_meta.get("opset") is not None:  # the int8 file's own (prepare may have upgraded it)
+        new_meta["opset"] = default_opset(quantized)
     new_meta["versions"] = library_versions()
     write_metadata(quantized, new_meta)
     staged.save(quantized)
@@ -308,7 +277,7 @@ def _quantize_staged(
     if judgement.gate_session is not None and judgement.also_default:
         holdout_default = measure(staged.path, fp32_nodes, session_config=None, dataset=False).holdout
     if not shipped.passed(budget):  # the written bytes must pass what the trial passed
-        _budget_missed(shipped, budget, calib, judgement, "")
+        budget_missed(shipped, budget, calib, judgement, "")
     new_meta["quantization_report"] = {
         "holdout_top1_agreement": holdout.top1_agreement,
         "holdout_sqnr_db": holdout.sqnr_db,
@@ -353,6 +322,27 @@ def _first_measure(measure, full: Path, judgement: Int8Judgement, recipe: Recipe
         ) from None
 
 
+def _rewrite(pre: Path, pre_model, recipe: Recipe, probe, batch, output_name: str, excluded: list[str]):
+    """The recipe's rewrites on the pre-processed graph, saved over PRE when any applied and checked to compute the
+    same thing to float rounding on PROBE; returns (what each did, the exclusions with rewritten nodes renamed)."""
+    import onnx
+
+    rewrites = apply_rewrites(pre_model, recipe)
+    if any(rewrites.values()):
+        from edgekit.runtimes.runners import run_onnx
+
+        before = run_onnx(pre, probe, batch)
+        onnx.save(pre_model, str(pre))
+        drift = compare_outputs(before, run_onnx(pre, probe, batch), output_name, REWRITE_TOLERANCE)
+        if not drift.passed:
+            done = ", ".join(k for k, v in rewrites.items() if v)
+            raise GateFailed(f"the graph rewrites ({done}) changed the outputs: {'; '.join(drift.failures)}")
+        names = {n.name for n in pre_model.graph.node}
+        # an --exclude naming a rewritten node means its replacement
+        excluded = sorted(e if e in names or f"{e}_as_depthwise" not in names else f"{e}_as_depthwise" for e in excluded)
+    return rewrites, excluded
+
+
 def apply_rewrites(model, recipe: Recipe) -> dict:
     """The recipe's graph rewrites on the pre-processed fp32 model, in order (see rewrites.py for each one's
     measured reason); returns what each did, for the metadata. The caller checks the function is unchanged."""
@@ -366,76 +356,3 @@ def apply_rewrites(model, recipe: Recipe) -> dict:
         done["avgpool_as_depthwise"] = avgpool_as_depthwise(model)
     done["batchnorm_as_depthwise"] = batchnorm_as_depthwise(model) if recipe.batchnorm_as_depthwise else 0
     return done
-
-
-def _output_layers(graph, report, full_sqnr: float, excluded, ranked: set[str]) -> list[dict]:
-    """Layers whose output is a graph output (the classifier): it is not quantized, so the per-layer
-    analysis has no row for it; the noise it adds is the logits' minus its input's."""
-    outputs = {o.name for o in graph.output}
-    sqnr_of = {a.tensor: a.sqnr_db for a in report.activations}
-    rows = []
-    for node in graph.node:
-        if node.op_type not in WEIGHTED_OPS or node.name in excluded or node.name in ranked:
-            continue
-        if not set(node.output) & outputs:
-            continue
-        input_sqnr = sqnr_of.get(node.input[0], float("inf"))
-        added = 10 ** (-full_sqnr / 10) - (10 ** (-input_sqnr / 10) if input_sqnr != float("inf") else 0.0)
-        rows.append({"node": node.name, "op_type": node.op_type, "sqnr_db": full_sqnr, "added_noise": added,
-                     "output_layer": True})
-    return rows
-
-
-def _fallback(pre: Path, full: Path, holdout, judgement, budget: Budget, measure, make, stage, excluded,
-              full_sqnr: float) -> Fallback:
-    """Rank the nodes by the error they add (per-layer analysis on the held-out images, as the target
-    computes), then keep the fewest leading ones in fp32 that meet the budget."""
-    from edgekit.layer_error import layer_errors
-
-    started = time.perf_counter()
-    stage("per-layer error (fp32 fallback)")
-    report = layer_errors(pre, full, holdout, session_config=judgement.gate_session)
-    graph = load_work_file(pre, external_data=False).graph
-    weighted = {n.name for n in graph.node if n.op_type in WEIGHTED_OPS}
-    outputs = {o.name for o in graph.output}
-    output_nodes = {n.name for n in graph.node if n.op_type in WEIGHTED_OPS and set(n.output) & outputs}
-    ranked = [
-        {"node": a.fp32_node, "op_type": a.op_type, "sqnr_db": a.sqnr_db, "added_noise": a.added_noise,
-         "output_layer": a.fp32_node in output_nodes}
-        for a in report.ranked() if a.fp32_node not in excluded
-    ]
-    ranked += _output_layers(graph, report, full_sqnr, excluded, {r["node"] for r in ranked})
-    # Output layers first: the first-order estimate cannot see their error (their input noise is measured
-    # before global pooling averages it away), yet on the digits resnext50_32x4d the int8 classifier alone,
-    # every other layer in fp32, held the logits at 18.6 dB. They are a sliver of the compute.
-    ranked.sort(key=lambda r: (not r.get("output_layer"), -r["added_noise"] if r["added_noise"] == r["added_noise"] else 0.0))
-    order: list[str] = []
-    for r in ranked:
-        if r["node"] not in order:
-            order.append(r["node"])
-    # All in fp32 is not an int8 file: the least sensitive layer with weights stays quantized (it goes last,
-    # and the search never reaches it).
-    keep = next((n for n in reversed(order) if n in weighted), None)
-    order = [n for n in order if n != keep]
-    ranking = ranked[:50]
-
-    def measure_trial(path: Path, nodes: list[str]):
-        trial = measure(path, nodes)
-        if not int8_weight_count(path):  # everything with weights kept in float: not an int8 file any more
-            trial.holdout.failures.append("no 8-bit weights left: not an int8 file")
-        return trial
-
-    chosen, trials = search(order, lambda nodes: make(nodes, f"trial-{len(nodes)}.onnx"), measure_trial, budget, stage)
-    return Fallback(ranking=ranking, trials=trials, chosen=chosen, seconds=time.perf_counter() - started)
-
-
-def _budget_missed(trial, budget: Budget, calib: CalibrationSet, judgement, why: str):
-    kernels = f" (run with {judgement.kernels}, as its target computes)" if judgement.gate_session else ""
-    reasons = list(trial.holdout.failures)
-    if trial.drop is not None and budget.max_drop is not None and trial.drop > budget.max_drop:
-        reasons.append(f"top-1 drop {trial.drop:.2f} points > --max-drop {budget.max_drop:g} on {budget.dataset.folder}")
-    raise GateFailed(
-        f"int8 model is not accurate enough against fp32 on {calib.holdout_description}{kernels}: "
-        + "; ".join(reasons) + why + "; nothing was written",
-        hint="try --method entropy/percentile, more calibration data, or --exclude the sensitive nodes",
-    )
