@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "edgekit"
-STAGES = {"export", "quantize", "verify", "bench", "package", "convert", "importer"}
+STAGES = {"export", "quantize", "verify", "bench", "package", "convert", "importer", "debug"}
 # Above the stages, like the CLI: a workflow runs several stages as a user would (sweep: export, then quantize and
 # judge each file), so it may import them; no stage and nothing of the engine imports a workflow.
 WORKFLOWS = {"sweep"}
