@@ -25,7 +25,8 @@ from edgekit.data.preprocessing import Preprocessing
 # The .onnx files beside a derived file that are hashed to find its parent by sha256: bounded, so a folder of
 # many large files is not read end to end (a parent elsewhere is given with --parent).
 MAX_SIBLINGS = 32
-MAX_SIBLING_BYTES = 4 * 1024**3
+MAX_SIBLING_BYTES = 4 * 1024**3  # each
+MAX_HASHED_BYTES = 8 * 1024**3  # all of them together
 
 
 @dataclass
@@ -209,7 +210,8 @@ def dense_task(model_proto, parsed) -> str:
 
 def find_by_sha256(path: Path, recorded: str, sha: str, given: Path | None, what: str, verb: str) -> Path:
     """The file with sha256 `sha`: `given` (checked), else the recorded name beside `path`, else one of the .onnx
-    files beside it (at most MAX_SIBLINGS, each under MAX_SIBLING_BYTES). BadInput naming --parent otherwise."""
+    files beside it (at most MAX_SIBLINGS, each under MAX_SIBLING_BYTES, MAX_HASHED_BYTES in all). BadInput naming
+    --parent otherwise."""
     where = shown_path(path)
     if given is not None:
         given = check_readable_file(Path(given), f"--parent ({what})")
@@ -223,7 +225,11 @@ def find_by_sha256(path: Path, recorded: str, sha: str, given: Path | None, what
     named = folder / Path(recorded).name
     if named.is_file() and named.resolve() != path.resolve() and sha256_file(named) == sha:
         return named
+    hashed = 0
     for candidate in _siblings(folder, path, named):
+        hashed += candidate.stat().st_size
+        if hashed > MAX_HASHED_BYTES:
+            break
         if sha256_file(candidate) == sha:
             return candidate
     raise BadInput(
