@@ -314,3 +314,178 @@ def test_package_images_with_a_decompression_bomb_names_and_skips_it(bundle, tmp
     notes = json.loads(proc.stdout)["notes"]
     assert any("bomb.png" in n and "too large to decode safely" in n for n in notes), notes
     assert "Traceback" not in proc.stderr and tree(images) == before
+
+
+# --- 4-7. the sweep: outputs never on inputs, refusals before the first write, caches, signals, Ray ------------
+
+
+def _netns_prefix() -> list[str]:
+    """Run under `unshare -n` with only loopback up, as tests/test_sweep.py does, where that is possible."""
+    import shutil as sh
+
+    if not sh.which("unshare") or not sh.which("ip"):
+        return []
+    probe = subprocess.run(["unshare", "-n", "sh", "-c", "ip link set lo up"], capture_output=True, text=True)
+    return ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"'] if probe.returncode == 0 else []
+
+
+def sweep(*args, env: dict | None = None, timeout: float = 400) -> subprocess.CompletedProcess:
+    argv = [*_netns_prefix(), *EDGEKIT, "sweep", *map(str, args)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+                          cwd=ROOT)
+
+
+@pytest.fixture
+def labelled(tmp_path) -> Path:
+    """3 classes of 2 real photos, one corrupt image and one symlink loop among them."""
+    from tests.conftest import CALIBRATION
+
+    root = tmp_path / "labelled"
+    photos = sorted(p for p in CALIBRATION.iterdir() if p.suffix in (".jpg", ".png"))[:6]
+    for i, photo in enumerate(photos):
+        (root / f"class{i % 3}").mkdir(parents=True, exist_ok=True)
+        (root / f"class{i % 3}" / photo.name).write_bytes(photo.read_bytes())
+    (root / "class0" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" * 50)
+    (root / "class1" / "loop.jpg").symlink_to("loop.jpg")
+    return root
+
+
+def test_sweep_output_on_its_inputs_and_bad_options_are_refused_before_any_write(labelled, tmp_path, cli):
+    pytest.importorskip("ray")
+    (tmp_path / "wdir").mkdir()
+    weights = tmp_path / "wdir" / "w.safetensors"
+    weights.write_bytes(b"not read: refused first")
+    calibration = tmp_path / "calib"
+    calibration.mkdir()
+    (calibration / "a.jpg").write_bytes((labelled / "class2").iterdir().__next__().read_bytes())
+    (tmp_path / "link").symlink_to(labelled)
+    before = {p: tree(p) for p in (labelled, calibration)}
+    base = ["sweep", "--models", "textbook_densenet", "--input-size", "32", "--dataset", labelled,
+            "--calibration", calibration]
+    cases = {
+        "is the --dataset": [labelled],
+        "is the --calibration": [calibration],
+        "inside the --dataset": [labelled / "class0"],
+        "inside the --calibration": [calibration / "sweep"],
+        "holds the --dataset": [tmp_path],
+        "is the --dataset (through a symlink)": [tmp_path / "link"],
+    }
+    for why, out in cases.items():
+        res = cli(*base, "-o", *out)
+        lines = [line for line in res.stderr.splitlines() if line.strip()]
+        assert res.exit_code == 2 and len(lines) == 1, (why, res.stderr)
+        assert why.split(" (")[0] in lines[0], (why, lines[0])
+    res = cli(*base, "--weights", f"textbook_densenet={weights}", "-o", tmp_path / "wdir" / "sub" / "..")
+    assert res.exit_code == 2 and "holds the --weights" in res.stderr
+    # --workers 0: refused before sweep.yaml or jobs/ exist
+    proc = sweep("--models", "textbook_densenet", "--input-size", 32, "--dataset", labelled, "--workers", 0,
+                 "-o", tmp_path / "w0", timeout=120)
+    assert proc.returncode == 2 and "--workers must be 1 to 1024" in one_line(proc)
+    assert not (tmp_path / "w0").exists()
+    assert {p: tree(p) for p in (labelled, calibration)} == before
+
+
+def test_sweep_environment_problems_are_exit_3_before_any_write(labelled, tmp_path):
+    import socket
+    import time
+
+    pytest.importorskip("ray")
+    home = tmp_path / "home-is-a-file"
+    home.write_text("")
+    temp = tmp_path / "tmpdir-is-a-file"
+    temp.write_text("")
+    with socket.socket() as s:  # a loopback port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = ["--models", "textbook_densenet", "--input-size", 32, "--dataset", labelled]
+    for env, extra, expected in (({"HOME": str(home)}, [], "HOME"), ({"TMPDIR": str(temp)}, [], "temp folder"),
+                                 ({}, ["--address", f"127.0.0.1:{port}"], "cannot be reached")):
+        out = tmp_path / f"out-{expected.split()[0]}"
+        started = time.monotonic()
+        proc = subprocess.run([*EDGEKIT, "sweep", *map(str, base + extra), "-o", str(out)], capture_output=True,
+                              text=True, timeout=120, env={**os.environ, **env}, cwd=ROOT)
+        assert proc.returncode == 3, proc.stderr
+        assert expected in one_line(proc) and not out.exists()
+        assert time.monotonic() - started < 60  # an unreachable --address is given up quickly (30 s: Ray's own part)
+
+
+@pytest.mark.slow
+def test_sweep_names_bad_images_and_recomputes_damaged_caches(labelled, tmp_path):
+    """One sweep, then its caches damaged three ways (a row with wrong types, an fp32 entry without its
+    predictions, a ranges entry that is JSON but not ranges): the re-run says each in one line and computes it
+    again; nothing is fatal, nothing is trusted."""
+    pytest.importorskip("ray")
+    out = tmp_path / "sweep"
+    args = ["--models", "textbook_densenet", "--targets", "x86-avx2", "--samples", 8, "--input-size", 32,
+            "--dataset", labelled, "--no-latency", "--workers", 2, "-o", out, "--json"]
+    before = tree(labelled)
+    first = sweep(*args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "Traceback" not in first.stderr
+    assert "corrupt.jpg" in first.stderr and "loop.jpg (a symlink loop)" in first.stderr
+    for path in (out / "jobs").glob("*.json"):
+        entry = json.loads(path.read_text())
+        if "predictions" in entry:
+            del entry["predictions"]
+        else:
+            entry["samples"], entry["int8_top1"] = "eight", None
+        path.write_text(json.dumps(entry))
+    for path in (out / "calibration").glob("*.json"):
+        path.write_text(json.dumps({"CLS": "TensorsData", "data": {"x": [1, 2]}}))
+    second = sweep(*args)
+    assert second.returncode == 0, second.stderr[-2000:]
+    notes = [line for line in second.stderr.splitlines() if line.startswith("note:")]
+    assert any("it has no predictions; computed again" in n for n in notes), notes
+    assert any("its samples is str, not int; computed again" in n for n in notes), notes
+    assert any("is not ONNX Runtime's activation ranges" in n for n in notes), notes
+    rows = json.loads(second.stdout)["rows"]
+    assert [r["status"] for r in rows] == ["ok"] and not rows[0]["cached"]
+    assert tree(labelled) == before
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_sweep_keeps_the_finished_rows_and_leaves_no_ray(labelled, tmp_path, request):
+    import signal
+    import time
+
+    pytest.importorskip("ray")
+    out = tmp_path / "sweep"
+    import shutil as sh
+    import tempfile
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ek-ray-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    request.addfinalizer(lambda: sh.rmtree(ray_tmp, ignore_errors=True))
+    faults = {"stall": "textbook_resnext", "marker_dir": str(tmp_path)}  # resnext's job still runs at SIGTERM
+    args = ["sweep", "--models", "textbook_densenet,textbook_resnext", "--targets", "x86-avx2", "--samples", "8",
+            "--input-size", "32", "--dataset", str(labelled), "--no-latency", "--workers", "2", "-o", str(out)]
+    proc = subprocess.Popen([*_netns_prefix(), *EDGEKIT, *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "EDGEKIT_SWEEP_FAULTS": json.dumps(faults), "RAY_TMPDIR": str(ray_tmp)})
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            entries = [json.loads(p.read_text()) for p in (out / "jobs").glob("*.json")] if (out / "jobs").is_dir() else []
+            if any(e.get("model") == "textbook_densenet" for e in entries):
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, stderr[-2000:]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("terminated: 1 of 2 rows finished"), stderr[-2000:]
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["interrupted"] is True
+    assert {r["model"]: r["status"] for r in saved["rows"]} == {"textbook_densenet": "ok", "textbook_resnext": "interrupted"}
+    time.sleep(2)
+    left = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if str(ray_tmp).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                left.append(pid)
+        except OSError:
+            pass
+    assert left == [], "Ray processes left running"

@@ -77,7 +77,11 @@ def sweep_command(
             shown.count("jobs", status["done"] + status["failed"], status["total"])
             shown.stage(f"{status['done']} done, {status['running']} running, {status['failed']} failed (last: {row.name})")
 
-        outcome = run_sweep(spec, output, address=address, workers=workers, on_stage=shown.stage, on_row=on_row)
+        outcome = run_sweep(spec, output, address=address, workers=workers, on_stage=shown.stage, on_row=on_row,
+                            sweep_file=file)
+    for note in outcome.notes:  # skipped images, damaged cache entries: one line each (Ray's own reports stay in
+        if not note.startswith("Ray: "):  # the JSON: a retried worker is not the user's to act on)
+            err_console.print(f"note: {escape(note)}", soft_wrap=True, highlight=False)
     if json_output:
         print_json(outcome)
     else:

@@ -66,60 +66,74 @@ def normalized(spec: SweepSpec) -> SweepSpec:
 
 
 def run_sweep(spec: SweepSpec, out: Path, *, address: str | None = None, workers: int | None = None,
-              on_stage: Callable[[str], None] | None = None, on_row: Callable[[Row, dict], None] | None = None
-              ) -> SweepOutcome:
-    from edgekit.onnxfile.artifact import refuse_folder_holding_inputs, register_input
+              on_stage: Callable[[str], None] | None = None, on_row: Callable[[Row, dict], None] | None = None,
+              sweep_file: Path | None = None) -> SweepOutcome:
+    from edgekit.onnxfile.artifact import refuse_folder_holding_inputs, register_input, write_text_atomic
     from edgekit.core.provenance import this_cpu
-    from edgekit.sweep import engine, plan
+    from edgekit.sweep import engine, guard, plan
 
     stage = on_stage or (lambda _s: None)
     started = time.perf_counter()
     spec = normalized(spec)
     out = Path(out)
+    # every refusal before the first write: a refused sweep leaves nothing
+    guard.check_workers(workers)
+    inputs_given = [("--dataset", Path(spec.dataset)), ("--calibration", Path(spec.calibration))]
+    inputs_given += [(f"--weights {m}", Path(f)) for m, f in spec.weights.items()]
+    inputs_given += [("sweep file", Path(sweep_file))] if sweep_file is not None else []
+    guard.refuse_output_on_inputs(out, inputs_given, may_hold=(out / "sweep.yaml",))
     if out.exists() and not out.is_dir():
         raise BadInput(f"-o {out} is a file; a sweep writes a folder", hint="give a folder path")
     engine.require_ray()  # asked for and absent: exit 3 before any work
+    guard.check_temp_folder()
     for path in (spec.dataset, spec.calibration, *spec.weights.values()):
         register_input(Path(path))
     refuse_folder_holding_inputs(out, "sweep folder")
     stage("reading the labelled and calibration sets")
     inputs = plan.read_inputs(spec)
     cpu = this_cpu()
+    jobs = out / "jobs"
+    said = io.StringIO()  # Ray prints what its raylet reports (a worker that died, ...) on stdout: a note
+    cluster = None
     with plan.staging_folder(out) as staging:
         plans = plan.plan_exports(spec, out, Path(staging), stage)
         plan.check_classes(plans, inputs, spec.dataset)
-        plan.commit_exports(plans, out)  # the first write: every input has been checked
-    rows = plan.plan_rows(spec, plans, inputs, cpu.kind())
-    notes = list(inputs.notes)
-    jobs = out / "jobs"
-    jobs.mkdir(exist_ok=True)
-    from edgekit.onnxfile.artifact import write_text_atomic
-
-    write_text_atomic(out / "sweep.yaml", _yaml(spec.for_file()))
-    fp32 = {p.name: read_entry(jobs / f"{plan.fp32_key(p, inputs, cpu.kind())}.json") for p in plans}
-    for row in rows:
-        cached = read_entry(jobs / f"{row.key}.json")
-        if cached and cached.get("status") == "ok":
-            restored = Row.from_dict(cached)
-            restored.cached, restored.seconds = True, 0.0
-            rows[rows.index(row)] = restored
+        rows = plan.plan_rows(spec, plans, inputs, cpu.kind())
+        notes = list(inputs.notes)  # a damaged cache entry is said here, in one line, and computed again
+        fp32 = {p.name: read_entry(jobs / f"{plan.fp32_key(p, inputs, cpu.kind())}.json", "", "fp32", notes,
+                                   len(inputs.items)) for p in plans}
+        for i, row in enumerate(rows):
+            cached = read_entry(jobs / f"{row.key}.json", row.key, "row", notes)
+            if cached is not None:
+                restored = Row.from_dict(cached)
+                restored.cached, restored.seconds = True, 0.0
+                rows[i] = restored
+        todo = [r for r in rows if r.status != "ok"]
+        if todo or any(v is None for v in fp32.values()):
+            with contextlib.redirect_stdout(said):  # Ray joined or started before the first write: an unreachable
+                cluster = engine.start(address, workers)  # --address leaves nothing behind
+        try:
+            plan.commit_exports(plans, out)  # the first write: every input has been checked
+            jobs.mkdir(exist_ok=True)
+            write_text_atomic(out / "sweep.yaml", _yaml(spec.for_file()))
+        except BaseException:
+            if cluster is not None:
+                engine.stop()
+            raise
     summary = {"title": f"edgekit sweep: {', '.join(spec.models)}", "sweep": spec.for_file(), "cpu": {**cpu.to_dict(),
                "kind": cpu.kind()}, "versions": plan.versions(), "max_drop": spec.max_drop,
                "latency_note": LATENCY_NOTE if spec.latency else "latency not measured (--no-latency)",
                "dataset_images": len(inputs.items), "classes": len(inputs.classes)}
     cluster_text, jobs_run = "none (every row cached)", 0
     try:
-        todo = [r for r in rows if r.status != "ok"]
-        if todo or any(v is None for v in fp32.values()):
-            said = io.StringIO()  # Ray prints what its raylet reports (a worker that died, ...) on stdout: a note
+        if cluster is not None:
             try:
                 with contextlib.redirect_stdout(said):
-                    cluster = engine.start(address, workers)
                     cluster_text = cluster.describe()
                     stage(f"running on {cluster_text}")
                     from edgekit.sweep.schedule import run_jobs
 
-                    jobs_run = run_jobs(spec, plans, inputs, rows, fp32, out, cluster, cpu.kind(), on_row)
+                    jobs_run = run_jobs(spec, plans, inputs, rows, fp32, out, cluster, cpu.kind(), on_row, notes)
             finally:
                 with contextlib.redirect_stdout(said):
                     engine.stop()
@@ -128,17 +142,41 @@ def run_sweep(spec: SweepSpec, out: Path, *, address: str | None = None, workers
             for row in rows:
                 if row.model == p.name and row.fp32_top1 is None and fp32.get(p.name):
                     row.fp32_top1 = fp32[p.name].get("top1")
+        notes += _undecodable(fp32, inputs)
         if spec.latency:
             _measure_latency(rows, plans, inputs, jobs, stage)
-    except KeyboardInterrupt as exc:
+    except KeyboardInterrupt as caught:
+        exc = engine.interrupt_raised(caught)  # SIGTERM stays SIGTERM (exit 143) through Ray's calls
+        for row in rows:
+            if row.status not in ("ok", "failed"):
+                row.status = "interrupted"
         write_results(out, rows, {**summary, "interrupted": True})  # every finished row kept
         finished = sum(r.status in ("ok", "failed") for r in rows)
         exc.kept = (f"{finished} of {len(rows)} rows finished, kept in {out}/results.json; the same sweep again "
                     "runs only the rest")
-        raise
+        if exc is caught:
+            raise
+        raise exc from None
     summary["cluster"] = cluster_text
     written = write_results(out, rows, summary)
     return SweepOutcome(out, rows, written, cluster_text, jobs_run, time.perf_counter() - started, spec.max_drop, notes)
+
+
+def _undecodable(fp32: dict, inputs: Inputs) -> list[str]:
+    """One line naming the images of the labelled set that could not be decoded (the fp32 top-1 marks them -1):
+    they are not scored, and the user is told which."""
+    from edgekit.core.files import shown_path
+
+    for entry in fp32.values():
+        predictions = (entry or {}).get("predictions")
+        if isinstance(predictions, list) and len(predictions) == len(inputs.items):
+            bad = [Path(inputs.items[i]) for i, p in enumerate(predictions) if p < 0]
+            if not bad:
+                return []
+            names = ", ".join(shown_path(f"{p.parent.name}/{p.name}") for p in bad[:5])
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            return [f"--dataset: {len(bad)} image(s) cannot be decoded and are not scored: {names}{more}"]
+    return []
 
 
 def _measure_latency(rows: list[Row], plans: list[ModelPlan], inputs: Inputs, jobs: Path, stage) -> None:
@@ -149,9 +187,16 @@ def _measure_latency(rows: list[Row], plans: list[ModelPlan], inputs: Inputs, jo
     from edgekit.data.preprocessing import Preprocessing
     from edgekit.quantize.budget import interleaved_p50_ms
 
+    def first_decodable(prep: dict) -> np.ndarray:  # one image, batch 1, per model (a corrupt one passed over)
+        for item in inputs.items:
+            try:
+                return np.stack([decode_image(Path(item), Preprocessing.from_dict(prep))])
+            except ValueError:
+                continue
+        raise BadInput("no image of --dataset can be decoded")
+
     todo = [r for r in rows if r.status == "ok" and r.int8_p50_ms is None]
-    inputs_of = {p.name: (p, np.stack([decode_image(Path(inputs.items[0]), Preprocessing.from_dict(p.preprocessing))]))
-                 for p in plans if any(r.model == p.name for r in todo)}  # one image, batch 1, per model
+    inputs_of = {p.name: (p, first_decodable(p.preprocessing)) for p in plans if any(r.model == p.name for r in todo)}
     for i, row in enumerate(todo, 1):
         stage(f"latency {i}/{len(todo)}: {row.name}")
         parent, x = inputs_of[row.model]

@@ -55,15 +55,26 @@ def start(address: str | None, workers: int | None) -> Cluster:
     quiet = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False}
     from edgekit.runtimes.ort import captured_stderr
 
+    if address not in (None, "auto"):
+        _check_reachable(address)
     log: list[str] = []
+    handlers = _python_handlers()
     try:
         with captured_stderr() as log:
             _init(ray, address, workers, cores, quiet)
     except (ConnectionError, RuntimeError, ValueError) as exc:
+        _stop_quietly()
         where = "a local Ray instance" if address is None else f"the Ray cluster at {address}"
         said = " ".join(ln for ln in "".join(log).splitlines() if " E " in ln or "Error" in ln)[-300:]
         raise EnvironmentUnavailable(f"cannot start {where}: {one_line(exc, 200)}" + (f" ({said})" if said else ""),
                                      hint="check `ray status`; a cluster is joined with --address HOST:PORT") from None
+    except OSError as exc:  # HOME a file, TMPDIR read-only: where Ray keeps its session cannot be written
+        _stop_quietly()
+        raise EnvironmentUnavailable(f"cannot start Ray: {exc.strerror or one_line(exc, 200)}"
+                                     + (f" ({exc.filename})" if getattr(exc, "filename", None) else ""),
+                                     hint="check that HOME is a folder and TMPDIR can be written") from None
+    finally:
+        _restore_handlers(handlers)
     total = int(ray.cluster_resources().get("CPU", 0))
     if address is None:
         workers = workers or cores
@@ -75,6 +86,69 @@ def start(address: str | None, workers: int | None) -> Cluster:
         workers = min(workers or total, total)
         threads = max(1, total // workers)
     return Cluster(address or "local", workers, threads, len([n for n in ray.nodes() if n.get("Alive")]))
+
+
+CONNECT_TIMEOUT_S = 10.0  # an --address where nothing answers is given up after this (exit 3), long before Ray would
+
+
+def _check_reachable(address: str) -> None:
+    """HOST:PORT (or ray://HOST:PORT) accepts a TCP connection, or exit 3 within CONNECT_TIMEOUT_S."""
+    import socket
+
+    text = address.split("://", 1)[-1]
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise BadInput(f"--address {address!r} is not HOST:PORT (or auto)", hint="e.g. --address 10.0.0.5:6379")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or one_line(exc, 120))
+        raise EnvironmentUnavailable(f"the Ray cluster at {address} cannot be reached: {why}",
+                                     hint="check the address and that `ray start --head` runs there") from None
+
+
+_SAVED: dict = {}  # edgekit's own SIGINT/SIGTERM handlers while Ray runs, put back by stop()
+_RAISED: list = []  # what they raised: Ray turns any KeyboardInterrupt inside its calls into a plain one
+
+
+def _python_handlers() -> dict:
+    """edgekit's SIGINT/SIGTERM handlers: Ray installs its own when it starts (SIGTERM: sys.exit, or its core's
+    stack dump); edgekit puts its own back, so a signal keeps the finished rows."""
+    import signal
+
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_handlers(handlers: dict) -> None:
+    """edgekit's handlers back in place, each wrapped to remember what it raised (interrupt_raised)."""
+    import signal
+
+    def remembering(handler):
+        def wrapped(signum, frame):
+            try:
+                handler(signum, frame)
+            except BaseException as exc:
+                _RAISED.append(exc)
+                raise
+        return wrapped
+
+    _RAISED.clear()
+    for sig, handler in handlers.items():
+        if not callable(handler):
+            continue
+        try:
+            signal.signal(sig, remembering(handler))
+            _SAVED.setdefault(sig, handler)
+        except (ValueError, OSError, TypeError):  # not the main thread: Ray's handlers stay
+            pass
+
+
+def interrupt_raised(exc: BaseException) -> BaseException:
+    """The exception edgekit's own signal handler raised (SIGTERM's, exit 143), where Ray handed back a plain
+    KeyboardInterrupt in its place; else `exc`."""
+    raised = _RAISED[0] if _RAISED else exc
+    _RAISED.clear()
+    return raised
 
 
 def _init(ray, address: str | None, workers: int | None, cores: int, quiet: dict) -> None:
@@ -93,11 +167,29 @@ def reported(printed: str) -> list[str]:
     return [f"Ray: {one_line(ln, 240)}" for ln in dict.fromkeys(ln for ln in lines if ln)]
 
 
+def _stop_quietly() -> None:
+    """A Ray instance half started by a failed init: stopped, whatever it says."""
+    try:
+        stop()
+    except Exception:  # noqa: BLE001
+        pass
+
+
 def stop() -> None:
+    import signal
+
     import ray
 
-    if ray.is_initialized():
-        ray.shutdown()
+    try:
+        if ray.is_initialized():
+            ray.shutdown()
+    finally:
+        for sig, handler in list(_SAVED.items()):  # edgekit's own handlers, unwrapped
+            try:
+                signal.signal(sig, handler)
+            except (ValueError, OSError, TypeError):
+                pass
+        _SAVED.clear()
 
 
 def remote(function, threads: int):

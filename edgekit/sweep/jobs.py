@@ -43,6 +43,7 @@ def quantize_job(name: str, model_file: str, target: str, method: str, samples: 
             "ranges_cached": result.ranges_cached, "holdout_sqnr_db": result.holdout.sqnr_db,
             "kernels": result.judgement.kernels or "default", "session_config": eval_session_config(result.path),
             "quantize_seconds": time.perf_counter() - started,
+            "notes": [n for n in result.notes if n.startswith("calibration cache entry")],  # a damaged ranges entry
         }
     except Exception as exc:  # noqa: BLE001  (every failure is a row, with its kind and one line)
         return {"error": f"{type(exc).__name__}: {one_line(exc, 240)}", "quantize_seconds": time.perf_counter() - started}

@@ -79,15 +79,17 @@ def _files_sha(files: list[Path], root: Path) -> str:
 
 def read_inputs(spec: SweepSpec) -> Inputs:
     """The labelled set (ImageFolder) and the calibration set (image folder or tensor file), hashed by content."""
-    from edgekit.data.images import pick_samples, scan_image_folder
-    from edgekit.verify.dataset import scan_dataset
+    from edgekit.data.images import pick_samples, scan_image_folder, skipped_note
+    from edgekit.verify.dataset import _scan_dataset
 
-    classes, pairs, empty = scan_dataset(spec.dataset)
+    classes, pairs, empty, not_regular = _scan_dataset(spec.dataset)
     if not pairs:
         raise BadInput(f"--dataset {shown_path(spec.dataset)}: its {len(classes)} class folders hold no images")
     label_of = dict(pairs)
     chosen = pick_samples([p for p, _ in pairs], spec.dataset_samples, spec.seed)
     notes = [f"class folders without images: {', '.join(empty[:5])}"] if empty else []
+    if not_regular:  # symlink loops, broken links, FIFOs: named, never silently dropped
+        notes.append("--dataset: " + skipped_note(Path(spec.dataset), not_regular))
     calibration = Path(spec.calibration)
     if calibration.is_dir():
         scan = scan_image_folder(calibration)

@@ -28,7 +28,7 @@ class Row:
     method: str
     samples: int
     key: str
-    status: str = "pending"  # ok | failed | pending (not run: the sweep was interrupted)
+    status: str = "pending"  # ok | failed | pending (not run yet) | interrupted (not finished: the sweep was stopped)
     fp32_top1: float | None = None
     int8_top1: float | None = None
     agreement: float | None = None  # % of images where int8 and fp32 predict the same class
@@ -73,13 +73,87 @@ class Row:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def read_entry(path: Path) -> dict | None:
-    """A job cache entry, or None when there is none or it cannot be read (then the job runs again)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    except (OSError, UnicodeDecodeError, ValueError):
+MAX_ENTRY_BYTES = 64 << 20  # an fp32 entry holds one prediction per image (at most 100,000): far below this
+_ROW_TYPES = {"model": str, "target": str, "method": str, "samples": int, "key": str, "status": str,
+              "images": int, "session_config": dict}
+_ROW_NUMBERS = ("fp32_top1", "int8_top1", "agreement", "holdout_sqnr_db", "int8_p50_ms", "fp32_p50_ms", "seconds")
+_ROW_COUNTS = ("fp32_bytes", "int8_bytes", "fp32_nodes")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
+
+
+def _row_problem(data: dict, key: str) -> str | None:
+    """Why a job-cache row cannot be trusted, or None: the schema of Row.to_dict for a finished row, and its key."""
+    for name, kind in _ROW_TYPES.items():
+        value = data.get(name)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"its {name} is {type(value).__name__ if name in data else 'missing'}, not {kind.__name__}"
+    if data["key"] != key:
+        return "its key is not the one it is stored under"
+    if data["status"] != "ok":
+        return f"its status is {data['status'][:20]!r}, not ok"
+    if not _is_number(data.get("int8_top1")):
+        return "it has no int8 top-1"
+    for name in _ROW_NUMBERS:
+        if data.get(name) is not None and not _is_number(data[name]):
+            return f"its {name} is not a number"
+    for name in _ROW_COUNTS:
+        if data.get(name) is not None and (not isinstance(data[name], int) or isinstance(data[name], bool) or data[name] < 0):
+            return f"its {name} is not a count"
+    if not isinstance(data.get("file"), str) or not Path(data["file"]).is_file():
+        return "its int8 file is gone"
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in data["session_config"].items()):
+        return "its session_config is not names to values"
+    return None
+
+
+def _fp32_problem(data: dict, images: int | None) -> str | None:
+    """Why a job-cache fp32 entry (top1, images, predictions) cannot be trusted, or None."""
+    predictions = data.get("predictions")
+    if not isinstance(predictions, list):
+        return "it has no predictions"
+    if images is not None and len(predictions) != images:
+        return f"it has {len(predictions)} predictions for {images} images"
+    if not all(isinstance(p, int) and not isinstance(p, bool) and p >= -1 for p in predictions):
+        return "its predictions are not class indices"
+    if data.get("top1") is not None and not _is_number(data["top1"]):
+        return "its top1 is not a number"
+    if not isinstance(data.get("images"), int) or isinstance(data.get("images"), bool):
+        return "its images is not a count"
+    return None
+
+
+def read_entry(path: Path, key: str, kind: str, notes: list[str] | None = None, images: int | None = None) -> dict | None:
+    """A job-cache entry (`kind` "row" or "fp32") stored under `key`, or None when there is none or it cannot be
+    trusted: then the job runs again, and a damaged entry is said in one line added to `notes`. The cache is a
+    convenience: an entry is read as a bounded regular file and checked against its schema and its key, never
+    trusted as it is and never fatal."""
+    from edgekit.core.files import read_small_regular
+
+    if not path.exists() and not path.is_symlink():
         return None
-    return data if isinstance(data, dict) else None
+    raw = read_small_regular(path, MAX_ENTRY_BYTES)
+    problem = None
+    data = None
+    if raw is None:
+        problem = "is not a regular file of at most 64 MiB"
+    else:
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            problem = "is not JSON"
+    if problem is None and not isinstance(data, dict):
+        problem = "is not a JSON object"
+    if problem is None:
+        why = _row_problem(data, key) if kind == "row" else _fp32_problem(data, images)
+        problem = f"cannot be trusted: {why}" if why else None
+    if problem is None:
+        return data
+    if notes is not None:
+        notes.append(f"job cache entry {path.parent.name}/{path.name} {problem}; computed again")
+    return None
 
 
 def save_row(jobs: Path, row: Row) -> None:

@@ -29,8 +29,10 @@ def shards(count: int, workers: int) -> list[slice]:
 
 
 def run_jobs(spec: SweepSpec, plans: list[ModelPlan], inputs: Inputs, rows: list[Row], fp32: dict, out: Path,
-             cluster: engine.Cluster, cpu_kind: str, on_row: Callable[[Row, dict], None] | None) -> int:
-    """Run every job not cached; fills `rows` and `fp32` in place; returns how many jobs ran."""
+             cluster: engine.Cluster, cpu_kind: str, on_row: Callable[[Row, dict], None] | None,
+             notes: list[str] | None = None) -> int:
+    """Run every job not cached; fills `rows` and `fp32` in place (and `notes` with what the workers said about
+    the caches); returns how many jobs ran."""
     threads = cluster.threads
     quantize_task = engine.remote(jobs.quantize_job, threads)
     predict_task = engine.remote(jobs.predict_shard, threads)
@@ -90,6 +92,8 @@ def run_jobs(spec: SweepSpec, plans: list[ModelPlan], inputs: Inputs, rows: list
                 if died or "error" in value:
                     finish(row, value[1] if died else value["error"])
                     continue
+                if notes is not None:
+                    notes += [n for n in value.get("notes", []) if n not in notes]
                 for k in ("file", "int8_bytes", "fp32_bytes", "fp32_nodes", "ranges_cached", "holdout_sqnr_db",
                           "kernels", "session_config"):
                     setattr(row, k, value[k])
