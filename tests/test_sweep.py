@@ -212,4 +212,4 @@ def test_ctrl_c_keeps_the_finished_rows_and_exits_130(tmp_path, labelled):
     saved = json.loads((out / "results.json").read_text())
     assert saved["interrupted"] is True
     status = {r["model"]: r["status"] for r in saved["rows"]}
-    assert status == {"textbook_densenet": "ok", "textbook_resnext": "pending"}
+    assert status == {"textbook_densenet": "ok", "textbook_resnext": "interrupted"}

@@ -77,9 +77,9 @@ def _interrupted(exc: BaseException | None) -> int:
     """Print the one line for Ctrl-C or SIGTERM; returns the exit code."""
     said = escape(getattr(exc, "kept", None) or "nothing was written")  # a command that keeps its finished work says so
     if isinstance(exc, Terminated):
-        err_console.print(f"[bold red]terminated:[/] {said}")
+        err_console.print(f"[bold red]terminated:[/] {said}", soft_wrap=True)  # one line, however long
         return EXIT_TERMINATED
-    err_console.print(f"[bold red]interrupted:[/] {said}")
+    err_console.print(f"[bold red]interrupted:[/] {said}", soft_wrap=True)
     return EXIT_INTERRUPTED
 
 

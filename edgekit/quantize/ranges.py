@@ -83,4 +83,29 @@ def _unusable(path: Path) -> str | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         return f"cannot be read ({type(exc).__name__})"
-    return None if isinstance(data, dict) and data else "is not a calibration cache (not a JSON object)"
+    if not isinstance(data, dict) or not data:
+        return "is not a calibration cache (not a JSON object)"
+    return None if _is_tensors_data(data) else "is not ONNX Runtime's activation ranges (TensorsData)"
+
+
+def _is_tensors_data(data: dict) -> bool:
+    """The shape of what ORT's calibrator writes: {"CLS": "TensorsData", "calibration_method": {...}, "data":
+    {tensor: {"CLS": "TensorData", "lowest"/"highest" or "avg"/"std": numpy arrays, ...}}}; valid JSON of any
+    other shape is not trusted (ORT would fail on it inside quantize_static)."""
+    method, tensors = data.get("calibration_method"), data.get("data")
+    if data.get("CLS") != "TensorsData" or not isinstance(method, dict) or method.get("CLS") != "CalibrationMethod":
+        return False
+    if not isinstance(tensors, dict) or not tensors:
+        return False
+    for name, entry in tensors.items():
+        if not isinstance(entry, dict) or entry.get("CLS") != "TensorData":
+            return False
+        if not ({"lowest", "highest"} <= set(entry) or {"avg", "std"} <= set(entry)):
+            return False
+        for key, value in entry.items():
+            if key == "CLS":
+                continue
+            if isinstance(value, dict) and not (value.get("CLS") == "numpy.array" and isinstance(value.get("data"), list)
+                                                and isinstance(value.get("dtype"), str)):
+                return False
+    return True
