@@ -143,7 +143,7 @@ def quantize(
 
         stage("labelled dataset")
         labelled = load_labelled(Path(dataset), preprocessing, output_classes(model) or (metadata or {}).get("num_classes"))
-    budget = Budget(max_drop, labelled, tolerance)
+    budget = Budget(max_drop, labelled, tolerance, gates)
     final = resolve_output(o.output, derived_output(model_path, "int8"))
     if final.resolve() == model_path.resolve():
         raise BadInput(f"output {final} is the input file itself", hint="choose another -o")

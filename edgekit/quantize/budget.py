@@ -63,6 +63,7 @@ class Budget:
     max_drop: float | None  # top-1 points on `dataset`
     dataset: LabelledSet | None
     tolerance: Tolerance  # held-out gates (always applied)
+    gates: str = ""  # which default gates applied and why (said when the budget is missed)
 
     def describe(self) -> str:
         parts = []

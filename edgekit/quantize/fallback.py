@@ -113,5 +113,7 @@ def budget_missed(trial, budget: Budget, calib: CalibrationSet, judgement, why: 
     raise GateFailed(
         f"int8 model is not accurate enough against fp32 on {calib.holdout_description}{kernels}: "
         + "; ".join(reasons) + why + "; nothing was written",
-        hint="try --method entropy/percentile, more calibration data, or --exclude the sensitive nodes",
+        hint=(f"gates: {budget.gates}; " if budget.gates else "")
+        + "try --method entropy/percentile, more calibration data, or --exclude the sensitive nodes"
+        + ("; --min-agreement/--min-sqnr set other gates" if "weights unknown" in budget.gates else ""),
     )
