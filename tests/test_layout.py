@@ -218,8 +218,6 @@ RAW_RUNTIME = ("InferenceSession(", "SessionOptions(", ".session.", ".run(None",
 RAW_RUNTIME_DEBT = {
     "edgekit/quantize/budget.py": 4,
     "edgekit/layer_error/measure.py": 1,
-    "edgekit/verify/__init__.py": 3,
-    "edgekit/verify/inputs.py": 1,
 }
 
 

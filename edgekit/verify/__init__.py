@@ -33,9 +33,8 @@ from edgekit.judge.targets import (
     exact_session_for,
     judge_int8,
     kernels_label,
-    merge_session_configs,
-    session_config_for,
 )
+from edgekit.runtimes.factory import session_options
 from edgekit.verify.dataset import check_dataset, measure_dataset
 from edgekit.verify.inputs import DEFAULT_RANDOM_INPUTS, expected_chw, load_input_sets
 from edgekit.verify.options import VerifyOptions
@@ -86,7 +85,7 @@ def _rows(
     exact: _ExactReference | None, on_stage: Callable[[str], None], kernels: str = "", gated: bool = True,
 ) -> list[Comparison]:
     """One Comparison per input set x batch size for one ORT session."""
-    output_name = session.session.get_outputs()[0].name
+    output_name = session.output_names[0]
     rows = []
     for s in input_sets:
         for batch in batch_sizes(session):
@@ -278,7 +277,10 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
     cpu = cpu_of(device)
     recipe = (meta or {}).get("recipe") or {}
     judgement = judge_int8(recipe, cpu, o.target) if precision == "int8" else None
-    file_config = session_config_for(recipe)  # what the file needs on every CPU (float nodes kept float)
+    # the one decision of the session options (runtimes/factory.py): what the file needs on every CPU, and the
+    # exact-accumulation kernels where the file is judged as another CPU computes it
+    gated = "exact" if judgement is not None and judgement.gate_session else "default"
+    file_config = session_options(recipe)
 
     # Sessions before any PyTorch work: a provider that cannot start fails in seconds (exit 3).
     wanted = parse_providers(o.providers)
@@ -292,7 +294,7 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
             # ORT's CUDA provider uses TF32 for fp32 convolutions by default: that is not fp32 math.
             # (TensorRT has no such option in ORT; its fp32 engines may use TF32 on Ampere and later.)
             provider_options = {"use_tf32": "0"} if provider == "cuda" else None
-            config = merge_session_configs(file_config, judgement.gate_session) if judgement and provider == "cpu" else file_config
+            config = session_options(recipe, kernels=gated if provider == "cpu" else "default")
             sessions.append(create_session(
                 path, provider, allow_fallback=o.allow_fallback, enable_profiling=device is None, provider_options=provider_options,
                 session_config=config or None, device=device if provider == "cpu" else None,
@@ -300,7 +302,7 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
         exact_session = None
         if judgement is not None and judgement.also_default and "cpu" in wanted:
             # the other CPU path: exact accumulation when the gates run on the defaults, and vice versa
-            other = merge_session_configs(file_config, None if judgement.gate_session else exact_session_for(recipe))
+            other = session_options(recipe, kernels="default" if gated == "exact" else "exact")
             exact_session = create_session(path, "cpu", session_config=other or None, device=device)
         if judgement is not None and judgement.note:
             notes.append(judgement.note)
@@ -356,8 +358,8 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
                 "random weights: int8 agreement and SQNR here show the file computes what its fp32 parent does; "
                 "they do not predict accuracy on real data (use --dataset with a trained model)"
             )
-        first_output = first.session.get_outputs()[0].name
-        if len(first.session.get_outputs()) > 1:
+        first_output = first.output_names[0]
+        if len(first.output_names) > 1:
             notes.append(f"the model has several outputs; the first, {first_output!r}, is compared")
         exact = _ExactReference(ref) if precision == "fp32" and not user_elementwise and ref.has_exact else None
         runs: list[ProviderRun] = []
@@ -404,7 +406,7 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
             on_stage("per-layer error")
             photos = next((s for s in input_sets if s.name != "random"), input_sets[0])
             layer_report = layer_errors(parent_path, path, photos.tensors,
-                                        session_config=merge_session_configs(file_config, judgement.gate_session if judgement else None))
+                                        session_config=session_options(recipe, kernels=gated))
         return Report(
             file=path, sha256=digest, precision=precision, metadata=meta, reference=reference, tolerance=tolerance,
             tolerance_source=tolerance_source, input_sets=input_sets, providers=runs, comparisons=comparisons,

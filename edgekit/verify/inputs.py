@@ -78,7 +78,7 @@ def expected_chw(session, preprocessing: Preprocessing) -> tuple[int, int, int]:
     The graph's declared dims are untrusted (a foreign file): each is checked against
     limits.MAX_INPUT_SIZE before any tensor is made from it.
     """
-    shape = session.session.get_inputs()[0].shape
+    shape = session.input_shape
     name = session.input_name
     if len(shape) != 4:
         raise BadInput(
