@@ -127,10 +127,13 @@ class EmulatedSession:
         arrays = [npy_bytes(a) for a in feeds.values()]
         with self._lock:
             pipe = self._proc.stdin
-            pipe.write((json.dumps({"run": list(feeds), "bytes": [len(a) for a in arrays]}) + "\n").encode())
-            for data in arrays:
-                pipe.write(data)
-            pipe.flush()
+            try:
+                pipe.write((json.dumps({"run": list(feeds), "bytes": [len(a) for a in arrays]}) + "\n").encode())
+                for data in arrays:
+                    pipe.write(data)
+                pipe.flush()
+            except (OSError, ValueError):  # the worker is gone: _answer says how it ended (exit 3)
+                pass
             answer = self._answer()
             if not answer.get("ok"):
                 raise RuntimeError(answer.get("error"))
