@@ -164,9 +164,10 @@ def revert(int8_model, fp32_model, groups: list[Group]):
         for dq in graphs.consumers.get(q.output[0], []):
             if dq.op_type != "DequantizeLinear":
                 continue
-            if dq.output[0] in outputs:
-                raise BadInput(f"cannot revert the quantizer on {act}: its DequantizeLinear writes a graph output")
-            renamed[dq.output[0]] = source
+            if dq.output[0] in outputs:  # the graph output keeps its name: an Identity of the float tensor
+                added.append((q, helper.make_node("Identity", [source], [dq.output[0]], name=fresh(dq.output[0]))))
+            else:
+                renamed[dq.output[0]] = source
             dropped.add(id(dq))
         if all(c.op_type == "DequantizeLinear" and id(c) in dropped for c in graphs.consumers.get(q.output[0], [])):
             dropped.add(id(q))

@@ -1,0 +1,70 @@
+"""`edgekit debug`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgekit.cli import options
+from edgekit.cli.app import app, console, escape, handle_errors, print_json
+from edgekit.cli.output import progress
+
+
+@app.command("debug")
+@handle_errors
+def debug_command(
+    model_file: Annotated[Path, typer.Argument(help="the int8 .onnx file that fails its gates")],
+    parent: Annotated[Path | None, typer.Option(
+        "--parent", dir_okay=False, help="its fp32 parent (default: found beside it by the sha256 its metadata records)")] = None,
+    images: options.Images = None,
+    inputs: Annotated[Path | None, typer.Option(
+        "--inputs", dir_okay=False, help="preprocessed tensors (.npz/.npy) to judge on instead of photos")] = None,
+    device: options.Device = None,
+    reduce: Annotated[bool, typer.Option(
+        "--reduce", help="also write the smallest failing subgraph (.onnx) and its inputs (.npz) under -o")] = False,
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", file_okay=False, help="folder for --reduce (default: FILE.debug beside the file)")] = None,
+    json_output: options.Json = False,
+) -> None:
+    """Which layers must stay fp32 for an int8 file to pass its gates: bisects its QDQ groups (reverted in the
+    quantized graph, weights from the fp32 parent) and prints the --exclude list for edgekit quantize."""
+    from edgekit.debug.search import debug
+
+    with progress("debug") as shown:
+        result = debug(model_file, parent=parent, images=images, inputs=inputs, device=device, reduce=reduce,
+                       output=output, stage=shown.stage)
+    if json_output:
+        print_json(result)
+        return
+    render_debug(result)
+
+
+def render_debug(result) -> None:
+    before = result.before
+    if result.passed_as_is:
+        console.print(f"[bold green]PASS[/] {escape(str(result.path))} passes its gates as it is "
+                      f"(SQNR {before['sqnr_db']:.1f} dB, top-1 agreement {before['top1_agreement']:.0%}): "
+                      "nothing to exclude")
+        return
+    after = result.metric
+    console.print(f"{escape(str(result.path))}: SQNR {before['sqnr_db']:.1f} dB, top-1 agreement "
+                  f"{before['top1_agreement']:.0%} against its fp32 parent; with {len(result.culprits)} of "
+                  f"{result.groups} QDQ groups in fp32: SQNR {after['sqnr_db']:.1f} dB, top-1 agreement "
+                  f"{after['top1_agreement']:.0%} ([green]PASS[/])")
+    console.print(f"[dim]gates: {escape(result.gates)}[/]")
+    for group in result.culprits:
+        console.print(f"  {escape(group.describe())}")
+    console.print("ORT runs: " + ", ".join(f"{escape(s.name)} {s.runs}" for s in result.steps)
+                  + f" ({result.runs} in all)")
+    console.print("nodes_to_exclude: " + escape(repr(result.exclude)))
+    console.print("to quantize again with them in fp32:")
+    console.print(escape(result.quantize_command()), soft_wrap=True, highlight=False)
+    if result.reduced:
+        r = result.reduced
+        console.print(f"wrote {escape(r['folder'])}/subgraph.onnx ({r['nodes']} nodes, group {r['group']}: SQNR "
+                      f"{r['sqnr_db']:.1f} dB against its fp32 twin, gate {r['gate_db']:g} dB), subgraph.fp32.onnx, "
+                      "inputs.npz")
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
