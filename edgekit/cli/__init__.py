@@ -8,5 +8,6 @@ from edgekit.cli import convert_cmd  # noqa: F401
 from edgekit.cli import devices_cmd  # noqa: F401
 from edgekit.cli import sweep_cmd  # noqa: F401
 from edgekit.cli import import_cmd  # noqa: F401
+from edgekit.cli import debug_cmd  # noqa: F401
 
 __all__ = ["app", "main"]
