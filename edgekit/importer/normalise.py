@@ -115,6 +115,8 @@ def constants_to_initializers(model) -> str | None:
         init = model.graph.initializer.add()
         init.CopyFrom(tensor)
         init.name = node.output[0]
+        if model.ir_version < 4:  # before IR 4 every initializer is also a graph input
+            model.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
         moved += 1
     if not moved:
         return None
