@@ -136,6 +136,15 @@ def test_a_dynamic_batch_stays_dynamic_when_asked(cli, corpus, tmp_path):
     assert session.run(None, {"x": np.zeros((3, 3, 32, 96), np.float32)})[0].shape == (3, 6)
 
 
+def test_a_file_with_a_dynamic_batch_and_static_hw_keeps_its_dynamic_batch(cli, corpus, tmp_path):
+    out = tmp_path / "v.onnx"
+    res = cli("import", corpus["view_dynamic"], "-o", out, "--json")
+    assert res.exit_code == 0, res.stderr
+    meta = _meta(out)[1]
+    assert meta["input_shape"] == ["batch", 3, 32, 32] and meta["dynamic_batch"] is True
+    assert not any("pinned" in c for c in json.loads(res.stdout)["changes"])  # already named "batch": no change
+
+
 def test_dense_output_is_detected_and_classify_refused(cli, corpus, tmp_path):
     out = tmp_path / "d.onnx"
     res = cli("import", corpus["dense"], "-o", out, "--json")
