@@ -46,7 +46,7 @@ def render_debug(result) -> None:
     if result.passed_as_is:
         console.print(f"[bold green]PASS[/] {escape(str(result.path))} passes its gates as it is "
                       f"(SQNR {before['sqnr_db']:.1f} dB, top-1 agreement {before['top1_agreement']:.0%}): "
-                      "nothing to exclude")
+                      "nothing to exclude", soft_wrap=True)
         return
     after = result.metric
     console.print(f"{escape(str(result.path))}: SQNR {before['sqnr_db']:.1f} dB, top-1 agreement "
