@@ -13,6 +13,7 @@ saturation is measured and named apart from the file's quantization error. Its k
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 import time
 from pathlib import Path
 from typing import Callable
@@ -80,19 +81,64 @@ def row_tolerance(precision: str, input_set: str, tolerance: Tolerance) -> Toler
     return NAN_ONLY if precision == "int8" and input_set == "random" else tolerance
 
 
-def _rows(
-    session, input_sets: list[InputSet], expected: dict[str, np.ndarray], precision: str, tolerance: Tolerance,
-    exact: _ExactReference | None, on_stage: Callable[[str], None], kernels: str = "", gated: bool = True,
-) -> list[Comparison]:
-    """One Comparison per input set x batch size for one ORT session."""
-    output_name = session.output_names[0]
+@dataclass
+class _Runner:
+    """One row source for the comparator: a runtime that runs the file (or, for scale, the reference itself) on a
+    batch, what it is called in the report, the batch sizes it is exercised at, and how its rows are gated."""
+
+    runtime: str  # onnxruntime | openvino | pytorch
+    requested: str
+    ran_on: str
+    batches: list[int] | None  # None: one row per input set at its natural batch
+    run: Callable[[np.ndarray, int | None], np.ndarray]  # the first output on (inputs, batch)
+    stage: str
+    kernels: str = ""
+    gated: bool = True
+    device: str | None = None
+    notes: list[str] = field(default_factory=list)
+    tolerance: Tolerance | None = None  # a fixed gate (PyTorch CUDA vs CPU: fp32 noise), else the file's
+
+
+def _ort_runner(session, kernels: str = "", gated: bool = True) -> _Runner:
+    return _Runner(
+        "onnxruntime", session.requested, session.ran_on, batch_sizes(session),
+        lambda x, batch: run_session(session, x, batch)[0],
+        f"ONNX Runtime on {session.requested}{' ' + kernels if kernels else ''}", kernels=kernels, gated=gated,
+        device=session.device,
+    )
+
+
+def _openvino_runner(path: Path, batches: list[int]) -> _Runner:
+    """OpenVINO on the CPU, compiled once per batch size; the rows say what OpenVINO executed."""
+    from edgekit.runtimes.factory import open_runner
+    from edgekit.runtimes.runners import run_batched
+
+    compiled: dict = {}
+    runner = _Runner("openvino", "cpu", "cpu", batches, lambda x, batch: None, "OpenVINO")
+
+    def run(x: np.ndarray, batch: int | None) -> np.ndarray:
+        if batch not in compiled:
+            compiled[batch] = open_runner(path, "openvino", batch=batch)
+            runner.notes[:] = [compiled[batch].describe()]
+        return run_batched(compiled[batch].run, x, batch)[0]
+
+    runner.run = run
+    return runner
+
+
+def _rows(runner: _Runner, input_sets: list[InputSet], expected: dict[str, np.ndarray], output_name: str,
+          precision: str, tolerance: Tolerance, exact: _ExactReference | None, on_stage: Callable[[str], None],
+          ) -> list[Comparison]:
+    """The one row builder: one Comparison per input set x batch size of one runner against the reference's outputs
+    (int8 random inputs gated on NaN/Inf only, row_tolerance; the fp32 noise floor where the reference has one)."""
     rows = []
     for s in input_sets:
-        for batch in batch_sizes(session):
-            on_stage(f"ONNX Runtime on {session.requested}{' ' + kernels if kernels else ''}: {s.name}, batch {batch}")
-            got = run_session(session, s.tensors, batch)[0]
+        for batch in runner.batches or [None]:
+            on_stage(f"{runner.stage}: {s.name}" + (f", batch {batch}" if batch else ""))
+            got = runner.run(s.tensors, batch)
             ref = expected[s.name]
-            row_tol, notes = row_tolerance(precision, s.name, tolerance), []
+            row_tol = runner.tolerance or row_tolerance(precision, s.name, tolerance)
+            notes = list(runner.notes)
             if got.shape != ref.shape:
                 metrics = mismatched_output(output_name, ref.shape, got.shape)
             else:
@@ -103,8 +149,9 @@ def _rows(
                     if floor is not None:
                         notes.append(floor.describe())
             rows.append(Comparison(
-                "onnxruntime", session.requested, session.ran_on, s.name, batch, len(s.tensors), [metrics], row_tol,
-                gated=gated, notes=notes, kernels=kernels, device=session.device,
+                runner.runtime, runner.requested, runner.ran_on, s.name,
+                batch if batch is not None else min(REFERENCE_BATCH, len(s.tensors)), len(s.tensors), [metrics],
+                row_tol, gated=runner.gated, notes=notes, kernels=runner.kernels, device=runner.device,
             ))
     return rows
 
@@ -127,47 +174,11 @@ def _torch_cuda_rows(
     """PyTorch's own GPU result against its CPU one, for scale (not a gate): fp32 noise on this GPU."""
     from edgekit.runtimes.torch_eager import TorchRunner
 
-    on_stage("PyTorch on CUDA")
-    fp32 = DEFAULT_TOLERANCES["fp32"]
-    rows = []
-    with TorchRunner.on(torch_model, "cuda") as runner:
-        for s in input_sets:
-            got = runner.run(s.tensors)[0]
-            rows.append(Comparison(
-                "pytorch", "cuda", "cuda", s.name, min(REFERENCE_BATCH, len(s.tensors)), len(s.tensors),
-                [compare_outputs(expected[s.name], got, output_name, fp32)], fp32, gated=False,
-                notes=["PyTorch CUDA vs PyTorch CPU, for scale; not a gate"],
-            ))
-    return rows
-
-
-def _openvino_rows(
-    path: Path, input_sets: list[InputSet], expected: dict[str, np.ndarray], output_name: str, precision: str,
-    tolerance: Tolerance, batches: list[int], on_stage: Callable[[str], None],
-) -> list[Comparison]:
-    """OpenVINO on the CPU, same file, inputs, reference and gates as ORT (int8 gated against PyTorch, not
-    against ORT: the two engines round at different points); the rows say what OpenVINO executed."""
-    from edgekit.runtimes.runners import run_batched
-    from edgekit.runtimes.openvino import OpenVinoRunner
-
-    rows = []
-    runners: dict[int, OpenVinoRunner] = {}
-    for s in input_sets:
-        for batch in batches:
-            on_stage(f"OpenVINO: {s.name}, batch {batch}")
-            if batch not in runners:
-                runners[batch] = OpenVinoRunner.load(path, batch=batch)
-            runner = runners[batch]
-            got = run_batched(runner.run, s.tensors, batch)[0]
-            row_tol = row_tolerance(precision, s.name, tolerance)
-            ref = expected[s.name]
-            metrics = (mismatched_output(output_name, ref.shape, got.shape) if got.shape != ref.shape
-                       else compare_outputs(ref, got, output_name, row_tol))
-            rows.append(Comparison(
-                "openvino", "cpu", "cpu", s.name, batch, len(s.tensors), [metrics], row_tol,
-                notes=[runner.describe()],
-            ))
-    return rows
+    with TorchRunner.on(torch_model, "cuda") as torch_runner:
+        runner = _Runner("pytorch", "cuda", "cuda", None, lambda x, _batch: torch_runner.run(x)[0], "PyTorch on CUDA",
+                         gated=False, notes=["PyTorch CUDA vs PyTorch CPU, for scale; not a gate"],
+                         tolerance=DEFAULT_TOLERANCES["fp32"])
+        return _rows(runner, input_sets, expected, output_name, "fp32", DEFAULT_TOLERANCES["fp32"], None, on_stage)
 
 
 def _cross_runtime_rows(path: Path, input_sets: list[InputSet], expected: dict[str, np.ndarray], output_name: str,
@@ -183,11 +194,13 @@ def _cross_runtime_rows(path: Path, input_sets: list[InputSet], expected: dict[s
 
     on_stage("ONNX Runtime without graph optimisations")
     plain = create_session(path, "cpu", optimization="none", session_config=file_config or None)
-    rows = _rows(plain, input_sets, expected, precision, tolerance, None, on_stage, kernels="no graph optimisations")
+    rows = _rows(_ort_runner(plain, kernels="no graph optimisations"), input_sets, expected, output_name, precision,
+                 tolerance, None, on_stage)
     if "openvino" not in runtime_names and importlib.util.find_spec("openvino") is not None:
-        extra = _openvino_rows(path, input_sets, expected, output_name, precision, tolerance, batches, on_stage)
+        openvino = _openvino_runner(path, batches)
+        openvino.gated = False
+        extra = _rows(openvino, input_sets, expected, output_name, precision, tolerance, None, on_stage)
         for row in extra:
-            row.gated = False
             row.notes.append("OpenVINO against the original file, for comparison (as Polygraphy --openvino); not a "
                              "gate: pass --runtimes ort,openvino to gate it")
         rows += extra
@@ -367,13 +380,14 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
         gated_kernels = judgement.kernels if judgement else ""
         for session in sessions:
             runs.append(_placement(session, input_sets, on_stage))
-            comparisons += _rows(session, input_sets, expected_outputs, precision, tolerance, exact, on_stage,
-                                 kernels=gated_kernels if session.requested == "cpu" else "")
+            runner = _ort_runner(session, kernels=gated_kernels if session.requested == "cpu" else "")
+            comparisons += _rows(runner, input_sets, expected_outputs, first_output, precision, tolerance, exact,
+                                 on_stage)
         saturation = None
         if exact_session is not None:
             other_kernels = "" if gated_kernels else kernels_label(exact_session_for(recipe))
-            other_rows = _rows(exact_session, input_sets, expected_outputs, precision, tolerance, None, on_stage,
-                               kernels=other_kernels, gated=False)
+            other_rows = _rows(_ort_runner(exact_session, kernels=other_kernels, gated=False), input_sets,
+                               expected_outputs, first_output, precision, tolerance, None, on_stage)
             for row in other_rows:
                 row.notes.append("the other int8 kernels of this CPU, for the saturation measurement; not a gate")
             comparisons += other_rows
@@ -382,8 +396,8 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
             saturation = _saturation(default_rows, exact_rows, cpu, recipe, o.target or "this CPU",
                                      gated_on_default=not gated_kernels)
         if "openvino" in runtime_names:
-            comparisons += _openvino_rows(path, input_sets, expected_outputs, first_output, precision, tolerance,
-                                          batch_sizes(first), on_stage)
+            comparisons += _rows(_openvino_runner(path, batch_sizes(first)), input_sets, expected_outputs,
+                                 first_output, precision, tolerance, None, on_stage)
         if ref.kind == "original" and device is None and "cpu" in wanted:
             comparisons += _cross_runtime_rows(path, input_sets, expected_outputs, first_output, precision, tolerance,
                                                file_config, runtime_names, batch_sizes(first), on_stage)
