@@ -490,3 +490,14 @@ def test_sigterm_during_a_sweep_keeps_the_finished_rows_and_leaves_no_ray(labell
         except OSError:
             pass
     assert left == [], "Ray processes left running"
+
+
+@pytest.mark.slow
+def test_verify_dataset_names_each_corrupt_image_and_symlink_loop(exported, labelled):
+    before = tree(labelled)
+    proc = run("verify", exported("textbook_resnet18", 32).path, "--dataset", labelled, "--random-inputs", 0,
+               timeout=300)
+    assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, proc.stderr
+    said = " ".join((proc.stdout + proc.stderr).split())
+    assert "corrupt.jpg (cannot decode" in said and "loop.jpg (a symlink loop)" in said
+    assert tree(labelled) == before

@@ -190,7 +190,10 @@ def note_lines(report: Report) -> list[str]:
         if report.dataset.skipped:
             from edgekit.core.files import shown_path
 
-            notes.append(f"skipped {len(report.dataset.skipped)} unreadable image(s) in {shown_path(report.dataset.folder)}")
+            skipped = report.dataset.skipped  # each named (up to 5), with why: the user can find and fix them
+            more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+            notes.append(f"skipped {len(skipped)} unreadable image(s) in {shown_path(report.dataset.folder)}: "
+                         + ", ".join(f"{shown_path(Path(p).name)} ({r})" for p, r in skipped[:5]) + more)
     return notes
 
 
