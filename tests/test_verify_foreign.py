@@ -223,9 +223,21 @@ def test_an_imported_file_is_judged_against_its_original_across_runtimes_and_pac
     imported = tmp_path / "imp" / "own.onnx"
     res = cli("import", fp32, "-o", imported)
     assert res.exit_code == 0, res.stderr
-    res = cli("verify", imported)  # the original is elsewhere: one line naming --parent
-    assert res.exit_code == 2 and "--parent" in _one_line(res)
-    res = cli("verify", imported, "--parent", fp32, "--providers", "cpu", "--report", tmp_path / "i.json")
+    # the original is where it was imported from (recorded, and read only because its sha256 matches)
+    res = cli("verify", imported, "--providers", "cpu")
+    assert res.exit_code == 0, res.stderr
+    assert "ONNX Runtime on the original file" in res.stdout
+    moved = tmp_path / "moved" / fp32.name  # moved away: one line naming --parent
+    moved.parent.mkdir()
+    shutil.copy(fp32, moved)
+    fp32_bytes = fp32.read_bytes()
+    fp32.unlink()
+    try:
+        res = cli("verify", imported)
+        assert res.exit_code == 2 and "--parent" in _one_line(res)
+    finally:
+        fp32.write_bytes(fp32_bytes)
+    res = cli("verify", imported, "--parent", moved, "--providers", "cpu", "--report", tmp_path / "i.json")
     assert res.exit_code == 0, res.stderr
     assert "ONNX Runtime on the original file" in res.stdout
     report = json.loads((tmp_path / "i.json").read_text())

@@ -293,7 +293,8 @@ def _metadata(source, producer, model, original_opset, changes, shape, input_nam
              "atol": tolerance.atol, "rtol": tolerance.rtol, "bit_exact": float(vs_original.max_abs) == 0.0,
              "sqnr_db": sqnr if np.isfinite(sqnr) else None,  # +inf when bit-exact: strict JSON has no Infinity
              "top1_agreement": float(vs_original.top1_agreement) if task == "classify" else None}
-    imported = {"file": source.name, "sha256": sha256_file(source), "opset": original_opset, "changes": list(changes),
+    imported = {"file": source.name, "path": str(source.resolve()), "sha256": sha256_file(source),
+                "opset": original_opset, "changes": list(changes),
                 "check": {k: v for k, v in check.items() if v is not None},
                 "preprocessing": "given" if preprocessing_given else "assumed"}
     if producer:

@@ -110,6 +110,7 @@ class Imported(_Part):
     """The foreign ONNX file an imported file was normalised from (`edgekit import`), and what was changed."""
 
     file: Name
+    path: Name | None = None  # where the original was when it was imported (verify looks there too, sha256-checked)
     sha256: Sha256
     opset: StrictInt = Field(ge=1, le=MAX_OPSET)  # the original's default-domain opset
     producer: StrictStr | None = None  # producer_name and version, as the original says

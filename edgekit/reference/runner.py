@@ -167,7 +167,8 @@ def open_reference(path: Path, model_proto, meta: dict | None, *, model: str | N
         found = find_by_sha256(path, recorded, sha, parent, "fp32 parent", "quantized/converted from")
     else:
         recorded, sha = parsed.imported.file, parsed.imported.sha256
-        found = find_by_sha256(path, recorded, sha, parent, "original file", "imported from")
+        found = find_by_sha256(path, recorded, sha, parent, "original file", "imported from",
+                               recorded_path=parsed.imported.path)
     pre = parsed.preprocessing_spec()
     return Reference(
         kind=onnx_kind, preprocessing=pre, num_classes=parsed.num_classes, input_size=parsed.input_size,
@@ -208,7 +209,8 @@ def dense_task(model_proto, parsed) -> str:
     return "classify"
 
 
-def find_by_sha256(path: Path, recorded: str, sha: str, given: Path | None, what: str, verb: str) -> Path:
+def find_by_sha256(path: Path, recorded: str, sha: str, given: Path | None, what: str, verb: str,
+                   recorded_path: str | None = None) -> Path:
     """The file with sha256 `sha`: `given` (checked), else the recorded name beside `path`, else one of the .onnx
     files beside it (at most MAX_SIBLINGS, each under MAX_SIBLING_BYTES, MAX_HASHED_BYTES in all). BadInput naming
     --parent otherwise."""
@@ -225,6 +227,10 @@ def find_by_sha256(path: Path, recorded: str, sha: str, given: Path | None, what
     named = folder / Path(recorded).name
     if named.is_file() and named.resolve() != path.resolve() and sha256_file(named) == sha:
         return named
+    if recorded_path:  # where the file was when this one was made: only ever read, and only if its sha256 matches
+        at = Path(recorded_path)
+        if at.is_absolute() and at.is_file() and at.resolve() != path.resolve() and sha256_file(at) == sha:
+            return at
     hashed = 0
     for candidate in _siblings(folder, path, named):
         hashed += candidate.stat().st_size
