@@ -136,3 +136,32 @@ def test_refusals_are_one_line(files, cli, tmp_path):
     missing = cli("debug", lonely)
     assert missing.exit_code == 2 and "--parent" in missing.output
     assert not (tmp_path / "alone.int8.debug").exists()
+
+
+def test_a_file_that_fails_with_every_group_reverted_is_exit_1(files, cli, tmp_path):
+    # the damage is outside int8: a Mul by -1 in front of the output, which no reverted group undoes
+    from onnx import helper
+
+    model = onnx.load(str(files["int8"]))
+    out = model.graph.output[0].name
+    writer = next(n for n in model.graph.node if out in n.output)
+    writer.output[list(writer.output).index(out)] = "before_negation"
+    model.graph.initializer.append(numpy_helper.from_array(np.array(-1.0, np.float32), "minus_one"))
+    model.graph.node.append(helper.make_node("Mul", ["before_negation", "minus_one"], [out], name="negate"))
+    broken = tmp_path / "negated.int8.onnx"
+    onnx.save(model, str(broken))
+    result = cli("debug", broken, "--parent", files["fp32"], "--reduce", "-o", tmp_path / "nothing")
+    assert result.exit_code == 1, result.output
+    assert "even with all" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_inputs_from_a_tensor_file(files, cli, tmp_path):
+    x = np.random.default_rng(1).standard_normal((6, 3, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", input=x)
+    result = cli("debug", files["bad"], "--inputs", tmp_path / "x.npz", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert "6 tensors" in report["gates"] and PLANTED in report["exclude"]
+    both = cli("debug", files["bad"], "--inputs", tmp_path / "x.npz", "--images", files["folder"])
+    assert both.exit_code == 2 and "not both" in both.output

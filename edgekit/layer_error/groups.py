@@ -23,6 +23,11 @@ from edgekit.layer_error.graphs import _Graphs
 QDQ = ("QuantizeLinear", "DequantizeLinear")
 QUANTIZED_SUFFIX = "_quantized"
 DEPTHWISE_SUFFIX = "_as_depthwise"  # quantize/rewrites.py names a BatchNormalization rewritten as a Conv so
+# Ops whose own output ONNX Runtime's QDQ quantizer quantizes (a Relu/Clip folded into the range, and the ops that
+# pass int8 through: their output shares their input's scale). To keep a group's activation float, quantize's
+# --exclude must name that writer too, not only the ops the activation feeds.
+OUTPUT_QUANTIZED = {"Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Transpose",
+                    "Squeeze", "Unsqueeze", "Resize", "Concat", "Split", "Gather", "Slice", "Pad"}
 
 
 @dataclass
@@ -92,6 +97,15 @@ def qdq_groups(int8_model, fp32_model) -> list[Group]:
                 group.notes.append(f"{op.name or op.output[0]} ({op.op_type}) has no node in the fp32 parent")
             elif name not in group.fp32_nodes:
                 group.fp32_nodes.append(name)
+        for act in activations:  # ORT puts this quantizer on the writer's output: excluding the writer drops it
+            writer = graphs.fp32_producer.get(act, (None, None))[1]
+            if writer is None or not writer.name or not (writer.op_type in OUTPUT_QUANTIZED or act in graphs.folded):
+                continue
+            names = [writer.name]
+            if act in graphs.folded and act in graphs.producer and graphs.producer[act].name in fp32_names:
+                # ORT quantizes a quantized op's output in front of an excluded Relu: the op goes too
+                names.insert(0, graphs.producer[act].name)
+            group.fp32_nodes.extend(n for n in names if n not in group.fp32_nodes)
         groups.append(group)
     return groups
 
@@ -180,14 +194,14 @@ def revert(int8_model, fp32_model, groups: list[Group]):
             if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
                 continue
             quantized = dq.input[0]
-            original = quantized[: -len(QUANTIZED_SUFFIX)] if quantized.endswith(QUANTIZED_SUFFIX) else None
-            want = tuple(inits[quantized].dims)
-            if original is None or original not in fp32_inits or tuple(fp32_inits[original].dims) != want:
-                note_of[node.name or node.output[0]].notes.append(
-                    f"{quantized} is not in the fp32 parent (quantize's pre-processing folded or rewrote it): "
-                    "kept as its dequantized value")
+            restored, why = _parent_weight(dq, inits, fp32_model)
+            if restored is None:
+                group = note_of[node.name or node.output[0]]
+                line = f"{quantized} kept as its dequantized value: {why}"
+                if line not in group.notes:
+                    group.notes.append(line)
                 continue
-            restored = numpy_helper.to_array(fp32_inits[original])
+            original = quantized[: -len(QUANTIZED_SUFFIX)] if quantized.endswith(QUANTIZED_SUFFIX) else quantized
             tensor = numpy_helper.from_array(restored, fresh(original))
             graph.initializer.append(tensor)
             node.input[i] = tensor.name
@@ -211,6 +225,90 @@ def revert(int8_model, fp32_model, groups: list[Group]):
         raise BadInput(f"groups {[g.index for g in groups]} do not revert to a valid graph: {one_line(exc, 300)}") \
             from None
     return model
+
+
+def _dequantized(dq, inits):
+    """The float value a weight's DequantizeLinear computes: (q - zero point) * scale along its axis."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    q = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float64)
+    scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64) if dq.input[1] in inits else None
+    zero = numpy_helper.to_array(inits[dq.input[2]]).astype(np.float64) if len(dq.input) > 2 and dq.input[2] in inits \
+        else np.zeros(1)
+    if scale is None:
+        return None, None
+    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+    if scale.ndim == 1 and scale.size > 1:
+        shape = [1] * q.ndim
+        shape[axis] = scale.size
+        scale, zero = scale.reshape(shape), zero.reshape(shape) if zero.size > 1 else zero
+    return (q - zero) * scale, np.broadcast_to(scale, q.shape)
+
+
+def _parent_weight(dq, inits, fp32_model):
+    """(the fp32 parent's value of the weight a DequantizeLinear reads, None) or (None, why not). The parent's
+    tensor of the same name (`W` for `W_quantized`), or the one quantize's rewrites made from it (a merged grouped
+    Conv's zero-filled weight, a BatchNormalization or AveragePool as a depthwise Conv), accepted only where it
+    agrees with the int8 weight to rounding for most elements (a parent tensor of that name holding other values,
+    a Conv weight ORT's pre-processing folded a BatchNormalization into, is refused, not restored)."""
+    import re
+
+    import numpy as np
+    from onnx import numpy_helper
+
+    name = dq.input[0]
+    base = name[: -len(QUANTIZED_SUFFIX)] if name.endswith(QUANTIZED_SUFFIX) else name
+    parent = {t.name: t for t in fp32_model.graph.initializer}
+    want = tuple(inits[name].dims)
+    value = None
+    if base in parent:
+        value = numpy_helper.to_array(parent[base])
+    elif (merged := re.fullmatch(r"(.+)_merged_g(\d+)", base)) and merged.group(1) in parent:
+        weight = numpy_helper.to_array(parent[merged.group(1)])
+        groups_now, group_in = int(merged.group(2)), weight.shape[1]
+        factor = want[1] // group_in if len(want) > 1 and group_in else 0
+        if factor >= 1 and want[0] == weight.shape[0] and (weight.shape[0] % (groups_now * factor) == 0):
+            group_out = weight.shape[0] // (groups_now * factor)
+            value = np.zeros(want, dtype=weight.dtype)
+            for o in range(weight.shape[0]):
+                slot = (o // group_out) % factor
+                value[o, slot * group_in:(slot + 1) * group_in] = weight[o]
+    elif (rewritten := re.fullmatch(r"(.+)" + DEPTHWISE_SUFFIX + r"\.(weight|bias)", base)):
+        value = _depthwise_of(rewritten.group(1), rewritten.group(2), fp32_model, want)
+    if value is None:
+        return None, "the fp32 parent holds no tensor it was made from"
+    if tuple(value.shape) != want:
+        return None, f"the fp32 parent's tensor has shape {tuple(value.shape)}, the int8 one {want}"
+    dequantized, scale = _dequantized(dq, inits)
+    if dequantized is not None:
+        off = np.abs(value.astype(np.float64) - dequantized) > scale * 0.5 + 1e-12 + 1e-6 * np.abs(dequantized)
+        if off.mean() > 0.5:
+            return None, (f"the fp32 parent's values differ from the int8 weights beyond rounding in {off.mean():.0%} "
+                          "of them (folded or changed after the parent was written)")
+    return value.astype(np.float32), None
+
+
+def _depthwise_of(node_name: str, part: str, fp32_model, shape):
+    """The weight or bias of quantize's depthwise Conv standing for the parent's BatchNormalization or
+    AveragePool `node_name` (quantize/rewrites.py), computed the same way from the parent's own tensors."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    node = next((n for n in fp32_model.graph.node if n.name == node_name), None)
+    if node is None:
+        return None
+    inits = {t.name: t for t in fp32_model.graph.initializer}
+    if node.op_type == "BatchNormalization" and all(p in inits for p in node.input[1:5]):
+        scale, bias, mean, var = (numpy_helper.to_array(inits[p]).astype(np.float64) for p in node.input[1:5])
+        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+        weight = scale / np.sqrt(var + eps)
+        if part == "weight":
+            return weight.reshape(len(weight), 1, 1, 1).astype(np.float32)
+        return (bias - weight * mean).astype(np.float32)
+    if node.op_type == "AveragePool" and part == "weight" and len(shape) == 4:
+        return np.full(shape, 1.0 / (shape[2] * shape[3]), dtype=np.float32)
+    return None
 
 
 def _activation_name(tensor: str) -> str:
