@@ -243,3 +243,17 @@ def test_max_drop_range_is_the_options_own(cli, exported, tmp_path):
     assert res.exit_code == 2 and "--max-drop is a top-1 budget on --dataset" in res.stderr  # accepted as a value
     res = cli("quantize", exported("textbook_resnet18").path, "--max-drop", "100.5", "-o", tmp_path / "x.onnx")
     assert res.exit_code == 2 and "0 to 100" in res.stderr
+
+
+def test_task_from_the_output_shape():
+    # a map with spatial dims is dense; (N, K) and a 1x1 conv head's (N, K, 1, 1) are classifiers; metadata wins
+    from onnx import TensorProto, helper
+
+    from edgekit.quantize.prepare import task_of
+
+    def model(shape):
+        return helper.make_model(helper.make_graph([], "g", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)]))
+
+    assert [task_of(model(s), None) for s in (["N", 10], [1, 10, 1, 1], [1, 1, "h", "w"], [1, 2, 32, 32])] == [
+        "classify", "classify", "dense", "dense"]
+    assert task_of(model([1, 2, 32, 32]), {"task": "classify"}) == "classify"

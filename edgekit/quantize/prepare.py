@@ -34,7 +34,8 @@ def task_of(model, metadata: dict | None) -> str:
     if metadata and metadata.get("task"):
         return metadata["task"]
     dims = model.graph.output[0].type.tensor_type.shape.dim
-    return "dense" if len(dims) > 2 else "classify"
+    spatial = [d.dim_value if d.HasField("dim_value") else None for d in dims[2:]]
+    return "dense" if any(d != 1 for d in spatial) else "classify"  # (N, K, 1, 1) is still a classifier's
 
 
 def weights_reason(metadata: dict | None) -> str:
