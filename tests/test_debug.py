@@ -2,7 +2,7 @@
 
 The file: a tiny residual CNN of the user's own (a module written here), exported and quantized at 32 px through
 the CLI; it passes its gates. The planted bad layer: one conv's int8 weights in the quantized file get the largest
-int8 value at every filter's centre tap, so that conv saturates (planted in the int8 file rather than in the fp32
+int8 value on every filter's middle row, so that conv saturates (planted in the int8 file rather than in the fp32
 parent: outliers in the parent's weights also move the fp32 reference and its calibrated ranges with them, and the
 int8 file of such a parent still passed its gates here; in the int8 file the damage is one layer's and nothing
 else's). The metadata is untouched, so the file still names its parent by sha256.
@@ -63,7 +63,7 @@ def files(tmp_path_factory):
     dq = next(n for n in model.graph.node if n.output[0] == node.input[1])
     init = next(t for t in model.graph.initializer if t.name == dq.input[0])
     w = numpy_helper.to_array(init).copy()
-    w[:, :, 1, 1] = np.iinfo(w.dtype).max
+    w[:, :, 1, :] = np.iinfo(w.dtype).max
     init.CopyFrom(numpy_helper.from_array(w, init.name))
     bad = folder / "bad.int8.onnx"
     onnx.save(model, str(bad))
@@ -165,3 +165,22 @@ def test_inputs_from_a_tensor_file(files, cli, tmp_path):
     assert "6 tensors" in report["gates"] and PLANTED in report["exclude"]
     both = cli("debug", files["bad"], "--inputs", tmp_path / "x.npz", "--images", files["folder"])
     assert both.exit_code == 2 and "not both" in both.output
+
+
+def test_output_folder_needs_reduce(files, cli, tmp_path):
+    alone = cli("debug", files["bad"], "-o", tmp_path / "out")
+    assert alone.exit_code == 2 and "--reduce" in alone.output
+    (tmp_path / "file").write_text("x")
+    onto_file = cli("debug", files["bad"], "--reduce", "-o", tmp_path / "file")
+    assert onto_file.exit_code == 2 and "is a file" in onto_file.output and "Traceback" not in onto_file.output
+
+
+@pytest.mark.slow
+def test_debug_on_an_emulated_device(files, cli, tmp_path, avx2):
+    # the gates on the AVX2 lane's own int8 kernels (emulated: minutes, so few inputs)
+    x = np.random.default_rng(2).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", input=x)
+    result = cli("debug", files["bad"], "--inputs", tmp_path / "x.npz", "--device", "x86-avx2", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert "x86-avx2 kernels" in report["gates"] and PLANTED in report["exclude"]

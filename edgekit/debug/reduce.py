@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,7 @@ def reduce_group(int8, evaluate, culprits, output: Path | None, tolerance, notes
 
     from edgekit.judge.compare import compare_outputs
     from edgekit.layer_error.groups import qdq_groups
-    from edgekit.onnxfile.outputs import commit_folder, stage_folder
+    from edgekit.onnxfile.outputs import commit_folder, stage_folder, write_error
 
     gate = dataclasses.replace(tolerance, atol=None, rtol=None, same_top1=False, min_top1_agreement=None)
     x = evaluate.x[:MAX_SAMPLES]
@@ -96,12 +97,18 @@ def reduce_group(int8, evaluate, culprits, output: Path | None, tolerance, notes
             continue
         folder = Path(output) if output is not None else int8.path.with_name(int8.path.stem + ".debug")
         staged = stage_folder(folder)
-        onnx.save(quantized, str(staged / "subgraph.onnx"))
-        onnx.save(floating, str(staged / "subgraph.fp32.onnx"))
-        buffer = io.BytesIO()
-        np.savez(buffer, **feeds)
-        (staged / "inputs.npz").write_bytes(buffer.getvalue())
-        commit_folder(staged, folder)
+        try:
+            onnx.save(quantized, str(staged / "subgraph.onnx"))
+            onnx.save(floating, str(staged / "subgraph.fp32.onnx"))
+            buffer = io.BytesIO()
+            np.savez(buffer, **feeds)
+            (staged / "inputs.npz").write_bytes(buffer.getvalue())
+            commit_folder(staged, folder)
+        except BaseException as exc:
+            shutil.rmtree(staged, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise write_error(folder, exc) from None
+            raise
         return {"folder": str(folder), "group": group.index, "nodes": len(quantized.graph.node),
                 "ops": group.nodes, "inputs": inputs, "outputs": outputs,
                 "sqnr_db": min(m.sqnr_db for m in metrics), "gate_db": gate.min_sqnr_db,

@@ -217,6 +217,10 @@ def debug(path: Path, *, parent: Path | None = None, images: Path | None = None,
     from edgekit.onnxfile import OnnxFile
 
     stage = stage or (lambda name: None)
+    if output is not None and not reduce:
+        raise BadInput("-o is the folder --reduce writes to", hint="add --reduce, or drop -o")
+    if output is not None and Path(output).exists() and not Path(output).is_dir():
+        raise BadInput(f"-o {shown_path(output)} is a file, not a folder", hint="choose a folder for --reduce")
     stage("load")
     int8 = OnnxFile.open(Path(path))
     where = shown_path(int8.path)
@@ -244,8 +248,9 @@ def debug(path: Path, *, parent: Path | None = None, images: Path | None = None,
         stage("the file as it is")
         as_is = evaluate([])
         steps.append(Step("the file as it is", 1, "pass" if as_is.passed else "fail"))
-        result = DebugResult(int8.path, parent_path, f"{gates}; on {described}", len(groups), as_is.passed, [], [],
-                             steps, as_is.to_dict(), as_is.to_dict(), notes=notes)
+        kernels = f"; int8 on the {device} kernels" if device not in (None, "host") else ""
+        result = DebugResult(int8.path, parent_path, f"{gates}; on {described}{kernels}", len(groups), as_is.passed,
+                             [], [], steps, as_is.to_dict(), as_is.to_dict(), notes=notes)
         if as_is.passed:
             return result
         stage("search")
