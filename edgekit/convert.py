@@ -52,6 +52,8 @@ class ConvertOptions:
     images: Path | None = knob(None)
     min_top1_agreement: float | None = knob(None)
     min_sqnr: float | None = knob(None)
+    model: str | None = knob(None, "your own model the file was exported from (file.py:factory, package.module:factory), "
+                                   "named again: code a file names is never imported by itself")
 
 
 @dataclass
@@ -247,7 +249,7 @@ def convert(
     try:
         result = _convert_staged(
             model_path, model, meta, spec, preprocessing, keep_io_types, images, tolerance, tolerance_source,
-            float16, tool_version, staged, stage,
+            float16, tool_version, staged, stage, o.model,
         )
         staged.commit()
     except BaseException:
@@ -259,11 +261,11 @@ def convert(
 
 def _convert_staged(
     model_path: Path, model, meta, spec, preprocessing: Preprocessing, keep_io_types: bool, images: Path | None,
-    tolerance: Tolerance, tolerance_source: str, float16, tool_version: str, staged, stage,
+    tolerance: Tolerance, tolerance_source: str, float16, tool_version: str, staged, stage, model_name: str | None = None,
 ) -> ConvertResult:
     import onnx
 
-    from edgekit.runtimes.runners import batch_sizes, run_onnx, run_session, run_torch
+    from edgekit.runtimes.runners import batch_sizes, run_onnx, run_session
     from edgekit.runtimes.ort import create_session
 
     notes: list[str] = []
@@ -295,13 +297,14 @@ def _convert_staged(
     inputs_description = f"{len(photos)} images from {folder}"
     if photos.corrupt:
         notes.append(f"skipped {len(photos.corrupt)} unreadable image(s) in {folder}")
-    torch_model = None
+    ref = None
     if meta:
-        from edgekit.models.reference import rebuild_reference
+        from edgekit.reference.runner import open_reference
 
-        stage("building the PyTorch reference")
-        torch_model, plan = rebuild_reference(model_path, model, meta)
-        reference = f"PyTorch fp32 ({plan.spec.name}, rebuilt from the metadata)"
+        # the reference verify uses: PyTorch rebuilt from the metadata (a user's module only when named again with
+        # --model), or, for an imported file, the original it was normalised from, in ONNX Runtime
+        ref = open_reference(model_path, model, meta, model=model_name)
+        reference = ref.describe()
     else:
         reference = "the fp32 parent file in ONNX Runtime (it carries no edgekit metadata, so no PyTorch reference)"
         notes.append(f"{model_path.name} has no edgekit metadata: compared with its fp32 self in ONNX Runtime, not PyTorch")
@@ -374,7 +377,9 @@ def _convert_staged(
     batches = batch_sizes(session)
     stage("comparing")
     parent_out = run_onnx(model_path, photos.tensors, batches[0])
-    expected = run_torch(torch_model, photos.tensors) if torch_model is not None else parent_out
+    if ref is not None:
+        stage(f"the reference ({ref.short})")
+    expected = ref.run(photos.tensors) if ref is not None else parent_out
     if not np.isfinite(expected).all():
         raise CheckFailed("the fp32 reference itself produced NaN/Inf on the photos; nothing to compare against")
     comparison = vs_parent = None

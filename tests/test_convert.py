@@ -31,7 +31,7 @@ def test_fp16_passes_its_gates_and_keeps_the_structure(name, grouped, concats, e
     assert model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
     c = result.comparison
     assert result.passed and c.sqnr_db >= 30 and c.top1_agreement >= 0.9 and not (c.nan or c.inf)
-    assert result.reference.startswith("PyTorch fp32")
+    assert result.reference.startswith("PyTorch textbook_") and "fp32" in result.reference
     assert 1.8 < result.size_ratio < 2.1
     assert result.activations is not None and result.activations.fits and 0 < result.activations.max_abs < FP16_MAX_FINITE
 
@@ -140,3 +140,26 @@ def test_activation_that_overflows_fp16_is_refused(tmp_path):
     with pytest.raises(GateFailed, match="past fp16's largest finite value"):
         convert(_foreign(tmp_path / "big.onnx", 3e4), output=tmp_path / "out" / "big16.onnx")
     assert files_in(tmp_path / "out") == []
+
+
+def test_convert_takes_imported_files_and_users_own_modules(cli, tmp_path, monkeypatch):
+    """The reference convert compares with is verify's: the original of an imported file (in ONNX Runtime), and a
+    user's own module only when it is named again with --model (never imported by itself)."""
+    from tests import foreign_models as fm
+
+    imported = tmp_path / "imp" / "mnv3.onnx"
+    assert cli("import", fm.torchvision_torchscript(tmp_path, "mobilenet_v3_small", 64), "-o", imported).exit_code == 0
+    res = cli("convert", imported, "--fp16", "--json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["reference"].startswith("ONNX Runtime on the original file")
+
+    monkeypatch.chdir(tmp_path)
+    fm.user_module_source(tmp_path)
+    mine = tmp_path / "my" / "my.onnx"
+    assert cli("export", "mynet.py:build", "--input-size", "32", "-o", mine).exit_code == 0
+    res = cli("convert", mine, "--fp16")
+    assert res.exit_code == 2 and "--model mynet.py:build" in res.stderr
+    assert not (tmp_path / "my" / "my.fp16.onnx").exists()
+    res = cli("convert", mine, "--fp16", "--model", "mynet.py:build", "--json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["reference"].startswith("PyTorch mynet.py:build")

@@ -26,24 +26,25 @@ C = ConvertOptions  # the stage's options' defaults, help and ranges: convert.py
 @app.command("convert")
 @handle_errors
 def convert_command(
-    model: Annotated[Path, typer.Argument(help="fp32 .onnx file (from edgekit export, or foreign)")],
+    model_file: Annotated[Path, typer.Argument(metavar="MODEL", help="fp32 .onnx file (from edgekit export or import, or foreign)")],
     fp16: Annotated[bool, option(C, "precision", "--fp16")] = False,  # the only precision: C.precision
     keep_io_types: Annotated[bool, option(C, "keep_io_types", "--keep-io-types/--fp16-io")] = C.keep_io_types,
     images: options.Images = C.images,
     min_top1_agreement: options.MinTop1 = C.min_top1_agreement,
     min_sqnr: options.MinSqnr = C.min_sqnr,
+    model: Annotated[str | None, option(C, "model", "--model")] = C.model,
     output: options.Output = C.output,
     json_output: options.Json = False,
 ) -> None:
-    """Convert an fp32 file to fp16, checked against the PyTorch fp32 model with the fp16 gates."""
+    """Convert an fp32 file to fp16, checked with the fp16 gates against its reference (PyTorch, or the original of an imported file)."""
     from edgekit.convert import convert
 
     if not fp16:
         raise BadInput("say what to convert to: --fp16 (the only conversion; int8 is `edgekit quantize`)")
     with progress("convert") as shown:
         knobs = ConvertOptions(precision="fp16", output=output, keep_io_types=keep_io_types, images=images,
-                               min_top1_agreement=min_top1_agreement, min_sqnr=min_sqnr)
-        result = convert(model, knobs, on_stage=shown.stage)
+                               min_top1_agreement=min_top1_agreement, min_sqnr=min_sqnr, model=model)
+        result = convert(model_file, knobs, on_stage=shown.stage)
     if json_output:
         print_json(result)
     else:
