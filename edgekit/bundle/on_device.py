@@ -125,22 +125,30 @@ def check_on_device(folder: Path, device: str, apply_session_options: bool = Tru
     folder = Path(folder)
     if not folder.is_dir():
         raise BadInput(f"bundle {folder} is not a folder", hint="give the folder `edgekit package` wrote")
-    private = Path(tempfile.mkdtemp(prefix="edgekit-device-check-"))  # 0700: no other user sees or swaps the copies
+    try:
+        private = Path(tempfile.mkdtemp(prefix="edgekit-device-check-"))  # 0700: no other user sees or swaps the copies
+    except OSError as exc:
+        raise EnvironmentUnavailable(f"no private temp folder for the device check: {exc.strerror or exc}",
+                                     hint="set TMPDIR to a writable folder") from None
     try:
         copy = private / "bundle"
         copy.mkdir(mode=0o700)
         if not (folder / bundle_check.MANIFEST).exists() and not (folder / bundle_check.MANIFEST).is_symlink():
             raise bundle_check.BrokenBundle(f"{folder / bundle_check.MANIFEST} does not exist: is {folder} an edgekit bundle?")
-        copy_checked(folder / bundle_check.MANIFEST, copy / bundle_check.MANIFEST, "manifest.json",
-                     bundle_check.MAX_MANIFEST_BYTES)
-        manifest = bundle_check.read_manifest(copy, expect_manifest)  # --expect-manifest: Tampered before anything
-        checksums = []
-        for name, entry in sorted(manifest["files"].items()):
-            actual = copy_checked(folder / name, copy / name, name)
-            expected = entry["sha256"]
-            ok = actual == expected
-            checksums.append({"file": name, "ok": ok, "expected": expected, "actual": actual, "reason": None if ok
-                              else f"sha256 mismatch: {name} is {actual[:16]}..., the manifest says {expected[:16]}..."})
+        try:
+            copy_checked(folder / bundle_check.MANIFEST, copy / bundle_check.MANIFEST, "manifest.json",
+                         bundle_check.MAX_MANIFEST_BYTES)
+            manifest = bundle_check.read_manifest(copy, expect_manifest)  # --expect-manifest: Tampered before anything
+            checksums = []
+            for name, entry in sorted(manifest["files"].items()):
+                actual = copy_checked(folder / name, copy / name, name)
+                expected = entry["sha256"]
+                ok = actual == expected
+                checksums.append({"file": name, "ok": ok, "expected": expected, "actual": actual, "reason": None if ok
+                                  else f"sha256 mismatch: {name} is {actual[:16]}..., the manifest says {expected[:16]}..."})
+        except OSError as exc:  # the temp folder full, or a read error: not the bundle's verdict
+            raise EnvironmentUnavailable(f"cannot copy bundle {folder} for the device check: {exc.strerror or exc}",
+                                         hint="free space in the temp folder (TMPDIR)") from None
         status = ready_device(device)
         cpu = device_cpu(device, status.mode)
         unlisted = sorted(p.name for p in folder.iterdir() if p.name != bundle_check.MANIFEST

@@ -47,9 +47,14 @@ class EmulatedSession:
         self._stderr = tempfile.TemporaryFile()
         # edgekit's own worker, copied from the installed package into a private (0700) folder: what runs in the
         # device is exactly the code edgekit ships, never a file beside the model
-        self._private = tempfile.mkdtemp(prefix="edgekit-worker-")
-        worker = Path(self._private) / WORKER.name
-        shutil.copyfile(WORKER, worker)
+        try:
+            self._private = tempfile.mkdtemp(prefix="edgekit-worker-")
+            worker = Path(self._private) / WORKER.name
+            shutil.copyfile(WORKER, worker)
+        except OSError as exc:
+            self._remove_private()
+            raise EnvironmentUnavailable(f"device {self.device}: cannot stage edgekit's worker in a private temp "
+                                         f"folder: {exc.strerror or exc}", hint="set TMPDIR to a writable folder") from None
         argv = status.argv(worker, Path(model).resolve(), json.dumps(session_config or {}), optimization)
         try:
             self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
