@@ -86,6 +86,7 @@ def run_sweep(spec: SweepSpec, out: Path, *, address: str | None = None, workers
         raise BadInput(f"-o {out} is a file; a sweep writes a folder", hint="give a folder path")
     engine.require_ray()  # asked for and absent: exit 3 before any work
     guard.check_temp_folder()
+    engine.check_address(address)  # nothing listens there: exit 3 now, not after the exports
     for path in (spec.dataset, spec.calibration, *spec.weights.values()):
         register_input(Path(path))
     refuse_folder_holding_inputs(out, "sweep folder")

@@ -55,8 +55,6 @@ def start(address: str | None, workers: int | None) -> Cluster:
     quiet = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False}
     from edgekit.runtimes.ort import captured_stderr
 
-    if address not in (None, "auto"):
-        _check_reachable(address)
     log: list[str] = []
     handlers = _python_handlers()
     try:
@@ -91,9 +89,14 @@ def start(address: str | None, workers: int | None) -> Cluster:
 CONNECT_TIMEOUT_S = 10.0  # an --address where nothing answers is given up after this (exit 3), long before Ray would
 
 
-def _check_reachable(address: str) -> None:
-    """HOST:PORT (or ray://HOST:PORT) accepts a TCP connection, or exit 3 within CONNECT_TIMEOUT_S."""
+def check_address(address: str | None) -> None:
+    """An --address HOST:PORT (or ray://HOST:PORT) accepts a TCP connection, or exit 3 within CONNECT_TIMEOUT_S:
+    checked before any work (exports take minutes), long before Ray itself would give up. None and auto: nothing
+    to check here."""
     import socket
+
+    if address in (None, "auto"):
+        return
 
     text = address.split("://", 1)[-1]
     host, _, port = text.rpartition(":")
