@@ -117,9 +117,15 @@ def _fp32_name(op, graphs: _Graphs, fp32_names: set[str]) -> str | None:
         return op.name
     if op.name.endswith(DEPTHWISE_SUFFIX) and op.name[: -len(DEPTHWISE_SUFFIX)] in fp32_names:
         return op.name[: -len(DEPTHWISE_SUFFIX)]  # quantize maps --exclude NAME to NAME_as_depthwise
-    for out in op.output:
-        if out in graphs.fp32_producer and graphs.fp32_producer[out][1].name:
-            return graphs.fp32_producer[out][1].name
+    frontier = [op]
+    for _hop in range(6):  # an op of a function ORT's pre-processing inlined (HardSwish as HardSigmoid and Mul):
+        after = []         # the parent node writing the first tensor downstream that the parent also has
+        for node in frontier:
+            for out in node.output:
+                if out in graphs.fp32_producer and graphs.fp32_producer[out][1].name:
+                    return graphs.fp32_producer[out][1].name
+                after.extend(graphs.consumers.get(out, []))
+        frontier = after
     return None
 
 
