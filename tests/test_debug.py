@@ -184,3 +184,13 @@ def test_debug_on_an_emulated_device(files, cli, tmp_path, avx2):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert "x86-avx2 kernels" in report["gates"] and PLANTED in report["exclude"]
+
+
+def test_verify_localize_is_debug(files, cli):
+    result = cli("verify", files["bad"], "--localize", "--json")
+    assert result.exit_code == 0, result.output
+    assert PLANTED in json.loads(result.stdout)["exclude"]
+    dropped = cli("verify", files["bad"], "--localize", "--atol", "0.1")
+    assert dropped.exit_code == 2 and "--localize does not take --atol" in dropped.output
+    fp32 = cli("verify", files["fp32"], "--localize")
+    assert fp32.exit_code == 2 and "not int8" in fp32.output

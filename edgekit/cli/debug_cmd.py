@@ -68,3 +68,25 @@ def render_debug(result) -> None:
                       "inputs.npz")
     for note in result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
+
+
+LOCALIZE_TAKES = {"images", "inputs", "parent", "device"}  # the verify knobs `verify --localize` passes on
+
+
+def localize_for_verify(model_file: Path, knobs, others: dict, json_output: bool) -> None:
+    """`edgekit verify FILE --localize`: `edgekit debug FILE` with verify's --images/--inputs/--parent/--device;
+    any other verify option would be dropped silently, so it is refused."""
+    import dataclasses
+
+    from edgekit.core.errors import BadInput
+
+    defaults = type(knobs)()
+    given = [f.name for f in dataclasses.fields(knobs)
+             if f.name not in LOCALIZE_TAKES and getattr(knobs, f.name) != getattr(defaults, f.name)]
+    given += [name for name, value in others.items() if value is not None]
+    if given:
+        shown = ", ".join(n if n.startswith("--") else "--" + n.replace("_", "-") for n in given)
+        raise BadInput(f"--localize does not take {shown}",
+                       hint="it runs edgekit debug: --images or --inputs, --parent, --device, --json")
+    debug_command(model_file, parent=knobs.parent, images=knobs.images, inputs=knobs.inputs, device=knobs.device,
+                  reduce=False, output=None, json_output=json_output)

@@ -53,6 +53,8 @@ def verify_command(
     expect_manifest: Annotated[
         str | None, typer.Option("--expect-manifest", help="a bundle: fail unless its manifest.json has this sha256")
     ] = None,
+    localize: Annotated[bool, typer.Option(
+        "--localize", help="an int8 file that fails: the layers to keep in fp32 (edgekit debug FILE)")] = False,
     json_output: options.Json = False,
 ) -> None:
     """Run MODEL_FILE on each ONNX Runtime execution provider and compare it with the PyTorch model it came from.
@@ -68,6 +70,12 @@ def verify_command(
         dataset_samples=samples, target=target.value if target is not None and target.value != "auto" else None,
         layers=layers, parent=parent, runtimes=runtimes, device=device,
     )
+    if localize:
+        from edgekit.cli.debug_cmd import localize_for_verify
+
+        others = {"--plot": plot, "--report": report, "--expect-manifest": expect_manifest, "--verbose": verbose or None,
+                  "--device-timeout": device_timeout}
+        return localize_for_verify(model_file, knobs, others, json_output)
     if model_file.is_dir() and (model_file / "manifest.json").exists():
         from edgekit.core.errors import BadInput
 
