@@ -94,8 +94,9 @@ def test_debug_names_the_planted_layer_and_its_exclude_list_works(files, cli, tm
     groups = report["groups"]
     assert not report["passed_as_is"]
     assert PLANTED in report["exclude"]
-    # the search's runs after the file as it is: every group reverted, the bisection, the culprit alone
-    assert report["runs"] - 1 <= math.log2(groups) + 3, report["steps"]
+    # every ORT run counted: the file as it is, every group reverted, the bisection, the culprit alone
+    assert report["runs"] <= math.log2(groups) + 3, report["steps"]
+    assert [s["step"] for s in report["steps"]][:2] == ["the file as it is", "every group reverted"]
     assert report["after"]["passed"]
     # the list, pasted into quantize, makes a file that passes (debug says nothing to exclude)
     args = [a for name in report["exclude"] for a in ("--exclude", name)]
