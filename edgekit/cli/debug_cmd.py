@@ -63,7 +63,8 @@ def render_debug(result) -> None:
     console.print(escape(result.quantize_command()), soft_wrap=True, highlight=False)
     if result.reduced:
         r = result.reduced
-        console.print(f"wrote {escape(r['folder'])}/subgraph.onnx ({r['nodes']} nodes, group {r['group']}: SQNR "
+        which = f"group {r['groups'][0]}" if len(r["groups"]) == 1 else f"groups {', '.join(map(str, r['groups']))}"
+        console.print(f"wrote {escape(r['folder'])}/subgraph.onnx ({r['nodes']} nodes, {which}: SQNR "
                       f"{r['sqnr_db']:.1f} dB against its fp32 twin, gate {r['gate_db']:g} dB), subgraph.fp32.onnx, "
                       "inputs.npz")
     for note in result.notes:

@@ -5,8 +5,8 @@ quantizers read, and any other tensor its ops read from outside) and its ops' ou
 same cut is made in the graph with that group reverted to fp32. Both run on the group's real inputs, captured from
 the file with every group reverted (float all the way, the int8 graph's tensor names). The first group whose int8
 subgraph fails the SQNR gate against its fp32 twin is written under -o: subgraph.onnx (int8), subgraph.fp32.onnx,
-inputs.npz (one array per input name). None is written when no single group fails on its own (the error compounds
-over several groups; said in a note)."""
+inputs.npz (one array per input name). When no group fails alone, all the culprit groups together are tried; when
+that passes too, nothing is written (the error builds up through the layers between them; said in a note)."""
 
 from __future__ import annotations
 
@@ -74,22 +74,29 @@ def _captured(evaluate, groups, names: list[str], x: np.ndarray) -> dict[str, np
 
 
 def reduce_group(int8, evaluate, culprits, output: Path | None, tolerance, notes: list[str]) -> dict | None:
-    """Write the first culprit group's subgraph that fails on its own; its description, or None (a note says why)."""
+    """Write the first culprit group's subgraph that fails on its own (else all of theirs together); its
+    description, or None (a note says why)."""
     import onnx
 
     from edgekit.judge.compare import compare_outputs
-    from edgekit.layer_error.groups import qdq_groups
+    from edgekit.layer_error.groups import Group, qdq_groups
     from edgekit.onnxfile.outputs import commit_folder, stage_folder, write_error
 
     gate = dataclasses.replace(tolerance, atol=None, rtol=None, same_top1=False, min_top1_agreement=None)
     x = evaluate.x[:MAX_SAMPLES]
     every = qdq_groups(int8.proto, evaluate.parent.proto)
     config = evaluate.recipe(True).get("session_options", {}).get("any CPU")
-    for group in culprits:
+    candidates = [[g] for g in culprits]
+    if len(culprits) > 1:  # no single group may fail on its own: then all of them together
+        candidates.append(list(culprits))
+    for chosen in candidates:
+        group = chosen[0] if len(chosen) == 1 else Group(
+            -1, list(dict.fromkeys(a for g in chosen for a in g.activations)),
+            list(dict.fromkeys(n for g in chosen for n in g.nodes)), [])
         inputs, outputs = _boundary(int8.proto, group)
         feeds = _captured(evaluate, every, inputs, x)
         quantized = _extract(int8.proto, inputs, outputs)
-        floating = _extract(evaluate.model_with([group]), inputs, outputs)
+        floating = _extract(evaluate.model_with(chosen), inputs, outputs)
         got = _run(quantized, feeds, config)
         want = _run(floating, feeds, config)
         metrics = [compare_outputs(w, g, name, gate) for name, w, g in zip(outputs, want, got)]
@@ -109,10 +116,11 @@ def reduce_group(int8, evaluate, culprits, output: Path | None, tolerance, notes
             if isinstance(exc, OSError):
                 raise write_error(folder, exc) from None
             raise
-        return {"folder": str(folder), "group": group.index, "nodes": len(quantized.graph.node),
+        return {"folder": str(folder), "groups": [g.index for g in chosen], "nodes": len(quantized.graph.node),
                 "ops": group.nodes, "inputs": inputs, "outputs": outputs,
                 "sqnr_db": min(m.sqnr_db for m in metrics), "gate_db": gate.min_sqnr_db,
                 "failures": [f for m in metrics for f in m.failures]}
-    notes.append("--reduce: no culprit group fails its gate on its own (the error builds up over several); "
+    notes.append("--reduce: neither a culprit group alone nor all of them together fail the gate as a subgraph (the "
+                 "error builds up through the layers between them); "
                  f"nothing written (gate {gate.min_sqnr_db} dB SQNR)")
     return None
