@@ -63,13 +63,20 @@ def _run(model, feeds: dict[str, np.ndarray], session_config: dict | None) -> li
     return [np.concatenate([r[j] for r in rows]) for j in range(len(rows[0]))]
 
 
+def _float_config(evaluate) -> dict:
+    """The session options for a graph with float ops between quantized ones (this CPU's; --reduce runs here)."""
+    from edgekit.judge.targets import ANY_CPU
+
+    return (evaluate.recipe(True).get("session_options") or {}).get(ANY_CPU) or {}
+
+
 def _captured(evaluate, groups, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
     """The tensors `names` on `x`, from the file with every group reverted."""
     from onnx import TensorProto, helper
 
     model = evaluate.model_with(groups)
     model.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
-    outs = _run(model, {model.graph.input[0].name: x}, evaluate.recipe(True).get("session_options", {}).get("any CPU"))
+    outs = _run(model, {model.graph.input[0].name: x}, _float_config(evaluate))
     return dict(zip(names, outs[-len(names):]))
 
 
@@ -85,7 +92,7 @@ def reduce_group(int8, evaluate, culprits, output: Path | None, tolerance, notes
     gate = dataclasses.replace(tolerance, atol=None, rtol=None, same_top1=False, min_top1_agreement=None)
     x = evaluate.x[:MAX_SAMPLES]
     every = qdq_groups(int8.proto, evaluate.parent.proto)
-    config = evaluate.recipe(True).get("session_options", {}).get("any CPU")
+    config = _float_config(evaluate)
     candidates = [[g] for g in culprits]
     if len(culprits) > 1:  # no single group may fail on its own: then all of them together
         candidates.append(list(culprits))
