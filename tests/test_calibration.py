@@ -466,7 +466,7 @@ def test_verify_inputs_are_bounded(tmp_path):
 
     def session(shape):
         inputs = [SimpleNamespace(shape=shape, name="x")]
-        return SimpleNamespace(session=SimpleNamespace(get_inputs=lambda: inputs), input_name="x")
+        return SimpleNamespace(input_shape=list(inputs[0].shape), input_name="x")
 
     assert expected_chw(session([1, 3, 32, 32]), PRE) == (3, 32, 32)
     assert expected_chw(session(["batch", 3, "h", None]), PRE) == (3, 32, 32)  # dynamic dims: the preprocessing's

@@ -93,12 +93,19 @@ def test_an_arm64_file_is_judged_on_the_boards_own_kernels(cli, exported, arm64,
     # the report name the device, and its CPU facts are the board's (no x86 session option applies there).
     from edgekit.quantize import quantize
 
-    int8 = quantize(exported("textbook_resnet18", 32).path, target="arm64", output=tmp_path / "a.int8.onnx").path
+    fp32 = exported("textbook_resnet18", 32).path
+    int8 = quantize(fp32, target="arm64", output=tmp_path / "a.int8.onnx").path
     res = cli("verify", int8, "--device", "arm64-a76", "--random-inputs", "0", "--report", tmp_path / "a.json")
     assert res.exit_code == 0, res.stderr
     report = json.loads((tmp_path / "a.json").read_text())
     assert {c["device"] for c in report["comparisons"]} == {"arm64-a76"}
     assert report["int8_saturation"] is None and all(c["kernels"] == "default" for c in report["comparisons"])
+    # per-layer error with the deployed int8 run on the board's kernels (the float runs stay on this machine)
+    res = cli("verify", int8, "--device", "arm64-a76", "--layers", "--parent", fp32, "--random-inputs", "0",
+              "--report", tmp_path / "l.json")
+    assert res.exit_code == 0, res.stderr
+    layers = json.loads((tmp_path / "l.json").read_text())["layers"]
+    assert layers["activations"] and any("arm64-a76" in n for n in layers["notes"])
 
 
 def test_arm64_setup_says_when_qemu_is_too_old_for_the_onnxruntime_asked(monkeypatch):

@@ -34,7 +34,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgekit.core.errors import BadInput, CheckFailed, one_line
+from edgekit.core.errors import BadInput, CheckFailed, EdgekitError, one_line
 from edgekit.layer_error.report import (
     ActivationError,
     LayerReport,
@@ -163,6 +163,7 @@ def layer_errors(
     inputs: np.ndarray,
     *,
     session_config: dict[str, str] | None = None,
+    device: str | None = None,
     workdir: Path | None = None,
     on_stage: Callable[[str], None] | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
@@ -173,7 +174,8 @@ def layer_errors(
     run, the last chunk padded with copies of its last sample and the padded rows dropped from
     every saved tensor before comparing; a dynamic one runs DYNAMIC_BATCH samples at a time.
     `session_config` (ORT session config entries, e.g. {"session.x64quantprecision": "1"}) goes to
-    the int8 runs. Every tensor of every run is kept in memory by collect_activations, so the inputs
+    the int8 runs; `device` (runtimes.devices) runs the deployed int8 file on that CPU's kernels, emulated where it
+    is not this machine. Every tensor of every run is kept in memory by collect_activations, so the inputs
     are processed in rounds holding at most about `max_bytes` of saved tensors. Every file (copies
     of the models, augmented models, ORT's shape-inference files) is written into a temporary
     folder (inside `workdir` when given) that is deleted before returning.
@@ -201,7 +203,7 @@ def layer_errors(
         stage("activations")
         energies, runs = _collect(
             fp32_aug, sim_aug, dep_aug, input_name, list(padded_batches(inputs, batch)), batch, graphs, session_config,
-            max_bytes, stage,
+            max_bytes, stage, device,
         )
         stage("weights")
         with _quiet_logging():
@@ -221,6 +223,9 @@ def layer_errors(
     if simulated_only:
         notes.append(f"{len(simulated_only)} activation(s) had no DequantizeLinear output in the deployed run; their "
                      f"sqnr_db is the QDQ simulation's: {', '.join(simulated_only[:5])}")
+    if device not in (None, "host"):
+        notes.append(f"the deployed int8 run ran on {device}'s ONNX Runtime kernels (emulated where it is not this "
+                     "machine); the float and simulated runs on this machine")
     if session_config:
         notes.append("session config applied to the int8 runs: "
                      + ", ".join(f"{k}={v}" for k, v in sorted(session_config.items())))
@@ -258,37 +263,29 @@ def _augment(fp32_model, int8_model, tmp: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
-def _session_options(optimized: bool, session_config: dict[str, str]):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    )
-    for key, value in session_config.items():
-        options.add_session_config_entry(key, value)
-    return options
-
-
 def _nbytes(tensors: dict[str, list[np.ndarray]]) -> int:
     return sum(a.nbytes for arrays in tensors.values() for a in arrays)
 
 
-def _collect(fp32_aug, sim_aug, dep_aug, input_name, chunks, batch, graphs: _Graphs, session_config, max_bytes, stage):
+def _collect(fp32_aug, sim_aug, dep_aug, input_name, chunks, batch, graphs: _Graphs, session_config, max_bytes, stage,
+             device: str | None = None):
     """Run the three augmented models over the chunks in rounds; accumulate energies per activation.
 
     Returns ({activation: {"qdq": (s, n), "simulated": (s, n), "deployed": (s, n)}}, runs per model).
     """
     from onnxruntime.quantization.qdq_loss_debug import (
-        collect_activations,
+        _TENSOR_SAVE_POSTFIX,
         compute_activation_error,
         create_activation_matching,
     )
 
-    fp32_options = _session_options(False, {})
-    sim_options = _session_options(False, session_config)
-    dep_options = _session_options(True, session_config)
+    from edgekit.runtimes.runners import every_output
+
+    # (optimisations, session config, device) of each run: the float graph and the QDQ simulation as written, on this
+    # machine; the deployed int8 run with ORT's optimisations on, on the device's own kernels where one is named
+    fp32_options = ("none", {}, None)
+    sim_options = ("none", session_config, None)
+    dep_options = ("all", session_config, device)
     totals: dict[str, dict[str, list[float]]] = {}
 
     def add(name: str, kind: str, pair: tuple[float, float]) -> None:
@@ -297,10 +294,15 @@ def _collect(fp32_aug, sim_aug, dep_aug, input_name, chunks, batch, graphs: _Gra
         slot[1] += pair[1]
 
     def run(path, options, reader) -> dict[str, list[np.ndarray]]:
+        optimization, config, on_device = options
         try:
-            return collect_activations(str(path), reader, session_options=options)
+            outputs = every_output(path, reader, optimization=optimization, session_config=config, device=on_device)
+        except EdgekitError:
+            raise
         except Exception as exc:
             raise CheckFailed(f"ONNX Runtime failed on {Path(path).name}: {one_line(exc, 200)}") from exc
+        return {name[: -len(_TENSOR_SAVE_POSTFIX)]: values for name, values in outputs.items()
+                if name.endswith(_TENSOR_SAVE_POSTFIX)}
 
     done = 0
     per_round = 1  # the first round measures how many bytes one run saves

@@ -75,6 +75,25 @@ def run_onnx(
     return run_session(session, inputs, batch)[0]
 
 
+def every_output(
+    path: Path, feeds: list[dict[str, np.ndarray]], *, optimization: str = "none",
+    session_config: dict[str, str] | None = None, device: str | None = None,
+) -> dict[str, list[np.ndarray]]:
+    """{output name: [its value on each feed]} of the ONNX file at `path` on the CPU provider (of `device`, emulated
+    where it is not this machine): what onnxruntime.quantization.qdq_loss_debug's collect_activations computes, through
+    edgekit's own session (checked provider, the device's kernels)."""
+    from edgekit.runtimes.ort import create_session
+
+    session = create_session(Path(path), "cpu", optimization=optimization, session_config=session_config or None,
+                             device=device)
+    names = session.output_names
+    collected: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for feed in feeds:
+        for name, value in zip(names, session.run(feed)):
+            collected[name].append(value)
+    return collected
+
+
 def latency_ms(
     paths: dict[str, Path], x: np.ndarray, configs: dict[str, dict[str, str]] | None = None, rounds: int = 15,
     threads: int | None = None,

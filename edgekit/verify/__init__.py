@@ -259,8 +259,6 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
         from edgekit.runtimes.devices import ready_device
 
         ready_device(device)  # unknown: exit 2; not set up here: exit 3, before any work
-        if o.layers:
-            raise BadInput(f"--layers measures on this machine's kernels; it does not combine with --device {device}")
         if set(runtime_names) - {"ort"}:
             raise BadInput(f"--device {device} runs ONNX Runtime only; drop --runtimes")
     on_stage("loading the file")
@@ -420,7 +418,7 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
             on_stage("per-layer error")
             photos = next((s for s in input_sets if s.name != "random"), input_sets[0])
             layer_report = layer_errors(parent_path, path, photos.tensors,
-                                        session_config=session_options(recipe, kernels=gated))
+                                        session_config=session_options(recipe, kernels=gated), device=device)
         return Report(
             file=path, sha256=digest, precision=precision, metadata=meta, reference=reference, tolerance=tolerance,
             tolerance_source=tolerance_source, input_sets=input_sets, providers=runs, comparisons=comparisons,
