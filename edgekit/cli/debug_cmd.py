@@ -57,8 +57,8 @@ def render_debug(result) -> None:
     for group in result.culprits:
         console.print(f"  {escape(group.describe())}")
     console.print("ORT runs: " + ", ".join(f"{escape(s.name)} {s.runs}" for s in result.steps)
-                  + f" ({result.runs} in all)")
-    console.print("nodes_to_exclude: " + escape(repr(result.exclude)))
+                  + f" ({result.runs} in all)", soft_wrap=True)
+    console.print("nodes_to_exclude: " + escape(repr(result.exclude)), soft_wrap=True)
     console.print("to quantize again with them in fp32:")
     console.print(escape(result.quantize_command()), soft_wrap=True, highlight=False)
     if result.reduced:
