@@ -9,7 +9,6 @@ ranked nodes until one count passes, then a bisection below it.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -193,23 +192,3 @@ def search(
         else:
             low = mid
     return tried[high], trials
-
-
-def interleaved_p50_ms(
-    paths: dict[str, Path], x: np.ndarray, configs: dict[str, dict[str, str]] | None = None, rounds: int = 15
-) -> dict[str, float]:
-    """p50 latency of each file at batch len(x), CPU, no thread spinning, interleaved A B C A B C ..."""
-    from edgekit.runtimes.ort import NO_SPIN, create_session
-
-    sessions = {label: create_session(path, "cpu", session_config={**NO_SPIN, **(configs or {}).get(label, {})})
-                for label, path in paths.items()}
-    feeds = {label: {s.input_name: x} for label, s in sessions.items()}
-    samples: dict[str, list[float]] = {label: [] for label in sessions}
-    for label, s in sessions.items():
-        s.session.run(None, feeds[label])  # warm-up
-    for _ in range(rounds):
-        for label, s in sessions.items():
-            t0 = time.perf_counter()
-            s.session.run(None, feeds[label])
-            samples[label].append((time.perf_counter() - t0) * 1000)
-    return {label: float(np.median(v)) for label, v in samples.items()}

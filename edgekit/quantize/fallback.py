@@ -10,7 +10,8 @@ from pathlib import Path
 from edgekit.core.errors import GateFailed
 from edgekit.judge.targets import KEEP_FLOAT_SESSION
 from edgekit.onnxfile.artifact import load_work_file
-from edgekit.quantize.budget import Budget, Fallback, interleaved_p50_ms, search
+from edgekit.quantize.budget import Budget, Fallback, search
+from edgekit.runtimes.runners import latency_ms
 from edgekit.quantize.calibration import CalibrationSet
 from edgekit.quantize.static import int8_weight_count
 
@@ -37,7 +38,7 @@ def meet_budget(trial, o, model_path: Path, pre: Path, full: Path, calib: Calibr
     notes.append(
         f"full int8 missed the budget; {len(trial.fp32_nodes)} node(s) kept in fp32 to meet it: {', '.join(trial.fp32_nodes)}"
     )
-    fallback.latency_ms = interleaved_p50_ms(
+    fallback.latency_ms = latency_ms(
         {"fp32": model_path, "int8": full, "mixed": chosen}, calib.holdout[: batch or 1],
         {"mixed": dict(KEEP_FLOAT_SESSION)},
     )

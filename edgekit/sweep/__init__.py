@@ -186,7 +186,7 @@ def _measure_latency(rows: list[Row], plans: list[ModelPlan], inputs: Inputs, jo
 
     from edgekit.data.images import decode_image
     from edgekit.data.preprocessing import Preprocessing
-    from edgekit.quantize.budget import interleaved_p50_ms
+    from edgekit.runtimes.runners import latency_ms
 
     def first_decodable(prep: dict) -> np.ndarray:  # one image, batch 1, per model (a corrupt one passed over)
         for item in inputs.items:
@@ -202,8 +202,8 @@ def _measure_latency(rows: list[Row], plans: list[ModelPlan], inputs: Inputs, jo
         stage(f"latency {i}/{len(todo)}: {row.name}")
         parent, x = inputs_of[row.model]
         try:
-            ms = interleaved_p50_ms({"fp32": parent.file, "int8": Path(row.file)}, x.astype(np.float32),
-                                    {"int8": row.session_config})
+            ms = latency_ms({"fp32": parent.file, "int8": Path(row.file)}, x.astype(np.float32),
+                            {"int8": row.session_config})
         except Exception as exc:  # noqa: BLE001  (a row, not a stop)
             row.status, row.error = "failed", f"latency: {type(exc).__name__}: {one_line(exc, 200)}"
             continue

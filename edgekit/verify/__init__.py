@@ -233,7 +233,7 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
     replaced: `verify(path, providers="cpu")` is `verify(path, VerifyOptions(providers="cpu"))`."""
     o = with_knobs(VerifyOptions, options, knobs)
     device = o.device
-    from edgekit.judge.compare import gates_for, weights_are_trained
+    from edgekit.judge.compare import gates_for
     from edgekit.runtimes.ort import check_inputs, create_session, cuda_device_available, parse_providers
 
     on_stage = on_stage or (lambda _s: None)
