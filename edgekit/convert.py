@@ -352,7 +352,8 @@ def _convert_staged(
     new_meta = {
         **dict(meta or {}),
         "precision": "fp16",
-        "parent": {"file": model_path.name, "sha256": sha256_file(model_path), "metadata": bool(meta)},
+        "parent": {"file": model_path.name, "path": str(model_path.resolve()), "sha256": sha256_file(model_path),
+                   "metadata": bool(meta)},
         "conversion": {
             "tool": CONVERTER, "version": tool_version, "keep_io_types": keep_io_types,
             "min_positive_val": FP16_MIN_POSITIVE, "max_finite_val": FP16_MAX_FINITE, "clamped": clamped,

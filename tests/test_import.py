@@ -345,3 +345,28 @@ def test_damaged_non_square_preprocessing_metadata_is_one_bad_input(field, value
         Preprocessing.from_dict({**good, field: value})
     assert Preprocessing.from_dict({**good, "crop": "32x96"}).crop == (32, 96)
     assert Preprocessing.from_dict({**good, "crop": [64, 64]}).crop == 64  # a square pair is stored as N
+
+
+def test_untrained_is_declared_and_decides_the_gates_downstream(cli, corpus, tmp_path, monkeypatch):
+    """Unknown weights count as trained (the strict gates); --untrained declares a random init, recorded in the
+    metadata, and quantize/verify then apply the random-weight gates and say why. The int8 file is written beside the
+    working folder's exports/ and still finds its parent where it was (recorded path, sha256-checked)."""
+    from edgekit.judge.compare import weights_of_file
+
+    plain, declared = tmp_path / "plain" / "m.onnx", tmp_path / "declared" / "m.onnx"
+    assert cli("import", corpus["torchscript"], "-o", plain).exit_code == 0
+    res = cli("import", corpus["torchscript"], "--untrained", "-o", declared)
+    assert res.exit_code == 0, res.stderr
+    assert "declared untrained" in res.stdout
+    assert _meta(declared)[1]["imported"]["weights"] == "untrained" and "weights" not in _meta(plain)[1]["imported"]
+    assert weights_of_file(_meta(plain)[1])[0] is True
+    assert weights_of_file(_meta(declared)[1]) == (False, "declared untrained at import (edgekit import --untrained)")
+
+    monkeypatch.chdir(tmp_path)
+    res = cli("quantize", declared, "--json")
+    assert res.exit_code == 0, res.stderr
+    result = json.loads(res.stdout)
+    assert "declared untrained" in result["gates"] and result["path"].endswith("exports/m.int8.onnx")
+    res = cli("verify", tmp_path / "exports" / "m.int8.onnx", "--providers", "cpu")
+    assert res.exit_code == 0, res.stderr
+    assert "the fp32 parent" in res.stdout and "they do not predict accuracy" in res.stdout

@@ -68,7 +68,7 @@ def test_int8_of_a_foreign_file_is_verified_against_its_parent_and_packaged(cli,
     assert report["reference"]["kind"] == "parent" and report["reference"]["weights"] is None
     # unknown weights are not seeded-random: the trained int8 gates, and the summary says why
     assert report["gates"]["min_top1_agreement"] == 0.95
-    assert "trained weights" in report["gates_source"] and "not seeded-random" in report["gates_source"]
+    assert "trained weights" in report["gates_source"] and "weights unknown" in report["gates_source"]
     assert "fp32 parent" in (tmp_path / "v.md").read_text()
 
     bundle = tmp_path / "bundle"

@@ -30,6 +30,7 @@ def import_command(
     task: Annotated[Task | None, option(I, "task", "--task", case_sensitive=False)] = None,
     images: options.Images = I.images,
     seed: Annotated[int, option(I, "seed", "--seed")] = I.seed,
+    untrained: Annotated[bool, option(I, "untrained", "--untrained")] = I.untrained,
     resize: Annotated[
         str | None, typer.Option("--resize", help="shorter side before the centre crop; 'none' (straight to the crop); "
                                  "'letterbox' (fit HxW keeping the aspect, pad right/bottom)")
@@ -73,7 +74,7 @@ def import_command(
         )
     with progress(f"import {source.name}") as shown:
         knobs = ImportOptions(input_shape=pinned, task=task.value if task else None, output=output, images=images,
-                              seed=seed, preprocessing=preprocessing)
+                              seed=seed, preprocessing=preprocessing, untrained=untrained)
         result = import_onnx(source, knobs, on_stage=shown.stage)
     if json_output:
         print_json(result)
@@ -121,6 +122,9 @@ def render_import(result) -> None:
                           f"({', '.join(map(str, result.output_shape))}))")
     for i, change in enumerate(result.changes or ["none: the graph was already normalised"]):
         facts.add_row("changes" if i == 0 else "", escape(change))
+    if meta["imported"].get("weights") == "untrained":
+        facts.add_row("weights", "declared untrained (--untrained): quantize, verify and package apply the random-weight "
+                                 "gates, and their int8 figures say nothing about accuracy")
     before, after = result.structure_before, result.structure_after
     facts.add_row("grouped convs / concats (before / after)",
                   f"{before['grouped_convs']} / {after['grouped_convs']}, {before['concats']} / {after['concats']}")

@@ -112,7 +112,9 @@ def render_quantize(result) -> None:
     if result.dataset_top1:
         fp32, int8 = result.dataset_top1
         table.add_row("top-1 on --dataset", f"fp32 {fp32:.2f} %, int8 {int8:.2f} % (drop {fp32 - int8:+.2f} points)")
-    if result.metadata.get("weights", {}).get("kind") == "random":
+    from edgekit.judge.compare import untrained
+
+    if untrained(result.metadata):
         table.add_row("note", "random weights: these figures show the file computes what fp32 does; they do not predict accuracy")
     console.print(table)
     if result.fallback is not None:

@@ -62,6 +62,9 @@ class ImportOptions:
     images: Path | None = knob(None)
     seed: int = knob(0, "seed of the random check inputs", low=0, high=MAX_SEED)
     preprocessing: Preprocessing | None = knob(None)
+    untrained: bool = knob(False, "the file's weights are not trained (a random init, to try the pipeline): the "
+                                  "random-weight gates apply downstream, and every report says its int8 figures say "
+                                  "nothing about accuracy (default: unknown weights count as trained)")
 
 
 @dataclass
@@ -166,7 +169,7 @@ def _import_staged(source: Path, where: str, model, original: dict, o: ImportOpt
     stage("save")
     metadata = _metadata(source, original["producer"], model, original_opset, changes, shape, input_name,
                          output_name, task, out, preprocessing, vs_original, tolerance, description,
-                         o.preprocessing is not None)
+                         o.preprocessing is not None, o.untrained)
     write_metadata(model, metadata)
     staged.save(model)
     # The bytes that will ship: loaded as every command loads them (signature, schema, metadata against the
@@ -286,7 +289,7 @@ def _check_dynamic_batch(path: Path, inputs: np.ndarray, reference: np.ndarray, 
 
 
 def _metadata(source, producer, model, original_opset, changes, shape, input_name, output_name, task, out, preprocessing,
-              vs_original, tolerance, description, preprocessing_given) -> dict:
+              vs_original, tolerance, description, preprocessing_given, untrained: bool = False) -> dict:
     batch, channels, height, width = shape
     sqnr = float(vs_original.sqnr_db)
     check = {"inputs": description, "max_abs": float(vs_original.max_abs), "mean_abs": float(vs_original.mean_abs),
@@ -297,6 +300,8 @@ def _metadata(source, producer, model, original_opset, changes, shape, input_nam
                 "opset": original_opset, "changes": list(changes),
                 "check": {k: v for k, v in check.items() if v is not None},
                 "preprocessing": "given" if preprocessing_given else "assumed"}
+    if untrained:
+        imported["weights"] = "untrained"
     if producer:
         imported["producer"] = producer
     metadata = {

@@ -174,6 +174,37 @@ def weights_are_trained(weights: dict | None) -> bool:
     return isinstance(weights, dict) and weights.get("kind") in TRAINED_WEIGHTS
 
 
+def weights_of_file(meta: dict | None) -> tuple[bool, str]:
+    """Whether an ONNX file's int8/fp16 gates are the trained-weight ones, and why, from its raw edgekit metadata: the
+    one decision quantize, verify, package and debug share. Unknown weights (a file made elsewhere, imported, or
+    derived from one) count as trained, unless the user declared them untrained at import."""
+    if not isinstance(meta, dict):
+        return True, "weights unknown: a file made elsewhere, no edgekit metadata"
+    imported = meta.get("imported")
+    if isinstance(imported, dict):
+        if imported.get("weights") == "untrained":
+            return False, "declared untrained at import (edgekit import --untrained)"
+        return True, "weights unknown: an imported file"
+    parent = meta.get("parent")
+    if isinstance(parent, dict) and not parent.get("metadata", True):
+        return True, "weights unknown: derived from a file made elsewhere"
+    weights = meta.get("weights")
+    kind = weights.get("kind") if isinstance(weights, dict) else None
+    why = {"random": "seeded random weights", "file": "trained weights (a weights file)",
+           "pretrained": "trained weights (pretrained)"}.get(kind, "weights unknown")
+    return weights_are_trained(weights), why
+
+
+def untrained(meta: dict | None) -> bool:
+    """The file's weights are not trained: seeded random (an edgekit export) or declared so at import. Its int8
+    figures then say it computes what its parent does, never how accurate it is."""
+    if not isinstance(meta, dict):
+        return False
+    imported = meta.get("imported")
+    return (isinstance(imported, dict) and imported.get("weights") == "untrained") or (
+        isinstance(meta.get("weights"), dict) and meta["weights"].get("kind") == "random")
+
+
 DENSE_NOTE = "dense output: gated on SQNR (fp16, int8) or elementwise max abs (fp32), cosine shown; top-1 never gated"
 
 

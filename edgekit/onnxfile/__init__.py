@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.onnxfile.artifact import load_onnx, read_metadata
-from edgekit.judge.compare import Tolerance, gates_for, weights_are_trained
+from edgekit.judge.compare import Tolerance, gates_for, weights_of_file
 from edgekit.core.errors import BadInput
 from edgekit.onnxfile.graph import InputSpec, input_spec, precision_of
 from edgekit.data.preprocessing import Preprocessing
@@ -45,7 +45,7 @@ class OnnxFile:
     @property
     def trained(self) -> bool:
         """Its weights were trained (the metadata says a weights file or pretrained), so stricter int8 gates."""
-        return weights_are_trained((self.metadata or {}).get("weights"))
+        return weights_of_file(self.metadata)[0]
 
     @property
     def recipe(self) -> dict:

@@ -116,12 +116,14 @@ class Imported(_Part):
     producer: StrictStr | None = None  # producer_name and version, as the original says
     changes: list[StrictStr]
     check: dict[str, Any] | None = None  # the normalised file against the original in ONNX Runtime
+    weights: Literal["untrained"] | None = None  # declared by the user (import --untrained): the loose gates apply
 
 
 class Parent(_Part):
     """The file a derived (int8, fp16) file was made from."""
 
     file: Name
+    path: Name | None = None  # where the parent was when this file was made (looked at too, sha256-checked)
     sha256: Sha256
     metadata: StrictBool  # False: the parent was a foreign file, so this file has no model provenance
 

@@ -251,7 +251,8 @@ def _quantize_staged(
     new_meta = {
         **dict(metadata or {}),
         "precision": "int8",
-        "parent": {"file": model_path.name, "sha256": sha256_file(model_path), "metadata": bool(metadata)},
+        "parent": {"file": model_path.name, "path": str(model_path.resolve()), "sha256": sha256_file(model_path),
+                   "metadata": bool(metadata)},
         "calibration": calib.to_metadata(),
         "recipe": {**recipe_meta, "excluded_nodes": sorted(set(excluded) | set(fp32_nodes)),
                    "fp32_fallback_nodes": fp32_nodes,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from edgekit.core.errors import BadInput, CheckFailed, one_line
 from edgekit.data.preprocessing import Preprocessing
-from edgekit.judge.compare import REWRITE_TOLERANCE, Tolerance, compare_outputs, gates_for, weights_are_trained
+from edgekit.judge.compare import REWRITE_TOLERANCE, Tolerance, compare_outputs, gates_for, weights_of_file
 
 MIN_QDQ_OPSET = 13  # QuantizeLinear/DequantizeLinear `axis` (per-channel weights) arrives in opset 13
 _INLINE_LIMIT = 1_800_000_000  # protobuf's 2 GB: larger graphs are written with external data
@@ -39,25 +39,17 @@ def task_of(model, metadata: dict | None) -> str:
 
 
 def weights_reason(metadata: dict | None) -> str:
-    """Why the weights count as trained or not, for the gates' line."""
-    if metadata is None:
-        return "weights unknown: a file made elsewhere, no edgekit metadata"
-    if metadata.get("imported") is not None:
-        return "weights unknown: an imported file"
-    if metadata.get("parent") is not None and not metadata["parent"].get("metadata", True):
-        return "weights unknown: derived from a file made elsewhere"
-    kind = (metadata.get("weights") or {}).get("kind")
-    return {"random": "seeded random weights", "file": "trained weights (a weights file)",
-            "pretrained": "trained weights (pretrained)"}.get(kind, "weights unknown")
+    """Why the weights count as trained or not, for the gates' line (judge.compare.weights_of_file)."""
+    return weights_of_file(metadata)[1]
 
 
 def int8_gates(metadata: dict | None, task: str, min_top1_agreement, min_sqnr) -> tuple[Tolerance, str]:
     """The gates the int8 file is held to, and the line that says which applied and why: trained-weight gates
     unless the metadata records seeded-random weights (a file made elsewhere, or imported, has unknown weights);
     a dense output is gated on SQNR only."""
-    trained = weights_are_trained((metadata or {}).get("weights"))
+    trained, why = weights_of_file(metadata)
     return gates_for("int8", trained, min_top1_agreement=min_top1_agreement, min_sqnr=min_sqnr, task=task,
-                     why=weights_reason(metadata))
+                     why=why)
 
 
 def resolve_preprocessing(source, calibration: Path | None, dataset: Path | None) -> tuple[Preprocessing, str | None]:

@@ -164,16 +164,19 @@ def open_reference(path: Path, model_proto, meta: dict | None, *, model: str | N
                        "do not apply", hint="drop them, or pass --model NAME too to compare with a PyTorch model")
     if onnx_kind == "parent":
         recorded, sha = parsed.parent.file, parsed.parent.sha256
-        found = find_by_sha256(path, recorded, sha, parent, "fp32 parent", "quantized/converted from")
+        found = find_by_sha256(path, recorded, sha, parent, "fp32 parent", "quantized/converted from",
+                               recorded_path=parsed.parent.path)
     else:
         recorded, sha = parsed.imported.file, parsed.imported.sha256
         found = find_by_sha256(path, recorded, sha, parent, "original file", "imported from",
                                recorded_path=parsed.imported.path)
     pre = parsed.preprocessing_spec()
+    from edgekit.judge.compare import weights_of_file
+
+    trained, why = weights_of_file(meta)
     return Reference(
         kind=onnx_kind, preprocessing=pre, num_classes=parsed.num_classes, input_size=parsed.input_size,
-        weights=None, trained=True, task=task, file=found, sha256=sha,
-        why_gates="weights unknown: a model from outside edgekit, so not seeded-random",
+        weights=None, trained=trained, task=task, file=found, sha256=sha, why_gates=why,
         model_name=parsed.model, family=parsed.family, from_metadata=True,
     )
 

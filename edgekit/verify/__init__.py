@@ -233,7 +233,7 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
     replaced: `verify(path, providers="cpu")` is `verify(path, VerifyOptions(providers="cpu"))`."""
     o = with_knobs(VerifyOptions, options, knobs)
     device = o.device
-    from edgekit.judge.compare import gates_for
+    from edgekit.judge.compare import gates_for, untrained
     from edgekit.runtimes.ort import check_inputs, create_session, cuda_device_available, parse_providers
 
     on_stage = on_stage or (lambda _s: None)
@@ -364,7 +364,7 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
                 "int8 on the random inputs: only NaN/Inf are gated (standard-normal noise lies outside the ranges "
                 "the int8 scales were calibrated on, and saturates); the photos carry the int8 gates"
             )
-        if precision == "int8" and (meta or {}).get("weights", {}).get("kind") == "random":
+        if precision == "int8" and untrained(meta):
             notes.append(
                 "random weights: int8 agreement and SQNR here show the file computes what its fp32 parent does; "
                 "they do not predict accuracy on real data (use --dataset with a trained model)"
@@ -428,14 +428,14 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
 
 
 def _parent_for_layers(path: Path, meta: dict | None, parent: Path | None) -> Path:
-    """The fp32 file an int8 one was quantized from: --parent, or the name its metadata records, beside it."""
-    if parent is None:
-        name = ((meta or {}).get("parent") or {}).get("file")
-        if not name:
-            raise BadInput(f"{path} does not record the fp32 file it was quantized from", hint="pass it with --parent FILE")
-        parent = path.parent / Path(str(name)).name
-        if not parent.is_file():
-            raise BadInput(
-                f"--layers needs the fp32 parent of {path}: {parent} is not there", hint="pass it with --parent FILE"
-            )
-    return Path(parent)
+    """The fp32 file an int8 one was quantized from: --parent, or the file its metadata records (beside it, or where
+    it was), found and checked by its sha256."""
+    from edgekit.reference.runner import find_by_sha256
+
+    recorded = (meta or {}).get("parent") or {}
+    if not recorded.get("file") or not recorded.get("sha256"):
+        if parent is not None:
+            return Path(parent)
+        raise BadInput(f"{path} does not record the fp32 file it was quantized from", hint="pass it with --parent FILE")
+    return find_by_sha256(path, str(recorded["file"]), str(recorded["sha256"]), parent, "fp32 parent",
+                          "quantized from", recorded_path=recorded.get("path"))
