@@ -242,8 +242,7 @@ def _quantize_staged(
     measure = Measure(model_path, calib.holdout, output_name, batch, budget, judgement.gate_session, bool(excluded),
                       device=device)
     trial, fallback, chosen = meet_budget(_first_measure(measure, full, judgement, recipe, cpu, device), o, model_path,
-                                          pre, full, calib, batch, judgement, budget, measure, make, stage, excluded,
-                                          notes)
+                                          pre, full, calib, batch, judgement, budget, measure, stage, notes)
 
     quantized = load_work_file(chosen)
     grouped, concats = check_quantized(quantized, model_path.name, want_grouped, want_concats, added_depthwise)

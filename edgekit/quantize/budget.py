@@ -1,17 +1,15 @@
 """An accuracy budget for int8, and the fp32 fallback that meets it.
 
 The budget is a top-1 drop on a labelled folder (`--dataset DIR --max-drop P`), or, without labels,
-the held-out gates (`--min-agreement`, `--min-sqnr`). When the full-int8 file misses it, the nodes
-that add the most error (per-layer analysis, edgekit.layer_error) are kept in fp32, the fewest that meet
-the budget: all the candidates first (when even that misses, nothing will), then 1, 2, 4, ... of the
-ranked nodes until one count passes, then a bisection below it.
+the held-out gates (`--min-agreement`, `--min-sqnr`). When the full-int8 file misses it, QDQ groups are
+reverted to fp32 inside that one quantized graph until it meets it (quantize/fallback.py); the per-group
+sensitivities that order them are cached here (SensitivityCache), beside the activation ranges.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -19,7 +17,8 @@ from edgekit.judge.compare import OutputMetrics, Tolerance, compare_outputs
 from edgekit.core.errors import BadInput
 from edgekit.runtimes.runners import run_onnx
 
-MAX_TRIALS = 12  # quantize_static runs the fallback may make (each recalibrates)
+RANK_SAMPLES = 300  # the held-out samples where int8 and fp32 disagree most, on which groups are ranked (NNCF's)
+MAX_ENTRY_BYTES = 16 * 1024 * 1024  # a sensitivity cache entry is read whole: bounded first
 
 
 @dataclass
@@ -145,50 +144,87 @@ class Measure:
 class Fallback:
     """What the fallback tried and what it kept in fp32."""
 
-    ranking: list[dict]  # node, op type, the noise it adds, its SQNR (from the per-layer analysis)
+    ranking: list[dict]  # node, its group ("group N"), the ranking subset's SQNR with that group alone in fp32
     trials: list[Trial] = field(default_factory=list)
     chosen: Trial | None = None
     seconds: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)  # fp32 / full int8 / mixed, interleaved p50
+    groups: int = 0  # QDQ groups of the full int8 file
+    reverted: int = 0  # of them back in fp32 in the chosen file
+    steps: list = field(default_factory=list)  # Step, in order
+    notes: list[str] = field(default_factory=list)
+    cached: bool = False  # the ranking came from the sensitivity cache
+    runs: dict = field(default_factory=dict)  # session runs: ranking ("rank") and steps ("steps")
 
     def to_dict(self) -> dict:
         return {
             "ranking": self.ranking, "trials": [t.to_dict() for t in self.trials],
             "chosen_fp32_nodes": self.chosen.fp32_nodes if self.chosen else None,
-            "seconds": round(self.seconds, 2), "latency_ms": self.latency_ms,
+            "seconds": round(self.seconds, 2), "latency_ms": self.latency_ms, "groups": self.groups,
+            "reverted_groups": self.reverted, "steps": [s.to_dict() for s in self.steps],
+            "ranking_cached": self.cached, "runs": self.runs,
         }
 
+@dataclass
+class Step:
+    """One step of the fallback: a QDQ group reverted to fp32, the held-out metric after it, kept or undone."""
 
-def search(
-    ranking: list[str], make: Callable[[list[str]], Path], measure: Callable[[Path, list[str]], Trial],
-    budget: Budget, on_stage: Callable[[str], None], max_trials: int = MAX_TRIALS,
-) -> tuple[Trial | None, list[Trial]]:
-    """The fewest leading nodes of `ranking` kept in fp32 that meet the budget (None when none does)."""
-    trials: list[Trial] = []
-    tried: dict[int, Trial] = {}
+    group: int
+    nodes: list[str]  # the group's fp32 node names (quantize's --exclude)
+    sqnr_db: float
+    trial: Trial
+    verdict: str  # "kept", "kept (one worsening step tolerated)", "undone", "met the budget"
 
-    def attempt(k: int) -> Trial:
-        if k not in tried:
-            on_stage(f"fp32 fallback: {k} node(s) kept in fp32")
-            tried[k] = measure(make(ranking[:k]), ranking[:k])
-            trials.append(tried[k])
-        return tried[k]
+    def to_dict(self) -> dict:
+        return {"group": self.group, "nodes": self.nodes, "holdout_sqnr_db": self.sqnr_db, "verdict": self.verdict,
+                "drop_points": self.trial.drop}
 
-    if not ranking:
-        return None, trials
-    # the most the fallback may keep in fp32 first: when even that misses, stop after one trial
-    if not attempt(len(ranking)).passed(budget):
-        return None, trials
-    low, high, k = 0, len(ranking), 1
-    while k < high and len(tried) < max_trials:
-        if attempt(k).passed(budget):
-            high = k
-            break
-        low, k = k, 2 * k
-    while high - low > 1 and len(tried) < max_trials:  # the smallest passing count in (low, high]
-        mid = (low + high) // 2
-        if attempt(mid).passed(budget):
-            high = mid
-        else:
-            low = mid
-    return tried[high], trials
+
+class SensitivityCache:
+    """Per-group sensitivities (the ranking subset's SQNR with that group alone back in fp32) kept beside the
+    activation ranges (quantize/ranges.py): advisory (a missing or unusable entry is computed again and said in a
+    note), validated (a JSON object naming exactly the groups asked for, finite numbers), written atomically.
+    The key is the sha256 of everything the scores depend on: the int8 file, its fp32 parent, the ranking samples,
+    the device and the session options it runs with, and ONNX Runtime's version."""
+
+    def __init__(self, store: Path | None, parts: list[bytes]):
+        import hashlib
+
+        import onnxruntime
+
+        digest = hashlib.sha256()
+        for part in [*parts, onnxruntime.__version__.encode()]:
+            digest.update(hashlib.sha256(part).digest())
+        self.key = digest.hexdigest()
+        self.path = Path(store) / f"{self.key}.sensitivity.json" if store is not None else None
+        self.note: str | None = None
+
+    def load(self, groups: list[int]) -> dict[int, float] | None:
+        import json
+
+        if self.path is None or not self.path.is_file():
+            return None
+        try:
+            if self.path.stat().st_size > MAX_ENTRY_BYTES:
+                raise ValueError(f"over {MAX_ENTRY_BYTES >> 20} MiB")
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            scores = data["scores"] if isinstance(data, dict) else None
+            if not isinstance(scores, dict) or sorted(scores) != sorted(str(g) for g in groups):
+                raise ValueError("not the scores of this file's groups")
+            out = {int(g): float(v) for g, v in scores.items()}
+            if any(v != v for v in out.values()):
+                raise ValueError("a score is not a number")
+            return out
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+            self.note = f"sensitivity cache entry {self.path} is unusable ({exc}); the groups were ranked again"
+            return None
+
+    def save(self, scores: dict[int, float]) -> None:
+        import json
+
+        from edgekit.onnxfile.artifact import write_atomic
+
+        if self.path is None:
+            return
+        text = json.dumps({"scores": {str(g): float(v) for g, v in scores.items()}}).encode()
+        write_atomic(self.path, lambda f: f.write(text))

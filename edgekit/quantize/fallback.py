@@ -1,43 +1,47 @@
-"""The accuracy budget's fp32 fallback: when full int8 misses the budget, rank the nodes by the error they add
-(layer_error's per-layer analysis, as the target computes) and keep the fewest leading ones in fp32 that meet it;
-and the one line said when nothing meets it."""
+"""The accuracy budget's fp32 fallback, NNCF's way (quantize_with_accuracy_control): quantize once, then revert QDQ
+groups (edgekit.layer_error.groups: a quantizer and every op it feeds, so a residual Add or a Concat goes back with
+its inputs) to fp32 inside that one quantized graph, weights restored from the fp32 parent; nothing is calibrated
+or quantized again. The groups are ranked on the held-out samples where int8 and fp32 disagree most (at most 300),
+each scored by the SQNR of those samples with that group alone reverted, run as the judged device runs the file;
+then reverted in rank order: one worsening step is tolerated, a second is undone and the remaining groups are
+re-ranked against the current model; it stops at the budget or when nothing is left. The file written is the
+reverted graph that was measured. And the one line said when nothing meets the budget."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+import numpy as np
+
 from edgekit.core.errors import GateFailed
-from edgekit.judge.targets import KEEP_FLOAT_SESSION
+from edgekit.judge.targets import KEEP_FLOAT_SESSION, merge_session_configs
 from edgekit.onnxfile.artifact import load_work_file
-from edgekit.quantize.budget import Budget, Fallback, search
-from edgekit.runtimes.runners import latency_ms
+from edgekit.quantize.budget import RANK_SAMPLES, Budget, Fallback, SensitivityCache, Step
+from edgekit.runtimes.runners import latency_ms, run_onnx
 from edgekit.quantize.calibration import CalibrationSet
 from edgekit.quantize.static import int8_weight_count
 
-WEIGHTED_OPS = {"Conv", "Gemm", "MatMul"}
-
 
 def meet_budget(trial, o, model_path: Path, pre: Path, full: Path, calib: CalibrationSet, batch, judgement,
-                budget: Budget, measure, make, stage, excluded, notes: list[str]):
+                budget: Budget, measure, stage, notes: list[str]):
     """The full int8 file's TRIAL, or (when it misses the budget) the fallback's: returns (trial, fallback or None,
     the chosen file). Nothing meets it, or the fallback is off: GateFailed, one line."""
     if trial.passed(budget):
         return trial, None, full
     if not o.fallback:
         budget_missed(trial, budget, calib, judgement, "; fp32 fallback off (--no-fallback)")
-    fallback = fallback_search(pre, full, calib.holdout, judgement, budget, measure, make, stage, excluded,
-                               trial.holdout.sqnr_db)
+    fallback = fallback_search(pre, full, trial, budget, measure, stage, o.ranges_cache, batch)
+    notes.extend(fallback.notes)
     if fallback.chosen is None:
         best = max(fallback.trials, key=lambda t: t.holdout.sqnr_db) if fallback.trials else trial
         budget_missed(best, budget, calib, judgement,
-                      f"; keeping up to {len(fallback.trials[-1].fp32_nodes) if fallback.trials else 0} "
-                      "of the most sensitive nodes in fp32 did not meet it either")
+                      f"; reverting {len(fallback.trials)} of {fallback.groups} QDQ group(s) to fp32, one at a time "
+                      "in order of sensitivity, did not meet it either")
     trial = fallback.chosen
-    chosen = trial.path  # the search made and measured it already
-    notes.append(
-        f"full int8 missed the budget; {len(trial.fp32_nodes)} node(s) kept in fp32 to meet it: {', '.join(trial.fp32_nodes)}"
-    )
+    chosen = trial.path  # the reverted graph the search measured: the bytes that ship
+    notes.append(f"full int8 missed the budget; {fallback.reverted} QDQ group(s) reverted to fp32 to meet it "
+                 f"({len(trial.fp32_nodes)} node(s)): {', '.join(trial.fp32_nodes)}")
     fallback.latency_ms = latency_ms(
         {"fp32": model_path, "int8": full, "mixed": chosen}, calib.holdout[: batch or 1],
         {"mixed": dict(KEEP_FLOAT_SESSION)},
@@ -45,65 +49,100 @@ def meet_budget(trial, o, model_path: Path, pre: Path, full: Path, calib: Calibr
     return trial, fallback, chosen
 
 
-def output_layers(graph, report, full_sqnr: float, excluded, ranked: set[str]) -> list[dict]:
-    """Layers whose output is a graph output (the classifier): it is not quantized, so the per-layer
-    analysis has no row for it; the noise it adds is the logits' minus its input's."""
-    outputs = {o.name for o in graph.output}
-    sqnr_of = {a.tensor: a.sqnr_db for a in report.activations}
-    rows = []
-    for node in graph.node:
-        if node.op_type not in WEIGHTED_OPS or node.name in excluded or node.name in ranked:
-            continue
-        if not set(node.output) & outputs:
-            continue
-        input_sqnr = sqnr_of.get(node.input[0], float("inf"))
-        added = 10 ** (-full_sqnr / 10) - (10 ** (-input_sqnr / 10) if input_sqnr != float("inf") else 0.0)
-        rows.append({"node": node.name, "op_type": node.op_type, "sqnr_db": full_sqnr, "added_noise": added,
-                     "output_layer": True})
-    return rows
+def _sqnr(reference: np.ndarray, candidate: np.ndarray) -> float:
+    ref = reference.reshape(len(reference), -1).astype(np.float64)
+    noise = float(np.sum((ref - candidate.reshape(len(candidate), -1)) ** 2))
+    signal = float(np.sum(ref ** 2))
+    return float("inf") if noise == 0 else 10.0 * np.log10(max(signal, 1e-30) / noise)
 
 
-def fallback_search(pre: Path, full: Path, holdout, judgement, budget: Budget, measure, make, stage, excluded,
-              full_sqnr: float) -> Fallback:
-    """Rank the nodes by the error they add (per-layer analysis on the held-out images, as the target
-    computes), then keep the fewest leading ones in fp32 that meet the budget."""
-    from edgekit.layer_error import layer_errors
+def fallback_search(pre: Path, full: Path, first, budget: Budget, measure, stage, store, batch) -> Fallback:
+    """Revert QDQ groups of FULL (quantized from PRE) to fp32 until the budget is met (see the module docstring)."""
+    from edgekit.layer_error.groups import exclude_arguments, qdq_groups, revert
 
     started = time.perf_counter()
-    stage("per-layer error (fp32 fallback)")
-    report = layer_errors(pre, full, holdout, session_config=judgement.gate_session)
-    graph = load_work_file(pre, external_data=False).graph
-    weighted = {n.name for n in graph.node if n.op_type in WEIGHTED_OPS}
-    outputs = {o.name for o in graph.output}
-    output_nodes = {n.name for n in graph.node if n.op_type in WEIGHTED_OPS and set(n.output) & outputs}
-    ranked = [
-        {"node": a.fp32_node, "op_type": a.op_type, "sqnr_db": a.sqnr_db, "added_noise": a.added_noise,
-         "output_layer": a.fp32_node in output_nodes}
-        for a in report.ranked() if a.fp32_node not in excluded
+    stage("fp32 fallback: QDQ groups")
+    int8, fp32 = load_work_file(full), load_work_file(pre)
+    groups = qdq_groups(int8, fp32)
+    by_index = {g.index: g for g in groups}
+    config = merge_session_configs(measure.session_config, KEEP_FLOAT_SESSION)  # float nodes must stay float
+    runs = {"rank": 0, "steps": 0}
+
+    def run(model, x):
+        runs["rank"] += 1
+        return run_onnx(model, x, batch, config or None, device=measure.device)
+
+    # the samples where int8 and fp32 disagree most (NNCF ranks on 300)
+    ref_all = measure.fp32_holdout
+    int8_out = run_onnx(full, measure.holdout, batch, config or None, device=measure.device)
+    err = np.sum((ref_all.reshape(len(ref_all), -1) - int8_out.reshape(len(int8_out), -1)) ** 2, axis=1)
+    subset = np.sort(np.argsort(-err, kind="stable")[:RANK_SAMPLES])
+    x, ref = measure.holdout[subset], ref_all[subset]
+
+    cache = SensitivityCache(store, [full.read_bytes(), pre.read_bytes(), np.ascontiguousarray(x).tobytes(),
+                                     str(measure.device).encode(), repr(sorted((config or {}).items())).encode()])
+    fallback = Fallback(ranking=[], groups=len(groups))
+    scores = cache.load([g.index for g in groups])
+    if cache.note:
+        fallback.notes.append(cache.note)
+    fallback.cached = scores is not None
+    if scores is None:
+        stage(f"fp32 fallback: ranking {len(groups)} QDQ groups on {len(x)} held-out samples")
+        scores = {g.index: _sqnr(ref, run(revert(int8, fp32, [g]), x)) for g in groups}
+        cache.save(scores)
+    fallback.ranking = [
+        {"node": n, "op_type": "group %d" % g.index, "sqnr_db": scores[g.index], "group": g.index}
+        for g in sorted(groups, key=lambda g: -scores[g.index]) for n in g.fp32_nodes
     ]
-    ranked += output_layers(graph, report, full_sqnr, excluded, {r["node"] for r in ranked})
-    # Output layers first: the first-order estimate cannot see their error (their input noise is measured
-    # before global pooling averages it away), yet on the digits resnext50_32x4d the int8 classifier alone,
-    # every other layer in fp32, held the logits at 18.6 dB. They are a sliver of the compute.
-    ranked.sort(key=lambda r: (not r.get("output_layer"), -r["added_noise"] if r["added_noise"] == r["added_noise"] else 0.0))
-    order: list[str] = []
-    for r in ranked:
-        if r["node"] not in order:
-            order.append(r["node"])
-    # All in fp32 is not an int8 file: the least sensitive layer with weights stays quantized (it goes last,
-    # and the search never reaches it).
-    keep = next((n for n in reversed(order) if n in weighted), None)
-    order = [n for n in order if n != keep]
-    ranking = ranked[:50]
+    remaining = sorted(by_index, key=lambda i: (-scores[i], i))
+    reverted: list[int] = []
+    current_sqnr, worse = first.holdout.sqnr_db, 0
+    while remaining:
+        index = remaining.pop(0)
+        chosen = [by_index[i] for i in reverted + [index]]
+        model = revert(int8, fp32, chosen)
+        if not int8_weight_count(model):  # everything with weights in float: not an int8 file any more
+            fallback.notes.append(f"group {index} left: reverting it too leaves no 8-bit weights (not an int8 file)")
+            continue
+        path = full.parent / f"fallback-{len(fallback.steps) + 1}.onnx"
+        import onnx
 
-    def measure_trial(path: Path, nodes: list[str]):
-        trial = measure(path, nodes)
-        if not int8_weight_count(path):  # everything with weights kept in float: not an int8 file any more
-            trial.holdout.failures.append("no 8-bit weights left: not an int8 file")
-        return trial
-
-    chosen, trials = search(order, lambda nodes: make(nodes, f"trial-{len(nodes)}.onnx"), measure_trial, budget, stage)
-    return Fallback(ranking=ranking, trials=trials, chosen=chosen, seconds=time.perf_counter() - started)
+        onnx.save(model, str(path))
+        nodes = exclude_arguments(chosen)
+        stage(f"fp32 fallback step {len(fallback.steps) + 1}: group {index} back to fp32")
+        runs["steps"] += 1
+        trial = measure(path, nodes, dataset=False)
+        if trial.holdout.passed and budget.dataset is not None:
+            trial = measure(path, nodes)
+        fallback.trials.append(trial)
+        sqnr = trial.holdout.sqnr_db
+        if trial.passed(budget):
+            fallback.steps.append(Step(index, by_index[index].fp32_nodes, sqnr, trial, "met the budget"))
+            fallback.chosen, fallback.reverted = trial, len(reverted) + 1
+            break
+        if sqnr >= current_sqnr:
+            verdict, worse = "kept", 0
+        elif worse == 0:
+            verdict, worse = "kept (one worsening step tolerated)", 1
+        else:
+            verdict, worse = "undone", 0
+        fallback.steps.append(Step(index, by_index[index].fp32_nodes, sqnr, trial, verdict))
+        if verdict == "undone":  # re-rank what is left against the current model
+            if remaining:
+                stage(f"fp32 fallback: re-ranking {len(remaining)} groups against the current model")
+                base = [by_index[i] for i in reverted]
+                rescored = {i: _sqnr(ref, run(revert(int8, fp32, base + [by_index[i]]), x)) for i in remaining}
+                remaining.sort(key=lambda i: (-rescored[i], i))
+            continue
+        reverted.append(index)
+        current_sqnr = sqnr
+    for n, step in enumerate(fallback.steps, 1):
+        drop = "" if step.trial.drop is None else f", top-1 drop {step.trial.drop:+.2f} points"
+        fallback.notes.append(f"fp32 fallback step {n}: group {step.group} ({', '.join(step.nodes)}): held-out SQNR "
+                              f"{step.sqnr_db:.1f} dB{drop}; {step.verdict}")
+    fallback.runs = dict(runs, cached_ranking=fallback.cached)
+    fallback.seconds = time.perf_counter() - started
+    return fallback
 
 
 def budget_missed(trial, budget: Budget, calib: CalibrationSet, judgement, why: str):
