@@ -34,7 +34,8 @@ from edgekit.quantize.fallback import budget_missed, meet_budget
 from edgekit.quantize.prepare import default_opset, int8_gates, prepare_graph, resolve_preprocessing, task_of
 from edgekit.quantize.ranges import ranges_entry
 from edgekit.quantize.static import (
-    CALIB_PERCENTILE, Coverage, check_quantized, int8_coverage, quantize_once, resolve_exclusions,
+    CALIB_PERCENTILE, Coverage, check_quantized, derived_exclusions, int8_coverage, quantize_once,
+    resolve_exclusions,
 )
 from edgekit.quantize.rewrites import batchnorm_as_depthwise
 from edgekit.onnxfile.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
@@ -202,6 +203,8 @@ def _quantize_staged(
     stage("rewrite")
     rewrites, excluded = _rewrite(pre, pre_model, recipe, calib.holdout[: min(4, len(calib.holdout))], batch,
                                   output_name, excluded)
+    excluded, mapped = derived_exclusions(pre, pre_model, model, excluded)  # names the pre-processing inlined
+    notes.extend(mapped)
     bn_rewritten = rewrites["batchnorm_as_depthwise"]
     added_depthwise = bn_rewritten + len(rewrites["avgpool_as_depthwise"])  # new grouped convs, not the model's
 

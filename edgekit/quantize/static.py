@@ -173,3 +173,51 @@ def resolve_exclusions(model, exclude: list[str]) -> list[str]:
                 hint=f"op types here: {', '.join(sorted(by_type))}",
             )
     return sorted(set(resolved))
+
+
+def derived_exclusions(pre: Path, pre_model, parent, excluded: list[str]) -> tuple[list[str], list[str]]:
+    """--exclude names as the graph actually quantized knows them: ORT's pre-processing inlines some ops (a HardSwish
+    as HardSigmoid and Mul, unnamed or under new `_inlfunc_...` names), so a parent node's name may match nothing in
+    PRE, and nodes_to_exclude would silently exclude nothing. Such a name maps to the nodes derived from it (those
+    between its inputs and its outputs that the parent does not have), named after it where they have no name (PRE
+    is saved); returns (the names to exclude, a note for each mapped name). Nothing derived is left: BadInput."""
+    names = {n.name for n in pre_model.graph.node}
+    missing = [e for e in excluded if e not in names]
+    if not missing:
+        return excluded, []
+    parent_nodes = {n.name: n for n in parent.graph.node if n.name}
+    producer = {o: n for n in pre_model.graph.node for o in n.output}
+    resolved, notes, renamed = [e for e in excluded if e in names], [], False
+    for item in missing:
+        original = parent_nodes.get(item)
+        found: list = []
+        if original is not None:
+            stops, seen = set(original.input), set()
+            frontier = [o for o in original.output if o in producer]
+            while frontier and len(found) <= 64:
+                node = producer.get(frontier.pop())
+                if node is None or id(node) in seen or (node.name and node.name in parent_nodes):
+                    continue
+                seen.add(id(node))
+                found.append(node)
+                frontier.extend(i for i in node.input if i not in stops and i in producer)
+        if not found or len(found) > 64:
+            raise BadInput(
+                f"--exclude {item!r} names a node ONNX Runtime's pre-processing removed or fused: nothing derived "
+                "from it is left in the graph that gets quantized, so excluding it would do nothing",
+                hint="exclude the nodes next to it, or its op type",
+            )
+        derived = []
+        for k, node in enumerate(reversed(found)):
+            if not node.name:
+                node.name = f"{item}/inlined_{k}"
+                renamed = True
+            derived.append(node.name)
+        resolved.extend(derived)
+        notes.append(f"--exclude {item}: ONNX Runtime's pre-processing replaced this {original.op_type} by "
+                     f"{', '.join(n.op_type for n in reversed(found))} ({', '.join(derived)}); those stay float")
+    if renamed:
+        import onnx
+
+        onnx.save(pre_model, str(pre))
+    return sorted(set(resolved)), notes
