@@ -24,6 +24,9 @@ MAX_SAMPLES = 100_000
 MAX_RANDOM_INPUTS = 10_000
 # Seeds: numpy's and torch's take 0..2^32-1.
 MAX_SEED = 2**32 - 1
+# An accuracy budget, top-1 points: from 0 (no drop at all) to 100 (any drop); one bound for quantize, verify and the
+# sweep, read by their options and the CLI.
+MAX_DROP_POINTS = 100.0
 # One tensor edgekit allocates from a size it was given: 2 GiB, protobuf's own ceiling for a message.
 MAX_TENSOR_BYTES = 2 * 1024**3
 # Files listed in one image folder before sampling: the listing itself is held in memory.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from edgekit.judge.compare import DEFAULT_TOLERANCES, trained_defaults
 from edgekit.core.knobs import knob
-from edgekit.core.limits import MAX_SAMPLES, MAX_SEED
+from edgekit.core.limits import MAX_DROP_POINTS, MAX_SAMPLES, MAX_SEED
 
 DEFAULT_SAMPLES = 128
 _RANDOM, _TRAINED = DEFAULT_TOLERANCES["int8"], trained_defaults()["int8"]  # the gates' defaults, said in the help
@@ -41,7 +41,7 @@ class QuantizeOptions:
         None, "budget: held-out SQNR of the logits, dB (default "
         f"{_RANDOM.min_sqnr_db:g}; {_TRAINED.min_sqnr_db:g} for trained weights)", low=0.0, high=200.0)
     dataset: Path | None = knob(None, "labelled images (one sub-folder per class) for --max-drop")
-    max_drop: float | None = knob(None, "budget: top-1 drop on --dataset, points", low=0.0, high=100.0)
+    max_drop: float | None = knob(None, "budget: top-1 drop on --dataset, points", low=0.0, high=MAX_DROP_POINTS)
     fallback: bool = knob(True, "keep the most sensitive layers in fp32 when the budget is missed")
     rewrites: bool = knob(True, "the recipe's graph rewrites for speed (default on; see README)")
     device: str | None = knob(None)  # (help: cli/options.py's Device)

@@ -37,7 +37,7 @@ class SweepSpec(BaseModel):
     input_size: int | None = Field(default=None, ge=32, le=limits.MAX_INPUT_SIZE)
     resize: int | None = Field(default=None, ge=1, le=limits.MAX_INPUT_SIZE)
     dataset_samples: int | None = Field(default=None, ge=1, le=limits.MAX_IMAGES_IN_FOLDER)
-    max_drop: float | None = Field(default=None, ge=0, lt=100)
+    max_drop: float | None = Field(default=None, ge=0, le=limits.MAX_DROP_POINTS)  # quantize's bound (core/limits.py)
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     latency: bool = True
 

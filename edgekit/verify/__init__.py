@@ -24,7 +24,7 @@ from edgekit.onnxfile.artifact import load_onnx, read_metadata, sha256_file
 from edgekit.judge.compare import DEFAULT_TOLERANCES, NAN_ONLY, Tolerance, apply_noise_floor, compare_outputs, mismatched_output
 from edgekit.core.errors import BadInput
 from edgekit.onnxfile.graph import precision_of
-from edgekit.core.knobs import with_knobs
+from edgekit.core.knobs import described, with_knobs
 from edgekit.core.provenance import run_environment
 from edgekit.runtimes.devices import cpu_of
 from edgekit.reference.runner import check_finite, open_reference
@@ -241,8 +241,9 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
     path = Path(path)
     if o.weights is not None and o.pretrained:
         raise BadInput("--weights and --pretrained exclude each other", hint="choose one")
-    if o.max_drop is not None and not (np.isfinite(o.max_drop) and o.max_drop >= 0):
-        raise BadInput(f"--max-drop must be a number of points >= 0, got {o.max_drop}")
+    low, high = described(VerifyOptions, "max_drop").metadata["range"]  # the CLI's range, declared once
+    if o.max_drop is not None and not (np.isfinite(o.max_drop) and low <= o.max_drop <= high):
+        raise BadInput(f"--max-drop must be {low:g} to {high:g} points, got {o.max_drop}")
     if o.max_drop is not None and o.dataset is None:
         raise BadInput("--max-drop gates the accuracy on --dataset", hint="give --dataset DIR too")
     if o.dataset_samples is not None and o.dataset_samples < 1:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.core.knobs import knob
-from edgekit.core.limits import MAX_RANDOM_INPUTS, MAX_SAMPLES, MAX_SEED
+from edgekit.core.limits import MAX_DROP_POINTS, MAX_RANDOM_INPUTS, MAX_SAMPLES, MAX_SEED
 from edgekit.verify.inputs import DEFAULT_RANDOM_INPUTS
 
 
@@ -47,7 +47,7 @@ class VerifyOptions:
     dataset: Path | None = knob(None, "labelled images, one sub-folder per class (ImageFolder), or an .npz of preprocessed "
                                  "tensors with labels (keys x/y or inputs/labels): top-1 accuracy")
     max_drop: float | None = knob(None, "fail when top-1 on --dataset drops more than this many points",
-                                  low=0.0, high=100.0)
+                                  low=0.0, high=MAX_DROP_POINTS)
     dataset_samples: int | None = knob(None, "at most this many --dataset images (seeded pick)", low=1, high=MAX_SAMPLES)
     target: str | None = knob(None, "int8: the CPU the file is meant for (default: this one)")
     layers: bool = knob(False, "int8: per-layer error against the fp32 parent (table, JSON, PNG plot)")
