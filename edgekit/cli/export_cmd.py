@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from enum import Enum
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -14,11 +13,8 @@ from edgekit.cli.options import option
 from edgekit.cli.app import app, console, escape, handle_errors, human_bytes, print_json
 from edgekit.cli.output import progress
 from edgekit.export import EXPORTERS, ExportOptions
-from edgekit.data.preprocessing import CHANNELS, INTERPOLATIONS
 
 Exporter = Enum("Exporter", {name: name for name in EXPORTERS}, type=str)
-Interpolation = Enum("Interpolation", {name: name for name in INTERPOLATIONS}, type=str)
-Channels = Enum("Channels", {name: name for name in CHANNELS}, type=str)
 E = ExportOptions  # the stage's options' defaults, help and ranges: export.py
 
 
@@ -44,17 +40,12 @@ def export_command(
         str | None, typer.Option("--resize", help="shorter side before the centre crop, or 'none' (resize straight to the crop)")
     ] = None,
     crop: Annotated[int | None, typer.Option("--crop", help="centre crop = the model's input size (default: --input-size)")] = None,
-    mean: Annotated[str | None, typer.Option("--mean", help="per-channel mean on 0..1 pixels, e.g. 0.485,0.456,0.406")] = None,
-    std: Annotated[str | None, typer.Option("--std", help="per-channel std, e.g. 0.229,0.224,0.225")] = None,
-    interpolation: Annotated[Interpolation | None, typer.Option("--interpolation", case_sensitive=False)] = None,
-    channels: Annotated[Channels | None, typer.Option("--channels", case_sensitive=False, help="channel order / gray")] = None,
-    input_channels: Annotated[
-        int | None, typer.Option("--input-channels", min=1, max=3, help="with --channels gray: 1, or 3 (gray replicated)")
-    ] = None,
-    preprocessing_file: Annotated[
-        Path | None,
-        typer.Option("--preprocessing", dir_okay=False, help="JSON file with all of the above (options given override it)"),
-    ] = None,
+    mean: options.Mean = None,
+    std: options.Std = None,
+    interpolation: options.InterpolationOption = None,
+    channels: options.ChannelsOption = None,
+    input_channels: options.InputChannels = None,
+    preprocessing_file: options.PreprocessingFile = None,
     output: options.Output = E.output,
     json_output: options.Json = False,
 ) -> None:

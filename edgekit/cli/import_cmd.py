@@ -13,11 +13,8 @@ from edgekit.cli import options
 from edgekit.cli.app import app, console, escape, handle_errors, human_bytes, print_json
 from edgekit.cli.options import option
 from edgekit.cli.output import progress
-from edgekit.data.preprocessing import CHANNELS, INTERPOLATIONS
 from edgekit.importer import TASKS, ImportOptions
 
-Interpolation = Enum("Interpolation", {name: name for name in INTERPOLATIONS}, type=str)
-Channels = Enum("Channels", {name: name for name in CHANNELS}, type=str)
 Task = Enum("Task", {name: name for name in TASKS}, type=str)
 I = ImportOptions  # noqa: E741  (the stage's options' defaults, help and ranges: importer/__init__.py)
 
@@ -36,20 +33,15 @@ def import_command(
                                  "'letterbox' (fit HxW keeping the aspect, pad right/bottom)")
     ] = None,
     crop: Annotated[str | None, typer.Option("--crop", help="the model's input, N or HxW (default: --input-shape's)")] = None,
-    mean: Annotated[str | None, typer.Option("--mean", help="per-channel mean on 0..1 pixels, e.g. 0.5,0.5,0.5")] = None,
-    std: Annotated[str | None, typer.Option("--std", help="per-channel std, e.g. 0.5,0.5,0.5")] = None,
-    interpolation: Annotated[Interpolation | None, typer.Option("--interpolation", case_sensitive=False)] = None,
-    channels: Annotated[Channels | None, typer.Option("--channels", case_sensitive=False, help="channel order / gray")] = None,
-    input_channels: Annotated[
-        int | None, typer.Option("--input-channels", min=1, max=3, help="with --channels gray: 1, or 3 (gray replicated)")
-    ] = None,
+    mean: options.Mean = None,
+    std: options.Std = None,
+    interpolation: options.InterpolationOption = None,
+    channels: options.ChannelsOption = None,
+    input_channels: options.InputChannels = None,
     pad_value: Annotated[
         int | None, typer.Option("--pad-value", min=0, max=255, help="with --resize letterbox: the padding's pixel value (default 0)")
     ] = None,
-    preprocessing_file: Annotated[
-        Path | None,
-        typer.Option("--preprocessing", dir_okay=False, help="JSON file with all of the above (options given override it)"),
-    ] = None,
+    preprocessing_file: options.PreprocessingFile = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="file or folder (default: exports/<name>.onnx)")] = None,
     json_output: options.Json = False,
 ) -> None:

@@ -93,3 +93,30 @@ Runtimes = Annotated[
     str | None,
     typer.Option("--runtimes", help="comma-separated: ort,openvino (default: ort; openvino needs pip install 'edgekit[openvino]')"),
 ]
+
+
+# The model's preprocessing, the same options for `export` and `import` (data/preprocessing.py says what each means)
+def _enum(name: str, values) -> type:
+    from enum import Enum
+
+    return Enum(name, {v: v for v in values}, type=str)
+
+
+def _preprocessing_enums():
+    from edgekit.data.preprocessing import CHANNELS, INTERPOLATIONS
+
+    return _enum("Interpolation", INTERPOLATIONS), _enum("Channels", CHANNELS)
+
+
+Interpolation, Channels = _preprocessing_enums()
+Mean = Annotated[str | None, typer.Option("--mean", help="per-channel mean on 0..1 pixels, e.g. 0.485,0.456,0.406")]
+Std = Annotated[str | None, typer.Option("--std", help="per-channel std, e.g. 0.229,0.224,0.225")]
+InterpolationOption = Annotated[Interpolation | None, typer.Option("--interpolation", case_sensitive=False)]
+ChannelsOption = Annotated[Channels | None, typer.Option("--channels", case_sensitive=False, help="channel order / gray")]
+InputChannels = Annotated[
+    int | None, typer.Option("--input-channels", min=1, max=3, help="with --channels gray: 1, or 3 (gray replicated)")
+]
+PreprocessingFile = Annotated[
+    Path | None,
+    typer.Option("--preprocessing", dir_okay=False, help="JSON file with all of the above (options given override it)"),
+]
