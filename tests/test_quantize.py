@@ -395,7 +395,7 @@ def test_calibration_runs_once_and_its_ranges_serve_every_fallback_trial(exporte
     full = quantize(parent.path, min_sqnr=0.0, fallback=False, output=tmp_path / "full.int8.onnx").holdout.sqnr_db
     calls.clear()
     result = quantize(parent.path, min_sqnr=full + 2.0, output=tmp_path / "m.int8.onnx")
-    assert len(result.fallback.trials) > 2 and len(calls) == 1
+    assert len(result.fallback.trials) >= 1 and len(calls) == 1  # the fallback reverts groups: no new calibration
     x = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
     node = next(n.name for n in onnx.load(str(parent.path)).graph.node if n.op_type == "Conv")
     recipe, cache = RECIPES["x86-avx2"], tmp_path / "ranges.json"
