@@ -146,3 +146,32 @@ def plot_pareto(rows: list, frontier: list, png_path: Path, title: str) -> Path:
     from edgekit.onnxfile.artifact import write_atomic
 
     return write_atomic(Path(png_path), lambda f: figure.savefig(f, format="png"))
+
+
+def plot_side_by_side(sides, png, *, top: int = 15) -> Path:
+    """A PNG of ORT's and OpenVINO's ms per run on the same file, layer by layer (OpenVINO's fused layers, each
+    with the ORT nodes matched to it): the `top` layers where ORT loses most, two bars each, the kernel OpenVINO
+    ran beside the name. `sides`: a bench.layers.SideBySide (not imported: it belongs to the bench stage)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = sides.rows[:top]
+    if not rows:
+        raise BadInput(f"no layer of {sides.file} matched between ORT and OpenVINO: nothing to plot")
+    png = Path(png)
+    fig = Figure(figsize=(10.0, max(3.5, 0.38 * len(rows) + 1.6)))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ys = np.arange(len(rows))[::-1]
+    ax.barh(ys + 0.2, [r.ort_ms for r in rows], 0.4, label=f"ORT ({sides.ort_kernel_ms:.2f} ms/run, all nodes)")
+    ax.barh(ys - 0.2, [r.openvino_ms for r in rows], 0.4,
+            label=f"OpenVINO ({sides.openvino_layer_ms:.2f} ms/run, all layers)")
+    ax.set_yticks(ys)
+    ax.set_yticklabels([f"{r.layer.removesuffix('/WithoutBiases')[-34:]} [{r.openvino_kernel}]" for r in rows], fontsize=7)
+    ax.set_xlabel("ms per run (median per layer)")
+    ax.set_title(f"{Path(sides.file).name}: layers where ORT loses most, {sides.threads} threads")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    from edgekit.onnxfile.artifact import write_atomic
+
+    return write_atomic(png, lambda f: fig.savefig(f, format="png", dpi=110))

@@ -69,14 +69,18 @@ class BenchReport:
     profiles: dict[str, dict] = field(default_factory=dict)  # ORT CPU files: per-op-type and per-node profile
     profile_diffs: list[dict] = field(default_factory=list)  # each file against the first: where it gains and loses
     profile_objects: dict = field(default_factory=dict, repr=False)  # the Profile objects, for the plot
+    side_by_side: dict[str, dict] = field(default_factory=dict)  # with openvino: ORT and OpenVINO per layer (layers.py)
+    side_objects: dict = field(default_factory=dict, repr=False)  # the SideBySide objects, for the table and plot
+    verdict: dict | None = None  # the fastest runtime whose outputs pass, per file (verdict.py)
 
     def to_dict(self) -> dict:
         objects, self.profile_objects = self.profile_objects, {}
+        sides, self.side_objects = self.side_objects, {}
         try:
             data = asdict(self)
         finally:
-            self.profile_objects = objects
-        del data["profile_objects"]
+            self.profile_objects, self.side_objects = objects, sides
+        del data["profile_objects"], data["side_objects"]
         data["order"] = self.order[: 3 * max(1, len(self.timings))]  # the pattern, not every run
         return data
 
@@ -178,9 +182,29 @@ def bench(
         baseline=base.label, timings=timings, skipped=skipped, order=order, runtimes=runtime_names,
         runtime_versions=_runtime_versions(runtime_names), notes=_runtime_notes(runtime_names), interval_ms=interval_ms,
     )
+    if any(t.kind == "onnx" for t in timings):
+        from edgekit.bench.verdict import fastest_passing
+
+        report.verdict = fastest_passing(timings, batch=batch, threads=threads)
     if profile:
         _profile_into(report, [Path(f) for f in files], threads, batch, min(runs, 20))
+        if "openvino" in runtime_names:
+            _side_by_side_into(report, [Path(f) for f in files], threads, batch, min(runs, 20))
     return report
+
+
+def _side_by_side_into(report: BenchReport, files: list[Path], threads: int, batch: int, runs: int) -> None:
+    """ORT's per-node profile and OpenVINO's per-layer counters of each file, on the same input, aligned by name."""
+    from edgekit.bench.layers import side_by_side
+    from edgekit.onnxfile.artifact import load_onnx
+    from edgekit.onnxfile.graph import input_spec
+
+    for path in files:
+        spec = input_spec(load_onnx(path, check=False), path)
+        x = np.random.default_rng(0).standard_normal([batch, *spec.chw]).astype(np.float32)
+        sides = side_by_side(path, x, threads=threads, runs=runs)
+        report.side_objects[path.name] = sides
+        report.side_by_side[path.name] = sides.to_dict()
 
 
 def _profile_into(report: BenchReport, files: list[Path], threads: int, batch: int, runs: int) -> None:

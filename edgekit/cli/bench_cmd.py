@@ -67,6 +67,9 @@ def bench_command(
 
         png = plot or files[0].with_name(files[0].name.replace(".onnx", "") + ".profile.png")
         plot_profiles(result.profile_objects, png)
+    from edgekit.cli.bench_layers import render_side_by_side, render_verdict, side_plots
+
+    side_pngs = side_plots(result, files[0], plot)
     if report is not None:
         write_json_report(report, result)
     if json_output:
@@ -76,8 +79,12 @@ def bench_command(
     if result.profile_objects:
         render_profiles(result)
         console.print(f"profile plot: {escape(str(png))}")
+    render_side_by_side(result)
+    for side_png in side_pngs:
+        console.print(f"ORT vs OpenVINO plot: {escape(str(side_png))}")
     if report is not None:
         console.print(f"report: {escape(str(report))}")
+    render_verdict(result)  # the last line: the fastest runtime whose outputs pass
 
 
 def render_bench(result) -> None:

@@ -119,13 +119,14 @@ class OpenVinoModel:
         *,
         precision_hint: str | None = DEFAULT_PRECISION_HINT,
         batch: int | None = None,
+        perf_count: bool = False,
     ) -> "OpenVinoModel":
         """Read and compile `path` for the CPU: one stream, LATENCY hint, `threads` inference threads.
 
         `precision_hint` is OpenVINO's INFERENCE_PRECISION_HINT (f32 by default: compute what the
         file says; None keeps OpenVINO's choice for this CPU, bf16 on CPUs that have it).
         `batch` fixes a dynamic batch axis to that size before compiling (static shapes run faster);
-        a static batch is left as it is."""
+        a static batch is left as it is. `perf_count` turns on OpenVINO's per-layer counters (PERF_COUNT)."""
         from edgekit.onnxfile.artifact import check_readable_file
 
         ov = _import_openvino()
@@ -155,6 +156,8 @@ class OpenVinoModel:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         if precision_hint is not None:
             config["INFERENCE_PRECISION_HINT"] = precision_hint
+        if perf_count:
+            config["PERF_COUNT"] = True
         try:
             compiled = core.compile_model(model, DEVICE, config)
         except Exception as exc:
@@ -326,3 +329,56 @@ def openvino_golden_check(path: Path, inputs, reference, tolerance, batch: int |
     return {"available": True, "version": model.version, "passed": metrics.passed, "failures": metrics.failures,
             "sqnr_db": metrics.sqnr_db, "top1_agreement": metrics.top1_agreement,
             "executed": precision_summary(model.executed_precisions())}
+
+
+# --- per-layer counters (PERF_COUNT) -----------------------------------------------------------------
+
+@dataclass
+class OpenVinoLayer:
+    """One layer of OpenVINO's compiled (fused) graph with its measured time: median ms per run over the runs."""
+
+    name: str
+    layer_type: str
+    exec_type: str  # the kernel, e.g. brgconv_avx512_amx_I8, jit_avx512_f32
+    precision: str  # runtime precision (u8/i8: int8 kernels)
+    ms: float
+    original_names: list[str]  # the file's node names it was made of (rt_info originalLayersNames)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "layer_type": self.layer_type, "exec_type": self.exec_type,
+                "precision": self.precision, "ms": self.ms, "original_names": list(self.original_names)}
+
+
+def layer_profiler(path: Path, x: np.ndarray, threads: int | None = None):
+    """(run, layers): `run` is one synchronous inference on `x` with OpenVINO's PERF_COUNT on, recording each
+    executed layer's real time; `layers(skip)` then gives the OpenVinoLayer list (median over the recorded runs,
+    the first `skip` (warm-up) runs left out, slowest first). The compiled model is the one bench times (OpenVinoModel.load) plus PERF_COUNT."""
+    model = OpenVinoModel.load(path, threads=threads, batch=int(np.asarray(x).shape[0]), perf_count=True)
+    x = model._check_input(x)
+    request = model.compiled.create_infer_request()
+    times: dict[str, list[float]] = {}
+
+    def run(request=request, _x=x):
+        try:
+            request.infer({0: _x})
+        except Exception as exc:
+            raise CheckFailed(f"OpenVINO failed to run {model.path.name}: {one_line(exc, 300)}") from exc
+        for info in request.get_profiling_info():
+            if str(info.status).endswith("EXECUTED") and not str(info.status).endswith("NOT_EXECUTED"):
+                times.setdefault(info.node_name, []).append(info.real_time.total_seconds() * 1000)
+
+    def layers(skip: int = 0) -> list[OpenVinoLayer]:
+        out = []
+        for op in model.compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            name = op.get_friendly_name()
+            if not times.get(name, [])[skip:]:
+                continue
+            originals = [n for n in (_rt_value(info, "originalLayersNames") or "").split(",") if n]
+            out.append(OpenVinoLayer(name=name, layer_type=_rt_value(info, "layerType") or "?",
+                                     exec_type=_rt_value(info, "primitiveType") or "?",
+                                     precision=_rt_value(info, "runtimePrecision") or "?",
+                                     ms=float(np.median(times[name][skip:])), original_names=originals or [name]))
+        return sorted(out, key=lambda layer: -layer.ms)
+
+    return run, layers
