@@ -96,3 +96,23 @@ def test_bench_verdict_with_ort_alone(cli, int8_file):
     assert result.exit_code == 0, result.output
     verdict = json.loads(result.output)["verdict"][int8_file.name]
     assert verdict["runtime"] == "ort" and verdict["provider"] == "cpu" and len(verdict["checked"]) >= 1
+
+
+def test_bench_interval_reports_spinning_off_and_on_and_openvino(cli, int8_file):
+    result = cli("bench", str(int8_file), "--runtimes", "ort,openvino", "--interval", "5", "--runs", "4",
+                 "--warmup", "1", "--threads", "1", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["periodic"]
+    assert [(r["runtime"], r["spin"]) for r in rows] == [("ort", False), ("ort", True), ("openvino", None)]
+    assert [r["label"] for r in rows] == ["ort, spinning off", "ort, spinning on", "openvino"]
+    for r in rows:
+        assert r["frames"] == 4 and r["interval_ms"] == 5 and 0 < r["p50_ms"] <= r["p90_ms"]
+        assert r["cpu_ms_in_call"] >= 0 and r["cpu_ms_between_frames"] >= 0
+        assert r["cpu_ms_per_frame"] >= r["cpu_ms_between_frames"]
+
+
+def test_bench_interval_text_ends_with_the_verdict(cli, int8_file):
+    result = cli("bench", str(int8_file), "--interval", "5", "--runs", "3", "--warmup", "1", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    assert "ort, spinning off" in result.output and "ort, spinning on" in result.output
+    assert [line for line in result.output.splitlines() if line.strip()][-1].startswith("fastest passing runtime")

@@ -72,6 +72,7 @@ class BenchReport:
     side_by_side: dict[str, dict] = field(default_factory=dict)  # with openvino: ORT and OpenVINO per layer (layers.py)
     side_objects: dict = field(default_factory=dict, repr=False)  # the SideBySide objects, for the table and plot
     verdict: dict | None = None  # the fastest runtime whose outputs pass, per file (verdict.py)
+    periodic: list[dict] = field(default_factory=list)  # --interval: ORT spinning off/on and OpenVINO, paced (periodic.py)
 
     def to_dict(self) -> dict:
         objects, self.profile_objects = self.profile_objects, {}
@@ -182,6 +183,11 @@ def bench(
         baseline=base.label, timings=timings, skipped=skipped, order=order, runtimes=runtime_names,
         runtime_versions=_runtime_versions(runtime_names), notes=_runtime_notes(runtime_names), interval_ms=interval_ms,
     )
+    if interval_ms:
+        from edgekit.bench.periodic import periodic
+
+        report.periodic = [r.to_dict() for r in periodic([Path(f) for f in files], runtime_names, threads=threads,
+                                                         batch=batch, interval_ms=interval_ms, frames=min(runs, 50))]
     if any(t.kind == "onnx" for t in timings):
         from edgekit.bench.verdict import fastest_passing
 

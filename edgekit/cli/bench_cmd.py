@@ -67,7 +67,7 @@ def bench_command(
 
         png = plot or files[0].with_name(files[0].name.replace(".onnx", "") + ".profile.png")
         plot_profiles(result.profile_objects, png)
-    from edgekit.cli.bench_layers import render_side_by_side, render_verdict, side_plots
+    from edgekit.cli.bench_layers import render_periodic, render_side_by_side, render_verdict, side_plots
 
     side_pngs = side_plots(result, files[0], plot)
     if report is not None:
@@ -80,6 +80,7 @@ def bench_command(
         render_profiles(result)
         console.print(f"profile plot: {escape(str(png))}")
     render_side_by_side(result)
+    render_periodic(result)
     for side_png in side_pngs:
         console.print(f"ORT vs OpenVINO plot: {escape(str(side_png))}")
     if report is not None:

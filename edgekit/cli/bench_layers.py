@@ -45,6 +45,22 @@ def render_side_by_side(result, top: int = 12) -> None:
                 console.print(f"not matched by name in {side}: {len(rows)} ({sum(u['ms'] for u in rows):.3f} ms): {shown}{more}")
 
 
+def render_periodic(result) -> None:
+    """--interval: each file paced, ORT with spinning off and on, OpenVINO beside them, with the CPU time spent."""
+    if not result.periodic:
+        return
+    interval = result.periodic[0]["interval_ms"]
+    table = Table(title=f"one call every {interval:g} ms, each setting paced on its own ({result.periodic[0]['frames']} frames)")
+    for column in ("file", "runtime", "p50 ms", "p90 ms", "CPU ms/frame", "in the call", "between frames"):
+        table.add_column(column, justify="left" if column in ("file", "runtime") else "right")
+    for r in result.periodic:
+        table.add_row(escape(r["file"]), r["label"], f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
+                      f"{r['cpu_ms_per_frame']:.2f}", f"{r['cpu_ms_in_call']:.2f}", f"{r['cpu_ms_between_frames']:.2f}")
+    console.print(table)
+    console.print("CPU ms: the process's user + system time (all threads, getrusage) per frame; between frames is what "
+                  "an idle pool costs (spinning on: a core kept busy, spinning off: a slower wake-up)")
+
+
 def render_verdict(result) -> None:
     from edgekit.bench.verdict import verdict_line
 
