@@ -24,12 +24,16 @@ def devices_command(ctx: typer.Context, json_output: options.Json = False) -> No
     """Deployment CPUs for --device: the host, and x86 AVX2 / ARM64 cores emulated by QEMU (numerics only)."""
     if ctx.invoked_subcommand is not None:
         return
+    from edgekit.runtimes.boards import board_of, stored
     from edgekit.runtimes.devices import DEVICES, device_status
+    from edgekit.runtimes.ssh import board_status
 
     statuses = [device_status(name) for name in DEVICES]
+    statuses += [board_status(board_of(name), connect_timeout=5) for name in sorted(stored())]
     if json_output:
         print_json({"devices": [s.to_dict() for s in statuses],
-                    "note": "emulated devices compute exactly as the real CPU does; their speed means nothing"})
+                    "note": "emulated devices compute exactly as the real CPU does; their speed means nothing; "
+                            "boards (ssh) are real CPUs: their timings are real"})
         return
     console.print(devices_table(statuses))
 
@@ -40,7 +44,8 @@ def devices_table(statuses) -> Table:
     for column in ("device", "runs", "what it is", "missing"):
         table.add_column(column)
     for s in statuses:
-        runs = {"native": "natively", "emulated": "emulated (QEMU)", "unavailable": "[red]not here[/]"}[s.mode]
+        runs = {"native": "natively", "emulated": "emulated (QEMU)", "unavailable": "[red]not here[/]",
+                "ssh": "board (ssh)" if s.ready else "[red]board (ssh), not ready[/]"}[s.mode]
         table.add_row(s.name, runs, escape(s.about), escape("; ".join(s.missing)) or "-")
     return table
 
@@ -70,3 +75,34 @@ def setup_command(
     console.print(f"arm64 sysroot ready: {escape(str(result.root))} ({result.bytes / 1e6:.0f} MB, "
                   f"{result.seconds:.0f} s): Python {result.python}, onnxruntime {result.onnxruntime}, "
                   f"numpy {result.numpy}, {escape(result.qemu)}")
+
+
+@devices_app.command("add")
+@handle_errors
+def add_command(
+    name: Annotated[str, typer.Argument(help="the board's name for --device (e.g. pi5)")],
+    url: Annotated[str, typer.Argument(help="ssh://user@host[:port] (keys only: a password is refused)")],
+    python: Annotated[str | None, typer.Option("--python", help="the board's interpreter (default: python3 on its PATH)")] = None,
+    ssh_config: Annotated[str | None, typer.Option("--ssh-config", help="an ssh_config file, passed as ssh -F")] = None,
+    json_output: options.Json = False,
+) -> None:
+    """Store your own board (reached over SSH with your keys and known_hosts) as a device for --device NAME."""
+    from edgekit.runtimes.boards import add, boards_file
+
+    board = add(name, url, python, ssh_config)
+    if json_output:
+        print_json({"name": board.name, "url": board.url, "python": board.python, "ssh_config": board.ssh_config,
+                    "file": str(boards_file())})
+        return
+    console.print(f"board {escape(board.name)} stored in {escape(str(boards_file()))}: {escape(board.url)} "
+                  f"(python: {escape(board.python)}); `edgekit devices` says whether it is reachable")
+
+
+@devices_app.command("remove")
+@handle_errors
+def remove_command(name: Annotated[str, typer.Argument(help="a board stored with edgekit devices add")]) -> None:
+    """Forget a stored board."""
+    from edgekit.runtimes.boards import remove
+
+    path = remove(name)
+    console.print(f"board {escape(name)} removed from {escape(str(path))}")

@@ -16,56 +16,16 @@ import platform
 import re
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgekit.core.errors import BadInput, EnvironmentUnavailable
 from edgekit.core.provenance import CpuInfo, this_cpu
+from edgekit.runtimes.device_kinds import (  # noqa: F401  (re-exported: callers ask runtimes.devices)
+    DEVICE_TIMEOUT_S, DEVICES, HASWELL_FLAGS, MAX_FACTS_BYTES, Device, DeviceStatus, device_timeout,
+    read_device_file, set_device_timeout,
+)
 
 DEVICES_DIR_ENV = "EDGEKIT_DEVICES_DIR"
-# QEMU's user-mode emulator passes the host's /proc/cpuinfo through to an x86 guest: the emulated process
-# cannot read its own flags there, so edgekit states them (the device's CPUID is what ORT really reads).
-HASWELL_FLAGS = frozenset({"sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "popcnt", "movbe"})
-
-
-@dataclass(frozen=True)
-class Device:
-    """A CPU that int8 files are judged on: its architecture, its QEMU model and the flags its kernels see."""
-
-    name: str
-    arch: str  # x86_64 | aarch64
-    qemu_cpu: str | None  # None: the host itself
-    flags: frozenset[str]
-    model: str
-    about: str
-
-    def cpu(self) -> CpuInfo:
-        """The device as edgekit's CPU facts (what the target judgement reads)."""
-        if self.qemu_cpu is None:
-            return this_cpu()
-        return CpuInfo(self.arch, self.model, self.flags)
-
-    @property
-    def emulator(self) -> str:
-        return "qemu-x86_64" if self.arch == "x86_64" else "qemu-aarch64"
-
-
-DEVICES: dict[str, Device] = {
-    "host": Device("host", platform.machine(), None, frozenset(), "this machine's CPU", "this machine, natively"),
-    "x86-avx2": Device(
-        "x86-avx2", "x86_64", "Haswell-noTSX", HASWELL_FLAGS, "Intel Haswell (QEMU -cpu Haswell-noTSX)",
-        "x86-64 with AVX2 and FMA, no AVX-512, no VNNI (AMD Zen 1-3, Intel Haswell to Comet Lake): "
-        "ORT's u8s8 kernels sum pairs in int16 here",
-    ),
-    "arm64-a53": Device(
-        "arm64-a53", "aarch64", "cortex-a53", frozenset({"asimd"}), "Arm Cortex-A53 (QEMU -cpu cortex-a53)",
-        "ARMv8.0 without the dot-product extension (Raspberry Pi 3, many SoCs)",
-    ),
-    "arm64-a76": Device(
-        "arm64-a76", "aarch64", "cortex-a76", frozenset({"asimd", "asimddp"}), "Arm Cortex-A76 (QEMU -cpu cortex-a76)",
-        "ARMv8.2 with sdot/udot (Raspberry Pi 5, Jetson Orin class)",
-    ),
-}
 
 
 def devices_dir() -> Path:
@@ -109,23 +69,6 @@ def find_emulator(arch: str, minimum: tuple[int, int] | None = None) -> str | No
     return None
 
 
-MAX_FACTS_BYTES = 64 << 10  # device.json is ~100 bytes
-
-
-def read_device_file(path: Path, limit: int = MAX_FACTS_BYTES) -> bytes | None:
-    """A device file's bytes, read as images are: a regular file (a FIFO or device is refused without blocking) of
-    at most `limit` bytes; None when it is absent, not regular, too large or unreadable (the device is then not
-    set up, and `edgekit devices` says so)."""
-    from edgekit.core.files import open_regular
-
-    try:
-        with open_regular(path, "device file") as f:
-            data = f.read(limit + 1)
-    except (OSError, ValueError):
-        return None
-    return data if len(data) <= limit else None
-
-
 def arm64_sysroot_facts() -> dict:
     """What `edgekit devices setup arm64` recorded ({} when there is no sysroot, or its facts file is not a small
     regular JSON file)."""
@@ -135,19 +78,6 @@ def arm64_sysroot_facts() -> dict:
     except ValueError:
         return {}
     return facts if isinstance(facts, dict) and all(isinstance(facts.get(k), str) for k in ("onnxruntime", "numpy")) else {}
-
-
-DEVICE_TIMEOUT_S = 180.0  # a device worker that does not answer is given up after this (--device-timeout)
-_device_timeout: list[float] = []
-
-
-def set_device_timeout(seconds: float | None) -> None:
-    """How long an (emulated) device may take to answer one request: `seconds`, or None for the default."""
-    _device_timeout[:] = [] if seconds is None else [float(seconds)]
-
-
-def device_timeout() -> float:
-    return _device_timeout[0] if _device_timeout else DEVICE_TIMEOUT_S
 
 
 def _host_is(device: Device) -> bool:
@@ -160,34 +90,14 @@ def _host_is(device: Device) -> bool:
     return False  # an ARM host is not a particular Cortex core: emulate it
 
 
-@dataclass
-class DeviceStatus:
-    """Whether a device can run here, how, and what is missing."""
-
-    name: str
-    about: str
-    mode: str  # native | emulated | unavailable
-    ready: bool
-    command: list[str] = field(default_factory=list)  # the launcher before `python script args`
-    python: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    missing: list[str] = field(default_factory=list)
-
-    def argv(self, script: Path, *args) -> list[str]:
-        """How to run a numpy + onnxruntime script on this device: its launcher, its Python, the script."""
-        return [*self.command, str(self.python), str(script), *map(str, args)]
-
-    def environ(self) -> dict[str, str]:
-        """The script's environment: this process's, less Python's and edgekit's own variables, plus the device's."""
-        kept = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "EDGEKIT_"))}
-        return {**kept, **self.env, "OMP_NUM_THREADS": "1"}
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 def device_status(name: str) -> DeviceStatus:
-    """How `name` runs here: natively, under QEMU, or not (with what to install)."""
+    """How `name` runs here: natively, under QEMU, over SSH (the user's own board), or not (with what to install)."""
+    from edgekit.runtimes.boards import board_of, is_board
+
+    if is_board(name):
+        from edgekit.runtimes.ssh import board_status
+
+        return board_status(board_of(name))
     device = get_device(name)
     if _host_is(device):
         return DeviceStatus(name, device.about, "native", True, [], sys.executable)
@@ -232,10 +142,18 @@ def suggest_devices(target: str | None) -> str | None:
 
 
 def get_device(name: str) -> Device:
-    """A device by name; BadInput naming the known ones."""
+    """A device by name (an ssh:// address or a stored board: what the board says of itself, asked once); BadInput
+    naming the known ones."""
+    from edgekit.runtimes.boards import board_of, is_board
+
+    if is_board(name):
+        from edgekit.runtimes.ssh import board_device
+
+        return board_device(board_of(name))
     key = str(name).strip().lower()
     if key not in DEVICES:
-        raise BadInput(f"unknown device {name!r}", hint=f"use one of {', '.join(DEVICES)} (edgekit devices lists them)")
+        raise BadInput(f"unknown device {name!r}", hint=f"use one of {', '.join(DEVICES)}, a board stored with edgekit "
+                       "devices add, or ssh://user@host (edgekit devices lists them)")
     return DEVICES[key]
 
 
@@ -247,6 +165,8 @@ def cpu_of(name: str | None) -> CpuInfo:
 def ready_device(name: str) -> DeviceStatus:
     """A device that can run here, or EnvironmentUnavailable (exit 3) saying what to install."""
     status = device_status(name)
+    if status.mode == "ssh" and not status.ready:
+        raise EnvironmentUnavailable(f"board {name}: {'; '.join(status.missing)}")
     if not status.ready:
         raise EnvironmentUnavailable(f"device {name} cannot run here: missing {'; '.join(status.missing)}")
     return status

@@ -11,34 +11,21 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from edgekit.core.errors import CheckFailed, EnvironmentUnavailable, one_line
-from edgekit.ondevice import script_path
-from edgekit.runtimes.devices import DeviceStatus, device_timeout, emulator_log, qemu_version
+from edgekit.runtimes.devices import DeviceStatus, emulator_log, qemu_version
+from edgekit.runtimes.worker_session import WORKER, WorkerSession, _LoadFailed, _Value
 
-WORKER = script_path("ort_worker.py")
 # How long the worker may take to start (an emulated CPU initialises a large graph slowly) and to answer one
 # batch: runtimes.devices.device_timeout(), 3 minutes unless --device-timeout says otherwise.
 
 
-@dataclass(frozen=True)
-class _Value:
-    """What onnxruntime's NodeArg tells edgekit: name, shape (None for a dynamic axis), type."""
-
-    name: str
-    shape: list
-    type: str
-
-
-class EmulatedSession:
+class EmulatedSession(WorkerSession):
     """A CPU session of `model` on an emulated device; close() (or garbage collection) ends the worker."""
 
     def __init__(self, status: DeviceStatus, model: Path, session_config: dict[str, str] | None, optimization: str):
@@ -76,112 +63,21 @@ class EmulatedSession:
         self._providers = list(hello["providers"])
         self.onnxruntime = hello.get("onnxruntime")
 
-    def _answer(self, timeout: float | None = None) -> dict:
-        """The worker's next answer; its death (a signal, an exit), silence past `timeout` (default: the device
-        timeout) or an answer that is not one is exit 3, naming the device, the emulator and why."""
-        timeout = device_timeout() if timeout is None else timeout
-        timed_out = threading.Event()
+    def _what(self) -> str:
+        return f"the emulated device {self.device} ({self._emulator})"
 
-        def kill():
-            timed_out.set()
-            self._proc.kill()
-
-        timer = threading.Timer(timeout, kill)
-        timer.start()
-        try:
-            line = self._proc.stdout.readline()
-        finally:
-            timer.cancel()
-        if not line:
-            code = self._proc.wait()
-            self._stderr.seek(0)
-            log = emulator_log(self._stderr.read().decode(errors="replace"))
-            if timed_out.is_set():
-                why = f"no answer in {timeout:.0f} s, stopped (--device-timeout SECONDS gives a slow board longer)"
-            elif code < 0:
-                why = f"killed by {signal.Signals(-code).name}" + (f" ({log[-1][:200]})" if log else "")
-            else:
-                why = log[-1][:300] if log else f"exit code {code}"
-            raise EnvironmentUnavailable(f"the emulated device {self.device} ({self._emulator}) stopped: {why}",
-                                         hint="edgekit devices says what it needs; nothing was written")
-        try:
-            answer = json.loads(line)
-        except ValueError:
-            answer = None
-        if not isinstance(answer, dict):
-            self._proc.kill()
-            raise EnvironmentUnavailable(f"the emulated device {self.device} ({self._emulator}) answered "
-                                         f"{line[:60]!r}, not its protocol", hint="edgekit devices says what it needs")
-        return answer
-
-    def get_inputs(self) -> list[_Value]:
-        return list(self._inputs)
-
-    def get_outputs(self) -> list[_Value]:
-        return list(self._outputs)
-
-    def get_providers(self) -> list[str]:
-        return list(self._providers)
-
-    def end_profiling(self) -> str:
-        return ""
-
-    def run(self, output_names, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        from edgekit.ondevice.ort_worker import npy_bytes, read_npy
-
-        arrays = [npy_bytes(a) for a in feeds.values()]
-        with self._lock:
-            pipe = self._proc.stdin
-            try:
-                pipe.write((json.dumps({"run": list(feeds), "bytes": [len(a) for a in arrays]}) + "\n").encode())
-                for data in arrays:
-                    pipe.write(data)
-                pipe.flush()
-            except (OSError, ValueError):  # the worker is gone: _answer says how it ended (exit 3)
-                pass
-            answer = self._answer()
-            if not answer.get("ok"):
-                raise RuntimeError(answer.get("error"))
-            outputs = [read_npy(self._proc.stdout, size) for size in answer["bytes"]]
-        if output_names:
-            index = {v.name: i for i, v in enumerate(self._outputs)}
-            return [outputs[index[n]] for n in output_names]
-        return outputs
-
-    def _remove_private(self) -> None:
-        private = getattr(self, "_private", None)
-        if private:
-            shutil.rmtree(private, ignore_errors=True)
-            self._private = None
-
-    def close(self) -> None:
-        proc = getattr(self, "_proc", None)
-        if proc is None or proc.poll() is not None:
-            self._remove_private()
-            return
-        with contextlib.suppress(OSError, ValueError):
-            proc.stdin.write(b"\n")
-            proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        self._remove_private()
-
-    def __del__(self):
-        with contextlib.suppress(Exception):
-            self.close()
-
-
-class _LoadFailed(Exception):
-    """The device's onnxruntime refused the file (the caller knows which file and what that means)."""
+    def _log(self, text: str) -> list[str]:
+        return emulator_log(text)
 
 
 def emulated_session(status: DeviceStatus, model: Path | bytes, session_config: dict[str, str] | None,
                      optimization: str = "all") -> EmulatedSession:
     """A session of `model` on the device `status` describes; a model the device's onnxruntime cannot load is
     CheckFailed naming the device (the file's problem on that CPU, exit 1)."""
+    if status.mode == "ssh":  # the user's own board: the same worker, over SSH (runtimes/ssh_session.py)
+        from edgekit.runtimes.ssh_session import ssh_session
+
+        return ssh_session(status, model, session_config, optimization)
     cleanup = None
     if isinstance(model, bytes):
         handle, name = tempfile.mkstemp(suffix=".onnx", prefix="edgekit-device-")
