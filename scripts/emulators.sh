@@ -4,6 +4,8 @@
 #   AVX2 lane  (`pytest -m avx2`, `--device x86-avx2`): qemu-x86_64 (qemu-user-static; 7.2 and 10 are both exact).
 #   ARM64 lane (`--device arm64-a53|arm64-a76`): QEMU >= 8 (bookworm-backports' qemu-user: 7.2 crashes importing
 #   onnxruntime >= 1.28 for aarch64), debootstrap, and the sysroot `edgekit devices setup arm64` builds.
+#   SSH lane   (`pytest -m ssh`, `--device ssh://...`): openssh-server + openssh-client, and the "x86 box": a venv
+#   with only numpy + onnxruntime under ~/.cache/edgekit/ssh-box (EDGEKIT_SSH_BOX), never the project's .venv.
 set -u
 EDGEKIT=${EDGEKIT:-.venv/bin/edgekit}
 say() { echo "emulators: $*"; }
@@ -27,6 +29,22 @@ if ! command -v qemu-x86_64-static >/dev/null 2>&1 && ! command -v qemu-x86_64 >
   else
     say "install qemu-user-static (Debian/Ubuntu: apt-get install qemu-user-static) to run the AVX2 lane; it will skip"
   fi
+fi
+
+# --- SSH lane (`pytest -m ssh`, --device ssh://...): a real sshd on 127.0.0.1 and an "x86 box" Python ------------
+if [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null 2>&1; then
+  if is_root_apt; then
+    say "installing openssh-server and openssh-client (Debian) for the SSH lane"
+    apt_install openssh-server openssh-client || say "apt-get could not install openssh-server; the SSH lane will skip"
+  else
+    say "install openssh-server and openssh-client to run the SSH lane; it will skip"
+  fi
+fi
+box=${EDGEKIT_SSH_BOX:-$HOME/.cache/edgekit/ssh-box}  # the board's Python: a bare venv with numpy + onnxruntime only
+if [ ! -x "$box/bin/python" ] || ! "$box/bin/python" -c 'import numpy, onnxruntime' >/dev/null 2>&1; then
+  say "making the SSH lane's x86 box: a venv with numpy and onnxruntime==1.31.1 in $box"
+  { python3 -m venv "$box" && "$box/bin/pip" install -q onnxruntime==1.31.1 numpy; } >/dev/null 2>&1 \
+    || say "could not make $box; the SSH lane's x86-box tests will skip"
 fi
 
 # --- ARM64 lane (best effort) ------------------------------------------------------------------
