@@ -116,3 +116,14 @@ def test_bench_interval_text_ends_with_the_verdict(cli, int8_file):
     assert result.exit_code == 0, result.output
     assert "ort, spinning off" in result.output and "ort, spinning on" in result.output
     assert [line for line in result.output.splitlines() if line.strip()][-1].startswith("fastest passing runtime")
+
+
+def test_package_manifest_records_each_runtimes_latency(cli, int8_file, tmp_path):
+    out = tmp_path / "r.bundle"
+    result = cli("package", str(int8_file), "-o", str(out), "--golden", "4", "--json")
+    assert result.exit_code == 0, result.output
+    runtimes = json.loads((out / "manifest.json").read_text())["runtimes"]
+    for key in ("onnxruntime", "openvino"):
+        if runtimes[key].get("passed"):
+            assert runtimes[key]["latency_ms_p50"] > 0 and "packaging machine" in runtimes[key]["latency_measured"]
+    assert "latency_ms_p50" in runtimes["onnxruntime"]

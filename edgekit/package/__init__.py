@@ -99,6 +99,43 @@ class PackageResult:
         }
 
 
+LATENCY_ROUNDS = 15  # interleaved timed calls per runtime for the manifest's latency on the packaging machine
+
+
+def record_latencies(runtimes: dict, path: Path, x, config: dict, batch: int | None, cpu: dict) -> None:
+    """Each runtime that passed on the golden data, timed on this (packaging) machine: the median of LATENCY_ROUNDS
+    interleaved calls on the first golden input (repeated to a static batch; runtimes/timer.py), ORT with the bundle's session options and spinning
+    off (what check.py runs with), OpenVINO as bench compiles it; written into each runtime's manifest entry."""
+    from edgekit.runtimes.factory import open_runner
+    from edgekit.runtimes.timer import medians
+
+    x = x[:1].repeat(batch or 1, axis=0)
+    wanted = {"onnxruntime": "ort"} if runtimes["onnxruntime"].get("passed") else {}
+    if runtimes.get("openvino", {}).get("passed"):
+        wanted["openvino"] = "openvino"
+    runners = {}
+    try:
+        for key, runtime in wanted.items():
+            runners[key] = (open_runner(path, "openvino", "cpu", batch=batch or 1) if runtime == "openvino"
+                            else _ort_runner(path, config, batch))
+        calls = {key: r.timed_runner(x) for key, r in runners.items()}
+        ms = medians(calls, LATENCY_ROUNDS, warmup=2) if calls else {}
+    finally:
+        for r in runners.values():
+            r.close()
+    where = f"{cpu.get('model') or 'this CPU'}, batch {len(x)}, ONNX Runtime's and OpenVINO's default threads, spinning off"
+    for key, value in ms.items():
+        runtimes[key]["latency_ms_p50"] = value
+        runtimes[key]["latency_measured"] = f"median of {LATENCY_ROUNDS} interleaved calls on the packaging machine ({where})"
+
+
+def _ort_runner(path: Path, config: dict, batch: int | None):
+    from edgekit.runtimes.factory import OrtRunner
+    from edgekit.runtimes.ort import NO_SPIN, create_session
+
+    return OrtRunner(create_session(path, "cpu", session_config={**NO_SPIN, **(config or {})}), batch)
+
+
 def package(
     model_path: Path,
     options: PackageOptions | None = None,
@@ -210,6 +247,7 @@ def package(
         manifest["runtimes"] = {"onnxruntime": {"version": versions["onnxruntime"], "passed": result.passed},
                                 "openvino": openvino_golden_check(staged / onnx_name, inputs[:n], reference[:n], tolerance,
                                                                   static_batch(model))}
+        record_latencies(manifest["runtimes"], staged / onnx_name, inputs[:1], here_config, static_batch(model), cpu)
         write_json(staged / "manifest.json", manifest)  # not hashed itself: the checksums above stay valid
         files = bundle_files(staged, model_names)
         commit_folder(staged, final)
