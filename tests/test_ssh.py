@@ -212,6 +212,18 @@ def test_a_named_board_is_added_listed_verified_on_and_removed(sshd, box, env, i
     assert {c["device"] for c in report["comparisons"]} == {"box"}
     assert remote_leftovers() == []
 
+    # bench: real timings, taken on the board's own clock; the table and the JSON name the board's CPU
+    res = edgekit(["bench", int8_file, "--device", "box", "--runs", "3", "--warmup", "1", "--interval", "20"], env)
+    assert res.returncode == 0, res.stderr
+    assert "board box:" in res.stdout and "x86_64" in res.stdout and "p50 every 20 ms" in res.stdout
+    res = edgekit(["bench", int8_file, "--device", "box", "--runs", "3", "--json"], env)
+    result = json.loads(res.stdout)
+    assert result["board"]["onnxruntime"] == "1.31.1" and result["board"]["cores"] >= 1
+    assert len(result["timings"][0]["samples_ms"]) == 3 and result["timings"][0]["p50_ms"] > 0
+    res = edgekit(["bench", int8_file, "--device", "box", "--torch"], env)
+    assert res.returncode == 2 and "--torch" in res.stderr and "Traceback" not in res.stderr
+    assert remote_leftovers() == []
+
     assert edgekit(["devices", "remove", "box"], env).returncode == 0
     res = edgekit(["verify", int8_file, "--device", "box"], env)
     assert res.returncode == 2 and "unknown device 'box'" in res.stderr

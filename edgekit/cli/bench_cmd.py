@@ -44,6 +44,14 @@ def bench_command(
     from edgekit.bench import bench
     from edgekit.core.errors import BadInput
 
+    from edgekit.bench.board import is_board
+
+    if is_board(device):  # the user's own board over SSH: real timings, taken on the board
+        _bench_board(files, device, report, json_output, BenchOptions(
+            providers=[p for p in providers.split(",")] if providers else None, threads=threads, batch=batch,
+            warmup=warmup, runs=runs, seconds=seconds, with_torch=torch, spin=spin, runtimes=runtimes,
+            interval_ms=interval, profile=profile))
+        return
     if device not in (None, "host"):
         raise BadInput(f"bench --device {device}: an emulated CPU's speed says nothing about the real one",
                        hint="bench times this machine; use --device with verify or quantize, for numerics")
@@ -86,6 +94,42 @@ def bench_command(
     if report is not None:
         console.print(f"report: {escape(str(report))}")
     render_verdict(result)  # the last line: the fastest runtime whose outputs pass
+
+
+def _bench_board(files, device, report, json_output, knobs) -> None:
+    """bench on a board (bench/board.py): one table titled with the board's CPU."""
+    from edgekit.bench.board import bench_on_board
+    from edgekit.onnxfile.outputs import refuse_if_input, register_input
+
+    for path in files:
+        register_input(path, "input model")
+    if report is not None:
+        refuse_if_input(report, "--report")
+    with progress("bench on the board") as shown:
+        result = bench_on_board(files, device, knobs, on_progress=lambda d, t: shown.count("timing (interleaved)", d, t))
+    if report is not None:
+        write_json_report(report, result)
+    if json_output:
+        print_json(result)
+        return
+    facts = result["board"]
+    table = Table(title=f"board {escape(result['device'])}: {escape(result['cpu'])}, onnxruntime "
+                        f"{escape(str(facts.get('onnxruntime')))}, batch {result['batch']}")
+    paced = result["interval_ms"] is not None
+    numbers = ["p50 ms", "p90 ms", "mean ms"] + ([f"p50 every {result['interval_ms']:g} ms", "p90 paced"] if paced else [])
+    table.add_column("file")
+    for column in (*numbers, "img/s", "size"):
+        table.add_column(column, justify="right")
+    for t in result["timings"]:
+        cells = [f"{t['p50_ms']:.2f}", f"{t['p90_ms']:.2f}", f"{t['mean_ms']:.2f}"]
+        if paced:
+            cells += [f"{t['paced_p50_ms']:.2f}", f"{t['paced_p90_ms']:.2f}"]
+        table.add_row(escape(Path(t["file"]).name), *cells, f"{t['img_per_s']:.1f}", human_bytes(t["size_bytes"]))
+    console.print(table)
+    for note in result["notes"]:
+        console.print(f"note: {escape(note)}")
+    if report is not None:
+        console.print(f"report: {escape(str(report))}")
 
 
 def render_bench(result) -> None:

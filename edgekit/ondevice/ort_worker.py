@@ -10,6 +10,10 @@ Protocol (binary, one request at a time):
 - a request is a JSON line {"run": [input names], "bytes": [sizes]} followed by one .npy array per name
   (numpy's format, no pickles), each of the size given; the answer is a JSON line {"ok": true, "bytes":
   [sizes]} followed by those .npy arrays, or {"ok": false, "error": "..."};
+- a timing request is {"time": [input names], "bytes": [sizes], "runs": N, "warmup": W, "interval_ms": MS or
+  null} followed by the arrays: W untimed runs, then N runs each timed here with time.perf_counter (one started
+  every MS milliseconds when MS is given); the answer is {"ok": true, "ms": [N milliseconds]} (the board's own
+  clock, so the channel's latency is never in a figure);
 - an empty line or end of input ends the worker.
 """
 
@@ -57,6 +61,30 @@ def _first_line(exc: BaseException) -> str:
     return (lines[0] if lines else type(exc).__name__)[:500]
 
 
+def _timed(session, feeds, runs: int, warmup: int, interval_ms) -> list:
+    """Milliseconds of `runs` calls on this machine's clock, after `warmup` untimed ones; paced one call every
+    `interval_ms` when given (a call longer than the interval is not caught up in a burst)."""
+    import time
+
+    for _ in range(max(0, warmup)):
+        session.run(None, feeds)
+    samples = []
+    period = float(interval_ms) / 1000 if interval_ms else None
+    next_tick = time.perf_counter()
+    for _ in range(max(1, runs)):
+        t0 = time.perf_counter()
+        session.run(None, feeds)
+        samples.append((time.perf_counter() - t0) * 1000)
+        if period is not None:
+            next_tick += period
+            delay = next_tick - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                next_tick = time.perf_counter()
+    return samples
+
+
 def main(argv: list[str]) -> int:
     out, inp = sys.stdout.buffer, sys.stdin.buffer
     try:
@@ -82,6 +110,14 @@ def main(argv: list[str]) -> int:
         if not line.strip():
             return 0
         request = json.loads(line)
+        if "time" in request:
+            feeds = {name: read_npy(inp, size) for name, size in zip(request["time"], request["bytes"])}
+            try:
+                _say(out, {"ok": True, "ms": _timed(session, feeds, int(request["runs"]), int(request["warmup"]),
+                                                    request.get("interval_ms"))})
+            except Exception as exc:
+                _say(out, {"ok": False, "error": _first_line(exc)})
+            continue
         feeds = {name: read_npy(inp, size) for name, size in zip(request["run"], request["bytes"])}
         try:
             results = session.run(None, feeds)

@@ -113,6 +113,27 @@ class WorkerSession:
             return [outputs[index[n]] for n in output_names]
         return outputs
 
+    def time_runs(self, feeds: dict[str, np.ndarray], runs: int, warmup: int = 1,
+                  interval_ms: float | None = None) -> list[float]:
+        """Milliseconds of `runs` calls timed by the worker on the device's own clock (see ort_worker.py)."""
+        from edgekit.ondevice.ort_worker import npy_bytes
+
+        arrays = [npy_bytes(a) for a in feeds.values()]
+        request = {"time": list(feeds), "bytes": [len(a) for a in arrays], "runs": int(runs), "warmup": int(warmup),
+                   "interval_ms": interval_ms}
+        with self._lock:
+            try:
+                self._proc.stdin.write((json.dumps(request) + "\n").encode())
+                for data in arrays:
+                    self._proc.stdin.write(data)
+                self._proc.stdin.flush()
+            except (OSError, ValueError):
+                pass
+            answer = self._answer()
+        if not answer.get("ok"):
+            raise RuntimeError(answer.get("error"))
+        return [float(v) for v in answer["ms"]]
+
     def _remove_private(self) -> None:
         private = getattr(self, "_private", None)
         if private:
