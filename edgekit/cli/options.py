@@ -73,7 +73,8 @@ TargetOption = Annotated[Target, typer.Option("--target", case_sensitive=False, 
 Device = Annotated[
     str | None,
     typer.Option("--device", help="judge int8 on this CPU's ONNX Runtime kernels: host, x86-avx2, arm64-a53, arm64-a76 "
-                 "(emulated where it is not this machine; `edgekit devices` says which are ready)"),
+                 "(emulated where it is not this machine), or your own board: ssh://user@host[:port] or a name "
+                 "stored with `edgekit devices add` (`edgekit devices` says which are ready)"),
 ]
 
 
