@@ -49,6 +49,13 @@ def meet_budget(trial, o, model_path: Path, pre: Path, full: Path, calib: Calibr
     return trial, fallback, chosen
 
 
+def rank_samples(held_out: int) -> int:
+    """How many of the most-disagreeing held-out samples rank the groups: NNCF's 300 at most, and a quarter of a
+    small held-out set (at least 8): the ranking runs one session per group, and its cost is those samples'
+    inference; the steps are still measured on every held-out sample."""
+    return min(RANK_SAMPLES, held_out, max(8, held_out // 4))
+
+
 def _sqnr(reference: np.ndarray, candidate: np.ndarray) -> float:
     ref = reference.reshape(len(reference), -1).astype(np.float64)
     noise = float(np.sum((ref - candidate.reshape(len(candidate), -1)) ** 2))
@@ -76,7 +83,7 @@ def fallback_search(pre: Path, full: Path, first, budget: Budget, measure, stage
     ref_all = measure.fp32_holdout
     int8_out = run_onnx(full, measure.holdout, batch, config or None, device=measure.device)
     err = np.sum((ref_all.reshape(len(ref_all), -1) - int8_out.reshape(len(int8_out), -1)) ** 2, axis=1)
-    subset = np.sort(np.argsort(-err, kind="stable")[:RANK_SAMPLES])
+    subset = np.sort(np.argsort(-err, kind="stable")[:rank_samples(len(err))])
     x, ref = measure.holdout[subset], ref_all[subset]
 
     cache = SensitivityCache(store, [full.read_bytes(), pre.read_bytes(), np.ascontiguousarray(x).tobytes(),
