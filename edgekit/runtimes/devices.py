@@ -141,6 +141,19 @@ def suggest_devices(target: str | None) -> str | None:
             f"here: --device {ready[-1]} judges it on that CPU's own ONNX Runtime kernels (emulated, numerics only)")
 
 
+def device_notes(name: str | None) -> list[str]:
+    """What a report says of the device a file was judged on: for the user's own board, what it said of itself at
+    first contact (machine, CPU, int8 features, cores, Python/numpy/onnxruntime); nothing for the others."""
+    from edgekit.runtimes.boards import board_of, is_board
+
+    if not is_board(name):
+        return []
+    from edgekit.runtimes.ssh import board_status
+
+    board = board_of(name)
+    return [f"judged on the board {board.name}: {board_status(board).about} (over SSH, its own ONNX Runtime)"]
+
+
 def get_device(name: str) -> Device:
     """A device by name (an ssh:// address or a stored board: what the board says of itself, asked once); BadInput
     naming the known ones."""

@@ -318,6 +318,10 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
             exact_session = create_session(path, "cpu", session_config=other or None, device=device)
         if judgement is not None and judgement.note:
             notes.append(judgement.note)
+        if device is not None:
+            from edgekit.runtimes.devices import device_notes
+
+            notes += device_notes(device)  # a board: what it said of itself (CPU, int8 features, versions)
         if precision == "int8" and device is None:
             from edgekit.runtimes.devices import suggest_devices
 
