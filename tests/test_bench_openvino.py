@@ -127,3 +127,21 @@ def test_package_manifest_records_each_runtimes_latency(cli, int8_file, tmp_path
         if runtimes[key].get("passed"):
             assert runtimes[key]["latency_ms_p50"] > 0 and "packaging machine" in runtimes[key]["latency_measured"]
     assert "latency_ms_p50" in runtimes["onnxruntime"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["thread_spinning"]["checked_with"].startswith("on")
+    assert "session.intra_op.allow_spinning=0" in (out / "README.txt").read_text()
+
+
+def test_verdict_line_names_the_fastest_passing_runtime_and_what_failed():
+    from edgekit.bench.verdict import verdict_line
+
+    checked = [{"label": "m.onnx [ort]", "runtime": "ort", "provider": "cpu", "p50_ms": 2.0, "passed": True, "failures": []},
+               {"label": "m.onnx [openvino]", "runtime": "openvino", "provider": "cpu", "p50_ms": 1.0, "passed": False,
+                "failures": ["SQNR 3.0 dB < 12.0"]}]
+    verdict = {"fastest": "m.onnx [ort]", "runtime": "ort", "provider": "cpu", "p50_ms": 2.0, "gates": "int8 defaults",
+               "samples": 8, "checked": checked}
+    line = verdict_line("m.onnx", verdict)
+    assert line.startswith("fastest passing runtime for m.onnx on this CPU: ort cpu, p50 2.00 ms")
+    assert "failed the gates: m.onnx [openvino] (SQNR 3.0 dB < 12.0)" in line and "\n" not in line
+    none = verdict_line("m.onnx", {**verdict, "fastest": None, "runtime": None, "checked": checked[1:]})
+    assert none.startswith("fastest passing runtime for m.onnx on this CPU: none")

@@ -38,8 +38,10 @@ from edgekit.onnxfile.outputs import commit_folder, stage_folder
 from edgekit.package.folder import OVERHEAD_BUDGET, check_destination, default_bundle_dir, write_within_budget
 from edgekit.package.golden import DEFAULT_GOLDEN, MAX_GOLDEN, golden_inputs, golden_within_budget, reference_outputs
 from edgekit.package.manifest import (
+    CHECKED_SPINNING,
     MOBILE_REPORT,
     README_NAME,
+    SPINNING_ADVICE,
     BundleFile,
     build_manifest,
     bundle_files,
@@ -247,6 +249,7 @@ def package(
         manifest["runtimes"] = {"onnxruntime": {"version": versions["onnxruntime"], "passed": result.passed},
                                 "openvino": openvino_golden_check(staged / onnx_name, inputs[:n], reference[:n], tolerance,
                                                                   static_batch(model))}
+        manifest["thread_spinning"] = {"checked_with": CHECKED_SPINNING, "advice": SPINNING_ADVICE}
         record_latencies(manifest["runtimes"], staged / onnx_name, inputs[:1], here_config, static_batch(model), cpu)
         write_json(staged / "manifest.json", manifest)  # not hashed itself: the checksums above stay valid
         files = bundle_files(staged, model_names)

@@ -102,6 +102,15 @@ def checked_when_packaged(result: BundleCheck, cpu: dict, versions: dict) -> dic
     }
 
 
+# check.py opens its sessions with ONNX Runtime's default: the intra-op pool spins between calls
+CHECKED_SPINNING = "on (ONNX Runtime's default: check.py sets no session.intra_op.allow_spinning)"
+SPINNING_ADVICE = (
+    "Thread spinning: checked with it on (ORT's default). Back to back, or when every millisecond counts, keep it on. "
+    "A camera calling the model once per frame on a device that runs on a battery or gets hot: set "
+    "session.intra_op.allow_spinning=0, which keeps the pool from burning a core between frames at the price of a "
+    "slower wake-up (outputs do not change); edgekit bench FILE --interval MS measures both on your machine.")
+
+
 def readme(manifest: dict) -> str:
     model = manifest["model"]
     opts = manifest.get("session_options") or {}
@@ -120,6 +129,7 @@ def readme(manifest: dict) -> str:
         (f"Minimal ORT builds: --include_ops_by_config {OPS_CONFIG}; the .ort needs onnxruntime >= "
          f"{manifest['ort_format']['onnxruntime']}." if model["ort_file"] else "No .ort: " + manifest["ort_format"]["left_out"]),
         "Exit codes: 0 pass, 1 a check failed, 2 broken bundle or bad usage, 3 provider or library missing.",
+        SPINNING_ADVICE,
         "",
     ])
 
