@@ -210,6 +210,9 @@ def test_a_named_board_is_added_listed_verified_on_and_removed(sshd, box, env, i
     assert res.returncode == 0, res.stderr
     report = json.loads((tmp_path / "v.json").read_text())
     assert {c["device"] for c in report["comparisons"]} == {"box"}
+    board_note = [n for n in report["notes"] if n.startswith("judged on the board box")]
+    assert board_note and "onnxruntime 1.31.1" in board_note[0] and "cores" in board_note[0]
+    assert any("the file's recipe is arm64; this board's CPU calls for x86" in n for n in report["notes"])
     assert remote_leftovers() == []
 
     # bench: real timings, taken on the board's own clock; the table and the JSON name the board's CPU

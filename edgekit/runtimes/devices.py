@@ -141,17 +141,25 @@ def suggest_devices(target: str | None) -> str | None:
             f"here: --device {ready[-1]} judges it on that CPU's own ONNX Runtime kernels (emulated, numerics only)")
 
 
-def device_notes(name: str | None) -> list[str]:
+def device_notes(name: str | None, target: str | None = None) -> list[str]:
     """What a report says of the device a file was judged on: for the user's own board, what it said of itself at
-    first contact (machine, CPU, int8 features, cores, Python/numpy/onnxruntime); nothing for the others."""
+    first contact (machine, CPU, int8 features, cores, Python/numpy/onnxruntime) and whether the file's recipe
+    (`target`) is the one for that CPU; nothing for the others."""
     from edgekit.runtimes.boards import board_of, is_board
 
     if not is_board(name):
         return []
+    from edgekit.judge.targets import detect_target
     from edgekit.runtimes.ssh import board_status
 
     board = board_of(name)
-    return [f"judged on the board {board.name}: {board_status(board).about} (over SSH, its own ONNX Runtime)"]
+    notes = [f"judged on the board {board.name}: {board_status(board).about} (over SSH, its own ONNX Runtime)"]
+    if target:
+        best = detect_target(cpu=get_device(name).cpu())
+        notes.append(f"the file's recipe ({target}) is the one for this board's CPU" if best == target else
+                     f"the file's recipe is {target}; this board's CPU calls for {best} "
+                     f"(edgekit quantize --target {best} makes that file)")
+    return notes
 
 
 def get_device(name: str) -> Device:

@@ -321,7 +321,7 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
         if device is not None:
             from edgekit.runtimes.devices import device_notes
 
-            notes += device_notes(device)  # a board: what it said of itself (CPU, int8 features, versions)
+            notes += device_notes(device, o.target or recipe.get("target"))  # a board: what it said of itself (CPU, int8 features, versions)
         if precision == "int8" and device is None:
             from edgekit.runtimes.devices import suggest_devices
 
