@@ -8,14 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from edgekit.bench.options import BenchOptions
 from edgekit.core.errors import BadInput
-
-DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-          "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
-
 
 def is_board(device: str | None) -> bool:
     from edgekit.runtimes.boards import is_board as stored_or_url
@@ -33,25 +27,12 @@ def _refuse_unsupported(device: str, knobs: BenchOptions) -> None:
                        "cannot apply there", hint=f"drop {', '.join(asked)}")
 
 
-def _feeds(session, batch: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    feeds = {}
-    for value in session.get_inputs():
-        shape = [d if isinstance(d, int) and d > 0 else batch for d in value.shape]
-        dtype = DTYPES.get(value.type)
-        if dtype is None:
-            raise BadInput(f"bench --device: input {value.name!r} is {value.type}, which bench does not fill")
-        feeds[value.name] = (rng.standard_normal(shape) if np.issubdtype(dtype, np.floating)
-                             else rng.integers(0, 8, shape)).astype(dtype)
-    return feeds
-
-
 def bench_on_board(files: list[Path], device: str, knobs: BenchOptions, on_progress=None) -> dict:
     """Each file's p50/p90/mean ms on the board (and paced, with knobs.interval_ms), with the board's facts."""
     from edgekit.onnxfile.artifact import load_onnx, read_metadata
     from edgekit.runtimes.boards import board_of
     from edgekit.runtimes.devices import ready_device
-    from edgekit.runtimes.factory import open_runner
+    from edgekit.runtimes.board_timer import BoardTimer
     from edgekit.runtimes.ssh import cpu_line, probe
     from edgekit.runtimes.timer import percentiles
 
@@ -59,34 +40,33 @@ def bench_on_board(files: list[Path], device: str, knobs: BenchOptions, on_progr
     ready_device(device)
     board = board_of(device)
     facts = probe(board)
-    sessions, rows = {}, []
+    timers, rows = {}, []
     try:
         for path in files:
             recipe = (read_metadata(load_onnx(Path(path), check=False), path) or {}).get("recipe")
-            runner = open_runner(Path(path), "ort", "cpu", device, recipe=recipe, timing=True, spin=knobs.spin)
-            sessions[str(path)] = (runner.session.session, _feeds(runner.session.session, knobs.batch))
-        samples = {name: [] for name in sessions}
+            timers[str(path)] = BoardTimer(Path(path), device, recipe, knobs.spin, knobs.batch)
+        samples = {name: [] for name in timers}
         for _ in range(max(0, knobs.warmup)):
-            for session, feeds in sessions.values():
-                session.time_runs(feeds, 1, warmup=0)
-        total, done = knobs.runs * len(sessions), 0
+            for timer in timers.values():
+                timer.time(1)
+        total, done = knobs.runs * len(timers), 0
         for _ in range(knobs.runs):  # A B A B ...: drift on the board hits every file alike
-            for name, (session, feeds) in sessions.items():
-                samples[name] += session.time_runs(feeds, 1, warmup=0)
+            for name, timer in timers.items():
+                samples[name] += timer.time(1)
                 done += 1
                 if on_progress:
                     on_progress(done, total)
-        for name, (session, feeds) in sessions.items():
+        for name, timer in timers.items():
             p50, p90, mean = percentiles(samples[name])
             row = {"file": name, "p50_ms": p50, "p90_ms": p90, "mean_ms": mean, "img_per_s": 1000 * knobs.batch / p50,
                    "size_bytes": Path(name).stat().st_size, "samples_ms": samples[name]}
             if knobs.interval_ms is not None:
-                paced = session.time_runs(feeds, knobs.runs, warmup=1, interval_ms=knobs.interval_ms)
+                paced = timer.time(knobs.runs, warmup=1, interval_ms=knobs.interval_ms)
                 row["paced_p50_ms"], row["paced_p90_ms"], _ = percentiles(paced)
             rows.append(row)
     finally:
-        for session, _feeds_ in sessions.values():
-            session.close()
+        for timer in timers.values():
+            timer.close()
     return {
         "device": board.name, "url": board.url, "board": facts, "cpu": cpu_line(facts), "batch": knobs.batch,
         "warmup": knobs.warmup, "runs": knobs.runs, "interval_ms": knobs.interval_ms, "timings": rows,
