@@ -40,7 +40,7 @@ def devices_command(ctx: typer.Context, json_output: options.Json = False) -> No
 
 def devices_table(statuses) -> Table:
     """One row per device: how it runs here, what it is, what it still needs."""
-    table = Table(title="devices for --device (emulated: exact numerics, no timing)")
+    table = Table(title="devices for --device (emulated: exact numerics, no timing; boards over ssh: real timings)")
     for column in ("device", "runs", "what it is", "missing"):
         table.add_column(column)
     for s in statuses:
