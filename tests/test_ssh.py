@@ -53,16 +53,16 @@ class Sshd:
             f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {root / 'host_key'}\nPidFile {root / 'sshd.pid'}\n"
             f"AuthorizedKeysFile {root / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-            "PrintMotd no\nMaxStartups 50\n")
+            "PrintMotd no\nMaxStartups 50\nAcceptEnv TMPDIR\n")
         self.config = root / "ssh_config"
         self.write_client_config()
 
-    def write_client_config(self, identity: str | None = None) -> None:
+    def write_client_config(self, identity: str | None = None, tmpdir: str | None = None) -> None:
         identity = identity or str(self.root / "id_ed25519")
         self.config.write_text(
             f"Host 127.0.0.1\n  IdentityFile {identity}\n  IdentitiesOnly yes\n"
             f"  UserKnownHostsFile {self.root / 'known_hosts'}\n  GlobalKnownHostsFile /dev/null\n"
-            "  PreferredAuthentications publickey\n")
+            "  PreferredAuthentications publickey\n" + (f"  SetEnv TMPDIR={tmpdir}\n" if tmpdir else ""))
 
     def start(self) -> None:
         os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege-separation folder
@@ -332,3 +332,21 @@ def test_the_fake_arm_board_computes_bit_identically_to_the_emulated_a76(sshd, a
     from edgekit.runtimes.devices import get_device
 
     assert get_device("fakepi").arch == "aarch64"
+
+
+def test_a_full_disk_on_the_board_is_exit_3_and_its_folder_is_removed(sshd, box, env, int8_file, tmp_path):
+    # the board's temp folder on a 2 MB tmpfs (the model is ~11 MB): the write fails there, said in one line
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()[:120]}")
+    try:
+        sshd.write_client_config(tmpdir=str(small))
+        edgekit(["devices", "add", "full", sshd.url(), "--python", box], env)
+        line = one_line_exit3(edgekit(["verify", int8_file, "--device", "full", "--random-inputs", "0"], env))
+        assert "cannot write the model" in line and "100%" in line
+        assert not [p for p in small.iterdir() if p.name.startswith("tmp.")]
+    finally:
+        sshd.write_client_config()
+        subprocess.run(["umount", str(small)], capture_output=True)
