@@ -85,13 +85,20 @@ def test_a_missing_parent_is_one_line_naming_parent_and_parent_is_checked_by_sha
     alone = tmp_path / "alone"
     alone.mkdir()
     shutil.copyfile(int8, alone / int8.name)
-    res = cli("verify", alone / int8.name)
-    assert res.exit_code == 2
-    line = _one_line(res)
-    assert "--parent" in line and fp32.name in line and "sha256" in line
-    res = cli("package", alone / int8.name, "-o", tmp_path / "b")
-    assert res.exit_code == 2 and "--parent" in _one_line(res)
-    assert not (tmp_path / "b").exists()
+    res = cli("verify", alone / int8.name, "--random-inputs", "0", "--providers", "cpu")
+    assert res.exit_code == 0, res.stderr  # the parent is found where it was when the int8 file was made
+    moved = fp32.with_name("moved-away.bin")
+    fp32.rename(moved)  # gone from there too: one line naming --parent
+    try:
+        res = cli("verify", alone / int8.name)
+        assert res.exit_code == 2
+        line = _one_line(res)
+        assert "--parent" in line and fp32.name in line and "sha256" in line
+        res = cli("package", alone / int8.name, "-o", tmp_path / "b")
+        assert res.exit_code == 2 and "--parent" in _one_line(res)
+        assert not (tmp_path / "b").exists()
+    finally:
+        moved.rename(fp32)
 
     res = cli("verify", alone / int8.name, "--parent", int8)  # a file, but not the parent
     assert res.exit_code == 2

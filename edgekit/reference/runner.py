@@ -215,7 +215,8 @@ def dense_task(model_proto, parsed) -> str:
 def find_by_sha256(path: Path, recorded: str, sha: str, given: Path | None, what: str, verb: str,
                    recorded_path: str | None = None) -> Path:
     """The file with sha256 `sha`: `given` (checked), else the recorded name beside `path`, else one of the .onnx
-    files beside it (at most MAX_SIBLINGS, each under MAX_SIBLING_BYTES, MAX_HASHED_BYTES in all). BadInput naming
+    files beside it (at most MAX_SIBLINGS, each under MAX_SIBLING_BYTES, MAX_HASHED_BYTES in all), else the path it
+    was recorded at (`recorded_path`: an absolute path, read only because its sha256 must match). BadInput naming
     --parent otherwise."""
     where = shown_path(path)
     if given is not None:
@@ -230,10 +231,6 @@ def find_by_sha256(path: Path, recorded: str, sha: str, given: Path | None, what
     named = folder / Path(recorded).name
     if named.is_file() and named.resolve() != path.resolve() and sha256_file(named) == sha:
         return named
-    if recorded_path:  # where the file was when this one was made: only ever read, and only if its sha256 matches
-        at = Path(recorded_path)
-        if at.is_absolute() and at.is_file() and at.resolve() != path.resolve() and sha256_file(at) == sha:
-            return at
     hashed = 0
     for candidate in _siblings(folder, path, named):
         hashed += candidate.stat().st_size
@@ -241,9 +238,14 @@ def find_by_sha256(path: Path, recorded: str, sha: str, given: Path | None, what
             break
         if sha256_file(candidate) == sha:
             return candidate
+    if recorded_path:  # where the file was when this one was made: only ever read, and only if its sha256 matches
+        at = Path(recorded_path)
+        if at.is_absolute() and at.is_file() and at.resolve() != path.resolve() and sha256_file(at) == sha:
+            return at
     raise BadInput(
         f"{where} was {verb} {Path(recorded).name} (sha256 {sha[:16]}...), its reference, and no file with that "
-        f"sha256 is beside it", hint=f"pass the {what} with --parent FILE")
+        f"sha256 is beside it" + (f" or at {recorded_path}" if recorded_path else ""),
+        hint=f"pass the {what} with --parent FILE")
 
 
 def _siblings(folder: Path, path: Path, named: Path) -> list[Path]:

@@ -183,6 +183,10 @@ class Session:
 
         return run
 
+    def check(self, inputs: dict[str, np.ndarray]) -> None:
+        """Names, ranks, static dimensions and dtypes of `inputs` against the session's; BadInput naming what differs."""
+        check_inputs(self.session, inputs)
+
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         check_inputs(self.session, inputs)
         try:

@@ -13,7 +13,6 @@ saturation is measured and named apart from the file's quantization error. Its k
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
 import time
 from pathlib import Path
 from typing import Callable
@@ -21,14 +20,22 @@ from typing import Callable
 import numpy as np
 
 from edgekit.onnxfile.artifact import load_onnx, read_metadata, sha256_file
-from edgekit.judge.compare import DEFAULT_TOLERANCES, NAN_ONLY, Tolerance, apply_noise_floor, compare_outputs, mismatched_output
 from edgekit.core.errors import BadInput
 from edgekit.onnxfile.graph import precision_of
 from edgekit.core.knobs import described, with_knobs
 from edgekit.core.provenance import run_environment
 from edgekit.runtimes.devices import cpu_of
 from edgekit.reference.runner import check_finite, open_reference
-from edgekit.runtimes.runners import REFERENCE_BATCH, batch_sizes, input_dtype, run_session
+from edgekit.runtimes.runners import batch_sizes, input_dtype
+from edgekit.verify.comparator import (
+    cross_runtime_rows,
+    ExactReference,
+    openvino_runner,
+    ort_runner,
+    placement,
+    compare_rows,
+    torch_cuda_rows,
+)
 from edgekit.judge.targets import (
     TARGETS,
     exact_session_for,
@@ -60,153 +67,6 @@ __all__ = [
 SATURATION_GAP_DB = 3.0
 
 
-class _ExactReference:
-    """Float64 outputs of the reference (PyTorch only), computed at most once per input set, for the fp32
-    noise-floor check."""
-
-    def __init__(self, reference):
-        self.reference = reference
-        self.cache: dict[str, np.ndarray] = {}
-
-    def get(self, name: str, inputs: np.ndarray) -> np.ndarray:
-        if name not in self.cache:
-            self.cache[name] = self.reference.run_exact(inputs)
-        return self.cache[name]
-
-
-def row_tolerance(precision: str, input_set: str, tolerance: Tolerance) -> Tolerance:
-    """The gates of one row. int8 scales are calibrated on images; standard-normal noise lies outside the calibrated
-    ranges and saturates (random-weight resnet18 at 224: 4.7 dB, 0 % top-1 agreement, against 27 dB and 100 % on the
-    photos), so random inputs to an int8 file are gated on NaN/Inf only, on every runtime."""
-    return NAN_ONLY if precision == "int8" and input_set == "random" else tolerance
-
-
-@dataclass
-class _Runner:
-    """One row source for the comparator: a runtime that runs the file (or, for scale, the reference itself) on a
-    batch, what it is called in the report, the batch sizes it is exercised at, and how its rows are gated."""
-
-    runtime: str  # onnxruntime | openvino | pytorch
-    requested: str
-    ran_on: str
-    batches: list[int] | None  # None: one row per input set at its natural batch
-    run: Callable[[np.ndarray, int | None], np.ndarray]  # the first output on (inputs, batch)
-    stage: str
-    kernels: str = ""
-    gated: bool = True
-    device: str | None = None
-    notes: list[str] = field(default_factory=list)
-    tolerance: Tolerance | None = None  # a fixed gate (PyTorch CUDA vs CPU: fp32 noise), else the file's
-
-
-def _ort_runner(session, kernels: str = "", gated: bool = True) -> _Runner:
-    return _Runner(
-        "onnxruntime", session.requested, session.ran_on, batch_sizes(session),
-        lambda x, batch: run_session(session, x, batch)[0],
-        f"ONNX Runtime on {session.requested}{' ' + kernels if kernels else ''}", kernels=kernels, gated=gated,
-        device=session.device,
-    )
-
-
-def _openvino_runner(path: Path, batches: list[int]) -> _Runner:
-    """OpenVINO on the CPU, compiled once per batch size; the rows say what OpenVINO executed."""
-    from edgekit.runtimes.factory import open_runner
-    from edgekit.runtimes.runners import run_batched
-
-    compiled: dict = {}
-    runner = _Runner("openvino", "cpu", "cpu", batches, lambda x, batch: None, "OpenVINO")
-
-    def run(x: np.ndarray, batch: int | None) -> np.ndarray:
-        if batch not in compiled:
-            compiled[batch] = open_runner(path, "openvino", batch=batch)
-            runner.notes[:] = [compiled[batch].describe()]
-        return run_batched(compiled[batch].run, x, batch)[0]
-
-    runner.run = run
-    return runner
-
-
-def _rows(runner: _Runner, input_sets: list[InputSet], expected: dict[str, np.ndarray], output_name: str,
-          precision: str, tolerance: Tolerance, exact: _ExactReference | None, on_stage: Callable[[str], None],
-          ) -> list[Comparison]:
-    """The one row builder: one Comparison per input set x batch size of one runner against the reference's outputs
-    (int8 random inputs gated on NaN/Inf only, row_tolerance; the fp32 noise floor where the reference has one)."""
-    rows = []
-    for s in input_sets:
-        for batch in runner.batches or [None]:
-            on_stage(f"{runner.stage}: {s.name}" + (f", batch {batch}" if batch else ""))
-            got = runner.run(s.tensors, batch)
-            ref = expected[s.name]
-            row_tol = runner.tolerance or row_tolerance(precision, s.name, tolerance)
-            notes = list(runner.notes)
-            if got.shape != ref.shape:
-                metrics = mismatched_output(output_name, ref.shape, got.shape)
-            else:
-                metrics = compare_outputs(ref, got, output_name, row_tol)
-                if exact is not None and not metrics.passed:
-                    on_stage("float64 PyTorch run (fp32 noise floor)")
-                    floor = apply_noise_floor(metrics, exact.get(s.name, s.tensors), ref, got)
-                    if floor is not None:
-                        notes.append(floor.describe())
-            rows.append(Comparison(
-                runner.runtime, runner.requested, runner.ran_on, s.name,
-                batch if batch is not None else min(REFERENCE_BATCH, len(s.tensors)), len(s.tensors), [metrics],
-                row_tol, gated=runner.gated, notes=notes, kernels=runner.kernels, device=runner.device,
-            ))
-    return rows
-
-
-def _placement(session, input_sets: list[InputSet], on_stage: Callable[[str], None]) -> ProviderRun:
-    """One profiled run tells which provider ran each node; node_placement() then ends profiling."""
-    on_stage(f"ONNX Runtime on {session.requested}: node placement")
-    first = batch_sizes(session)[0]
-    run_session(session, input_sets[0].tensors[:first], first)
-    return ProviderRun(
-        requested=session.requested, ran_on=session.ran_on, fell_back=session.fell_back, reason=session.reason,
-        ort_providers=list(session.providers), placement=session.node_placement(),
-    )
-
-
-def _torch_cuda_rows(
-    torch_model, input_sets: list[InputSet], expected: dict[str, np.ndarray], output_name: str,
-    on_stage: Callable[[str], None],
-) -> list[Comparison]:
-    """PyTorch's own GPU result against its CPU one, for scale (not a gate): fp32 noise on this GPU."""
-    from edgekit.runtimes.torch_eager import TorchRunner
-
-    with TorchRunner.on(torch_model, "cuda") as torch_runner:
-        runner = _Runner("pytorch", "cuda", "cuda", None, lambda x, _batch: torch_runner.run(x)[0], "PyTorch on CUDA",
-                         gated=False, notes=["PyTorch CUDA vs PyTorch CPU, for scale; not a gate"],
-                         tolerance=DEFAULT_TOLERANCES["fp32"])
-        return _rows(runner, input_sets, expected, output_name, "fp32", DEFAULT_TOLERANCES["fp32"], None, on_stage)
-
-
-def _cross_runtime_rows(path: Path, input_sets: list[InputSet], expected: dict[str, np.ndarray], output_name: str,
-                        precision: str, tolerance: Tolerance, file_config: dict, runtime_names: list[str],
-                        batches: list[int], on_stage: Callable[[str], None]) -> list[Comparison]:
-    """An imported file against its original, across runtimes as Polygraphy `run --onnxrt --openvino` does: ORT
-    with graph optimisations disabled (gated: the normalised graph must compute the same without ORT's fusions), and
-    OpenVINO where installed (for comparison, not a gate, unless --runtimes openvino asked for it: then its own rows
-    gate it)."""
-    import importlib.util
-
-    from edgekit.runtimes.ort import create_session
-
-    on_stage("ONNX Runtime without graph optimisations")
-    plain = create_session(path, "cpu", optimization="none", session_config=file_config or None)
-    rows = _rows(_ort_runner(plain, kernels="no graph optimisations"), input_sets, expected, output_name, precision,
-                 tolerance, None, on_stage)
-    if "openvino" not in runtime_names and importlib.util.find_spec("openvino") is not None:
-        openvino = _openvino_runner(path, batches)
-        openvino.gated = False
-        extra = _rows(openvino, input_sets, expected, output_name, precision, tolerance, None, on_stage)
-        for row in extra:
-            row.notes.append("OpenVINO against the original file, for comparison (as Polygraphy --openvino); not a "
-                             "gate: pass --runtimes ort,openvino to gate it")
-        rows += extra
-    return rows
-
-
 def _saturation(rows: list[Comparison], exact_rows: list[Comparison], cpu, recipe: dict, judged_for: str,
                 gated_on_default: bool) -> Saturation | None:
     """Default vs exact int8 kernels on the first image input set (the photos or tensors)."""
@@ -227,41 +87,20 @@ def _saturation(rows: list[Comparison], exact_rows: list[Comparison], cpu, recip
 
 def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callable[[str], None] | None = None,
            **knobs) -> Report:
-    """Compare ONNX Runtime on each provider with the PyTorch reference; the Report says what passed.
+    """Compare the file on each provider (and runtime, and device) with its reference; the Report says what passed.
 
     OPTIONS (VerifyOptions: the inputs, the reference, the gates, what else to measure) with any keyword KNOBS
-    replaced: `verify(path, providers="cpu")` is `verify(path, VerifyOptions(providers="cpu"))`."""
+    replaced: `verify(path, providers="cpu")` is `verify(path, VerifyOptions(providers="cpu"))`. The steps: check the
+    options, open the reference, open the sessions (a provider that cannot start fails in seconds, exit 3, before any
+    PyTorch work), load the inputs, run the reference, compare every runner with it, then the dataset and the layers."""
     o = with_knobs(VerifyOptions, options, knobs)
-    device = o.device
-    from edgekit.judge.compare import gates_for, untrained
-    from edgekit.runtimes.ort import check_inputs, create_session, cuda_device_available, parse_providers
+    from edgekit.judge.compare import gates_for
+    from edgekit.runtimes.ort import cuda_device_available, parse_providers
 
     on_stage = on_stage or (lambda _s: None)
     started = time.perf_counter()
     path = Path(path)
-    if o.weights is not None and o.pretrained:
-        raise BadInput("--weights and --pretrained exclude each other", hint="choose one")
-    low, high = described(VerifyOptions, "max_drop").metadata["range"]  # the CLI's range, declared once
-    if o.max_drop is not None and not (np.isfinite(o.max_drop) and low <= o.max_drop <= high):
-        raise BadInput(f"--max-drop must be {low:g} to {high:g} points, got {o.max_drop}")
-    if o.max_drop is not None and o.dataset is None:
-        raise BadInput("--max-drop gates the accuracy on --dataset", hint="give --dataset DIR too")
-    if o.dataset_samples is not None and o.dataset_samples < 1:
-        raise BadInput(f"--samples must be at least 1, got {o.dataset_samples}")
-    if o.target is not None and (o.target == "auto" or o.target not in TARGETS):
-        raise BadInput(f"unknown --target {o.target!r}", hint=f"use one of {', '.join(t for t in TARGETS if t != 'auto')}")
-
-    from edgekit.runtimes.openvino_model import parse_runtimes
-
-    runtime_names = parse_runtimes(o.runtimes)  # exit 3 now when openvino is asked for and absent
-    if device in ("host", ""):
-        device = None
-    if device is not None:
-        from edgekit.runtimes.devices import ready_device
-
-        ready_device(device)  # unknown: exit 2; not set up here: exit 3, before any work
-        if set(runtime_names) - {"ort"}:
-            raise BadInput(f"--device {device} runs ONNX Runtime only; drop --runtimes")
+    runtime_names, device = _checked_options(o)
     on_stage("loading the file")
     model_proto = load_onnx(path)
     meta = read_metadata(model_proto, path)
@@ -277,10 +116,8 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
                                             task=ref.task, why=None if ref.kind == "pytorch" else ref.why_gates)
     if o.dataset is not None:
         check_dataset(Path(o.dataset), ref.num_classes)  # a bad folder fails now, not after the reference is built
-    user_elementwise = o.atol is not None or o.rtol is not None
     digest = sha256_file(path)
     del model_proto  # the sessions read the file themselves; large graphs need not stay in memory
-
     if o.layers and precision != "int8":
         raise BadInput(f"--layers compares an int8 file with its fp32 parent; {path} is {precision}")
     parent_path = None
@@ -292,105 +129,54 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
     # the one decision of the session options (runtimes/factory.py): what the file needs on every CPU, and the
     # exact-accumulation kernels where the file is judged as another CPU computes it
     gated = "exact" if judgement is not None and judgement.gate_session else "default"
-    file_config = session_options(recipe)
-
-    # Sessions before any PyTorch work: a provider that cannot start fails in seconds (exit 3).
     wanted = parse_providers(o.providers)
     sessions: list = []
     with contextlib.ExitStack() as cleanup:
         # ORT writes a profiled session's trace when it is freed: end every one, whatever fails
         cleanup.callback(lambda: [s.discard_profile() for s in sessions])
-        notes: list[str] = []
-        for provider in wanted:
-            on_stage(f"starting ONNX Runtime on {provider}")
-            # ORT's CUDA provider uses TF32 for fp32 convolutions by default: that is not fp32 math.
-            # (TensorRT has no such option in ORT; its fp32 engines may use TF32 on Ampere and later.)
-            provider_options = {"use_tf32": "0"} if provider == "cuda" else None
-            config = session_options(recipe, kernels=gated if provider == "cpu" else "default")
-            sessions.append(create_session(
-                path, provider, allow_fallback=o.allow_fallback, enable_profiling=device is None, provider_options=provider_options,
-                session_config=config or None, device=device if provider == "cpu" else None,
-            ))
-        exact_session = None
-        if judgement is not None and judgement.also_default and "cpu" in wanted:
-            # the other CPU path: exact accumulation when the gates run on the defaults, and vice versa
-            other = session_options(recipe, kernels="default" if gated == "exact" else "exact")
-            exact_session = create_session(path, "cpu", session_config=other or None, device=device)
-        if judgement is not None and judgement.note:
-            notes.append(judgement.note)
-        if device is not None:
-            from edgekit.runtimes.devices import device_notes
-
-            notes += device_notes(device, o.target or recipe.get("target"))  # a board: what it said of itself (CPU, int8 features, versions)
-        if precision == "int8" and device is None:
-            from edgekit.runtimes.devices import suggest_devices
-
-            hint = suggest_devices(o.target or recipe.get("target"))
-            if hint:
-                notes.append(hint)
-
+        exact_session = _open_sessions(sessions, path, o, recipe, judgement, gated, wanted, device, on_stage)
+        notes = _file_notes(judgement, precision, device, o.target or recipe.get("target"))
         first = sessions[0]
-        chw = expected_chw(first, ref.preprocessing)
         on_stage("loading inputs")
-        input_sets, input_notes = load_input_sets(ref.preprocessing, chw, o.images, o.inputs, o.random_inputs, o.seed)
+        input_sets, input_notes = load_input_sets(ref.preprocessing, expected_chw(first, ref.preprocessing), o.images,
+                                                  o.inputs, o.random_inputs, o.seed)
         notes += input_notes
         for session in sessions:
-            probe = np.repeat(input_sets[0].tensors[:1], batch_sizes(session)[0], axis=0).astype(input_dtype(session))
-            check_inputs(session.session, {session.input_name: probe})
+            session.check({session.input_name: np.repeat(input_sets[0].tensors[:1], batch_sizes(session)[0],
+                                                         axis=0).astype(input_dtype(session))})
         if input_dtype(first) == np.float16:
             notes.append("the model takes float16 inputs: the float32 inputs are cast to float16 for ONNX Runtime")
 
         on_stage(f"building the reference ({ref.model_name})" if ref.kind == "pytorch" else "starting the reference")
         cleanup.callback(ref.close)
         ref.load()
-        torch_model = ref.torch_model
         reference = Reference(
             model=ref.model_name, family=ref.family, from_metadata=ref.from_metadata, weights=ref.weights,
             num_classes=ref.num_classes, input_size=ref.input_size, preprocessing=ref.preprocessing, kind=ref.kind,
             file=str(ref.file) if ref.file else None, sha256=ref.sha256, task=ref.task, text=ref.describe(),
         )
-        if ref.kind == "pytorch" and not ref.from_metadata and (ref.weights or {}).get("kind") == "random":
-            notes.append(
-                f"no --weights: the reference has seeded random weights (seed {o.seed}); a foreign file matches it "
-                "only if it was exported from the same seeded model"
-            )
-        expected_outputs = {}
-        for s in input_sets:
-            on_stage(f"reference ({ref.short}) on {s.name}")
-            out = ref.run(s.tensors)
-            check_finite(out, s.name, ref)
-            expected_outputs[s.name] = out
+        expected_outputs = _reference_outputs(ref, input_sets, on_stage)
         first_ref = expected_outputs[input_sets[0].name]
-        num_classes = int(first_ref.reshape(len(first_ref), -1).shape[1])
-        reference.num_classes = num_classes
+        num_classes = reference.num_classes = int(first_ref.reshape(len(first_ref), -1).shape[1])
+        notes += _reference_notes(ref, o, precision, meta, input_sets, first.output_names)
 
-        if precision == "int8" and any(s.name == "random" for s in input_sets):
-            notes.append(
-                "int8 on the random inputs: only NaN/Inf are gated (standard-normal noise lies outside the ranges "
-                "the int8 scales were calibrated on, and saturates); the photos carry the int8 gates"
-            )
-        if precision == "int8" and untrained(meta):
-            notes.append(
-                "random weights: int8 agreement and SQNR here show the file computes what its fp32 parent does; "
-                "they do not predict accuracy on real data (use --dataset with a trained model)"
-            )
+        # the comparator: every runner against the reference's outputs, one row builder (verify/comparator.py)
         first_output = first.output_names[0]
-        if len(first.output_names) > 1:
-            notes.append(f"the model has several outputs; the first, {first_output!r}, is compared")
-        exact = _ExactReference(ref) if precision == "fp32" and not user_elementwise and ref.has_exact else None
+        user_elementwise = o.atol is not None or o.rtol is not None
+        exact = ExactReference(ref) if precision == "fp32" and not user_elementwise and ref.has_exact else None
         runs: list[ProviderRun] = []
         comparisons: list[Comparison] = []
         gated_kernels = judgement.kernels if judgement else ""
         for session in sessions:
-            runs.append(_placement(session, input_sets, on_stage))
-            runner = _ort_runner(session, kernels=gated_kernels if session.requested == "cpu" else "")
-            comparisons += _rows(runner, input_sets, expected_outputs, first_output, precision, tolerance, exact,
-                                 on_stage)
+            runs.append(placement(session, input_sets, on_stage))
+            runner = ort_runner(session, kernels=gated_kernels if session.requested == "cpu" else "")
+            comparisons += compare_rows(runner, input_sets, expected_outputs, first_output, precision, tolerance, exact,
+                                        on_stage)
         saturation = None
         if exact_session is not None:
             other_kernels = "" if gated_kernels else kernels_label(exact_session_for(recipe))
-            other_rows = _rows(_ort_runner(exact_session, kernels=other_kernels, gated=False), input_sets,
-                               expected_outputs, first_output, precision, tolerance, None, on_stage)
+            other_rows = compare_rows(ort_runner(exact_session, kernels=other_kernels, gated=False), input_sets,
+                                      expected_outputs, first_output, precision, tolerance, None, on_stage)
             for row in other_rows:
                 row.notes.append("the other int8 kernels of this CPU, for the saturation measurement; not a gate")
             comparisons += other_rows
@@ -399,14 +185,14 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
             saturation = _saturation(default_rows, exact_rows, cpu, recipe, o.target or "this CPU",
                                      gated_on_default=not gated_kernels)
         if "openvino" in runtime_names:
-            comparisons += _rows(_openvino_runner(path, batch_sizes(first)), input_sets, expected_outputs,
-                                 first_output, precision, tolerance, None, on_stage)
+            comparisons += compare_rows(openvino_runner(path, batch_sizes(first)), input_sets, expected_outputs,
+                                        first_output, precision, tolerance, None, on_stage)
         if ref.kind == "original" and device is None and "cpu" in wanted:
-            comparisons += _cross_runtime_rows(path, input_sets, expected_outputs, first_output, precision, tolerance,
-                                               file_config, runtime_names, batch_sizes(first), on_stage)
-        if torch_model is not None and cuda_device_available() and any(p in ("cuda", "tensorrt") for p in wanted):
+            comparisons += cross_runtime_rows(path, input_sets, expected_outputs, first_output, precision, tolerance,
+                                              session_options(recipe), runtime_names, batch_sizes(first), on_stage)
+        if ref.torch_model is not None and cuda_device_available() and any(p in ("cuda", "tensorrt") for p in wanted):
             reference.devices = ["cpu", "cuda"]
-            comparisons += _torch_cuda_rows(torch_model, input_sets, expected_outputs, first_output, on_stage)
+            comparisons += torch_cuda_rows(ref.torch_model, input_sets, expected_outputs, first_output, on_stage)
 
         accuracy = None
         if o.dataset is not None:
@@ -415,7 +201,6 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
                 Path(o.dataset), ref.run, sessions, ref.preprocessing, num_classes, o.max_drop, o.dataset_samples, o.seed,
                 on_stage,
             )
-
         layer_report = None
         if parent_path is not None:
             from edgekit.layer_error import layer_errors
@@ -430,6 +215,100 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
             dataset=accuracy, versions=run_environment(), notes=notes, seconds=time.perf_counter() - started,
             saturation=saturation, layers=layer_report,
         )
+
+
+def _checked_options(o: VerifyOptions) -> tuple[list[str], str | None]:
+    """Every option that can be refused, before any work: (the runtimes asked for, the device or None)."""
+    if o.weights is not None and o.pretrained:
+        raise BadInput("--weights and --pretrained exclude each other", hint="choose one")
+    low, high = described(VerifyOptions, "max_drop").metadata["range"]  # the CLI's range, declared once
+    if o.max_drop is not None and not (np.isfinite(o.max_drop) and low <= o.max_drop <= high):
+        raise BadInput(f"--max-drop must be {low:g} to {high:g} points, got {o.max_drop}")
+    if o.max_drop is not None and o.dataset is None:
+        raise BadInput("--max-drop gates the accuracy on --dataset", hint="give --dataset DIR too")
+    if o.dataset_samples is not None and o.dataset_samples < 1:
+        raise BadInput(f"--samples must be at least 1, got {o.dataset_samples}")
+    if o.target is not None and (o.target == "auto" or o.target not in TARGETS):
+        raise BadInput(f"unknown --target {o.target!r}", hint=f"use one of {', '.join(t for t in TARGETS if t != 'auto')}")
+    from edgekit.runtimes.openvino_model import parse_runtimes
+
+    runtime_names = parse_runtimes(o.runtimes)  # exit 3 now when openvino is asked for and absent
+    device = None if o.device in (None, "host", "") else o.device
+    if device is not None:
+        from edgekit.runtimes.devices import ready_device
+
+        ready_device(device)  # unknown: exit 2; not set up here: exit 3, before any work
+        if set(runtime_names) - {"ort"}:
+            raise BadInput(f"--device {device} runs ONNX Runtime only; drop --runtimes")
+    return runtime_names, device
+
+
+def _open_sessions(sessions: list, path: Path, o: VerifyOptions, recipe: dict, judgement, gated: str,
+                   wanted: list[str], device: str | None, on_stage: Callable[[str], None]):
+    """One session per provider into `sessions` (the caller ends their profiles whatever fails); returns the session
+    of this CPU's other int8 kernels (saturation), or None."""
+    from edgekit.runtimes.ort import create_session
+
+    for provider in wanted:
+        on_stage(f"starting ONNX Runtime on {provider}")
+        # ORT's CUDA provider uses TF32 for fp32 convolutions by default: that is not fp32 math.
+        # (TensorRT has no such option in ORT; its fp32 engines may use TF32 on Ampere and later.)
+        provider_options = {"use_tf32": "0"} if provider == "cuda" else None
+        config = session_options(recipe, kernels=gated if provider == "cpu" else "default")
+        sessions.append(create_session(
+            path, provider, allow_fallback=o.allow_fallback, enable_profiling=device is None,
+            provider_options=provider_options, session_config=config or None, device=device if provider == "cpu" else None,
+        ))
+    if judgement is not None and judgement.also_default and "cpu" in wanted:
+        # the other CPU path: exact accumulation when the gates run on the defaults, and vice versa
+        other = session_options(recipe, kernels="default" if gated == "exact" else "exact")
+        return create_session(path, "cpu", session_config=other or None, device=device)
+    return None
+
+
+def _file_notes(judgement, precision: str, device: str | None, target: str | None) -> list[str]:
+    notes = [judgement.note] if judgement is not None and judgement.note else []
+    if device is not None:
+        from edgekit.runtimes.devices import device_notes
+
+        notes += device_notes(device, target)  # a board: what it said of itself (CPU, int8 features, versions)
+    if precision == "int8" and device is None:
+        from edgekit.runtimes.devices import suggest_devices
+
+        hint = suggest_devices(target)
+        if hint:
+            notes.append(hint)
+    return notes
+
+
+def _reference_outputs(ref, input_sets: list[InputSet], on_stage: Callable[[str], None]) -> dict[str, np.ndarray]:
+    """The reference's first output on every input set (NaN/Inf there: nothing to compare against, a failure)."""
+    expected = {}
+    for s in input_sets:
+        on_stage(f"reference ({ref.short}) on {s.name}")
+        out = ref.run(s.tensors)
+        check_finite(out, s.name, ref)
+        expected[s.name] = out
+    return expected
+
+
+def _reference_notes(ref, o: VerifyOptions, precision: str, meta: dict | None, input_sets: list[InputSet],
+                     outputs: list[str]) -> list[str]:
+    from edgekit.judge.compare import untrained
+
+    notes = []
+    if ref.kind == "pytorch" and not ref.from_metadata and (ref.weights or {}).get("kind") == "random":
+        notes.append(f"no --weights: the reference has seeded random weights (seed {o.seed}); a foreign file matches it "
+                     "only if it was exported from the same seeded model")
+    if precision == "int8" and any(s.name == "random" for s in input_sets):
+        notes.append("int8 on the random inputs: only NaN/Inf are gated (standard-normal noise lies outside the ranges "
+                     "the int8 scales were calibrated on, and saturates); the photos carry the int8 gates")
+    if precision == "int8" and untrained(meta):
+        notes.append("random weights: int8 agreement and SQNR here show the file computes what its fp32 parent does; "
+                     "they do not predict accuracy on real data (use --dataset with a trained model)")
+    if len(outputs) > 1:
+        notes.append(f"the model has several outputs; the first, {outputs[0]!r}, is compared")
+    return notes
 
 
 def _parent_for_layers(path: Path, meta: dict | None, parent: Path | None) -> Path:
