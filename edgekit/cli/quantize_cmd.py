@@ -122,22 +122,20 @@ def render_quantize(result) -> None:
 
 
 def render_fallback(fallback) -> None:
-    """The nodes kept in fp32, the trials, and what the fallback costs in latency."""
-    kept = set(fallback.chosen.fp32_nodes) if fallback.chosen else set()
-    nodes = Table(title="kept in fp32 (most added error first, from the per-layer analysis)")
-    for column in ("node", "op", "int8 SQNR dB"):
-        nodes.add_column(column, justify="right" if column.endswith("dB") else "left")
-    for row in fallback.ranking:
-        if row["node"] in kept:
-            nodes.add_row(escape(row["node"]), row["op_type"], f"{row['sqnr_db']:.1f}")
-    console.print(nodes)
-    trials = Table(title=f"fallback trials ({fallback.seconds:.1f} s)")
-    for column in ("fp32 nodes", "held-out SQNR dB", "agreement", "top-1 drop", "passed"):
-        trials.add_column(column, justify="right")
-    for t in fallback.trials:
-        trials.add_row(str(len(t.fp32_nodes)), f"{t.holdout.sqnr_db:.1f}", f"{t.holdout.top1_agreement:.1%}",
-                       "-" if t.drop is None else f"{t.drop:+.2f}", "yes" if t is fallback.chosen else "")
-    console.print(trials)
+    """The fallback's steps (each QDQ group reverted to fp32, the held-out metric after it, kept or undone), what it
+    cost in runs, and what the kept fp32 groups cost in latency."""
+    cached = ", ranking from the cache" if fallback.cached else ""
+    runs = ", ".join(f"{k} {v}" for k, v in (fallback.runs or {}).items())
+    steps = Table(title=f"fp32 fallback: {fallback.reverted} of {fallback.groups} QDQ groups back in fp32 "
+                        f"({fallback.seconds:.1f} s; runs: {runs or 'none'}{cached})")
+    for column in ("step", "group", "fp32 nodes", "held-out SQNR dB", "top-1 drop", "verdict"):
+        steps.add_column(column, justify="left" if column in ("fp32 nodes", "verdict") else "right")
+    for i, step in enumerate(fallback.steps, 1):
+        nodes = ", ".join(step.nodes[:3]) + (f" (+{len(step.nodes) - 3})" if len(step.nodes) > 3 else "")
+        drop = step.trial.drop
+        steps.add_row(str(i), str(step.group), escape(nodes), f"{step.sqnr_db:.1f}",
+                      "-" if drop is None else f"{drop:+.2f}", step.verdict)
+    console.print(steps)
     if fallback.latency_ms:
         ms = fallback.latency_ms
         console.print(
