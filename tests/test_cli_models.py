@@ -13,7 +13,7 @@ def test_models_facts_match_published_numbers():
     from edgekit.models.zoo import describe_models
 
     facts = {f.name: f for f in describe_models()}
-    # field-notes: torchvision at 224x224
+    # docs/field-notes.md: torchvision at 224x224
     assert round(facts["resnet18"].macs / 1e9, 2) == 1.81 and round(facts["resnet18"].params / 1e6, 1) == 11.7
     assert round(facts["resnet50"].macs / 1e9, 2) == 4.09
     assert round(facts["resnext50_32x4d"].macs / 1e9, 2) == 4.23 and facts["resnext50_32x4d"].grouped_convs == 16

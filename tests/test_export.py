@@ -40,7 +40,7 @@ def test_densenet121_at_224_keeps_58_concats_and_batchnorm(exported):
     result = exported("densenet121", 224)
     model = onnx.load(str(result.path))
     assert onnx_concat_count(model) == 58 == result.torch_structure.concats
-    # pre-activation BatchNorm after each Concat cannot fold into a conv (field-notes)
+    # pre-activation BatchNorm after each Concat cannot fold into a conv (docs/field-notes.md)
     assert result.ops_final["BatchNormalization"] == 62
     assert result.vs_torch.max_abs <= 1e-4
 
@@ -85,7 +85,7 @@ def test_opset_is_exactly_the_one_asked_or_refused(opset, exporter, tmp_path):
 
 
 def test_dynamo_opset_is_checked(cli, tmp_path):
-    # field-notes: asked for 17, dynamo builds 18 and writes it anyway; edgekit refuses.
+    # docs/field-notes.md: asked for 17, dynamo builds 18 and writes it anyway; edgekit refuses.
     res = cli("export", "textbook_resnet18", "--input-size", SMALL, "--exporter", "dynamo", "--opset", "17", "-o", tmp_path)
     assert res.exit_code == 1
     assert "produced opset 18, not the opset 17" in res.stderr

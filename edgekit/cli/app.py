@@ -1,7 +1,7 @@
 """The Typer app and what every command shares: consoles, error mapping, formatting helpers.
 
 Only the cli package prints. EdgekitError becomes one line on stderr and its exit code
-(design.md); EDGEKIT_DEBUG=1 shows the traceback too. Any other exception is a bug in
+(docs/design.md); EDGEKIT_DEBUG=1 shows the traceback too. Any other exception is a bug in
 edgekit and keeps its traceback. Ctrl-C is exit 130 and SIGTERM exit 143 (128 + the signal
 number, as shells report it): both unwind the command like an exception, so every staged
 output is discarded and nothing half-written is left.

@@ -1,6 +1,6 @@
 """The one user-facing exception type and its subclasses; each carries its exit code.
 
-Exit codes (design.md): 0 success, 1 a check failed, 2 bad usage or bad input,
+Exit codes (docs/design.md): 0 success, 1 a check failed, 2 bad usage or bad input,
 3 the environment cannot do what was asked.
 """
 

@@ -1,6 +1,6 @@
 """Where a result came from: library versions and the facts of this machine (CPU model and flags).
 
-The CPU's flags decide how ONNX Runtime computes int8 (field-notes.md, "Int8 across CPUs"), so they
+The CPU's flags decide how ONNX Runtime computes int8 (docs/field-notes.md, "Int8 across CPUs"), so they
 are read in one place, and can be faked for tests with EDGEKIT_FAKE_CPU_FLAGS (every report that
 depends on them says when they were faked).
 """

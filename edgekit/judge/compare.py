@@ -28,7 +28,7 @@ class Tolerance:
         return asdict(self)
 
 
-# fp32: ONNX Runtime vs PyTorch is 1e-6..2e-6 max abs on logits of magnitude ~3 (field-notes);
+# fp32: ONNX Runtime vs PyTorch is 1e-6..2e-6 max abs on logits of magnitude ~3 (docs/field-notes.md);
 # 1e-4 / 1e-3 leaves room for other kernels and deeper nets while still catching real bugs.
 # fp16 / int8: elementwise closeness is not the question; agreement of the decision and the
 # signal-to-noise ratio of the logits are. Thresholds justified in the README.
@@ -46,7 +46,7 @@ def trained_defaults() -> dict[str, Tolerance]:
 
     int8, from the digits references (trained on real labelled data): correct files agree with fp32
     on 100 % of 43 held-out top-1 decisions at 17.6-37.5 dB, while files that lose 6-8 top-1 points to
-    kernel saturation agree on at most 93.7 % (field notes: 92.95 % top-1 against fp32's 99.24 %).
+    kernel saturation agree on at most 93.7 % (docs/field-notes.md: 92.95 % top-1 against fp32's 99.24 %).
     SQNR alone cannot separate them (a correct resnext50 reads 17.6 dB, a saturated resnet18 17.2 dB),
     so the SQNR gate only catches broken files (12 dB) and agreement carries the decision (95 %);
     saturation itself is measured directly where it can happen (default vs exact kernels on an x86

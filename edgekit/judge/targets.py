@@ -1,6 +1,6 @@
 """Quantization recipes per target CPU, and which one `auto` picks for this machine.
 
-Why each choice (field-notes.md, ONNX Runtime's quantize_static guidance):
+Why each choice (docs/field-notes.md, ONNX Runtime's quantize_static guidance):
 - x86 kernels in ONNX Runtime (MLAS) are fast for unsigned 8-bit activations x signed 8-bit
   weights (u8s8); signed activations (ORT's default) fall to slower paths: no speedup at all.
 - Without VNNI, the AVX2 u8s8 kernel adds pairs of u8*s8 products in int16 and can saturate;
@@ -18,7 +18,7 @@ from edgekit.core.provenance import CpuInfo, this_cpu
 
 
 # ORT's session option that makes the AVX2 u8s8 kernels accumulate exactly (in int32), as a VNNI
-# or ARM CPU does by default; slower on AVX2 (field-notes: 1.22x instead of 1.65x for resnet18).
+# or ARM CPU does by default; slower on AVX2 (docs/field-notes.md: 1.22x instead of 1.65x for resnet18).
 EXACT_INT8_SESSION = {"session.x64quantprecision": "1"}
 
 

@@ -18,7 +18,7 @@ that several collection rounds add up). Three runs on the same inputs:
   the DQ outputs keeps the fusions (ORT duplicates a shared DQ), so the saved values are what the CPU's
   int8 kernels really produced, dequantized. fp32 vs these is `sqnr_db`, the number that matters;
   its difference from `simulated_sqnr_db` is the CPU kernel's own loss (AVX2 without VNNI saturating
-  8-bit weights), kept apart from the file's error as design.md asks.
+  8-bit weights), kept apart from the file's error as docs/design.md asks.
 
 SQNR is 10 log10(sum x^2 / sum (x - y)^2) over every element of every input, x the reference.
 """

@@ -4,7 +4,7 @@ How every output is kept off the command's inputs, and side files and bundle fol
 is outputs.py's; its names are re-exported here, where callers have long imported them.
 
 Every file edgekit writes carries a JSON object under the `edgekit` key of `metadata_props`
-(design.md, "The artefact contract").
+(docs/design.md, "The artefact contract").
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Deployment CPUs edgekit can compute as, from this machine: the host, and CPUs emulated by QEMU's user-mode
-emulator (field-notes.md, "Seeing another CPU from this one"). Emulation gives the device's ONNX Runtime
+emulator (docs/field-notes.md, "Seeing another CPU from this one"). Emulation gives the device's ONNX Runtime
 kernels bit-exactly, never its speed: a device here is for numerics only.
 
 - x86-avx2: `qemu-x86_64 -cpu Haswell-noTSX` runs this machine's own Python and onnxruntime as an AVX2 CPU
@@ -118,7 +118,7 @@ def device_status(name: str) -> DeviceStatus:
     if not python.is_file() or not (site / "onnxruntime").is_dir() or not facts:
         missing.append(f"the arm64 sysroot under {root} (run: edgekit devices setup arm64)")
     elif emulator is not None and version_tuple(facts.get("onnxruntime")) >= (1, 28):
-        # QEMU 7.2 segfaults importing onnxruntime >= 1.28 for aarch64 (field-notes.md): say so, not crash
+        # QEMU 7.2 segfaults importing onnxruntime >= 1.28 for aarch64 (docs/field-notes.md): say so, not crash
         emulator = find_emulator(device.arch, minimum=(8, 0))
         if emulator is None:
             missing.append(f"QEMU >= 8 for onnxruntime {facts.get('onnxruntime')} on aarch64 (Debian bookworm: "

@@ -1,7 +1,7 @@
 """ONNX Runtime sessions, created in one place: provider selection and no silent fallback.
 
 ORT asked for CUDA on a machine where CUDA cannot start prints an error and quietly runs on
-CPU (field-notes.md); every session made here is checked with `get_providers()`.
+CPU (docs/field-notes.md); every session made here is checked with `get_providers()`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ PROVIDERS = {
 }
 
 
-# For timing: an idle ORT thread pool that spins steals the cores from the session timed next (field-notes).
+# For timing: an idle ORT thread pool that spins steals the cores from the session timed next (docs/field-notes.md).
 NO_SPIN = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
 
 PROFILE_PREFIX = "edgekit-profile-"

@@ -1,5 +1,5 @@
 """`edgekit devices setup arm64`: an aarch64 Python 3.11 with numpy and onnxruntime, for QEMU's user-mode
-emulator (field-notes.md, "Seeing another CPU from this one").
+emulator (docs/field-notes.md, "Seeing another CPU from this one").
 
 Debian's own arm64 python3 comes from `debootstrap --foreign` (download only: no chroot, no binfmt), each
 downloaded package unpacked with `dpkg-deb -x`; numpy and onnxruntime for aarch64 from the Python registry
