@@ -18,8 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.core.errors import CheckFailed
-
 
 @dataclass
 class LayerRow:
@@ -136,24 +134,13 @@ def align(ort_nodes: list, openvino_layers: list, *, file: str = "", runs: int =
 def side_by_side(path: Path, x: np.ndarray, *, threads: int | None = 2, runs: int = 20) -> SideBySide:
     """Profile `path` in ORT (CPU, the file's own session options, spinning off, as profile_file) and in
     OpenVINO (CPU, PERF_COUNT) interleaved on input `x`, one warm-up each, then align them by name."""
-    from edgekit.bench.profile import _end_profiling, file_session_config, summarise_trace
+    from edgekit.bench.profile import file_session_config, profiled_runs, summarise_trace
     from edgekit.runtimes.factory import session_options
     from edgekit.runtimes.openvino_model import layer_profiler
-    from edgekit.runtimes.ort import create_session
-    from edgekit.runtimes.timer import interleaved
 
     path = Path(path)
     config = session_options(None, timing=True, extra=file_session_config(path))
-    session = create_session(path, "cpu", threads=threads, session_config=config, enable_profiling=True)
-    events = None
-    try:
-        run, layers = layer_profiler(path, x, threads=threads)
-        interleaved({"ort": session.timed_runner(x), "openvino": run}, runs, warmup=1)
-        events = _end_profiling(session)
-    finally:
-        if events is None:
-            session.discard_profile()
-    if not events:
-        raise CheckFailed(f"ONNX Runtime wrote no profile for {path}")
+    run, layers = layer_profiler(path, x, threads=threads)
+    events = profiled_runs(path, x, threads, config, runs, beside={"openvino": run})
     ort = summarise_trace(events, path=str(path), skip_runs=1, threads=threads, session_config=config)
     return align(ort.nodes, layers(skip=1), file=str(path), runs=runs, threads=threads)

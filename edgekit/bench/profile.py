@@ -320,34 +320,38 @@ def summarise_trace(events: list[dict], *, path: str = "", skip_runs: int = 1, t
 
 def profile_file(path, x: np.ndarray, *, threads: int | None = 2, runs: int = 20,
                  session_config: dict[str, str] | None = None, statistic: str = "median") -> Profile:
-    """Profile `path` in ONNX Runtime (CPU) on input `x`: one warm-up run plus `runs` measured ones.
-
-    The session comes from edgekit.runtimes.ort.create_session (provider checked); ORT writes its trace
-    under runtime's profile prefix in the temp folder, and the trace is read and deleted before this
-    returns, also when a run fails. The session runs with NO_SPIN (spinning off) plus
-    `session_config`, or, when that is None, the options the file's metadata says it needs on
-    every CPU (an int8 file with nodes kept in float: ORT must not quantize them again)."""
-    from edgekit.runtimes.ort import create_session
-    from edgekit.runtimes.timer import interleaved
-
+    """Profile `path` in ONNX Runtime (CPU) on input `x`: one warm-up run plus `runs` measured ones (profiled_runs).
+    The session runs with spinning off plus `session_config`, or, when that is None, the options the file's metadata
+    says it needs on every CPU (an int8 file with nodes kept in float: ORT must not quantize them again)."""
     path = Path(path)
     if runs < 1:
         raise BadInput(f"runs must be >= 1, got {runs}")
     if not path.is_file():
         raise BadInput(f"no such file: {path}")
     config = session_options(None, timing=True, extra=file_session_config(path) if session_config is None else session_config)
+    events = profiled_runs(path, x, threads, config, runs)
+    return summarise_trace(events, path=str(path), skip_runs=1, threads=threads, session_config=config,
+                           statistic=statistic)
+
+
+def profiled_runs(path: Path, x: np.ndarray, threads: int | None, config: dict[str, str], runs: int,
+                  beside: dict | None = None) -> list[dict]:
+    """ORT's trace of one warm-up and `runs` profiled calls of `path` on `x`, interleaved with the zero-argument
+    calls in `beside` (another runtime timed on the same input); the trace is read and deleted, also on failure."""
+    from edgekit.runtimes.ort import create_session
+    from edgekit.runtimes.timer import interleaved
+
     session = create_session(path, "cpu", threads=threads, session_config=config, enable_profiling=True)
     events = None
     try:
-        interleaved({str(path): session.timed_runner(x)}, runs, warmup=1)
+        interleaved({str(path): session.timed_runner(x), **(beside or {})}, runs, warmup=1)
         events = _end_profiling(session)
     finally:
         if events is None:
             session.discard_profile()
     if not events:
         raise CheckFailed(f"ONNX Runtime wrote no profile for {path}")
-    return summarise_trace(events, path=str(path), skip_runs=1, threads=threads, session_config=config,
-                           statistic=statistic)
+    return events
 
 
 def profile_files(paths, x: np.ndarray, *, threads: int | None = 2, runs: int = 20,

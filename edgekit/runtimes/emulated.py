@@ -19,7 +19,7 @@ from pathlib import Path
 
 from edgekit.core.errors import CheckFailed, EnvironmentUnavailable, one_line
 from edgekit.runtimes.devices import DeviceStatus, emulator_log, qemu_version
-from edgekit.runtimes.worker_session import WORKER, WorkerSession, _LoadFailed, _Value
+from edgekit.runtimes.worker_session import WORKER, WorkerSession, _LoadFailed
 
 # How long the worker may take to start (an emulated CPU initialises a large graph slowly) and to answer one
 # batch: runtimes.devices.device_timeout(), 3 minutes unless --device-timeout says otherwise.
@@ -50,18 +50,7 @@ class EmulatedSession(WorkerSession):
             self._remove_private()
             raise EnvironmentUnavailable(f"device {self.device}: cannot start {argv[0]}: {one_line(exc)}") from None
         self._lock = threading.Lock()
-        try:
-            hello = self._answer()
-        except BaseException:
-            self.close()
-            raise
-        if not hello.get("ok"):
-            self.close()
-            raise _LoadFailed(hello.get("error") or "the worker said nothing")
-        self._inputs = [_Value(v["name"], v["shape"], v["type"]) for v in hello["inputs"]]
-        self._outputs = [_Value(v["name"], v["shape"], v["type"]) for v in hello["outputs"]]
-        self._providers = list(hello["providers"])
-        self.onnxruntime = hello.get("onnxruntime")
+        self._greet()
 
     def _what(self) -> str:
         return f"the emulated device {self.device} ({self._emulator})"

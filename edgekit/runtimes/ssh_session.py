@@ -12,7 +12,7 @@ from pathlib import Path
 
 from edgekit.core.errors import CheckFailed, EnvironmentUnavailable, one_line
 from edgekit.runtimes.device_kinds import DeviceStatus, device_timeout
-from edgekit.runtimes.worker_session import WORKER, WorkerSession, _LoadFailed, _Value
+from edgekit.runtimes.worker_session import WORKER, WorkerSession, _LoadFailed
 from edgekit.runtimes.ssh import Board, cpu_line, probe, remote_command, ssh_failure
 
 MAX_MODEL_BYTES = 2 << 30  # a model sent to a board is one file of at most 2 GiB (ONNX's protobuf limit)
@@ -40,17 +40,10 @@ class SshSession(WorkerSession):
             # written from a thread: a board that stops reading (a full disk) must not block the host forever
             sender = threading.Thread(target=self._send, args=(worker + data,), daemon=True)
             sender.start()
-            hello = self._answer(timeout=device_timeout())
         except BaseException:
             self.close()
             raise
-        if not hello.get("ok"):
-            self.close()
-            raise _LoadFailed(hello.get("error") or "the worker said nothing")
-        self._inputs = [_Value(v["name"], v["shape"], v["type"]) for v in hello["inputs"]]
-        self._outputs = [_Value(v["name"], v["shape"], v["type"]) for v in hello["outputs"]]
-        self._providers = list(hello["providers"])
-        self.onnxruntime = hello.get("onnxruntime")
+        self._greet(timeout=device_timeout())
 
     def _send(self, data: bytes) -> None:
         try:

@@ -73,6 +73,22 @@ class WorkerSession:
                                          hint="edgekit devices says what it needs")
         return answer
 
+    def _greet(self, timeout: float | None = None) -> None:
+        """Read the worker's first answer: the model loaded (its inputs, outputs, providers, ORT version), or
+        _LoadFailed with the worker's reason; the session is closed on any failure."""
+        try:
+            hello = self._answer(timeout=timeout)
+        except BaseException:
+            self.close()
+            raise
+        if not hello.get("ok"):
+            self.close()
+            raise _LoadFailed(hello.get("error") or "the worker said nothing")
+        self._inputs = [_Value(v["name"], v["shape"], v["type"]) for v in hello["inputs"]]
+        self._outputs = [_Value(v["name"], v["shape"], v["type"]) for v in hello["outputs"]]
+        self._providers = list(hello["providers"])
+        self.onnxruntime = hello.get("onnxruntime")
+
     def _why(self, code: int, log: list[str]) -> str:
         """Why the worker's process ended, from its exit code and the last line it logged."""
         if code < 0:
