@@ -41,7 +41,8 @@ def test_metadata_chain(exported, tmp_path):
     result = convert(parent.path, output=tmp_path / "r.fp16.onnx")
     meta = read_metadata(onnx.load(str(result.path)))
     assert meta["precision"] == "fp16"
-    assert meta["parent"] == {"file": parent.path.name, "sha256": sha256_file(parent.path), "metadata": True}
+    assert meta["parent"] == {"file": parent.path.name, "path": str(parent.path.resolve()), "sha256": sha256_file(parent.path),
+                              "metadata": True}
     conversion = meta["conversion"]
     assert conversion["tool"] == "onnxconverter-common" and conversion["version"] == result.tool_version
     assert conversion["keep_io_types"] is True and conversion["max_finite_val"] == FP16_MAX_FINITE
