@@ -39,7 +39,8 @@ from edgekit.quantize.static import (
 )
 from edgekit.quantize.rewrites import batchnorm_as_depthwise
 from edgekit.onnxfile.structure import onnx_concat_count, onnx_grouped_conv_count, op_counts
-from edgekit.judge.targets import Int8Judgement, Recipe, judge_int8, resolve_recipe, session_config_for
+from edgekit.judge.targets import Int8Judgement, Recipe, judge_int8, resolve_recipe
+from edgekit.runtimes.factory import session_options
 
 __all__ = ["quantize", "QuantizeOptions", "QuantizeResult", "batchnorm_as_depthwise", "is_quantized", "DEFAULT_SAMPLES"]
 
@@ -273,7 +274,7 @@ def _quantize_staged(
     staged.save(quantized)
 
     # Everything below runs on the staged file: what will ship.
-    coverage, _optimized_ops = int8_coverage(staged.path, workdir, session_config_for(new_meta["recipe"]))
+    coverage, _optimized_ops = int8_coverage(staged.path, workdir, session_options(new_meta["recipe"]))
     shipped = measure(staged.path, fp32_nodes)
     holdout = shipped.holdout
     holdout_default = None

@@ -54,12 +54,13 @@ def eval_session_config(path: Path) -> dict[str, str]:
     ran on this CPU (its target's exact arithmetic where this CPU's defaults differ)."""
     from edgekit.onnxfile import OnnxFile
     from edgekit.core.provenance import this_cpu
-    from edgekit.judge.targets import judge_int8, merge_session_configs
+    from edgekit.judge.targets import judge_int8
+    from edgekit.runtimes.factory import session_options
 
     handle = OnnxFile.open(Path(path))
     meant_for = handle.recipe.get("target")
     judgement = judge_int8(handle.recipe, this_cpu(), meant_for)
-    return merge_session_configs(handle.session_config(), judgement.gate_session or {})
+    return session_options(handle.recipe, kernels="exact" if judgement.gate_session else "default")
 
 
 def predict_shard(model_file: str, items: list[str], preprocessing: dict, session_config: dict, threads: int,
