@@ -65,4 +65,4 @@ def render_verdict(result) -> None:
     from edgekit.bench.verdict import verdict_line
 
     for name, verdict in (result.verdict or {}).items():
-        console.print(escape(verdict_line(name, verdict)))
+        console.print(escape(verdict_line(name, verdict)), soft_wrap=True)  # one line, whatever the width
