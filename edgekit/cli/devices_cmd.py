@@ -13,7 +13,8 @@ from edgekit.cli import options
 from edgekit.cli.app import app, console, handle_errors, print_json
 from edgekit.cli.output import progress
 
-devices_app = typer.Typer(help="Deployment CPUs for --device (emulated: exact numerics, never timing).",
+devices_app = typer.Typer(help="Deployment CPUs for --device: emulated by QEMU (exact numerics, never timing) and "
+                                "your boards over ssh (real timings).",
                           invoke_without_command=True, no_args_is_help=False)
 app.add_typer(devices_app, name="devices")
 
@@ -21,7 +22,7 @@ app.add_typer(devices_app, name="devices")
 @devices_app.callback()
 @handle_errors
 def devices_command(ctx: typer.Context, json_output: options.Json = False) -> None:
-    """Deployment CPUs for --device: the host, and x86 AVX2 / ARM64 cores emulated by QEMU (numerics only)."""
+    """Deployment CPUs for --device: the host, x86 AVX2 / ARM64 cores emulated by QEMU (numerics only), and boards over ssh."""
     if ctx.invoked_subcommand is not None:
         return
     from edgekit.runtimes.boards import board_of, stored

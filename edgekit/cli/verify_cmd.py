@@ -57,7 +57,8 @@ def verify_command(
         "--localize", help="an int8 file that fails: the layers to keep in fp32 (edgekit debug FILE)")] = False,
     json_output: options.Json = False,
 ) -> None:
-    """Run MODEL_FILE on each ONNX Runtime execution provider and compare it with the PyTorch model it came from.
+    """Run MODEL_FILE on each execution provider (and runtime, and --device) and compare it with its reference: the PyTorch
+    model it came from, or its fp32 parent (the original, for an imported file) in ONNX Runtime.
 
     MODEL_FILE may also be a bundle folder from `edgekit package`: its own checks (checksums, .onnx and .ort
     on the golden inputs, the gates) run as check.py runs them on the device."""
