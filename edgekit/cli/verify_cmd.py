@@ -154,22 +154,29 @@ def verify_command(
     console.print(f"[bold green]PASS[/] {escape(str(model_file))} matches {escape(result.reference.short)} on {', '.join(r.label for r in result.providers)} ({result.seconds:.1f} s)")
 
 
-# VerifyOptions a bundle check reads (the providers, the gates, the device); every other field is refused for a bundle,
-# so a field added to VerifyOptions is refused there until the bundle check learns it.
-BUNDLE_OPTIONS = {"providers", "atol", "rtol", "min_top1_agreement", "min_sqnr", "device"}
-FLAGS = {"dataset_samples": "--samples"}  # a field whose flag is not its name with dashes
+# The VerifyOptions a bundle check reads are declared with the knobs themselves (VerifyOptions.bundle_knobs); every
+# other knob is refused for a bundle, so a knob added to VerifyOptions is refused there until the bundle check reads it.
+BUNDLE_OPTIONS = VerifyOptions.bundle_knobs
+FLAGS = {"dataset_samples": "--samples"}  # a knob whose flag is not its name with dashes
+
+
+def knob_flag(name: str) -> str:
+    """The `edgekit verify` flag of the VerifyOptions knob NAME."""
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
 def bundle_refused_options(knobs: VerifyOptions) -> list[str]:
-    """The flags given (not at their defaults) that a bundle check would ignore."""
+    """The flags given (not at their defaults) that a bundle check would ignore: every knob of the options' class
+    that is not in its `bundle_knobs`."""
     import dataclasses
 
     refused = []
-    for f in dataclasses.fields(VerifyOptions):
-        if f.name in BUNDLE_OPTIONS:
+    for f in dataclasses.fields(knobs):
+        if f.name in type(knobs).bundle_knobs:
             continue
-        if getattr(knobs, f.name) != f.default:
-            refused.append(FLAGS.get(f.name, "--" + f.name.replace("_", "-")))
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if getattr(knobs, f.name) != default:
+            refused.append(knob_flag(f.name))
     return refused
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from edgekit.core.knobs import knob
 from edgekit.core.limits import MAX_DROP_POINTS, MAX_RANDOM_INPUTS, MAX_SAMPLES, MAX_SEED
@@ -27,6 +28,12 @@ class VerifyOptions:
     it is not this machine): its flags decide the int8 judgement, and the table names it.
     `layers`: per-layer error of an int8 file against its fp32 parent (`parent`, default the file its
     metadata names, in the same folder), on the photos, as the gated kernels compute it."""
+
+    # The knobs `edgekit verify BUNDLE/` reads (a bundle is checked with its golden data and its manifest's gates, which
+    # these tighten or loosen); any other knob given for a bundle is refused in one line (cli/verify_cmd.py), so a
+    # knob added below is refused there until the bundle check reads it and it is named here.
+    bundle_knobs: ClassVar[frozenset[str]] = frozenset({"providers", "atol", "rtol", "min_top1_agreement", "min_sqnr",
+                                                        "device"})
 
     providers: str | None = knob(None)
     allow_fallback: bool = knob(
