@@ -34,12 +34,15 @@ def percentiles(samples) -> tuple[float, float, float]:
 
 def interleaved(
     runs: dict[str, Callable[[], object]], rounds: int, *, warmup: int = 1, seconds: float | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None, primed: bool = False, settle_ms: float = 0.0,
 ) -> tuple[dict[str, list[float]], list[str]]:
     """Milliseconds of each call of each run, interleaved; and the order they ran in.
 
     `warmup` untimed rounds first; then `rounds` timed rounds, and, with `seconds`, whole further rounds until that
-    much time has passed since the timed part began."""
+    much time has passed since the timed part began. `primed`: each timed call comes right after an untimed call of
+    the same run (back to back, as a deployment calling one model in a loop sees it: its pool and caches are warm,
+    whatever the candidate before it left behind). `settle_ms`: idle before that untimed call, so that a pool that
+    spins after its calls (ORT with spinning on) has gone quiet before the next candidate is timed."""
     labels = list(runs)
     for _ in range(warmup):
         for label in labels:
@@ -54,6 +57,10 @@ def interleaved(
                 break
             order.extend(labels)  # a time budget: keep whole rounds going until it is spent
         label = order[i]
+        if primed:
+            if settle_ms:
+                time.sleep(settle_ms / 1000)
+            runs[label]()
         t0 = time.perf_counter()
         runs[label]()
         samples[label].append((time.perf_counter() - t0) * 1000)
