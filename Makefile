@@ -39,9 +39,10 @@ test: setup
 	bash scripts/emulators.sh
 	$(BIN)/python -m pytest -q
 
+# The fast tier: the unit tests (tests/unit/: fakes, no torch or ORT session) and one end-to-end path per command
+# (tests/conftest.py SMOKE), without the emulated lanes: under a third of `make test`. `make test` stays what CI runs.
 test-fast: setup
-	bash scripts/emulators.sh
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "unit or smoke"
 
 bench: setup
 	$(BIN)/python benchmarks/run_suite.py

@@ -70,12 +70,31 @@ def avx2():
     return status
 
 
+# `make test-fast` runs `pytest -m "unit or smoke"`: the unit tier (every test under tests/unit/, marked `unit` here by
+# its folder: fakes instead of torch and ORT sessions, seconds in all) and these end-to-end paths, marked `smoke`:
+# at least one per command, through the real CLI. tests/unit/test_tiers.py checks that each still exists and that
+# together they name every command. `make test` runs everything.
+SMOKE = {
+    "tests/test_cli_json.py::test_export_quantize_verify_bench_package_convert": ("export", "quantize", "verify", "bench"),
+    "tests/test_convert.py::test_convert_takes_imported_files_and_users_own_modules": ("import", "convert", "export"),
+    "tests/test_debug.py::test_debug_names_the_planted_layer_and_its_exclude_list_works": ("debug", "quantize"),
+    "tests/test_package.py::test_fp32_bundle_passes_on_a_device_without_torch_or_edgekit": ("package",),
+    "tests/test_devices.py::test_devices_command_lists_each_device_with_what_it_needs": ("devices",),
+    "tests/test_sweep.py::test_sweep_on_local_ray_rows_failures_retries_and_resume": ("sweep",),
+}
+UNIT_DIR = Path(__file__).resolve().parent / "unit"
+
+
 def pytest_collection_modifyitems(items):
-    # every test that takes an emulated lane is marked, so `pytest -m avx2` (or arm64) runs that lane alone
     for item in items:
+        # every test that takes an emulated lane is marked, so `pytest -m avx2` (or arm64) runs that lane alone
         for lane in ("avx2", "arm64"):
             if lane in getattr(item, "fixturenames", ()):
                 item.add_marker(getattr(pytest.mark, lane))
+        if UNIT_DIR in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.unit)
+        if item.nodeid.split("[")[0] in SMOKE:
+            item.add_marker(pytest.mark.smoke)
 
 
 @pytest.fixture(scope="session")
