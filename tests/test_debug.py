@@ -105,6 +105,12 @@ def test_debug_names_the_planted_layer_and_its_exclude_list_works(files, cli, tm
     recipe = json.loads(next(p.value for p in onnx.load(str(tmp_path / "again.int8.onnx")).metadata_props
                              if p.key == "edgekit"))["recipe"]
     assert set(report["exclude"]) <= set(recipe["excluded_nodes"])
+    # ...and keeps float every activation the search reverted: ORT quantizes each quantized op's output too, so
+    # the list names the writer of each (/3/conv2/Conv for /3/conv2/Conv_output_0), not only the ops it feeds
+    requantized = onnx.load(str(tmp_path / "again.int8.onnx"))
+    quantized = {n.input[0] for n in requantized.graph.node if n.op_type == "QuantizeLinear"}
+    reverted = {a for c in report["culprits"] for a in c["activations"]}
+    assert reverted and not reverted & quantized, reverted & quantized
     ok = cli("debug", tmp_path / "again.int8.onnx", "--parent", files["fp32"])
     assert ok.exit_code == 0 and "nothing to exclude" in ok.stdout
     # --reduce: a few nodes that still fail on their own

@@ -213,7 +213,8 @@ def debug(path: Path, *, parent: Path | None = None, images: Path | None = None,
           device: str | None = None, reduce: bool = False, output: Path | None = None, stage=None) -> DebugResult:
     """Find the QDQ groups of the int8 file at `path` that must stay fp32 for it to pass its gates."""
     from edgekit.judge.compare import gates_for
-    from edgekit.layer_error.groups import exclude_arguments, qdq_groups
+    from edgekit.debug.exclusions import exclusion_list
+    from edgekit.layer_error.groups import qdq_groups
     from edgekit.onnxfile import OnnxFile
 
     stage = stage or (lambda name: None)
@@ -256,7 +257,7 @@ def debug(path: Path, *, parent: Path | None = None, images: Path | None = None,
         stage("search")
         culprits, after = search(groups, evaluate, steps, notes)
         result.culprits, result.metric = culprits, after.to_dict()
-        result.exclude = exclude_arguments(culprits)
+        result.exclude = exclusion_list(culprits, int8.proto, parent_file.proto, notes)
         for g in culprits:
             notes.extend(g.notes)
         if reduce:
