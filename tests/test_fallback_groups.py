@@ -42,6 +42,8 @@ def test_budget_met_in_one_quantize_static_pass_with_a_step_log_and_a_cache_hit(
     step_lines = [n for n in result.notes if n.startswith("fp32 fallback step")]
     assert len(step_lines) == len(fb.steps) and "met the budget" in step_lines[-1]
     assert not fb.cached and fb.runs["rank"] >= fb.groups > 0
+    # before the walk, the most the fallback can revert (every group but one) was measured once and met the budget
+    assert fb.runs["bound"] == 1 and fb.bound_met and len(fb.bound_groups) == fb.groups - 1
     assert list(store.glob("*.sensitivity.json"))
     # the shipped file is the reverted graph: its metadata lists the fp32 nodes and keeps them float
     meta = read_metadata(onnx.load(str(result.path)))
@@ -71,12 +73,20 @@ def test_a_broken_sensitivity_entry_is_said_and_ranked_again(exported, tmp_path)
     assert not result.fallback.cached and any("sensitivity cache entry" in n for n in result.notes)
 
 
-def test_budget_nothing_meets_is_exit_1_one_line_nothing_written(cli, exported, tmp_path):
+def test_budget_nothing_meets_is_exit_1_one_line_nothing_written(cli, exported, tmp_path, monkeypatch):
+    # found in one measurement (every group but one in fp32), not by walking every group
+    from edgekit.quantize.budget import Measure
+
+    measured: list = []
+    real = Measure.__call__
+    monkeypatch.setattr(Measure, "__call__", lambda self, path, *a, **k: measured.append(path) or real(self, path, *a, **k))
     parent = exported("textbook_resnet18", 32)
     out = tmp_path / "never.int8.onnx"
     res = cli("quantize", parent.path, "--min-sqnr", "90", "-o", out)
     assert res.exit_code == 1 and "QDQ group(s) to fp32" in res.stderr and "Traceback" not in res.stderr
+    assert "did not meet it either, so no group was tried one at a time" in res.stderr
     assert res.stderr.count("\n") == 1 and not out.exists() and files_in(tmp_path) == []
+    assert [p.name for p in measured[1:]] == ["fallback-bound.onnx"]  # the full file, then the bound: no step
 
 
 def _hardswish_model(path):

@@ -126,11 +126,11 @@ class Measure:
                  dataset: bool = True) -> Trial:
         """The file on the held-out images (and, with `dataset`, its top-1 on the labelled set); `session_config`
         overrides the gated kernels (None: ORT's defaults)."""
-        from edgekit.judge.targets import KEEP_FLOAT_SESSION, merge_session_configs
+        from edgekit.runtimes.factory import session_options
 
-        config = merge_session_configs(self.session_config if session_config is ... else session_config)
-        if fp32_nodes or self.excluded:  # float nodes stay float only with ORT's re-quantizing optimizer off
-            config = merge_session_configs(config, KEEP_FLOAT_SESSION)
+        # the gated kernels, from the runner factory; float nodes stay float only with ORT's re-quantizing pass off
+        config = session_options(None, keep_float=bool(fp32_nodes or self.excluded),
+                                 extra=self.session_config if session_config is ... else session_config)
         out = run_onnx(int8, self.holdout, self.batch, config or None, device=self.device)
         trial = Trial(list(fp32_nodes), compare_outputs(self.fp32_holdout, out, self.output_name, self.budget.tolerance),
                       path=Path(int8))
@@ -154,7 +154,11 @@ class Fallback:
     steps: list = field(default_factory=list)  # Step, in order
     notes: list[str] = field(default_factory=list)
     cached: bool = False  # the ranking came from the sensitivity cache
-    runs: dict = field(default_factory=dict)  # session runs: ranking ("rank") and steps ("steps")
+    runs: dict = field(default_factory=dict)  # session runs: ranking ("rank"), the bound ("bound"), steps ("steps")
+    bound: Trial | None = None  # the most the fallback can revert (every group but one), measured before the walk
+    bound_groups: list[int] = field(default_factory=list)  # the groups in fp32 in that file
+    bound_met: bool | None = None  # that file met the budget
+    bound_stopped: bool = False  # it missed the SQNR gate: no group was walked
 
     def to_dict(self) -> dict:
         return {
@@ -163,6 +167,8 @@ class Fallback:
             "seconds": round(self.seconds, 2), "latency_ms": self.latency_ms, "groups": self.groups,
             "reverted_groups": self.reverted, "steps": [s.to_dict() for s in self.steps],
             "ranking_cached": self.cached, "runs": self.runs,
+            "bound": None if self.bound is None else {**self.bound.to_dict(), "groups": self.bound_groups,
+                                                      "met": self.bound_met, "stopped": self.bound_stopped},
         }
 
 @dataclass
@@ -181,7 +187,9 @@ class Step:
 
 
 class SensitivityCache:
-    """Per-group sensitivities (the ranking subset's SQNR with that group alone back in fp32) kept beside the
+    """Per-group sensitivities kept beside the activation ranges: `scores`, the ranking subset's SQNR with that group
+    alone back in fp32, and `alone`, the SQNR that subset would have with that group alone left in int8 (its error
+    taken as the change its revert makes). Kept beside the
     activation ranges (quantize/ranges.py): advisory (a missing or unusable entry is computed again and said in a
     note), validated (a JSON object naming exactly the groups asked for, finite numbers), written atomically.
     The key is the sha256 of everything the scores depend on: the int8 file, its fp32 parent, the ranking samples,
@@ -199,7 +207,10 @@ class SensitivityCache:
         self.path = Path(store) / f"{self.key}.sensitivity.json" if store is not None else None
         self.note: str | None = None
 
-    def load(self, groups: list[int]) -> dict[int, float] | None:
+    TABLES = ("scores", "alone")
+
+    def load(self, groups: list[int]) -> dict[str, dict[int, float]] | None:
+        """{table: {group: dB}} for every table of TABLES, or None (nothing stored, or unusable: said in `note`)."""
         import json
 
         if self.path is None or not self.path.is_file():
@@ -208,23 +219,25 @@ class SensitivityCache:
             if self.path.stat().st_size > MAX_ENTRY_BYTES:
                 raise ValueError(f"over {MAX_ENTRY_BYTES >> 20} MiB")
             data = json.loads(self.path.read_text(encoding="utf-8"))
-            scores = data["scores"] if isinstance(data, dict) else None
-            if not isinstance(scores, dict) or sorted(scores) != sorted(str(g) for g in groups):
-                raise ValueError("not the scores of this file's groups")
-            out = {int(g): float(v) for g, v in scores.items()}
-            if any(v != v for v in out.values()):
-                raise ValueError("a score is not a number")
+            out = {}
+            for table in self.TABLES:
+                scores = data[table] if isinstance(data, dict) else None
+                if not isinstance(scores, dict) or sorted(scores) != sorted(str(g) for g in groups):
+                    raise ValueError(f"not the {table} of this file's groups")
+                out[table] = {int(g): float(v) for g, v in scores.items()}
+                if any(v != v for v in out[table].values()):
+                    raise ValueError("a score is not a number")
             return out
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
             self.note = f"sensitivity cache entry {self.path} is unusable ({exc}); the groups were ranked again"
             return None
 
-    def save(self, scores: dict[int, float]) -> None:
+    def save(self, tables: dict[str, dict[int, float]]) -> None:
         import json
 
         from edgekit.onnxfile.artifact import write_atomic
 
         if self.path is None:
             return
-        text = json.dumps({"scores": {str(g): float(v) for g, v in scores.items()}}).encode()
+        text = json.dumps({t: {str(g): float(v) for g, v in tables[t].items()} for t in self.TABLES}).encode()
         write_atomic(self.path, lambda f: f.write(text))

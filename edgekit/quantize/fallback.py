@@ -5,7 +5,14 @@ or quantized again. The groups are ranked on the held-out samples where int8 and
 each scored by the SQNR of those samples with that group alone reverted, run as the judged device runs the file;
 then reverted in rank order: one worsening step is tolerated, a second is undone and the remaining groups are
 re-ranked against the current model; it stops at the budget or when nothing is left. The file written is the
-reverted graph that was measured. And the one line said when nothing meets the budget."""
+reverted graph that was measured. And the one line said when nothing meets the budget.
+
+Before the walk, a budget nothing can meet is found in one measurement: the file with every group reverted but one
+(the most the walk can revert while the file stays int8) is measured once, and if even that misses the SQNR gate
+the search stops there instead of walking every group (why SQNR only: _bound_met). The group left in int8 is the
+one whose error alone is smallest, estimated from the ranking's own runs (a group's error is the change its revert
+makes, kept signed, so errors that cancel are not mistaken for small ones); no run is added. The bound assumes no
+set of two or more int8 groups whose errors cancel beats the best single one."""
 
 from __future__ import annotations
 
@@ -15,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.core.errors import GateFailed
-from edgekit.judge.targets import KEEP_FLOAT_SESSION, merge_session_configs
 from edgekit.onnxfile.artifact import load_work_file
-from edgekit.quantize.budget import RANK_SAMPLES, Budget, Fallback, SensitivityCache, Step
+from edgekit.quantize.budget import RANK_SAMPLES, Budget, Fallback, SensitivityCache, Step, Trial
+from edgekit.runtimes.factory import session_options
 from edgekit.runtimes.runners import latency_ms, run_onnx
 from edgekit.quantize.calibration import CalibrationSet
 from edgekit.quantize.static import int8_weight_count
@@ -31,9 +38,15 @@ def meet_budget(trial, o, model_path: Path, pre: Path, full: Path, calib: Calibr
         return trial, None, full
     if not o.fallback:
         budget_missed(trial, budget, calib, judgement, "; fp32 fallback off (--no-fallback)")
-    fallback = fallback_search(pre, full, trial, budget, measure, stage, o.ranges_cache, batch)
+    fallback = fallback_search(pre, full, trial, budget, measure, stage, o.ranges_cache, batch, bound=True)
     notes.extend(fallback.notes)
     if fallback.chosen is None:
+        bound = fallback.bound
+        if fallback.bound_stopped:
+            budget_missed(bound, budget, calib, judgement,
+                          f"; reverting {len(fallback.bound_groups)} of {fallback.groups} QDQ group(s) to fp32 (all but "
+                          "the one whose error alone is smallest: the most it can revert) did not meet it either, so no "
+                          "group was tried one at a time")
         best = max(fallback.trials, key=lambda t: t.holdout.sqnr_db) if fallback.trials else trial
         budget_missed(best, budget, calib, judgement,
                       f"; reverting {len(fallback.trials)} of {fallback.groups} QDQ group(s) to fp32, one at a time "
@@ -44,7 +57,7 @@ def meet_budget(trial, o, model_path: Path, pre: Path, full: Path, calib: Calibr
                  f"({len(trial.fp32_nodes)} node(s)): {', '.join(trial.fp32_nodes)}")
     fallback.latency_ms = latency_ms(
         {"fp32": model_path, "int8": full, "mixed": chosen}, calib.holdout[: batch or 1],
-        {"mixed": dict(KEEP_FLOAT_SESSION)},
+        {"mixed": session_options(None, keep_float=True)},
     )
     return trial, fallback, chosen
 
@@ -63,93 +76,171 @@ def _sqnr(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float("inf") if noise == 0 else 10.0 * np.log10(max(signal, 1e-30) / noise)
 
 
-def fallback_search(pre: Path, full: Path, first, budget: Budget, measure, stage, store, batch) -> Fallback:
-    """Revert QDQ groups of FULL (quantized from PRE) to fp32 until the budget is met (see the module docstring)."""
-    from edgekit.layer_error.groups import exclude_arguments, qdq_groups, revert
+class _Search:
+    """What every step of one fallback search shares: the two graphs, their groups, the session options the judged
+    device runs trials with (from the runner factory: the gated kernels, float nodes kept float), the ranking
+    subset and its fp32 outputs, and the count of session runs."""
 
+    def __init__(self, pre: Path, full: Path, measure, batch):
+        from edgekit.layer_error.groups import qdq_groups
+
+        self.pre, self.full, self.measure, self.batch = pre, full, measure, batch
+        self.int8, self.fp32 = load_work_file(full), load_work_file(pre)
+        self.groups = qdq_groups(self.int8, self.fp32)
+        self.by_index = {g.index: g for g in self.groups}
+        self.config = session_options(None, keep_float=True, extra=measure.session_config)
+        self.runs = {"rank": 0, "steps": 0}
+        # the samples where int8 and fp32 disagree most (NNCF ranks on 300)
+        ref_all = measure.fp32_holdout
+        int8_out = run_onnx(full, measure.holdout, batch, self.config or None, device=measure.device)
+        err = np.sum((ref_all.reshape(len(ref_all), -1) - int8_out.reshape(len(int8_out), -1)) ** 2, axis=1)
+        subset = np.sort(np.argsort(-err, kind="stable")[:rank_samples(len(err))])
+        self.x, self.ref, self.int8_x = measure.holdout[subset], ref_all[subset], int8_out[subset]
+
+    def model(self, indices: list[int]):
+        """The int8 graph with these groups back in fp32."""
+        from edgekit.layer_error.groups import revert
+
+        return revert(self.int8, self.fp32, [self.by_index[i] for i in indices])
+
+    def outputs(self, indices: list[int]) -> np.ndarray:
+        """The ranking subset's outputs with these groups in fp32 (one session run)."""
+        self.runs["rank"] += 1
+        return run_onnx(self.model(indices), self.x, self.batch, self.config or None, device=self.measure.device)
+
+    def score(self, indices: list[int]) -> float:
+        """The ranking subset's SQNR with these groups in fp32."""
+        return _sqnr(self.ref, self.outputs(indices))
+
+    def trial(self, model, indices: list[int], name: str, budget: Budget) -> Trial:
+        """MODEL saved as NAME beside the full file and measured on every held-out sample (and on the labelled set
+        once the held-out gates pass)."""
+        import onnx
+
+        from edgekit.layer_error.groups import exclude_arguments
+
+        path = self.full.parent / name
+        onnx.save(model, str(path))
+        nodes = exclude_arguments([self.by_index[i] for i in indices])
+        trial = self.measure(path, nodes, dataset=False)
+        if trial.holdout.passed and budget.dataset is not None:
+            trial = self.measure(path, nodes)
+        return trial
+
+
+def fallback_search(pre: Path, full: Path, first, budget: Budget, measure, stage, store, batch, *,
+                    bound: bool = False) -> Fallback:
+    """Revert QDQ groups of FULL (quantized from PRE) to fp32 until the budget is met (see the module docstring).
+    With `bound`, the most the walk can revert is measured first, and a budget it misses is not walked."""
     started = time.perf_counter()
     stage("fp32 fallback: QDQ groups")
-    int8, fp32 = load_work_file(full), load_work_file(pre)
-    groups = qdq_groups(int8, fp32)
-    by_index = {g.index: g for g in groups}
-    config = merge_session_configs(measure.session_config, KEEP_FLOAT_SESSION)  # float nodes must stay float
-    runs = {"rank": 0, "steps": 0}
+    search = _Search(pre, full, measure, batch)
+    fallback = Fallback(ranking=[], groups=len(search.groups))
+    tables = _rank(search, store, fallback, stage)
+    remaining = sorted(search.by_index, key=lambda i: (-tables["scores"][i], i))
+    if not bound or _bound_met(search, tables["alone"], budget, fallback, stage):
+        _walk(search, remaining, first, budget, fallback, stage)
+    if fallback.chosen is None and fallback.bound_met:  # the walk's order missed what the bound's file meets
+        fallback.chosen, fallback.reverted = fallback.bound, len(fallback.bound_groups)
+        fallback.notes.append(f"fp32 fallback: no step met the budget; the file with {fallback.reverted} of "
+                              f"{fallback.groups} QDQ groups in fp32 measured before the walk did, and is the one kept")
+    for n, step in enumerate(fallback.steps, 1):
+        drop = "" if step.trial.drop is None else f", top-1 drop {step.trial.drop:+.2f} points"
+        fallback.notes.append(f"fp32 fallback step {n}: group {step.group} ({', '.join(step.nodes)}): held-out SQNR "
+                              f"{step.sqnr_db:.1f} dB{drop}; {step.verdict}")
+    fallback.runs = dict(search.runs, cached_ranking=fallback.cached)
+    fallback.seconds = time.perf_counter() - started
+    return fallback
 
-    def run(model, x):
-        runs["rank"] += 1
-        return run_onnx(model, x, batch, config or None, device=measure.device)
 
-    # the samples where int8 and fp32 disagree most (NNCF ranks on 300)
-    ref_all = measure.fp32_holdout
-    int8_out = run_onnx(full, measure.holdout, batch, config or None, device=measure.device)
-    err = np.sum((ref_all.reshape(len(ref_all), -1) - int8_out.reshape(len(int8_out), -1)) ** 2, axis=1)
-    subset = np.sort(np.argsort(-err, kind="stable")[:rank_samples(len(err))])
-    x, ref = measure.holdout[subset], ref_all[subset]
-
-    cache = SensitivityCache(store, [full.read_bytes(), pre.read_bytes(), np.ascontiguousarray(x).tobytes(),
-                                     str(measure.device).encode(), repr(sorted((config or {}).items())).encode()])
-    fallback = Fallback(ranking=[], groups=len(groups))
-    scores = cache.load([g.index for g in groups])
+def _rank(search: _Search, store, fallback: Fallback, stage) -> dict[str, dict[int, float]]:
+    """Each group's score (the ranking subset's SQNR with it alone in fp32) and its `alone` estimate (the subset's
+    SQNR with it alone in int8: its error taken as the change its revert made, so errors that cancel stay signed),
+    from the sensitivity cache or measured and cached; fills the fallback's ranking."""
+    measure = search.measure
+    cache = SensitivityCache(store, [search.full.read_bytes(), search.pre.read_bytes(),
+                                     np.ascontiguousarray(search.x).tobytes(), str(measure.device).encode(),
+                                     repr(sorted((search.config or {}).items())).encode()])
+    tables = cache.load([g.index for g in search.groups])
     if cache.note:
         fallback.notes.append(cache.note)
-    fallback.cached = scores is not None
-    if scores is None:
-        stage(f"fp32 fallback: ranking {len(groups)} QDQ groups on {len(x)} held-out samples")
-        scores = {g.index: _sqnr(ref, run(revert(int8, fp32, [g]), x)) for g in groups}
-        cache.save(scores)
+    fallback.cached = tables is not None
+    if tables is None:
+        stage(f"fp32 fallback: ranking {len(search.groups)} QDQ groups on {len(search.x)} held-out samples")
+        tables = {"scores": {}, "alone": {}}
+        for g in search.groups:
+            out = search.outputs([g.index])
+            tables["scores"][g.index] = _sqnr(search.ref, out)
+            tables["alone"][g.index] = _sqnr(search.ref, search.ref + (search.int8_x - out))
+        cache.save(tables)
+    scores = tables["scores"]
     fallback.ranking = [
         {"node": n, "op_type": "group %d" % g.index, "sqnr_db": scores[g.index], "group": g.index}
-        for g in sorted(groups, key=lambda g: -scores[g.index]) for n in g.fp32_nodes
+        for g in sorted(search.groups, key=lambda g: -scores[g.index]) for n in g.fp32_nodes
     ]
-    remaining = sorted(by_index, key=lambda i: (-scores[i], i))
+    return tables
+
+
+def _bound_met(search: _Search, alone: dict[int, float], budget: Budget, fallback: Fallback, stage) -> bool:
+    """Measure once the file with every group in fp32 but the one whose error alone is smallest (ALONE: the ranking's
+    estimate) among those that leave 8-bit weights: the most the walk can revert; False (do not walk) when even that
+    misses the SQNR gate. No such file (no group holds 8-bit weights by itself): nothing to bound, True."""
+    everything = sorted(alone)
+    for keep in sorted(everything, key=lambda i: (-alone[i], i)):
+        indices = [i for i in everything if i != keep]
+        model = search.model(indices)
+        if int8_weight_count(model):
+            break
+    else:
+        return True
+    stage(f"fp32 fallback: can it be met? {len(indices)} of {len(everything)} QDQ groups in fp32")
+    search.runs["bound"] = 1
+    fallback.bound = search.trial(model, indices, "fallback-bound.onnx", budget)
+    fallback.bound_groups = sorted(indices)
+    fallback.bound_met = fallback.bound.passed(budget)
+    # SQNR is an energy: to first order each int8 group adds its own, so a file short of the SQNR gate with one group
+    # left in int8 is short of it with more. Top-1 agreement and a top-1 drop count flipped samples, which a group
+    # more or less can flip either way: a miss on those alone still walks.
+    gate = budget.tolerance.min_sqnr_db
+    fallback.bound_stopped = gate is not None and not fallback.bound.holdout.sqnr_db >= gate
+    return not fallback.bound_stopped
+
+
+def _walk(search: _Search, remaining: list[int], first, budget: Budget, fallback: Fallback, stage) -> None:
+    """Revert the groups in rank order (REMAINING, consumed), NNCF's way: one worsening step is tolerated, a second
+    is undone and what is left re-ranked against the current model; stop at the budget."""
     reverted: list[int] = []
     current_sqnr, worse = first.holdout.sqnr_db, 0
     while remaining:
         index = remaining.pop(0)
-        chosen = [by_index[i] for i in reverted + [index]]
-        model = revert(int8, fp32, chosen)
+        model = search.model(reverted + [index])
         if not int8_weight_count(model):  # everything with weights in float: not an int8 file any more
             fallback.notes.append(f"group {index} left: reverting it too leaves no 8-bit weights (not an int8 file)")
             continue
-        path = full.parent / f"fallback-{len(fallback.steps) + 1}.onnx"
-        import onnx
-
-        onnx.save(model, str(path))
-        nodes = exclude_arguments(chosen)
         stage(f"fp32 fallback step {len(fallback.steps) + 1}: group {index} back to fp32")
-        runs["steps"] += 1
-        trial = measure(path, nodes, dataset=False)
-        if trial.holdout.passed and budget.dataset is not None:
-            trial = measure(path, nodes)
+        search.runs["steps"] += 1
+        trial = search.trial(model, reverted + [index], f"fallback-{len(fallback.steps) + 1}.onnx", budget)
         fallback.trials.append(trial)
-        sqnr = trial.holdout.sqnr_db
+        sqnr, nodes = trial.holdout.sqnr_db, search.by_index[index].fp32_nodes
         if trial.passed(budget):
-            fallback.steps.append(Step(index, by_index[index].fp32_nodes, sqnr, trial, "met the budget"))
+            fallback.steps.append(Step(index, nodes, sqnr, trial, "met the budget"))
             fallback.chosen, fallback.reverted = trial, len(reverted) + 1
-            break
+            return
         if sqnr >= current_sqnr:
             verdict, worse = "kept", 0
         elif worse == 0:
             verdict, worse = "kept (one worsening step tolerated)", 1
         else:
             verdict, worse = "undone", 0
-        fallback.steps.append(Step(index, by_index[index].fp32_nodes, sqnr, trial, verdict))
+        fallback.steps.append(Step(index, nodes, sqnr, trial, verdict))
         if verdict == "undone":  # re-rank what is left against the current model
             if remaining:
                 stage(f"fp32 fallback: re-ranking {len(remaining)} groups against the current model")
-                base = [by_index[i] for i in reverted]
-                rescored = {i: _sqnr(ref, run(revert(int8, fp32, base + [by_index[i]]), x)) for i in remaining}
+                rescored = {i: search.score(reverted + [i]) for i in remaining}
                 remaining.sort(key=lambda i: (-rescored[i], i))
             continue
         reverted.append(index)
         current_sqnr = sqnr
-    for n, step in enumerate(fallback.steps, 1):
-        drop = "" if step.trial.drop is None else f", top-1 drop {step.trial.drop:+.2f} points"
-        fallback.notes.append(f"fp32 fallback step {n}: group {step.group} ({', '.join(step.nodes)}): held-out SQNR "
-                              f"{step.sqnr_db:.1f} dB{drop}; {step.verdict}")
-    fallback.runs = dict(runs, cached_ranking=fallback.cached)
-    fallback.seconds = time.perf_counter() - started
-    return fallback
 
 
 def budget_missed(trial, budget: Budget, calib: CalibrationSet, judgement, why: str):

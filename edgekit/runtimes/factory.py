@@ -14,19 +14,22 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.core.errors import BadInput
-from edgekit.judge.targets import exact_session_for, merge_session_configs, session_config_for
+from edgekit.judge.targets import KEEP_FLOAT_SESSION, exact_session_for, merge_session_configs, session_config_for
 
 KERNELS = ("default", "exact")  # ORT's default int8 kernels on this CPU, or exact int32 accumulation
 
 
 def session_options(
     recipe: dict | None, *, kernels: str = "default", timing: bool = False, spin: bool = False,
-    extra: dict[str, str] | None = None,
+    keep_float: bool = False, extra: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """The ORT session options for a file of `recipe` (None: a float file) on this CPU.
 
     `kernels`: "exact" adds what makes ORT accumulate int8 exactly on a CPU whose default kernels can saturate
-    (recorded per recipe); `timing`: the session is timed, so its pool does not spin between calls unless `spin`."""
+    (recorded per recipe); `timing`: the session is timed, so its pool does not spin between calls unless `spin`;
+    `keep_float`: nodes reverted or kept in float between quantized ones (the fp32 fallback's trials, a debug
+    search's groups) stay float: ORT's re-quantizing WeightBiasQuantization pass is off, as a file whose recipe
+    records float nodes already says; `extra`: further entries (the gated kernels of a judgement), merged last."""
     from edgekit.runtimes.ort import NO_SPIN
 
     if kernels not in KERNELS:
@@ -35,6 +38,7 @@ def session_options(
         NO_SPIN if timing and not spin else None,
         session_config_for(recipe),
         exact_session_for(recipe) if kernels == "exact" else None,
+        KEEP_FLOAT_SESSION if keep_float else None,
         extra,
     )
 
@@ -68,14 +72,14 @@ class OrtRunner:
 def open_runner(
     path: Path, runtime: str = "ort", provider: str = "cpu", device: str | None = None, *, recipe: dict | None = None,
     kernels: str = "default", timing: bool = False, spin: bool = False, threads: int | None = None,
-    batch: int | None = None, allow_fallback: bool = False, profiling: bool = False,
+    batch: int | None = None, allow_fallback: bool = False, profiling: bool = False, keep_float: bool = False,
 ):
     """A runner for the file at `path`: ONNX Runtime ("ort") on `provider` (of `device`: None is this machine), or
     OpenVINO ("openvino") on the CPU. A provider or runtime that cannot start is exit 3 (ProviderUnavailable)."""
     if runtime == "ort":
         from edgekit.runtimes.ort import create_session
 
-        config = session_options(recipe, kernels=kernels, timing=timing, spin=spin)
+        config = session_options(recipe, kernels=kernels, timing=timing, spin=spin, keep_float=keep_float)
         session = create_session(
             Path(path), provider, allow_fallback=allow_fallback, threads=threads, session_config=config or None,
             enable_profiling=profiling and device is None, device=device if provider == "cpu" else None,
