@@ -76,12 +76,18 @@ def test_codes_at_127_shift_down_and_full_range_codes_are_kept():
     assert np.all(_zero(model) == 0)
 
 
-def test_short_and_grouped_convs_stay_on_convsym_and_the_stem_moves():
+def test_short_and_depthwise_convs_stay_on_convsym_grouped_ones_count_k_per_group_and_the_stem_moves():
     rng = np.random.default_rng(3)
     short = _qdq_conv_model(64, 16, 1, 1, rng.integers(-64, 64, size=(16, 64, 1, 1)).astype(np.int8))  # K = 64
     assert gemm_convs(short, 512) == [] and np.all(_zero(short) == 0)
-    grouped = _qdq_conv_model(64, 64, 3, 4, rng.integers(-64, 64, size=(64, 16, 3, 3)).astype(np.int8))
-    assert gemm_convs(grouped, 100) == [] and np.all(_zero(grouped) == 0)
+    grouped = _qdq_conv_model(64, 64, 3, 4, rng.integers(-64, 64, size=(64, 16, 3, 3)).astype(np.int8))  # K = 144
+    assert gemm_convs(grouped, 512) == [] and np.all(_zero(grouped) == 0)
+    x = rng.standard_normal((1, 64, 12, 12)).astype(np.float32)
+    before = _run(grouped, x)
+    assert gemm_convs(grouped, 144)[0]["k"] == 144 and np.all(_zero(grouped) == 1)
+    assert np.array_equal(_run(grouped, x), before)
+    depthwise = _qdq_conv_model(64, 64, 3, 64, rng.integers(-64, 64, size=(64, 1, 3, 3)).astype(np.int8))
+    assert gemm_convs(depthwise, 1) == [] and np.all(_zero(depthwise) == 0)
     stem = _qdq_conv_model(3, 16, 3, 1, rng.integers(-64, 64, size=(16, 3, 3, 3)).astype(np.int8))  # RGB, K = 27
     assert [d["conv"] for d in gemm_convs(stem, 512)] == ["the_conv"]
     assert gemm_convs(_qdq_conv_model(3, 16, 3, 1, np.zeros((16, 3, 3, 3), np.int8)), 0) == []  # off

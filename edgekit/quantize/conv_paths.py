@@ -32,9 +32,10 @@ def _group(node) -> int:
 
 
 def gemm_convs(model, min_k: int) -> list[dict]:
-    """Rewrite, in place, the weight zero point of every group-1 QDQ conv with K >= `min_k` (and of the stem: 4
-    input channels or fewer) from 0 to +-1 so that ORT runs it as an int8 GEMM; returns one record per conv
-    ({"conv", "k", "shift"}, or "kept" with the reason where the codes leave no room)."""
+    """Rewrite, in place, the weight zero point of every QDQ conv with K >= `min_k` (K per group for a grouped
+    conv; depthwise convs are left alone) and of the stem (4 input channels or fewer) from 0 to +-1 so that ORT
+    runs it as an int8 GEMM; returns one record per conv ({"conv", "k", "shift"}, or "kept" with the reason where
+    the codes leave no room)."""
     from onnx import numpy_helper
 
     if min_k <= 0:
@@ -47,7 +48,7 @@ def gemm_convs(model, min_k: int) -> list[dict]:
         if dq.op_type != "DequantizeLinear" or len(dq.input) < 3 or dq.input[0] not in inits or dq.input[2] not in inits:
             continue
         convs = [c for c in consumers.get(dq.output[0], []) if c.op_type == "Conv" and c.input[1] == dq.output[0]]
-        if len(convs) != 1 or len(consumers[dq.output[0]]) != 1 or _group(convs[0]) != 1:
+        if len(convs) != 1 or len(consumers[dq.output[0]]) != 1:
             continue
         if len(consumers[dq.input[0]]) != 1 or len(consumers[dq.input[2]]) != 1:
             continue  # a shared code or zero-point tensor: another node would see the shift
@@ -55,8 +56,10 @@ def gemm_convs(model, min_k: int) -> list[dict]:
         zero = numpy_helper.to_array(inits[dq.input[2]])
         if codes.dtype != np.int8 or codes.ndim != 4 or zero.dtype != np.int8 or np.any(zero != 0):
             continue
-        k = int(codes.shape[1] * codes.shape[2] * codes.shape[3])
-        if k < min_k and codes.shape[1] > 4:
+        k = int(codes.shape[1] * codes.shape[2] * codes.shape[3])  # the weight's dim 1 is input channels per group
+        if codes.shape[1] == 1 and _group(convs[0]) > 1:
+            continue  # depthwise: ORT's own depthwise kernel
+        if k < min_k and (codes.shape[1] > 4 or _group(convs[0]) > 1):
             continue
         name = convs[0].name or convs[0].output[0]
         shift = 1 if int(codes.max()) < 127 else (-1 if int(codes.min()) > -128 else 0)
