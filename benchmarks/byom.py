@@ -32,7 +32,7 @@ EDGEKIT = [sys.executable, "-m", "edgekit"]
 TORCHVISION = ("mobilenet_v3_small", "regnet_y_400mf", "shufflenet_v2_x1_0", "efficientnet_b0", "convnext_tiny")
 
 
-def _run(cmd: list[str], cwd: Path, timeout: int = 900) -> dict:
+def _run(cmd: list[str], cwd: Path, timeout: int = 900, keep_stdout: bool = False) -> dict:
     started = time.perf_counter()
     env = {**os.environ, "EDGEKIT_NO_PROGRESS": "1"}
     try:
@@ -46,37 +46,39 @@ def _run(cmd: list[str], cwd: Path, timeout: int = 900) -> dict:
             or next((ln for ln in lines if ln), ""))
     traceback = "Traceback (most recent call last)" in (out or "") + (err or "")
     return {"cmd": " ".join(str(c) for c in cmd[2:] if c != "-m"), "exit": code, "said": said[:200],
-            "traceback": traceback, "seconds": round(time.perf_counter() - started, 1)}
+            "traceback": traceback, "seconds": round(time.perf_counter() - started, 1)} | (
+                {"stdout": out or ""} if keep_stdout else {})
 
 
-def corpus(tmp: Path) -> dict[str, dict]:
-    """{name: {"source": path, "import": extra import options | None (export a user module)}}."""
+def makers() -> dict[str, tuple[str, object, list[str] | None]]:
+    """{name: (sub-folder, builder(folder) -> source path, import options | None (export a user module))}."""
     import foreign_models as fm
 
-    items: dict[str, dict] = {}
-    for name in TORCHVISION:
-        folder = tmp / name
-        folder.mkdir()
-        items[name] = {"source": fm.torchvision_torchscript(folder, name, 64), "import": ["--untrained"]}
-    dyn = tmp / "dynamo"
-    dyn.mkdir()
-    items["mobilenet_v3_small (dynamo, external data)"] = {"source": fm.torchvision_dynamo(dyn), "import": ["--untrained"]}
-    sim = tmp / "onnxsim"
-    sim.mkdir()
-    items["view+Linear after onnxsim"] = {"source": fm.onnxsim_file(sim), "import": ["--untrained"]}
-    pad = tmp / "paddle"
-    pad.mkdir()
-    items["Paddle-style opset 11 (Constant weights, dynamic HxW)"] = {
-        "source": fm.paddle_style_opset11(pad),
-        "import": ["--untrained", "--input-shape", "1,3,32,96", "--crop", "32x96", "--resize", "letterbox", "--channels", "bgr",
-                   "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5"],
+    paddle = ["--untrained", "--input-shape", "1,3,32,96", "--crop", "32x96", "--resize", "letterbox", "--channels",
+              "bgr", "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5"]
+    made: dict[str, tuple[str, object, list[str] | None]] = {
+        name: (name, lambda folder, name=name: fm.torchvision_torchscript(folder, name, 64), ["--untrained"])
+        for name in TORCHVISION
     }
-    dense = tmp / "dense"
-    dense.mkdir()
-    items["dense output (a detector's map)"] = {"source": fm.dense_output(dense), "import": ["--untrained"]}
-    user = tmp / "user"
-    user.mkdir()
-    items["user module mynet.py:build"] = {"source": fm.user_module_source(user), "import": None}
+    made["mobilenet_v3_small (dynamo, external data)"] = ("dynamo", fm.torchvision_dynamo, ["--untrained"])
+    made["view+Linear after onnxsim"] = ("onnxsim", fm.onnxsim_file, ["--untrained"])
+    made["Paddle-style opset 11 (Constant weights, dynamic HxW)"] = ("paddle", fm.paddle_style_opset11, paddle)
+    made["dense output (a detector's map)"] = ("dense", fm.dense_output, ["--untrained"])
+    made["user module mynet.py:build"] = ("user", fm.user_module_source, None)
+    return made
+
+
+def corpus(tmp: Path, only: str | None = None) -> dict[str, dict]:
+    """{name: {"source": path, "import": extra import options | None (export a user module)}}, building only the
+    models whose name contains one of `only`'s comma-separated substrings (all when None): a large model is
+    exported only when asked for."""
+    items: dict[str, dict] = {}
+    for name, (sub, make, options) in makers().items():
+        if only and not any(s in name for s in only.split(",")):
+            continue
+        folder = tmp / sub
+        folder.mkdir()
+        items[name] = {"source": make(folder), "import": options}
     return items
 
 
@@ -174,9 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="edgekit-byom-") as tmp:
         tmp = Path(tmp)
-        for name, item in corpus(tmp).items():
-            if args.only and not any(s in name for s in args.only.split(",")):
-                continue
+        for name, item in corpus(tmp, args.only).items():
             work = tmp / "work" / str(len(rows))
             work.mkdir(parents=True)
             made = one_model(name, item, work, args.bare_python, not args.no_device)
