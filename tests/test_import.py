@@ -287,7 +287,7 @@ def test_device_preprocessing_matches_the_host_for_non_square_inputs(kw):
     from PIL import Image
 
     from edgekit.data.preprocessing import Preprocessing
-    from edgekit.ondevice.check import crop_uint8, normalize
+    from edgekit.ondevice.preprocess import crop_uint8, normalize
 
     pre = Preprocessing(**kw)
     d = pre.to_dict()

@@ -103,7 +103,7 @@ def test_list_valued_session_options_merge_instead_of_overwriting():
 
 
 def test_check_py_applies_every_rule_of_the_cpu_merged():
-    from edgekit.ondevice.check import session_options_for
+    from edgekit.ondevice.cpu import session_options_for
 
     manifest = {"session_options": RECIPES["generic"].session_options(float_nodes=True)}
     avx2 = {"machine": "x86_64", "flags": ["avx2", "fma"], "flags_known": True}

@@ -1,7 +1,8 @@
 """What a deployable bundle carries besides the model, and the check of a bundle from edgekit.
 
-`check.py` (the standalone device check: numpy and onnxruntime only) and `metrics.py` (the metric core it
-shares with edgekit.judge.compare) are copied into every bundle verbatim, for the user on the board. `check_bundle`
+`check.py` (the standalone device check: numpy and onnxruntime only) and the device-side modules it imports
+(edgekit.ondevice: metrics, cpu, sessions, bundle_files, preprocess, report, openvino_run) are copied into every
+bundle verbatim, for the user on the board; edgekit imports the same modules, so both sides check alike. `check_bundle`
 runs check.py's own checks from edgekit (edgekit's metric core, edgekit's sessions): what `edgekit package` runs
 before it commits a bundle, and what `edgekit verify DIR` is to call (it lives here, below the stages, so that
 verify need not import the package stage). `check_bundle_on_device` runs the same checks with the models on an
@@ -13,9 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from edgekit.core.errors import BadInput, ProviderUnavailable, one_line
 
-# check.py and metrics.py import numpy only; provenance and runtime are imported where used, so that
+# the device side imports numpy only at the top; provenance and runtime are imported where used, so that
 # edgekit.judge.compare (which imports edgekit.ondevice.metrics) stays light.
 MAX_LABELS_BYTES = 16 << 20
 
@@ -57,9 +60,9 @@ class BundleCheck:
 
     def describe(self) -> str:
         """check.py's own table."""
-        from edgekit.ondevice import check as bundle_check
+        from edgekit.ondevice.report import format_report
 
-        return bundle_check.format_report(self.as_check_result())
+        return format_report(self.as_check_result())
 
     def to_dict(self) -> dict:
         return {
@@ -81,27 +84,62 @@ def this_cpu_for_check() -> dict:
 
 def _edgekit_session(path: Path, provider: str, config: dict):
     """check.py's session factory, made with edgekit's create_session (no silent provider fallback)."""
-    from edgekit.ondevice import check as bundle_check
+    from edgekit.ondevice.sessions import ProviderNotStarted, short_name
     from edgekit.runtimes.ort import PROVIDERS, create_session
 
-    short = next((k for k, v in PROVIDERS.items() if v == provider), None)
-    if short is None:
-        raise bundle_check.ProviderNotStarted(f"{provider} is not a provider edgekit runs ({', '.join(PROVIDERS)})")
+    short = short_name(provider)
+    if short not in PROVIDERS:
+        raise ProviderNotStarted(f"{provider} is not a provider edgekit runs ({', '.join(PROVIDERS)})")
     try:
         return create_session(Path(path), short, session_config=config or None).session
     except ProviderUnavailable as exc:
-        raise bundle_check.ProviderNotStarted(one_line(exc)) from None
+        raise ProviderNotStarted(one_line(exc)) from None
+
+
+class _OpenVinoAsSession:
+    """edgekit's OpenVINO runner (runtimes/openvino_model.py) shaped as check.py runs a model: get_inputs() and
+    run(None, feed), a dynamic batch axis left dynamic."""
+
+    def __init__(self, path: Path):
+        from types import SimpleNamespace
+
+        from edgekit.runtimes.openvino_model import OpenVinoModel
+
+        self.model = OpenVinoModel.load(Path(path), batch=None)
+        ort_type = "tensor(float16)" if self.model.input_dtype == np.float16 else "tensor(float)"
+        self._input = SimpleNamespace(name=self.model.input_name, shape=list(self.model.input_shape), type=ort_type)
+
+    def get_inputs(self) -> list:
+        return [self._input]
+
+    def run(self, _names, feed: dict) -> list:
+        (x,) = feed.values()
+        return self.model.run(x)
+
+
+def _edgekit_openvino(path: Path, _provider: str, _config: dict):
+    """check.py's OpenVINO factory, made with edgekit's OpenVINO runtime (exit 3 where it is not installed)."""
+    from edgekit.core.errors import EnvironmentUnavailable
+    from edgekit.ondevice.sessions import ProviderNotStarted
+
+    try:
+        return _OpenVinoAsSession(path)
+    except EnvironmentUnavailable as exc:
+        raise ProviderNotStarted(f"openvino not installed here: {one_line(exc)}") from None
 
 
 def check_bundle(folder: Path, providers: list[str] | None = None, apply_session_options: bool = True,
-                 expect_manifest: str | None = None, gates: dict | None = None) -> BundleCheck:
+                 expect_manifest: str | None = None, gates: dict | None = None,
+                 runtimes: list[str] | None = None) -> BundleCheck:
     """Run a bundle's check.py checks from edgekit: checksums, both model formats on the golden inputs on each
-    provider (short names: cpu, cuda, tensorrt; default cpu), the manifest's gates, with edgekit's metric core.
+    provider (short names: cpu, cuda, tensorrt; default cpu), the manifest's gates, with edgekit's metric core;
+    and the .onnx in OpenVINO where the bundle was packaged for it (`runtimes`: ort, openvino; default the
+    manifest's, OpenVINO skipped with a note where it is not installed here, required where it is named).
 
     A broken bundle (no manifest, a listed file missing, unreadable golden data) is BadInput (exit 2); a failed
     check is returned (passed False, exit_code 1), not raised: the caller decides."""
     from edgekit.ondevice import check as bundle_check
-    from edgekit.ondevice import metrics as bundle_metrics
+    from edgekit.runtimes.openvino_model import openvino_available
     from edgekit.runtimes.ort import PROVIDERS
 
     folder = Path(folder)
@@ -115,8 +153,10 @@ def check_bundle(folder: Path, providers: list[str] | None = None, apply_session
         wanted.append(PROVIDERS[key])
     try:
         result = bundle_check.run_checks(
-            folder, wanted, this_cpu_for_check(), make_session=_edgekit_session, metrics=bundle_metrics,
+            folder, wanted, this_cpu_for_check(), make_session=_edgekit_session,
+            make_openvino=_edgekit_openvino if openvino_available() else None,
             apply_session_options=apply_session_options, expect_manifest=expect_manifest, gates=gates,
+            runtimes=runtimes,
         )
     except bundle_check.BrokenBundle as exc:
         raise BadInput(f"broken bundle: {exc}") from None

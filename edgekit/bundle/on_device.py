@@ -9,7 +9,7 @@ from a bundle must never run there. This check therefore:
 2. refuses to go on when any file does not match (a FAIL naming it; nothing is started);
 3. runs edgekit's own checks (edgekit.ondevice.check from the installed package, with edgekit's metric core) on
    the private copies, the models loaded by edgekit's own ort_worker.py inside the device (runtimes.emulated
-   copies it into a private folder too). The bundle's check.py and metrics.py are checksummed, never run.
+   copies it into a private folder too). The bundle's check.py and its modules are checksummed, never run.
 
 The bundle's own check.py is for the user on the board itself.
 """
@@ -72,18 +72,18 @@ class _DeviceSessions:
         self.broken: EnvironmentUnavailable | None = None
 
     def __call__(self, path: Path, provider: str, config: dict):
-        from edgekit.ondevice import check as bundle_check
+        from edgekit.ondevice.sessions import PROVIDERS, ProviderNotStarted
         from edgekit.runtimes.ort import create_session
 
         if self.broken is not None:
-            raise bundle_check.ProviderNotStarted(str(self.broken))
-        if provider != bundle_check.PROVIDERS["cpu"]:
-            raise bundle_check.ProviderNotStarted(f"the device {self.device} runs the CPU provider only")
+            raise ProviderNotStarted(str(self.broken))
+        if provider != PROVIDERS["cpu"]:
+            raise ProviderNotStarted(f"the device {self.device} runs the CPU provider only")
         try:
             session = create_session(Path(path), "cpu", session_config=config or None, device=self.device).session
         except EnvironmentUnavailable as exc:
             self.broken = exc
-            raise bundle_check.ProviderNotStarted(str(exc)) from None
+            raise ProviderNotStarted(str(exc)) from None
         return _Watched(session, self)
 
 
@@ -118,8 +118,9 @@ def check_on_device(folder: Path, device: str, apply_session_options: bool = Tru
     """The checks of the bundle in `folder` with the models run on `device`, as check.py's result dict (its
     "bundle" is `folder`). BrokenBundle / Tampered propagate (the caller maps them); a device that cannot run is
     EnvironmentUnavailable (exit 3)."""
+    from edgekit.ondevice import bundle_files
     from edgekit.ondevice import check as bundle_check
-    from edgekit.ondevice import metrics as bundle_metrics
+    from edgekit.ondevice.sessions import PROVIDERS
     from edgekit.runtimes.devices import ready_device
 
     folder = Path(folder)
@@ -138,7 +139,7 @@ def check_on_device(folder: Path, device: str, apply_session_options: bool = Tru
         try:
             copy_checked(folder / bundle_check.MANIFEST, copy / bundle_check.MANIFEST, "manifest.json",
                          bundle_check.MAX_MANIFEST_BYTES)
-            manifest = bundle_check.read_manifest(copy, expect_manifest)  # --expect-manifest: Tampered before anything
+            manifest = bundle_files.read_manifest(copy, expect_manifest)  # --expect-manifest: Tampered before anything
             checksums = []
             for name, entry in sorted(manifest["files"].items()):
                 actual = copy_checked(folder / name, copy / name, name)
@@ -155,6 +156,9 @@ def check_on_device(folder: Path, device: str, apply_session_options: bool = Tru
                           and p.name not in manifest["files"] and not p.name.startswith("."))
         notes = [f"not in the manifest, so not checked or copied: {', '.join(unlisted)}"] if unlisted else []
         notes.append("run by edgekit's own checks on checked copies; the bundle's check.py is for the board itself")
+        if "openvino" in (manifest.get("check_runtimes") or []):
+            notes.append(f"the device {device} runs ONNX Runtime only: OpenVINO is checked by check.py on the board, "
+                         "or by edgekit verify BUNDLE/ on this machine")
         bad = [c for c in checksums if not c["ok"]]
         if bad:  # nothing from a bundle that does not match its manifest is run, not even its model
             return {
@@ -165,8 +169,8 @@ def check_on_device(folder: Path, device: str, apply_session_options: bool = Tru
                 "reasons": [c["reason"] for c in bad],
             }
         sessions = _DeviceSessions(device)
-        result = bundle_check.run_checks(copy, [bundle_check.PROVIDERS["cpu"]], cpu, make_session=sessions,
-                                         metrics=bundle_metrics, apply_session_options=apply_session_options,
+        result = bundle_check.run_checks(copy, [PROVIDERS["cpu"]], cpu, make_session=sessions, runtimes=["ort"],
+                                         apply_session_options=apply_session_options,
                                          expect_manifest=manifest["_sha256"])
         if sessions.broken is not None:
             raise sessions.broken

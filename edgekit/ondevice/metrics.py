@@ -6,7 +6,7 @@ bundle, so the device computes exactly what edgekit computes, from the same sour
 `output_metrics` measures how a candidate output differs from the reference; `failed_gates`
 says which of a precision's gates those numbers fail (a NaN or Inf always fails).
 Gates are a plain dict: atol, rtol, same_top1, min_top1_agreement, min_sqnr_db (None: off).
-Also here, because both sides need them and must agree: a file's sha256 and any image to 8-bit RGB.
+Also here, because both sides need it and must agree: a file's sha256 (edgekit.core.files imports it).
 """
 
 from __future__ import annotations
@@ -27,21 +27,6 @@ def sha256_file(path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def to_rgb(image):
-    """Any PIL mode -> 8-bit RGB: 16-bit and float images rescaled, alpha composited on white."""
-    from PIL import Image
-
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), mode="L")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
 
 
 def _safe(value: float) -> float:

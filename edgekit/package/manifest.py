@@ -15,7 +15,8 @@ from edgekit.onnxfile.artifact import sha256_file
 from edgekit.bundle import BundleCheck
 from edgekit.judge.compare import Tolerance
 from edgekit.onnxfile.graph import graph_inputs
-from edgekit.ondevice import check as bundle_check
+from edgekit.ondevice.check import BUNDLE_FORMAT
+from edgekit.ondevice.cpu import CPU_RULES
 from edgekit.package.ort_tools import ORT_OPTIMIZATION_STYLE
 from edgekit.package.golden import GOLDEN_FILE
 from edgekit.package.ort_format import OPS_CONFIG, OrtFormat
@@ -43,14 +44,14 @@ def build_manifest(
     label_list: list[str] | None, recipe: dict | None, session_options: dict, tolerance: Tolerance,
     tolerance_source: str, photo_dir: Path, sources: list[Path], ort: OrtFormat, mobile: dict,
     reference: str = "PyTorch fp32 on CPU, the model the file was made from (rebuilt from its metadata)",
-    task: str = "classify",
+    task: str = "classify", runtimes: list[str] | None = None,
 ) -> dict:
     """The manifest of a bundle before its golden data and checksums are written (`golden` and `files` are
     filled by write_manifest's caller)."""
     onnx_name, ort_name, ort_left_out, arm = model_path.name, ort.name, ort.left_out, ort.arm
     versions = library_versions()
     manifest = {
-        "edgekit_bundle": bundle_check.BUNDLE_FORMAT,
+        "edgekit_bundle": BUNDLE_FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": {
             "name": meta.get("model"), "family": meta.get("family"), "file": onnx_name, "ort_file": ort_name,
@@ -66,9 +67,11 @@ def build_manifest(
         "classes": {"count": classes, "labels": label_list},
         "precision": precision,
         "task": task,
+        # what check.py runs by default (`package --runtimes`): OpenVINO where it is installed on the device
+        "check_runtimes": list(runtimes or ["ort"]),
         "recipe": recipe,
         "session_options": session_options,
-        "session_options_rules": {k: bundle_check.CPU_RULES.get(k, "unknown to this check.py") for k in session_options},
+        "session_options_rules": {k: CPU_RULES.get(k, "unknown to this check.py") for k in session_options},
         "gates": {**tolerance.to_dict(), "source": tolerance_source + (", the photos' gates" if precision == "int8" else "")},
         "golden": {
             "file": GOLDEN_FILE, "samples": 0, "images": [], "source": str(photo_dir),
@@ -124,6 +127,8 @@ def readme(manifest: dict) -> str:
         "    python check.py --providers cpu,cuda   # every listed execution provider (exit 3 if one does not start)",
         "    python check.py --image photo.jpg      # one photo through the exact preprocessing (needs Pillow): top-5",
         "    python check.py --json                 # every number as JSON",
+        *(["    python check.py --runtime openvino     # the .onnx in OpenVINO too (pip install openvino; without it, "
+           "skipped with a note)"] if "openvino" in (manifest.get("check_runtimes") or []) else []),
         f"Preprocessing: {manifest['preprocessing']['describe']}.",
         "Session options: " + (needs + " (check.py applies them when /proc/cpuinfo says so)" if needs else "none needed."),
         (f"Minimal ORT builds: --include_ops_by_config {OPS_CONFIG}; the .ort needs onnxruntime >= "
@@ -169,6 +174,12 @@ _ROLES = {
     GOLDEN_FILE: "golden inputs (uint8 pixels) and PyTorch fp32 outputs",
     "check.py": "the device check (numpy + onnxruntime)",
     "metrics.py": "edgekit's metric core, imported by check.py",
+    "cpu.py": "this CPU and the session options it needs, imported by check.py",
+    "sessions.py": "ONNX Runtime sessions and the batching rule, imported by check.py",
+    "bundle_files.py": "the manifest, checksums and golden data as check.py reads them",
+    "preprocess.py": "the exact preprocessing (check.py --image), imported by check.py",
+    "report.py": "check.py's table and JSON",
+    "openvino_run.py": "the .onnx in OpenVINO (where installed), imported by check.py",
     README_NAME: "how to run check.py on the device",
     MOBILE_REPORT: "ORT Mobile usability (NNAPI/CoreML partitions)",
     OPS_CONFIG: "operators for a minimal ORT build",
