@@ -13,9 +13,10 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-FAKE_CPU_FLAGS_ENV = "EDGEKIT_FAKE_CPU_FLAGS"  # e.g. "avx2 fma": pretend this CPU has only these flags
+# the flags and their reading are the device check's own (edgekit/ondevice/cpu.py): one copy, host and board
+from edgekit.ondevice.cpu import FAKE_CPU_FLAGS_ENV, VNNI_FLAGS, fake_flags, read_cpuinfo
+
 FAKE_CPU_MACHINE_ENV = "EDGEKIT_FAKE_CPU_MACHINE"  # e.g. "aarch64"
-VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "avx512vnni"})
 INT8_FLAGS = frozenset({"avx2", "fma", "avx512f", "avx512bw", *VNNI_FLAGS, "asimddp"})
 
 
@@ -62,15 +63,7 @@ class CpuInfo:
 
 
 def _read_cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in path.read_text().splitlines():
-            if line.startswith("model name") and ":" in line and model == (platform.processor() or platform.machine()):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith(("flags", "Features")) and ":" in line and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    model, flags, _known = read_cpuinfo(path)
     return model, flags
 
 
@@ -78,14 +71,14 @@ def this_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuInfo:
     """This machine's CPU, or the one EDGEKIT_FAKE_CPU_FLAGS / EDGEKIT_FAKE_CPU_MACHINE describe."""
     model, flags = _read_cpuinfo(cpuinfo)
     machine = platform.machine()
-    fake_flags = os.environ.get(FAKE_CPU_FLAGS_ENV)
+    faked = fake_flags()
     fake_machine = os.environ.get(FAKE_CPU_MACHINE_ENV)
-    if fake_flags is None and fake_machine is None:
+    if faked is None and fake_machine is None:
         return CpuInfo(machine, model, frozenset(flags))
     return CpuInfo(
         fake_machine or machine,
-        f"{model} (faked: {FAKE_CPU_FLAGS_ENV}={fake_flags!r})",
-        frozenset(fake_flags.replace(",", " ").split()) if fake_flags is not None else frozenset(flags),
+        f"{model} (faked: {FAKE_CPU_FLAGS_ENV}={os.environ.get(FAKE_CPU_FLAGS_ENV)!r})",
+        frozenset(faked if faked is not None else flags),
         faked=True,
     )
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.ondevice.metrics import to_rgb  # noqa: F401  (one implementation, shared with the device check)
+from edgekit.ondevice.preprocess import crop_uint8, normalize, to_rgb  # noqa: F401  (one implementation, shared with the device check)
 from edgekit.core.errors import BadInput
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -213,39 +213,10 @@ class Preprocessing:
         return f"{geometry}, {colour}, mean {_floats_text(self.mean)}, std {_floats_text(self.std)}"
 
     def apply(self, image) -> np.ndarray:
-        """A PIL image (any mode) -> float32 (C, H, W) array, C = input_channels."""
-        from PIL import Image
-
-        image = to_rgb(image)
-        if self.channels == "gray":
-            image = image.convert("L")  # before resizing: one channel to resample, as gray datasets load
-        resample = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
-                    "nearest": Image.Resampling.NEAREST}[self.interpolation]
-        ch, cw = self.crop_hw
-        if self.resize is None:
-            image = image.resize((cw, ch), resample)
-        elif self.resize == LETTERBOX:
-            w, h = image.size
-            scale = min(cw / w, ch / h)
-            inner = image.resize((max(1, min(cw, round(w * scale))), max(1, min(ch, round(h * scale)))), resample)
-            fill = self.pad_value if image.mode == "L" else (self.pad_value,) * 3
-            image = Image.new(image.mode, (cw, ch), fill)
-            image.paste(inner, (0, 0))
-        else:
-            w, h = image.size
-            # torchvision's Resize(int): the longer side is truncated, not rounded; same for its centre crop offsets
-            size = (self.resize, int(self.resize * h / w)) if w <= h else (int(self.resize * w / h), self.resize)
-            image = image.resize(size, resample)
-            left = int(round((size[0] - cw) / 2.0))
-            top = int(round((size[1] - ch) / 2.0))
-            image = image.crop((left, top, left + cw, top + ch))
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        if array.ndim == 2:
-            array = np.repeat(array[..., None], self.input_channels, axis=2)
-        if self.channels == "bgr":
-            array = array[..., ::-1]
-        array = (array - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)
+        """A PIL image (any mode) -> float32 (C, H, W) array, C = input_channels: the device's own steps
+        (edgekit.ondevice.preprocess: the bundle's check.py runs the same code), torchvision's Resize(int) and centre
+        crop (the longer side truncated, the crop offsets rounded)."""
+        return normalize(crop_uint8(image, self.to_dict()), self.mean, self.std)
 
 
 def preprocessing_for_torchvision_weights(weights_enum_name: str) -> Preprocessing | None:

@@ -34,14 +34,12 @@ KEEP_FLOAT_SESSION = {"optimization.disable_specified_optimizers": "WeightBiasQu
 # 1.31 cannot even initialise a session with it ("Attempt to replace the existing tensor", on AVX2 and VNNI
 # CPUs alike), and measured under emulated AVX2 the file then computes bit-identically to a VNNI CPU.
 AS_WRITTEN_S8_SESSION = {"optimization.disable_specified_optimizers": "QDQS8ToU8Transformer;Avx2WeightS8ToU8Transformer"}
-ANY_CPU = "any CPU"
-X86_WITHOUT_VNNI = "x86 without VNNI"
+# the CPU kinds a file's session options are recorded for, and their merging: the device check's own
+from edgekit.ondevice.cpu import ANY_CPU, X86_WITHOUT_VNNI, merge_session_config  # noqa: E402
 
 
 def merge_session_configs(*configs: dict[str, str] | None) -> dict[str, str]:
     """Session config entries of several rules as one (ORT's list-valued entries joined with ';')."""
-    from edgekit.ondevice.check import merge_session_config
-
     merged: dict[str, str] = {}
     for config in configs:
         merged = merge_session_config(merged, config or {})

@@ -76,13 +76,20 @@ def _timed(session, feeds, runs: int, warmup: int, interval_ms) -> list:
         session.run(None, feeds)
         samples.append((time.perf_counter() - t0) * 1000)
         if period is not None:
-            next_tick += period
-            delay = next_tick - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            else:
-                next_tick = time.perf_counter()
+            next_tick = wait_for_tick(next_tick + period)
     return samples
+
+
+def wait_for_tick(tick: float) -> float:
+    """Sleep until perf_counter() reaches `tick`; returns the tick the next period counts from (now, when the
+    call ran past it: a late call is not caught up in a burst)."""
+    import time
+
+    delay = tick - time.perf_counter()
+    if delay > 0:
+        time.sleep(delay)
+        return tick
+    return time.perf_counter()
 
 
 def main(argv: list[str]) -> int:

@@ -22,12 +22,11 @@ import numpy as np
 
 from edgekit.core.errors import BadInput, CheckFailed, ProviderUnavailable, one_line
 from edgekit.core.provenance import cuda_device_available  # noqa: F401  (re-exported: stages ask the runtime)
+from edgekit.ondevice.sessions import PROVIDERS as DEVICE_PROVIDERS
+from edgekit.ondevice.sessions import short_name
 
-PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-}
+# The providers edgekit runs, named as the device check names them (one table: edgekit/ondevice/sessions.py).
+PROVIDERS = {name: DEVICE_PROVIDERS[name] for name in ("cpu", "cuda", "tensorrt")}
 
 
 # For timing: an idle ORT thread pool that spins steals the cores from the session timed next (docs/field-notes.md).
@@ -67,9 +66,7 @@ def parse_providers(spec: str | None) -> list[str]:
         return ["cpu", "cuda"] if cuda_device_available() else ["cpu"]
     names = []
     for raw in spec.split(","):
-        name = raw.strip().lower()
-        if name.endswith("executionprovider"):
-            name = next((k for k, v in PROVIDERS.items() if v.lower() == name), name)
+        name = short_name(raw)
         if name not in PROVIDERS:
             raise BadInput(f"unknown execution provider {raw.strip()!r}", hint=f"use one of {', '.join(PROVIDERS)}")
         if name not in names:
@@ -94,7 +91,7 @@ class Session:
         """Short name of the provider that really runs the graph (TensorRT may fall back to CUDA, not CPU)."""
         if not self.fell_back:
             return self.requested
-        return next((k for p in self.providers for k, v in PROVIDERS.items() if v == p), "cpu")
+        return next((short_name(p) for p in self.providers if short_name(p) in PROVIDERS), "cpu")
 
     def node_placement(self) -> dict[str, dict[str, int]]:
         """{provider short name: {op type: nodes}} of the nodes that ran, from ORT's profile of the
@@ -212,8 +209,7 @@ def placement_from_trace(events: list[dict]) -> dict[str, dict[str, int]]:
         seen[node] = (args["provider"], str(args.get("op_name", "?")))
     placement: dict[str, dict[str, int]] = {}
     for provider, op in seen.values():
-        short = next((k for k, v in PROVIDERS.items() if v == provider), provider)
-        ops = placement.setdefault(short, {})
+        ops = placement.setdefault(short_name(provider) if short_name(provider) in PROVIDERS else provider, {})
         ops[op] = ops.get(op, 0) + 1
     return placement
 

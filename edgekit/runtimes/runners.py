@@ -1,33 +1,22 @@
 """Running a model on a batch of inputs: one ONNX Runtime runner, one PyTorch runner, one batching rule.
 
-The batching rule: inputs are fed exactly `batch` samples at a time; a last chunk that is short is
-padded with copies of its last sample, and only the real rows are kept. A static batch axis is
-honoured, and a dynamic one really sees `batch`.
+The batching rule (edgekit/ondevice/sessions.py, the device check's own): inputs are fed exactly `batch` samples
+at a time; a last chunk that is short is padded with copies of its last sample, and only the real rows are kept.
+A static batch axis is honoured, and a dynamic one really sees `batch`.
 """
 
 from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
+# The batching rule and the batch sizes a file is checked at are the device check's own (one rule, host and board)
+from edgekit.ondevice.sessions import DYNAMIC_LARGE_BATCH, batch_sizes_for, input_dtype_for, padded_batches  # noqa: F401
+
 REFERENCE_BATCH = 32  # PyTorch runs in chunks of this many samples (bounded memory)
-DYNAMIC_LARGE_BATCH = 8  # a dynamic batch axis is exercised at batch 1 and at this batch
-
-
-def padded_batches(inputs: np.ndarray, batch: int | None) -> Iterator[tuple[np.ndarray, int]]:
-    """(chunk of exactly `batch` samples, how many of them are real); None: everything at once."""
-    if batch is None:
-        yield inputs, len(inputs)
-        return
-    for start in range(0, len(inputs), batch):
-        chunk = inputs[start : start + batch]
-        real = len(chunk)
-        if real < batch:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - real, axis=0)])
-        yield chunk, real
 
 
 def run_batched(fn: Callable[[np.ndarray], list[np.ndarray]], inputs: np.ndarray, batch: int | None) -> list[np.ndarray]:
@@ -38,13 +27,12 @@ def run_batched(fn: Callable[[np.ndarray], list[np.ndarray]], inputs: np.ndarray
 
 def input_dtype(session) -> type:
     """numpy dtype of the session's first input (float16 models take float16)."""
-    return np.float16 if session.input_type == "tensor(float16)" else np.float32
+    return input_dtype_for(session.input_type)
 
 
 def batch_sizes(session) -> list[int]:
-    """The batch sizes to exercise: the static one, or 1 and DYNAMIC_LARGE_BATCH."""
-    dim = session.input_shape[0]
-    return [int(dim)] if isinstance(dim, int) and dim > 0 else [1, DYNAMIC_LARGE_BATCH]
+    """The batch sizes to exercise: the static one, or 1 and DYNAMIC_LARGE_BATCH (the device check's rule)."""
+    return batch_sizes_for(session.input_shape[0])
 
 
 def run_session(session, inputs: np.ndarray, batch: int | None) -> list[np.ndarray]:
