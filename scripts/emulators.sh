@@ -6,6 +6,8 @@
 #   onnxruntime >= 1.28 for aarch64), debootstrap, and the sysroot `edgekit devices setup arm64` builds.
 #   SSH lane   (`pytest -m ssh`, `--device ssh://...`): openssh-server + openssh-client, and the "x86 box": a venv
 #   with only numpy + onnxruntime under ~/.cache/edgekit/ssh-box (EDGEKIT_SSH_BOX), never the project's .venv.
+#   OpenVINO bundle lane: a venv with only numpy, pillow, onnxruntime and openvino under
+#   ~/.cache/edgekit/openvino-box (EDGEKIT_OPENVINO_BOX), where a bundle's own check.py runs in both runtimes.
 set -u
 EDGEKIT=${EDGEKIT:-.venv/bin/edgekit}
 say() { echo "emulators: $*"; }
@@ -45,6 +47,16 @@ if [ ! -x "$box/bin/python" ] || ! "$box/bin/python" -c 'import numpy, onnxrunti
   say "making the SSH lane's x86 box: a venv with numpy and onnxruntime==1.31.1 in $box"
   { python3 -m venv "$box" && "$box/bin/pip" install -q onnxruntime==1.31.1 numpy; } >/dev/null 2>&1 \
     || say "could not make $box; the SSH lane's x86-box tests will skip"
+fi
+
+# --- OpenVINO bundle lane: a board with numpy, onnxruntime, Pillow and openvino only (a bundle packaged with
+# `--runtimes ort,openvino` is checked there by its own check.py), the openvino version of the project's .venv -------
+ovbox=${EDGEKIT_OPENVINO_BOX:-$HOME/.cache/edgekit/openvino-box}
+ov_version=$(.venv/bin/python -c 'from importlib.metadata import version; print(version("openvino"))' 2>/dev/null || true)
+if [ -n "$ov_version" ] && { [ ! -x "$ovbox/bin/python" ] || ! "$ovbox/bin/python" -c 'import numpy, onnxruntime, openvino, PIL' >/dev/null 2>&1; }; then
+  say "making the OpenVINO bundle lane's box: a venv with numpy, pillow, onnxruntime==1.31.1 and openvino==$ov_version in $ovbox"
+  { python3 -m venv "$ovbox" && "$ovbox/bin/pip" install -q onnxruntime==1.31.1 numpy pillow "openvino==$ov_version"; } >/dev/null 2>&1 \
+    || say "could not make $ovbox; the OpenVINO bundle test will skip"
 fi
 
 # --- ARM64 lane (best effort) ------------------------------------------------------------------

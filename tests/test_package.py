@@ -15,7 +15,7 @@ import onnx
 import pytest
 
 from edgekit.ondevice import metrics as bundle_metrics
-from edgekit.ondevice import script_path
+from edgekit.ondevice import BUNDLE_SCRIPTS, script_path
 from edgekit.judge.compare import DEFAULT_TOLERANCES, compare_outputs
 from edgekit.core.errors import BadInput, CheckFailed
 from tests.conftest import CALIBRATION, files_in
@@ -34,6 +34,18 @@ sys.meta_path.insert(0, NoTorchNoEdgekit())
 script, sys.argv = sys.argv[1], sys.argv[1:]
 runpy.run_path(script, run_name='__main__')
 """
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+HAS_OPENVINO = _importable("openvino")
+# Boards made by scripts/emulators.sh: numpy + onnxruntime only, and numpy + onnxruntime + Pillow + openvino only.
+ORT_BOX = Path(os.environ.get("EDGEKIT_SSH_BOX") or Path.home() / ".cache" / "edgekit" / "ssh-box") / "bin" / "python"
+OPENVINO_BOX = Path(os.environ.get("EDGEKIT_OPENVINO_BOX") or Path.home() / ".cache" / "edgekit" / "openvino-box") / "bin" / "python"
 
 
 def device_env() -> dict:
@@ -75,8 +87,10 @@ def fp32_bundle(exported, tmp_path_factory, labels_file):
     from edgekit.cli import app
 
     out = tmp_path_factory.mktemp("fp32") / "r18.bundle"
+    both = ["--runtimes", "ort,openvino"] if HAS_OPENVINO else []  # its check.py runs OpenVINO too, where installed
     result = CliRunner().invoke(
-        app, ["package", str(exported("textbook_resnet18").path), "-o", str(out), "--labels", str(labels_file), "--json"],
+        app, ["package", str(exported("textbook_resnet18").path), "-o", str(out), "--labels", str(labels_file), "--json",
+              *both],
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
@@ -113,7 +127,8 @@ def test_fp32_bundle_passes_on_a_device_without_torch_or_edgekit(fp32_bundle, tm
     assert lines[-1] == "PASS"
     assert any(line.startswith("onnx ") and line.rstrip().endswith("PASS") for line in lines)
     assert any(line.startswith("ort ") and line.rstrip().endswith("PASS") for line in lines)
-    assert "checksums: 8/8 files match the manifest" in proc.stdout
+    listed = 6 + len(BUNDLE_SCRIPTS)  # the models, manifest-listed data and reports, check.py and its modules
+    assert f"checksums: {listed}/{listed} files match the manifest" in proc.stdout
     # the guard is real: the same bootstrap cannot import edgekit or torch
     probe = tmp_path / "probe.py"
     probe.write_text("import edgekit\n")
@@ -123,8 +138,8 @@ def test_fp32_bundle_passes_on_a_device_without_torch_or_edgekit(fp32_bundle, tm
     # the CLI's JSON: contents, sizes, the overhead and the packaging-time check
     names = {f["name"] for f in result["files"]}
     assert names == {Path(result["source"]).name, Path(result["source"]).stem + ".ort",
-                     "manifest.json", "golden.npz", "check.py", "metrics.py", "README.txt",
-                     "mobile_usability.txt", "required_operators.config"}
+                     "manifest.json", "golden.npz", "README.txt",
+                     "mobile_usability.txt", "required_operators.config", *BUNDLE_SCRIPTS}
     assert result["check"]["passed"] and {r["format"] for r in result["check"]["rows"]} == {"onnx", "ort"}
     assert 0 < result["overhead_fraction"] < 0.10 and result["overhead_budget"] == 0.10
     assert result["golden_samples"] == 8
@@ -300,8 +315,8 @@ def test_image_mode_prints_the_top5_with_labels(fp32_bundle, tmp_path):
 
 def test_bundle_metrics_are_edgekits_metric_core(fp32_bundle):
     folder, _ = fp32_bundle
-    assert (folder / "metrics.py").read_bytes() == script_path("metrics.py").read_bytes()
-    assert (folder / "check.py").read_bytes() == script_path("check.py").read_bytes()
+    for name in BUNDLE_SCRIPTS:  # check.py and every device-side module it imports: edgekit's own bytes
+        assert (folder / name).read_bytes() == script_path(name).read_bytes(), name
     rng = np.random.default_rng(0)
     ref = rng.standard_normal((6, 10))
     cand = ref + rng.standard_normal(ref.shape) * 0.05
@@ -525,3 +540,40 @@ def test_a_tampered_bundle_fails_inside_the_arm64_board(cli, int8_7bit_bundle, a
     (bundle / name).write_bytes(bytes(data))
     res = cli("verify", bundle, "--device", "arm64-a53", "--json")
     assert res.exit_code == 1 and "sha256 mismatch" in res.stderr + res.stdout
+
+
+def _on_board(python: Path, *args, cwd: Path) -> subprocess.CompletedProcess:
+    """A bundle's check.py run by a board's own Python (-I: not even the script's folder is on sys.path)."""
+    return subprocess.run([str(python), "-I", *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env=device_env(), timeout=600)
+
+
+def test_a_bundle_packaged_for_ort_and_openvino_passes_in_both(cli, fp32_bundle, tmp_path):
+    # `package --runtimes ort,openvino` (issue 32): the bundle's check.py runs the .onnx in OpenVINO too, with the
+    # same golden outputs and gates; the manifest says what it was packaged for and each runtime's latency there
+    if not HAS_OPENVINO:
+        pytest.skip("OpenVINO is an optional extra (pip install 'edgekit[openvino]'); the bundle holds ORT only")
+    folder, result = fp32_bundle
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["check_runtimes"] == ["ort", "openvino"]
+    assert all(manifest["runtimes"][k]["latency_ms_p50"] > 0 for k in ("onnxruntime", "openvino"))
+    assert {r["runtime"] for r in result["check"]["rows"] if r["status"] == "PASS"} == {"ort", "openvino"}
+    res = cli("verify", folder, "--json")  # edgekit's own check of the bundle runs the same rows
+    assert res.exit_code == 0, res.stdout + res.stderr
+    rows = json.loads(res.stdout)["rows"]
+    assert [(r["runtime"], r["format"], r["status"]) for r in rows if r["runtime"] == "openvino"] == [("openvino", "onnx", "PASS")]
+    if not OPENVINO_BOX.exists():
+        pytest.skip(f"no board with numpy, onnxruntime and openvino only at {OPENVINO_BOX}: scripts/emulators.sh makes it")
+    board = _on_board(OPENVINO_BOX, folder / "check.py", "--json", cwd=tmp_path)
+    assert board.returncode == 0, board.stdout + board.stderr
+    report = json.loads(board.stdout)
+    assert {(r["runtime"], r["status"]) for r in report["rows"]} == {("ort", "PASS"), ("openvino", "PASS")}
+    openvino = [r for r in report["rows"] if r["runtime"] == "openvino"][0]
+    assert openvino["metrics"]["sqnr_db"] > 60 and openvino["provider"] == "OpenVINO runtime"
+    if not ORT_BOX.exists():
+        pytest.skip(f"no board with numpy and onnxruntime only at {ORT_BOX}: scripts/emulators.sh makes it")
+    plain = _on_board(ORT_BOX, folder / "check.py", cwd=tmp_path)  # no openvino here: said, not failed
+    assert plain.returncode == 0 and "note: openvino not installed here: skipped" in plain.stdout, plain.stdout + plain.stderr
+    asked = _on_board(ORT_BOX, folder / "check.py", "--runtime", "openvino", cwd=tmp_path)
+    assert asked.returncode == 3 and "UNAVAILABLE: onnx on OpenVINO runtime: openvino not installed here" in asked.stdout
+    assert "Traceback" not in asked.stderr

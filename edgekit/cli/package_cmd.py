@@ -28,6 +28,7 @@ def package_command(
     model: Annotated[str | None, option(P, "model", "--model")] = P.model,
     weights: options.Weights = P.weights,
     parent: Annotated[Path | None, option(P, "parent", "--parent", dir_okay=False)] = P.parent,
+    runtimes: Annotated[str | None, option(P, "runtimes", "--runtimes")] = P.runtimes,
     json_output: options.Json = False,
 ) -> None:
     """A folder for the device: .onnx + .ort, manifest, golden data, and check.py (numpy + onnxruntime only)."""
@@ -39,7 +40,7 @@ def package_command(
         register_input(parent, "fp32 parent")
     with progress("package") as shown:
         knobs = PackageOptions(output=output, labels=labels, images=images, golden=golden, model=model,
-                               weights=weights, parent=parent)
+                               weights=weights, parent=parent, runtimes=runtimes)
         result = package(model_file, knobs, on_stage=shown.stage)
     if json_output:
         print_json(result)

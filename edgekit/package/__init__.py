@@ -5,7 +5,8 @@ required_operators.config a minimal ORT build needs), golden inputs (photos as u
 resize/crop, and their reference outputs: edgekit.reference, PyTorch fp32 or, for a file without a PyTorch
 source, ONNX Runtime on its fp32 parent or original), manifest.json (signature, preprocessing,
 classes, precision and recipe, session options per CPU, the gates, sha256 of every file, versions,
-ORT Mobile usability) and check.py + metrics.py (numpy and onnxruntime only) that re-run the checks
+ORT Mobile usability) and check.py with the device-side modules it imports (numpy and onnxruntime only;
+OpenVINO too where the bundle is packaged --runtimes ort,openvino and it is installed) that re-run the checks
 on the device. The folder is built in a hidden temp folder beside its destination, checked there
 with check.py's own checks, and renamed into place only when they pass; on any failure nothing is left.
 
@@ -30,9 +31,9 @@ from edgekit.core.knobs import with_knobs
 from edgekit.onnxfile.graph import output_classes, static_batch
 from edgekit.data.images import DEFAULT_CALIBRATION_DIR, scan_folder
 from edgekit.ondevice import BUNDLE_SCRIPTS, script_path
-from edgekit.ondevice import check as bundle_check
+from edgekit.ondevice.cpu import session_options_for
 from edgekit.onnxfile import OnnxFile
-from edgekit.runtimes.openvino_model import openvino_golden_check
+from edgekit.runtimes.openvino_model import openvino_golden_check, parse_runtimes
 from edgekit.package.ort_tools import mobile_usability
 from edgekit.onnxfile.outputs import commit_folder, stage_folder
 from edgekit.package.folder import OVERHEAD_BUDGET, check_destination, default_bundle_dir, write_within_budget
@@ -152,6 +153,7 @@ def package(
     count is kept and the overhead said)."""
     o = with_knobs(PackageOptions, options, knobs)
     output, labels, images, golden = o.output, o.labels, o.images, o.golden
+    runtimes = parse_runtimes(o.runtimes)  # openvino named where it is not installed: exit 3, before any work
     stage = on_stage or (lambda _s: None)
     model_path = Path(model_path)
     if model_path.suffix.lower() != ".onnx":
@@ -214,7 +216,7 @@ def package(
                 reference = reference_outputs(ref, inputs)
             finally:
                 ref.close()
-            here_config, _ = bundle_check.session_options_for({"session_options": session_options}, cpu)
+            here_config, _ = session_options_for({"session_options": session_options}, cpu)
             stage("ONNX Runtime on this machine")
             from edgekit.runtimes.runners import run_onnx
 
@@ -229,15 +231,15 @@ def package(
         model_names = [p.name for p in sources] + ([ort.name] if ort.name else [])
         manifest = build_manifest(model_path, model, meta, precision, pre, classes, label_list, recipe, session_options,
                                   tolerance, tolerance_source, photo_dir, sources, ort, mobile,
-                                  reference=ref.describe() + ", on CPU", task=ref.task)
+                                  reference=ref.describe() + ", on CPU", task=ref.task, runtimes=runtimes)
         versions = manifest["versions"]
         (staged / README_NAME).write_text(readme(manifest))
 
         stage("golden data and manifest")
         n = write_within_budget(staged, manifest, model_names, pixels, reference, ort_outputs, names, golden, notes)
 
-        stage("check.py's checks on the bundle")
-        result = check_bundle(staged)
+        stage("check.py's checks on the bundle" + (" (ONNX Runtime and OpenVINO)" if "openvino" in runtimes else ""))
+        result = check_bundle(staged, runtimes=runtimes)
         if not result.passed:
             raise CheckFailed(
                 f"the bundle fails its own check: {' | '.join(result.reasons)}; nothing was written",

@@ -28,5 +28,8 @@ class PackageOptions:
     model: str | None = knob(None, "the PyTorch model a file without edgekit provenance was exported from (its golden "
                                    "outputs' reference)")
     weights: Path | None = knob(None)
+    runtimes: str | None = knob(None, "runtimes the bundle's check.py runs the file in: ort (default) or ort,openvino "
+                                      "(OpenVINO where it is installed on the device; checked here before anything is "
+                                      "written)")
     parent: Path | None = knob(None, "the fp32 file (parent, or an imported file's original) the golden outputs of a file "
                                      "without a PyTorch source come from (default: found beside it by its sha256)")
