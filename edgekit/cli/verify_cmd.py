@@ -84,7 +84,8 @@ def verify_command(
         # options); every other option would be silently dropped, so it is refused
         refused = bundle_refused_options(knobs) + (["--plot"] if plot is not None else [])
         if refused:
-            raise BadInput(f"{', '.join(refused)} does not apply to a bundle ({model_file} is checked with its own "
+            verb = "does" if len(refused) == 1 else "do"
+            raise BadInput(f"{', '.join(refused)} {verb} not apply to a bundle ({model_file} is checked with its own "
                            "golden data and gates)", hint="verify the .onnx inside it for that")
         if report is not None:
             _refuse_report_in_bundle(report, model_file)

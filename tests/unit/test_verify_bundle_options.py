@@ -92,5 +92,5 @@ def test_refused_knobs_for_a_bundle_are_one_line_exit_2_through_the_cli(tmp_path
     assert result.exit_code == 2, result.output
     line = result.stderr.strip()
     assert "\n" not in line and "Traceback" not in result.output
-    assert "--seed, --samples, --layers does not apply to a bundle" in line
+    assert "--seed, --samples, --layers do not apply to a bundle" in line
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
