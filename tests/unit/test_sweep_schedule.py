@@ -173,3 +173,34 @@ def test_cached_rows_are_not_run_again(tmp_path, monkeypatch):
     out = _run(tmp_path, monkeypatch, rows)
     assert [name for name, _ in out.states] == ["m/x86-vnni/minmax/8"]
     assert out.ran == 2 and rows[1].status == "ok"
+
+
+def test_the_engine_retries_a_dead_worker_and_reports_one_that_died_every_time_as_one_line(monkeypatch):
+    """engine.remote asks Ray for `threads` CPUs and TASK_RETRIES retries; result_of turns Ray's giving up into
+    ("died", one line) and hands any other value back (a fake `ray` module: Ray itself is not imported)."""
+    import sys
+
+    class RayError(Exception):
+        pass
+
+    class WorkerCrashedError(RayError):
+        pass
+
+    asked = {}
+
+    def remote(**options):
+        asked.update(options)
+        return lambda function: ("task", function)
+
+    def get(ref):
+        if ref == "dead":
+            raise WorkerCrashedError("The worker died unexpectedly\nwhile executing this task (3 lines of detail)\n...")
+        return {"value": ref}
+
+    fake_ray = SimpleNamespace(remote=remote, get=get, exceptions=SimpleNamespace(RayError=RayError))
+    monkeypatch.setitem(sys.modules, "ray", fake_ray)
+    assert engine.remote(jobs.predict_shard, 3) == ("task", jobs.predict_shard)
+    assert asked == {"num_cpus": 3, "max_retries": engine.TASK_RETRIES} and engine.TASK_RETRIES >= 1
+    assert engine.result_of("alive") == {"value": "alive"}
+    kind, line = engine.result_of("dead")
+    assert kind == "died" and line.startswith("WorkerCrashedError: The worker died unexpectedly") and "\n" not in line
