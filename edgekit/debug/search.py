@@ -8,8 +8,8 @@ output with the fp32 parent's on the same inputs, under the gates verify and qua
 2. every group reverted (if that fails too, no exclusion list can help);
 3. bisection over the topologically ordered groups: the shortest prefix that passes (about log2(G) runs);
 4. the prefix's last group alone (one run: a single culprit ends here);
-5. otherwise a second bisection for the first group the tail needs, then a linear pass over the groups between,
-   dropping each one the gates do not need.
+5. otherwise a second bisection for the first group the tail needs, then the groups between dropped where the
+   gates do not need them: halves, then quarters, down to one at a time (drop_unneeded).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 from edgekit.core.errors import BadInput, CheckFailed
 from edgekit.core.files import shown_path
 
-MAX_LINEAR = 24  # groups tried one by one in the last step at most (the rest stay in the set, said in a note)
+MAX_DROP_RUNS = 48  # ORT runs the last step takes at most (the groups it did not get to stay in the set, said in a note)
 
 
 @dataclass
@@ -119,8 +119,7 @@ class Evaluator:
         model = self.model_with(groups)
         path = self.workdir / f"reverted-{self.runs}.onnx"
         onnx.save(model, str(path))
-        runner = open_runner(path, device=self.device, recipe=self.int8.recipe, keep_float=bool(groups),
-                             batch=self.int8.spec.batch)
+        runner = open_runner(path, device=self.device, recipe=self.recipe(bool(groups)), batch=self.int8.spec.batch)
         try:
             out = runner.run(self.x)[0]
         finally:
@@ -173,19 +172,38 @@ def search(groups, evaluate: Evaluator, steps: list[Step], notes: list[str]):
         else:
             hi_s = mid
     step("bisect the prefix's tail", start, f"groups {groups[lo_s].index}..{last.index} pass")
-    chosen = list(groups[lo_s:hi])
     start = evaluate.runs
-    middle = chosen[1:-1]
-    if len(middle) > MAX_LINEAR:
-        notes.append(f"{len(middle) - MAX_LINEAR} groups between the first and last needed ones were kept without "
-                     "trying to drop them")
-        middle = middle[:MAX_LINEAR]
-    for group in middle:
-        trial = [g for g in chosen if g is not group]
-        if evaluate(trial).passed:
-            chosen = trial
-    step("drop unneeded groups one by one", start, f"{len(chosen)} groups needed")
+    chosen, finished = drop_unneeded(list(groups[lo_s:hi]), evaluate)
+    if not finished:
+        notes.append(f"the last step stopped at its limit of {MAX_DROP_RUNS} runs: some of the {len(chosen)} groups "
+                     "kept were not tried without")
+    step("drop unneeded groups, halves down to one by one", start, f"{len(chosen)} groups needed")
     return chosen, evaluate(chosen)
+
+
+def drop_unneeded(chosen: list, evaluate, limit: int = MAX_DROP_RUNS) -> tuple[list, bool]:
+    """`chosen` (which passes) without the groups between its first and last that the gates do not need, and
+    whether every one was tried. Blocks are dropped as in delta debugging's reduction to complements: halves of
+    the groups between, then quarters, down to one group at a time, each block tried once at each size (a set
+    already judged is not run again). The one-by-one pass alone tried at most 24 of the 149 groups between on
+    efficientnet_b0 and kept 143 of its 166 groups in fp32; many unneeded groups go in a few runs this way."""
+    first, middle, last = chosen[0], list(chosen[1:-1]), chosen[-1]
+    start = evaluate.runs
+    size = max(1, len(middle) // 2)
+    while middle:
+        i = 0
+        while i < len(middle):
+            if evaluate.runs - start >= limit:
+                return [first, *middle, last], False
+            trial = [first, *middle[:i], *middle[i + size:], last]
+            if evaluate(trial).passed:
+                middle = middle[:i] + middle[i + size:]
+            else:
+                i += size
+        if size == 1:
+            break
+        size = max(1, size // 2)
+    return [first, *middle, last], True
 
 
 def inputs_for(int8, images: Path | None, inputs: Path | None) -> tuple[np.ndarray, str, list[str]]:
