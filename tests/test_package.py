@@ -340,6 +340,10 @@ def test_bad_input_is_exit_2_and_leaves_nothing(cli, exported, tmp_path):
     labels.write_text("cat\ndog\n")
     result = cli("package", exported("textbook_resnet18").path, "-o", out / "b", "--labels", labels)
     assert result.exit_code == 2 and "2 labels but the model has 10 classes" in result.stderr
+    for runtimes, message in (("ort,tflite", "unknown runtime 'tflite'"), ("openvino", "always checked in ONNX Runtime")):
+        result = cli("package", exported("textbook_resnet18").path, "-o", out / "b", "--runtimes", runtimes)
+        if HAS_OPENVINO or runtimes != "openvino":  # without OpenVINO, naming it is exit 3 before anything else
+            assert result.exit_code == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert files_in(out) == []
     # an existing folder that is not a bundle is never replaced
     (out / "mine").mkdir(parents=True)
@@ -475,6 +479,7 @@ def test_a_loosened_manifest_is_caught_only_by_its_pinned_sha256(cli, int8_7bit_
     (lambda m: m["preprocessing"].update(crop=10**9), "preprocessing crop"),
     (lambda m: m["model"].update(file="../outside.onnx"), "not among its checksummed files"),
     (lambda m: m["files"].update({"../outside.onnx": {"sha256": "0" * 64}}), "not a plain file name"),
+    (lambda m: m.update(check_runtimes="openvino"), "check_runtimes is 'openvino'"),
 ])
 def test_a_mistyped_or_escaping_manifest_is_a_broken_bundle(int8_7bit_bundle, tmp_path, change, message):
     bundle = clone(int8_7bit_bundle.folder, tmp_path / "b", copy=("manifest.json",))
@@ -560,8 +565,16 @@ def test_a_bundle_packaged_for_ort_and_openvino_passes_in_both(cli, fp32_bundle,
     assert {r["runtime"] for r in result["check"]["rows"] if r["status"] == "PASS"} == {"ort", "openvino"}
     res = cli("verify", folder, "--json")  # edgekit's own check of the bundle runs the same rows
     assert res.exit_code == 0, res.stdout + res.stderr
-    rows = json.loads(res.stdout)["rows"]
-    assert [(r["runtime"], r["format"], r["status"]) for r in rows if r["runtime"] == "openvino"] == [("openvino", "onnx", "PASS")]
+    checked = json.loads(res.stdout)
+    assert [(r["runtime"], r["format"], r["status"]) for r in checked["rows"] if r["runtime"] == "openvino"] == [
+        ("openvino", "onnx", "PASS")]
+    assert not [n for n in checked["notes"] if "not this edgekit's" in n]  # the bundle's device side is edgekit's own
+    older = clone(folder, tmp_path / "older", copy=("report.py", "manifest.json"))  # as another edgekit would ship it
+    with open(older / "report.py", "a") as f:
+        f.write("\n# another edgekit\n")
+    _rewrite_manifest(older, lambda m: m["files"]["report.py"].update(sha256=bundle_metrics.sha256_file(older / "report.py")))
+    notes = json.loads(cli("verify", older, "--json").stdout)["notes"]
+    assert any("not this edgekit's" in n and "report.py differ" in n for n in notes), notes
     if not OPENVINO_BOX.exists():
         pytest.skip(f"no board with numpy, onnxruntime and openvino only at {OPENVINO_BOX}: scripts/emulators.sh makes it")
     board = _on_board(OPENVINO_BOX, folder / "check.py", "--json", cwd=tmp_path)

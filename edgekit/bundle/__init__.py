@@ -164,7 +164,26 @@ def check_bundle(folder: Path, providers: list[str] | None = None, apply_session
         from edgekit.core.errors import BundleTampered
 
         raise BundleTampered(f"bundle {folder}: {exc}") from None
+    result["notes"] += scripts_notes(result["checksums"])
     return BundleCheck.from_result(result)
+
+
+def scripts_notes(checksums: list[dict]) -> list[str]:
+    """A note when the bundle's check.py and device-side modules (their sha256 as checked against the manifest)
+    are not this edgekit's own (edgekit/ondevice/): a bundle packaged by another edgekit version. edgekit's checks
+    ran with its own code either way; the note says which code the board will run."""
+    from edgekit.ondevice import BUNDLE_SCRIPTS, script_path
+    from edgekit.ondevice.metrics import sha256_file
+
+    held = {c["file"]: c["actual"] for c in checksums}
+    differ = [name for name in BUNDLE_SCRIPTS if name in held and held[name] != sha256_file(script_path(name))]
+    absent = [name for name in BUNDLE_SCRIPTS if name not in held]
+    if not differ and not absent:
+        return []
+    return ["the bundle's device check is not this edgekit's (packaged by another version?): "
+            + "; ".join(part for part in (f"{', '.join(differ)} differ" if differ else "",
+                                           f"{', '.join(absent)} not in the bundle" if absent else "") if part)
+            + "; edgekit checked it with its own code, the board runs the bundle's"]
 
 
 def check_bundle_on_device(folder: Path, device: str, apply_session_options: bool = True,

@@ -174,8 +174,11 @@ def check_on_device(folder: Path, device: str, apply_session_options: bool = Tru
                                          expect_manifest=manifest["_sha256"])
         if sessions.broken is not None:
             raise sessions.broken
+        from edgekit.bundle import scripts_notes
+
         result["bundle"] = str(folder)
-        result["notes"] = [n for n in result["notes"] if not n.startswith("not in the manifest")] + notes
+        result["notes"] = ([n for n in result["notes"] if not n.startswith("not in the manifest")] + notes
+                           + scripts_notes(checksums))
         return result
     finally:
         shutil.rmtree(private, ignore_errors=True)

@@ -73,6 +73,9 @@ def read_manifest(folder: Path, expect_sha256: str | None = None) -> dict:
     for key, name in used:
         if name not in manifest["files"]:
             raise BrokenBundle(f"the manifest's {key} {name!r} is not among its checksummed files")
+    runtimes = manifest.setdefault("check_runtimes", ["ort"])  # bundles made before `package --runtimes`: ORT only
+    if not (isinstance(runtimes, list) and runtimes and all(r in ("ort", "openvino") for r in runtimes)):
+        raise BrokenBundle(f"the manifest's check_runtimes is {runtimes!r}: a list of ort and openvino")
     manifest["gates"] = _checked_gates(manifest["gates"])
     _check_preprocessing(manifest["preprocessing"])
     manifest["_sha256"] = actual

@@ -196,8 +196,8 @@ def _plans(manifest: dict, providers: list[str], runtimes: list[str] | None, mak
     (the .onnx and the .ort), OpenVINO (the .onnx) where it is asked for or the bundle was packaged for it.
     OpenVINO missing is a note when the manifest asked for it, an UNAVAILABLE row when the user did."""
     bf, ov = _m("bundle_files"), _m("openvino_run")
-    asked = runtimes is not None
-    runtimes = runtimes or [r for r in (manifest.get("check_runtimes") or ["ort"]) if r in RUNTIMES] or ["ort"]
+    asked = runtimes is not None  # else ONNX Runtime, and OpenVINO too where the bundle was packaged for it
+    runtimes = runtimes or ["ort", *(["openvino"] if "openvino" in manifest["check_runtimes"] else [])]
     plans = [(p, make_session, bf.model_files(manifest)) for p in providers] if "ort" in runtimes else []
     if "openvino" in runtimes:
         missing = None if make_openvino is not None else ov.openvino_missing()

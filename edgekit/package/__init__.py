@@ -154,6 +154,9 @@ def package(
     o = with_knobs(PackageOptions, options, knobs)
     output, labels, images, golden = o.output, o.labels, o.images, o.golden
     runtimes = parse_runtimes(o.runtimes)  # openvino named where it is not installed: exit 3, before any work
+    if "ort" not in runtimes:
+        raise BadInput(f"--runtimes {o.runtimes}: a bundle is always checked in ONNX Runtime",
+                       hint="use --runtimes ort,openvino to check it in OpenVINO as well")
     stage = on_stage or (lambda _s: None)
     model_path = Path(model_path)
     if model_path.suffix.lower() != ".onnx":
