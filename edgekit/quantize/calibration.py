@@ -96,24 +96,36 @@ def build_calibration_set(
     chw = preprocessing.chw
     limits.check_tensor_budget((samples, *chw), 4, "--samples", hint="ask for fewer samples")
     notes: list[str] = []
-    shown = shown_path(source)
     if source.is_file() or source.suffix in (".npz", ".npy"):
-        tensors = load_tensor_file(source, chw)
-        if len(tensors) < 2:
-            raise BadInput(f"{shown} holds {len(tensors)} sample; at least 2 are needed (calibration + held-out)")
-        n_hold = max(1, int(round(len(tensors) * HOLDOUT_FRACTION)))
-        calib, hold = tensors[:-n_hold], tensors[-n_hold:]
-        if len(calib) > samples:
-            calib = calib[np.sort(np.random.default_rng(seed).choice(len(calib), samples, replace=False))]
-        elif len(calib) < samples:
-            notes.append(f"{shown} has {len(calib)} calibration samples, fewer than the {samples} asked; using {len(calib)}")
-        from edgekit.core.files import sha256_file
+        return _from_tensor_file(source, chw, samples, seed, notes)
+    return _from_image_folder(source, preprocessing, samples, seed, augment, on_progress, notes)
 
-        return CalibrationSet(
-            calib, hold, str(source), "tensors", sha256_file(source),
-            f"{len(calib)} tensors from {shown}", f"the last {len(hold)} tensors of {shown}", notes,
-        )
 
+def _from_tensor_file(source: Path, chw, samples: int, seed: int, notes: list[str]) -> CalibrationSet:
+    """The calibration set of a .npz/.npy file: its last quarter held out, the rest picked down to SAMPLES."""
+    shown = shown_path(source)
+    tensors = load_tensor_file(source, chw)
+    if len(tensors) < 2:
+        raise BadInput(f"{shown} holds {len(tensors)} sample; at least 2 are needed (calibration + held-out)")
+    n_hold = max(1, int(round(len(tensors) * HOLDOUT_FRACTION)))
+    calib, hold = tensors[:-n_hold], tensors[-n_hold:]
+    if len(calib) > samples:
+        calib = calib[np.sort(np.random.default_rng(seed).choice(len(calib), samples, replace=False))]
+    elif len(calib) < samples:
+        notes.append(f"{shown} has {len(calib)} calibration samples, fewer than the {samples} asked; using {len(calib)}")
+    from edgekit.core.files import sha256_file
+
+    return CalibrationSet(
+        calib, hold, str(source), "tensors", sha256_file(source),
+        f"{len(calib)} tensors from {shown}", f"the last {len(hold)} tensors of {shown}", notes,
+    )
+
+
+def _from_image_folder(source: Path, preprocessing: Preprocessing, samples: int, seed: int, augment: bool,
+                       on_progress, notes: list[str]) -> CalibrationSet:
+    """The calibration set of an image folder: a seeded quarter held out (topped up with crops/flips of itself to
+    MIN_HOLDOUT_SAMPLES), the rest picked down to SAMPLES or, with AUGMENT, filled up to it."""
+    shown = shown_path(source)
     scan = scan_image_folder(source)
     if scan.others:
         notes.append(f"{len(scan.others)} file(s) in {shown} are not images and were ignored")
@@ -133,23 +145,8 @@ def build_calibration_set(
     order = np.random.default_rng(seed).permutation(len(usable))
     n_hold = max(1, int(round(len(usable) * HOLDOUT_FRACTION)))
     hold_idx, calib_idx = sorted(order[:n_hold]), sorted(order[n_hold:])
-    calib_files = [usable[i] for i in calib_idx]
-    calib = loaded.tensors[calib_idx]
-    if len(calib) > samples:
-        pick = np.sort(np.random.default_rng(seed + 1).choice(len(calib), samples, replace=False))
-        calib, calib_files = calib[pick], [calib_files[i] for i in pick]
-    elif len(calib) < samples:
-        if augment:
-            extra = augmented_samples(calib_files, preprocessing, samples - len(calib), seed)
-            notes.append(
-                f"{len(calib)} calibration images for {samples} samples: added {len(extra)} seeded crops/flips (--augment)"
-            )
-            calib = np.concatenate([calib, extra])
-        else:
-            notes.append(
-                f"{shown} has {len(calib)} calibration images (after holding out {n_hold}), fewer than the "
-                f"{samples} asked; using {len(calib)} (--augment adds seeded crops and flips)"
-            )
+    calib, calib_files = _pick_calibration(loaded.tensors[calib_idx], [usable[i] for i in calib_idx], preprocessing,
+                                           samples, seed, augment, f"{shown} has", n_hold, notes)
     hold_files = [usable[i] for i in hold_idx]
     hold = loaded.tensors[hold_idx]
     extra_hold = max(0, MIN_HOLDOUT_SAMPLES - len(hold))
@@ -163,3 +160,24 @@ def build_calibration_set(
         f"{len(hold_files)} held-out images in {shown}" + (f" + {extra_hold} seeded crops/flips of them" if extra_hold else ""),
         notes,
     )
+
+
+def _pick_calibration(calib, calib_files, preprocessing, samples: int, seed: int, augment: bool, owner: str,
+                      n_hold: int, notes: list[str]):
+    """The calibration tensors (and their files) picked down to SAMPLES, or filled up to it with seeded crops and
+    flips when AUGMENT asks; fewer than asked is said."""
+    if len(calib) > samples:
+        pick = np.sort(np.random.default_rng(seed + 1).choice(len(calib), samples, replace=False))
+        return calib[pick], [calib_files[i] for i in pick]
+    if len(calib) < samples:
+        if augment:
+            extra = augmented_samples(calib_files, preprocessing, samples - len(calib), seed)
+            notes.append(
+                f"{len(calib)} calibration images for {samples} samples: added {len(extra)} seeded crops/flips (--augment)"
+            )
+            return np.concatenate([calib, extra]), calib_files
+        notes.append(
+            f"{owner} {len(calib)} calibration images (after holding out {n_hold}), fewer than the "
+            f"{samples} asked; using {len(calib)} (--augment adds seeded crops and flips)"
+        )
+    return calib, calib_files
