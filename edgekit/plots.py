@@ -133,7 +133,7 @@ def plot_pareto(rows: list, frontier: list, png_path: Path, title: str) -> Path:
         ax.scatter([x_of(r) for r in line], [r.drop for r in line], s=[60 + 270 * r.int8_bytes / largest for r in line],
                    facecolors="none", edgecolors="tab:red", linewidths=1.6, zorder=4)
     for r in frontier:  # only the frontier is labelled: the rest is in results.md
-        ax.annotate(f"{r.target}/{r.method}/{r.samples}", (x_of(r), r.drop), textcoords="offset points",
+        ax.annotate(r.name.split("/", 1)[1], (x_of(r), r.drop), textcoords="offset points",
                     xytext=(6, 6), fontsize=7)
     ax.scatter([], [], s=60, facecolors="none", edgecolors="tab:red", linewidths=1.6,
                label="Pareto frontier (per model), labelled")

@@ -22,6 +22,7 @@ from tests.conftest import CALIBRATION, ROOT, files_in
 pytest.importorskip("ray", reason="edgekit[sweep] (Ray) is not installed")
 
 EDGEKIT = [sys.executable, "-m", "edgekit"]
+WITH_FAULTS = [sys.executable, "-m", "tests.sweep_faults"]  # edgekit with faulty worker tasks (tests/sweep_faults.py)
 
 
 def _netns_ok() -> str | None:
@@ -34,9 +35,17 @@ def _netns_ok() -> str | None:
 NO_NETNS = _netns_ok()
 
 
+def faults_env(faults: dict) -> dict:
+    """The environment of `python -m tests.sweep_faults`: the faults, and the repository on the path of Ray's workers
+    (they import the wrappers by name)."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {"SWEEP_TEST_FAULTS": json.dumps(faults), "PYTHONPATH": path}
+
+
 def in_netns(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    """`edgekit ARGS` in a network namespace with only loopback up."""
-    argv = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"', *EDGEKIT, *args]
+    """`edgekit ARGS` in a network namespace with only loopback up (with faults: through tests/sweep_faults.py)."""
+    command = WITH_FAULTS if env and "SWEEP_TEST_FAULTS" in env else EDGEKIT
+    argv = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"', *command, *args]
     return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})}, timeout=600)
 
 
@@ -77,7 +86,7 @@ def test_sweep_on_local_ray_rows_failures_retries_and_resume(tmp_path, labelled)
     out = tmp_path / "sweep"
     faults = {"crash_once": "textbook_densenet/x86-avx2", "fail": "textbook_resnext/x86-vnni",
               "marker_dir": str(tmp_path)}
-    first = in_netns(_args(out, labelled), {"EDGEKIT_SWEEP_FAULTS": json.dumps(faults)})
+    first = in_netns(_args(out, labelled), faults_env(faults))
     assert first.returncode == 1, first.stderr[-2000:]  # one job failed: its row says why, the rest is there
     assert first.stderr.strip().splitlines() == ["1 of 4 jobs failed; their rows say why"]  # nothing from Ray
     result = json.loads(first.stdout)
@@ -191,9 +200,9 @@ def test_ctrl_c_keeps_the_finished_rows_and_exits_130(tmp_path, labelled):
     faults = {"stall": "textbook_resnext", "marker_dir": str(tmp_path)}  # resnext's job is still running at Ctrl-C
     args = ["sweep", "--models", "textbook_densenet,textbook_resnext", "--targets", "x86-avx2", "--samples", "8",
             "--input-size", "32", "--dataset", str(labelled), "--no-latency", "--workers", "2", "-o", str(out)]
-    argv = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"', *EDGEKIT, *args]
+    argv = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"', *WITH_FAULTS, *args]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "EDGEKIT_SWEEP_FAULTS": json.dumps(faults)})
+                            env={**os.environ, **faults_env(faults)})
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:

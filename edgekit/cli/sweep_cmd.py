@@ -1,4 +1,8 @@
-"""`edgekit sweep`: models x targets x methods x samples, judged on a labelled set, on Ray."""
+"""`edgekit sweep`: models x every swept quantize knob x runtimes, judged on a labelled set, on Ray.
+
+Any knob of `edgekit quantize` is swept with `--sweep KNOB=V1,V2,...` (Hydra's multirun syntax, one option for every
+knob, so a knob added to QuantizeOptions is sweepable without a new option here) or fixed with `--set KNOB=VALUE`;
+`--targets`, `--methods` and `--samples` stay as the names for sweeping target, method and samples."""
 
 from __future__ import annotations
 
@@ -33,8 +37,16 @@ def sweep_command(
     dataset_samples: Annotated[
         int | None, typer.Option("--dataset-samples", help="score this many images of --dataset (seeded)")
     ] = None,
+    sweep: Annotated[list[str] | None, typer.Option(
+        "--sweep", help="sweep any quantize knob: KNOB=V1,V2 (repeatable), e.g. max_drop=0.5,1,2 or per_channel=true,false; "
+        "a list knob's names joined with +")] = None,
+    fixed: Annotated[list[str] | None, typer.Option(
+        "--set", help="fix a quantize knob for every job: KNOB=VALUE (repeatable), e.g. rewrites=false")] = None,
+    runtimes: Annotated[str | None, typer.Option(
+        "--runtimes", help="comma-separated: ort, openvino; every int8 file is judged and timed in each")] = None,
     max_drop: Annotated[
-        float | None, typer.Option("--max-drop", help="top-1 drop budget in points for the best file per model")
+        float | None, typer.Option("--max-drop", help="top-1 drop budget in points for the best file per model (quantize's "
+                                   "own budget: --sweep max_drop=... or --set max_drop=...)")
     ] = None,
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="time each int8 file after the jobs")] = True,
     file: Annotated[
@@ -48,17 +60,27 @@ def sweep_command(
     output: Annotated[Path, typer.Option("-o", "--output", help="results folder")] = Path("sweep"),
     json_output: options.Json = False,
 ) -> None:
-    """Quantize every model for every target, method and sample count; judge each int8 file's top-1 on a labelled
-    set; one table, a Pareto plot, and the best file per model under --max-drop. Resumable: a re-run reads back
-    every finished job."""
+    """Quantize every model for every value of every swept knob (--targets, --methods, --samples, --sweep KNOB=...);
+    judge each int8 file's top-1 on a labelled set in each of --runtimes; one table, a Pareto plot, and the best
+    point per model under --max-drop. Resumable: a re-run reads back every finished job."""
     from edgekit.sweep import run_sweep
-    from edgekit.sweep.spec import parse_weights, read_sweep_file, spec_from, split_list
+    from edgekit.sweep.spec import parse_assignments, parse_weights, read_sweep_file, spec_from, split_list
 
     values: dict = read_sweep_file(file) if file is not None else {}
     given = {"models": split_list(models), "targets": split_list(targets), "methods": split_list(methods),
              "samples": _counts(samples), "calibration": calibration, "dataset": dataset, "input_size": input_size,
-             "resize": resize, "dataset_samples": dataset_samples, "max_drop": max_drop}
+             "resize": resize, "dataset_samples": dataset_samples, "max_drop": max_drop,
+             "runtimes": split_list(runtimes)}
     values.update({k: v for k, v in given.items() if v is not None})
+    swept, set_here = parse_assignments(sweep or [], "--sweep"), parse_assignments(fixed or [], "--set")
+    both = sorted(set(swept) & set(set_here))
+    if both:
+        raise typer.BadParameter(f"{both[0]} is given to both --sweep and --set", param_hint="--sweep")
+    if swept or set_here:  # options override the sweep file knob by knob, a knob swept here no longer fixed there
+        file_sweep, file_fixed = values.get("sweep") or {}, values.get("quantize") or {}
+        if isinstance(file_sweep, dict) and isinstance(file_fixed, dict):
+            values["sweep"] = {**{k: v for k, v in file_sweep.items() if k not in set_here}, **swept}
+            values["quantize"] = {**{k: v for k, v in file_fixed.items() if k not in swept}, **set_here}
     if weights:
         values["weights"] = parse_weights(weights)
     if not latency:
@@ -112,16 +134,24 @@ def render_sweep(outcome) -> None:
 
     frontier = {r.name for r in pareto_frontier(outcome.rows)}
     table = Table(title="edgekit sweep: int8 files on the labelled set", show_edge=False)
-    for column, justify in (("model", "left"), ("target", "left"), ("method", "left"), ("n", "right"),
-                            ("top-1", "right"), ("drop", "right"), ("ms", "right"), ("size", "right"), ("", "left")):
+    knobs = any(r.knobs for r in outcome.rows)  # the columns a sweep varies, no others
+    runtimes = len({r.runtime for r in outcome.rows}) > 1
+    groups = any(r.fp32_groups is not None for r in outcome.rows)
+    columns = [("model", "left"), ("target", "left"), ("method", "left"), ("n", "right")]
+    columns += [("knobs", "left")] * knobs + [("runtime", "left")] * runtimes
+    columns += [("top-1", "right"), ("drop", "right")] + [("fp32 groups", "right")] * groups
+    columns += [("ms", "right"), ("size", "right"), ("", "left")]
+    for column, justify in columns:
         table.add_column(column, justify=justify)
     for row in outcome.rows:
+        lead = [escape(row.model), row.target, row.method, str(row.samples)]
+        lead += [escape(cell(row, "knobs"))] * knobs + [row.runtime] * runtimes
         if row.status != "ok":
-            table.add_row(escape(row.model), row.target, row.method, str(row.samples), "", "", "", "",
-                          f"[red]{escape(row.status)}[/]")
+            table.add_row(*lead, "", "", *[""] * groups, "", "", f"[red]{escape(row.status)}[/]")
             continue
-        table.add_row(escape(row.model), row.target, row.method, str(row.samples), cell(row, "int8_top1"),
-                      cell(row, "drop"), cell(row, "int8_p50_ms"), f"{cell(row, 'size_ratio')}x",
+        fp32_groups = "" if row.fp32_groups is None else f"{row.fp32_groups}/{row.groups or 0}"
+        table.add_row(*lead, cell(row, "int8_top1"), cell(row, "drop"), *[fp32_groups] * groups,
+                      cell(row, "int8_p50_ms"), f"{cell(row, 'size_ratio')}x",
                       ("*" if row.name in frontier else "") + ("c" if row.cached else ""))
     console.print(table)
     console.print("* on the Pareto frontier (drop vs latency); c read from the job cache")

@@ -36,3 +36,46 @@ def with_knobs(cls, options, knobs: dict):
     if unknown:
         raise TypeError(f"unexpected keyword argument(s) {', '.join(map(repr, unknown))} (the knobs of {cls.__name__})")
     return dataclasses.replace(options if options is not None else cls(), **knobs)
+
+
+def knob_range(cls, name: str) -> tuple[float | None, float | None]:
+    """The closed range [low, high] the knob NAME of CLS declares ((None, None): unbounded). The one bound of that
+    range: the CLI, the stage function and the sweep read it from here."""
+    return described(cls, name).metadata["range"]
+
+
+def checked_knob(cls, name: str, value: Any, where: str) -> Any:
+    """VALUE as the knob NAME of the options dataclass CLS takes it: converted to the field's type by pydantic (lax
+    mode: "0.5" is 0.5, "false" is False, a list of names is a tuple) and within the knob's range; else one BadInput
+    line naming WHERE, the knob and what it takes."""
+    import math
+    import typing
+
+    from pydantic import TypeAdapter, ValidationError
+
+    from edgekit.core.errors import BadInput
+
+    field = described(cls, name)
+    kind = typing.get_type_hints(cls)[name]
+    try:
+        converted = TypeAdapter(kind).validate_python(value)
+    except ValidationError as exc:
+        why = exc.errors()[0]["msg"]
+        raise BadInput(f"{where}: {name} = {value!r}: {why[:120]}", hint=f"{name} takes {_type_text(kind)}") from None
+    low, high = field.metadata["range"]
+    if isinstance(converted, (int, float)) and not isinstance(converted, bool):
+        if isinstance(converted, float) and not math.isfinite(converted):
+            raise BadInput(f"{where}: {name} = {value!r} is not a finite number")
+        if (low is not None and converted < low) or (high is not None and converted > high):
+            span = f"{low:g} to {high:g}" if low is not None and high is not None else (
+                f"at least {low:g}" if low is not None else f"at most {high:g}")
+            raise BadInput(f"{where}: {name} must be {span}, got {value!r}")
+    return converted
+
+
+def _type_text(kind) -> str:
+    import typing
+
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    names = [getattr(a, "__name__", str(a)) for a in (args or [kind])]
+    return " or ".join(dict.fromkeys(names)) + (" (or none)" if type(None) in typing.get_args(kind) else "")

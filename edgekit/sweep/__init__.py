@@ -1,14 +1,16 @@
-"""`edgekit sweep`: models x targets x calibration methods x sample counts, each int8 file judged on a labelled set,
-the jobs fanned out on Ray; one table, a Pareto plot, the best file per model under a drop budget; resumable.
+"""`edgekit sweep`: models x every swept quantize knob (targets, calibration methods, sample counts, max_drop, ...) x
+runtimes, each int8 file judged on a labelled set in each runtime, the jobs fanned out on Ray; one table, a Pareto
+plot, the best point (file, runtime) per model under a drop budget; resumable.
 
 The rooms: spec.py (what a sweep runs, from options or a sweep file), plan.py (inputs hashed, exports, rows and
 their content keys), jobs.py (what a worker runs), engine.py (Ray), results.py (rows, frontier, files).
 
 The order of work: every input is checked and the fp32 exports made before anything is written; rows whose key is
 in the job cache (`out/jobs/`) are read back; the rest run on Ray: each model's fp32 top-1 on the labelled set,
-sharded, and each int8 file's quantization, then its top-1, sharded. The quantizations that share a calibration
-(model, method, samples) run one first, so the activation ranges are computed once and read by the others from
-`out/calibration/`. Latency comes last, one file at a time, with Ray stopped. Ctrl-C keeps every finished row.
+sharded, in each runtime, and each int8 file's quantization, then its top-1 in each runtime, sharded. The
+quantizations that share a calibration (model, method, samples) run one first, so the activation ranges are computed
+once and read by the others from `out/calibration/`. Latency comes last, one file at a time with Ray stopped, through
+edgekit's runners and its one interleaved timer. Ctrl-C keeps every finished row.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from edgekit.sweep.spec import SweepSpec
 
 __all__ = ["run_sweep", "SweepOutcome", "SweepSpec"]
 
-LATENCY_NOTE = ("latency: p50 at batch 1 on this machine's CPU, each int8 file interleaved with its fp32 parent, one "
-                "file at a time after every accuracy job (never measured while other jobs ran)")
+LATENCY_ROUNDS = 15  # interleaved rounds per file: every runtime's int8 file and fp32 parent once each
+LATENCY_NOTE = ("latency: p50 at batch 1 on this machine's CPU, each int8 file interleaved with its fp32 parent (in every "
+                "runtime of the sweep, one interleaved run), one file at a time after every accuracy job (never "
+                "measured while other jobs ran)")
 
 
 @dataclass
@@ -67,7 +71,9 @@ def normalized(spec: SweepSpec) -> SweepSpec:
 
 def run_sweep(spec: SweepSpec, out: Path, *, address: str | None = None, workers: int | None = None,
               on_stage: Callable[[str], None] | None = None, on_row: Callable[[Row, dict], None] | None = None,
-              sweep_file: Path | None = None) -> SweepOutcome:
+              sweep_file: Path | None = None, tasks=None) -> SweepOutcome:
+    """Run SPEC into the folder OUT (see the module docstring). `tasks`: the functions the workers run (jobs.Tasks;
+    default jobs.TASKS): the seam the tests inject their faults through."""
     from edgekit.onnxfile.artifact import refuse_folder_holding_inputs, register_input, write_text_atomic
     from edgekit.core.provenance import this_cpu
     from edgekit.sweep import engine, guard, plan
@@ -101,8 +107,10 @@ def run_sweep(spec: SweepSpec, out: Path, *, address: str | None = None, workers
         plan.check_classes(plans, inputs, spec.dataset)
         rows = plan.plan_rows(spec, plans, inputs, cpu.kind())
         notes = list(inputs.notes)  # a damaged cache entry is said here, in one line, and computed again
-        fp32 = {p.name: read_entry(jobs / f"{plan.fp32_key(p, inputs, cpu.kind())}.json", "", "fp32", notes,
-                                   len(inputs.items)) for p in plans}
+        notes += [n for n in (spec.budget_note(),) if n]
+        fp32 = {plan.reference(p.name, rt): read_entry(jobs / f"{plan.fp32_key(p, inputs, cpu.kind(), rt)}.json", "",
+                                                        "fp32", notes, len(inputs.items))
+                for p in plans for rt in spec.runtimes}
         for i, row in enumerate(rows):
             cached = read_entry(jobs / f"{row.key}.json", row.key, "row", notes)
             if cached is not None:
@@ -134,15 +142,16 @@ def run_sweep(spec: SweepSpec, out: Path, *, address: str | None = None, workers
                     stage(f"running on {cluster_text}")
                     from edgekit.sweep.schedule import run_jobs
 
-                    jobs_run = run_jobs(spec, plans, inputs, rows, fp32, out, cluster, cpu.kind(), on_row, notes)
+                    jobs_run = run_jobs(spec, plans, inputs, rows, fp32, out, cluster, cpu.kind(), on_row, notes,
+                                        tasks)
             finally:
                 with contextlib.redirect_stdout(said):
                     engine.stop()
                 notes += engine.reported(said.getvalue())
-        for p in plans:  # fp32 top-1 onto every row (cached rows carry their own)
-            for row in rows:
-                if row.model == p.name and row.fp32_top1 is None and fp32.get(p.name):
-                    row.fp32_top1 = fp32[p.name].get("top1")
+        for row in rows:  # fp32 top-1 onto every row (cached rows carry their own)
+            ref = fp32.get(plan.reference(row.model, row.runtime))
+            if row.fp32_top1 is None and ref:
+                row.fp32_top1 = ref.get("top1")
         notes += _undecodable(fp32, inputs)
         if spec.latency:
             _measure_latency(rows, plans, inputs, jobs, stage)
@@ -159,6 +168,7 @@ def run_sweep(spec: SweepSpec, out: Path, *, address: str | None = None, workers
             raise
         raise exc from None
     summary["cluster"] = cluster_text
+    summary["notes"] = [n for n in notes if not n.startswith("Ray: ")]
     written = write_results(out, rows, summary)
     return SweepOutcome(out, rows, written, cluster_text, jobs_run, time.perf_counter() - started, spec.max_drop, notes)
 
@@ -181,12 +191,16 @@ def _undecodable(fp32: dict, inputs: Inputs) -> list[str]:
 
 
 def _measure_latency(rows: list[Row], plans: list[ModelPlan], inputs: Inputs, jobs: Path, stage) -> None:
-    """p50 of each finished int8 file interleaved with its fp32 parent, one file at a time (Ray is stopped)."""
+    """p50 of each finished int8 file and its fp32 parent in every runtime of its rows, all of them interleaved in
+    one run of the one timer (runtimes/timer.py), one file at a time (Ray is stopped), through edgekit's runners."""
     import numpy as np
 
     from edgekit.data.images import decode_image
     from edgekit.data.preprocessing import Preprocessing
-    from edgekit.runtimes.runners import latency_ms
+    from edgekit.onnxfile import OnnxFile
+    from edgekit.runtimes.factory import open_runner
+    from edgekit.runtimes.timer import medians
+    from edgekit.sweep.jobs import eval_kernels
 
     def first_decodable(prep: dict) -> np.ndarray:  # one image, batch 1, per model (a corrupt one passed over)
         for item in inputs.items:
@@ -198,17 +212,33 @@ def _measure_latency(rows: list[Row], plans: list[ModelPlan], inputs: Inputs, jo
 
     todo = [r for r in rows if r.status == "ok" and r.int8_p50_ms is None]
     inputs_of = {p.name: (p, first_decodable(p.preprocessing)) for p in plans if any(r.model == p.name for r in todo)}
-    for i, row in enumerate(todo, 1):
-        stage(f"latency {i}/{len(todo)}: {row.name}")
-        parent, x = inputs_of[row.model]
+    files = {}
+    for row in todo:
+        files.setdefault(row.file, []).append(row)
+    for i, (file, file_rows) in enumerate(files.items(), 1):
+        stage(f"latency {i}/{len(files)}: {file_rows[0].file_name}")
+        parent, x = inputs_of[file_rows[0].model]
+        runners = []
         try:
-            ms = latency_ms({"fp32": parent.file, "int8": Path(row.file)}, x.astype(np.float32),
-                            {"int8": row.session_config})
+            recipe, kernels = OnnxFile.open(Path(file)).recipe or None, eval_kernels(Path(file))
+            calls = {}
+            for row in file_rows:
+                for label, path, kind in (("fp32", parent.file, None), ("int8", Path(file), recipe)):
+                    runner = open_runner(path, row.runtime, recipe=kind, kernels=kernels if kind else "default",
+                                         timing=True, batch=1)
+                    runners.append(runner)
+                    calls[f"{label}@{row.runtime}"] = runner.timed_runner(x.astype(np.float32))
+            ms = medians(calls, LATENCY_ROUNDS)
         except Exception as exc:  # noqa: BLE001  (a row, not a stop)
-            row.status, row.error = "failed", f"latency: {type(exc).__name__}: {one_line(exc, 200)}"
+            for row in file_rows:
+                row.status, row.error = "failed", f"latency: {type(exc).__name__}: {one_line(exc, 200)}"
             continue
-        row.fp32_p50_ms, row.int8_p50_ms = ms["fp32"], ms["int8"]
-        save_row(jobs, row)
+        finally:
+            for runner in runners:
+                runner.close()
+        for row in file_rows:
+            row.fp32_p50_ms, row.int8_p50_ms = ms[f"fp32@{row.runtime}"], ms[f"int8@{row.runtime}"]
+            save_row(jobs, row)
 
 
 def _yaml(data: dict) -> str:

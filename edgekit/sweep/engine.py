@@ -210,13 +210,17 @@ def wait_one(pending: list, timeout: float = 0.5) -> list:
 
 
 def result_of(ref):
-    """The task's value, or ("died", one line) when Ray gave up on it (its worker died every time)."""
+    """The task's value, or ("died", one line) when Ray gave up on it: its worker died every time, or the task raised
+    (then the line is the task's own exception, not Ray's wrapper of it with its terminal colours)."""
     import ray
 
     try:
         return ray.get(ref)
     except ray.exceptions.RayError as exc:
-        return ("died", f"{type(exc).__name__}: {one_line(exc, 200)}")
+        task_error = getattr(ray.exceptions, "RayTaskError", ())  # the task raised (rather than its worker dying)
+        cause = getattr(exc, "cause", None) if isinstance(exc, task_error) else None
+        shown = cause if isinstance(cause, BaseException) else exc
+        return ("died", f"{type(shown).__name__}: {one_line(shown, 200)}")
 
 
 def cancel(refs: list) -> None:

@@ -3,8 +3,8 @@ export per model (reused from the output folder when nothing it depends on chang
 (model, target, method, samples) with the content key its result is cached under.
 
 The keys: an fp32 file's key is the sha256 of its model, weights file sha256, seed, input size, resize, opset and
-library versions; a row's is the sha256 of its fp32 file's sha256, the recipe, the calibration set's and the
-labelled set's contents, the seed, this CPU's int8 kind and the library versions. The same key means the
+library versions; a row's is the sha256 of its fp32 file's sha256, every quantize knob of its job, its runtime, the calibration
+set's and the labelled set's contents, the seed, this CPU's int8 kind and the library versions. The same key means the
 same numbers, so a re-run reads them back instead of computing them.
 """
 
@@ -171,20 +171,31 @@ def _module_sha(name: str) -> str:
     return sha256_file(Path(importlib.util.find_spec(name).origin))
 
 
-def fp32_key(plan: ModelPlan, inputs: Inputs, cpu_kind: str) -> str:
-    return digest("fp32-top1", plan.sha256, inputs.dataset_sha, cpu_kind, versions())
+def reference(model: str, runtime: str = "ort") -> str:
+    """The name of a model's fp32 top-1 in one runtime (the model's name for ONNX Runtime)."""
+    return model if runtime == "ort" else f"{model}@{runtime}"
+
+
+def fp32_key(plan: ModelPlan, inputs: Inputs, cpu_kind: str, runtime: str = "ort") -> str:
+    return digest("fp32-top1", plan.sha256, inputs.dataset_sha, cpu_kind, versions(),
+                  *(() if runtime == "ort" else (runtime,)))
 
 
 def plan_rows(spec: SweepSpec, plans: list[ModelPlan], inputs: Inputs, cpu_kind: str) -> list[Row]:
+    """One row per model x point (each combination of the swept knobs) x runtime, each with its quantize options
+    and content key."""
     installed = versions()
     rows = []
     for plan in plans:
-        for target in spec.targets:
-            for method in spec.methods:
-                for samples in spec.samples:
-                    key = digest("int8-row", plan.sha256, target, method, samples, inputs.calibration_sha,
-                                 inputs.dataset_sha, spec.seed, cpu_kind, installed)
-                    rows.append(Row(plan.name, target, method, samples, key))
+        for point in spec.points():
+            options = spec.options_for(point)
+            extra = {k: v for k, v in point.items() if k not in ("target", "method", "samples")}
+            for runtime in spec.runtimes:
+                key = digest("int8-row", plan.sha256, options, runtime, inputs.calibration_sha, inputs.dataset_sha,
+                             spec.seed, cpu_kind, installed)
+                rows.append(Row(plan.name, point["target"], point["method"], point["samples"], key, knobs=extra,
+                                runtime=runtime, options={k: v for k, v in options.items()
+                                                          if k not in ("target", "method", "samples")}))
     return rows
 
 

@@ -1,9 +1,12 @@
 """A sweep's rows and what is read from them: the Pareto frontier, the best file per model, and the files people
 compare (results.json with every number, results.csv, results.md, pareto.png).
 
-A row is one int8 file (model, target, method, samples) or the failure that stopped it; its fp32 parent's top-1
-is on every row, so the drop is read along the row. Latency is the int8 file's p50 at batch 1 measured serially,
-interleaved with its fp32 parent, after every accuracy job (never two files timed at once).
+A row is one point of the sweep: one int8 file (model, target, method, samples and any other swept quantize knob,
+in `knobs`) in one runtime (`runtime`: ort or openvino), or the failure that stopped it; its fp32 parent's top-1 in
+the same runtime is on every row, so the drop is read along the row. With the fp32 fallback (a `max_drop` knob),
+`fp32_groups` of `groups` QDQ groups are back in fp32 and `quantize_drop` is the drop quantize measured. Latency
+is the p50 at batch 1 measured serially after every accuracy job, every runtime's int8 file and fp32 parent
+interleaved in one run (never two files timed at once).
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from pathlib import Path
 
 from edgekit.onnxfile.artifact import write_text_atomic
 
-COLUMNS = ("model", "target", "method", "samples", "status", "fp32_top1", "int8_top1", "drop", "agreement",
-           "int8_bytes", "size_ratio", "int8_p50_ms", "fp32_p50_ms", "speedup", "fp32_nodes", "ranges_cached",
+COLUMNS = ("model", "target", "method", "samples", "knobs", "runtime", "status", "fp32_top1", "int8_top1", "drop", "agreement",
+           "int8_bytes", "size_ratio", "int8_p50_ms", "fp32_p50_ms", "speedup", "fp32_nodes", "fp32_groups", "groups",
+           "quantize_drop", "ranges_cached",
            "kernels", "file", "error")
 
 
@@ -46,10 +50,23 @@ class Row:
     seconds: float = 0.0  # quantize + evaluation, in the worker (0 for a row read from the cache)
     cached: bool = False  # read from the sweep's job cache, not run this time
     session_config: dict = field(default_factory=dict)
+    knobs: dict = field(default_factory=dict)  # the other swept quantize knobs of this point (max_drop, ...)
+    runtime: str = "ort"  # where its top-1 and latency were measured
+    options: dict = field(default_factory=dict)  # every quantize knob its job was given, beyond target/method/samples
+    fp32_groups: int | None = None  # QDQ groups the fallback put back in fp32 (0: none; None: no budget)
+    groups: int | None = None  # QDQ groups of the fully quantized file, with the fallback
+    quantize_drop: float | None = None  # the top-1 drop quantize measured for its budget, points
+
+    @property
+    def file_name(self) -> str:
+        """The int8 file's name: model/target/method/samples, then each other swept knob as name=value."""
+        extra = "".join(f"/{k}={_knob_text(v)}" for k, v in self.knobs.items())
+        return f"{self.model}/{self.target}/{self.method}/{self.samples}{extra}"
 
     @property
     def name(self) -> str:
-        return f"{self.model}/{self.target}/{self.method}/{self.samples}"
+        """The point's name: the file's, then @runtime where it is not ONNX Runtime."""
+        return self.file_name + ("" if self.runtime == "ort" else f"@{self.runtime}")
 
     @property
     def drop(self) -> float | None:
@@ -73,11 +90,18 @@ class Row:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+def _knob_text(value) -> str:
+    if isinstance(value, list):
+        return "+".join(map(str, value)) or "none"
+    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
 MAX_ENTRY_BYTES = 64 << 20  # an fp32 entry holds one prediction per image (at most 100,000): far below this
 _ROW_TYPES = {"model": str, "target": str, "method": str, "samples": int, "key": str, "status": str,
-              "images": int, "session_config": dict}
-_ROW_NUMBERS = ("fp32_top1", "int8_top1", "agreement", "holdout_sqnr_db", "int8_p50_ms", "fp32_p50_ms", "seconds")
-_ROW_COUNTS = ("fp32_bytes", "int8_bytes", "fp32_nodes")
+              "images": int, "session_config": dict, "knobs": dict, "runtime": str, "options": dict}
+_ROW_NUMBERS = ("fp32_top1", "int8_top1", "agreement", "holdout_sqnr_db", "int8_p50_ms", "fp32_p50_ms", "seconds",
+                "quantize_drop")
+_ROW_COUNTS = ("fp32_bytes", "int8_bytes", "fp32_nodes", "fp32_groups", "groups")
 
 
 def _is_number(value) -> bool:
@@ -193,11 +217,13 @@ def best_per_model(rows: list[Row], max_drop: float | None) -> dict[str, Row | N
 
 def cell(row: Row, column: str) -> str:
     value = row.to_dict().get(column)
+    if column == "knobs":
+        return " ".join(f"{k}={_knob_text(v)}" for k, v in (value or {}).items())
     if value is None:
         return ""
     if column in ("fp32_top1", "int8_top1", "agreement"):
         return f"{value:.2f}"
-    if column == "drop":
+    if column in ("drop", "quantize_drop"):
         return f"{value:+.2f}"
     if column in ("size_ratio", "speedup"):
         return f"{value:.2f}"
@@ -227,8 +253,8 @@ def write_results(folder: Path, rows: list[Row], summary: dict, plot: bool = Tru
     return written
 
 
-MD_COLUMNS = ("model", "target", "method", "samples", "int8_top1", "drop", "agreement", "size_ratio", "int8_p50_ms",
-              "speedup", "fp32_nodes")
+MD_COLUMNS = ("model", "target", "method", "samples", "knobs", "runtime", "int8_top1", "drop", "agreement", "size_ratio",
+              "int8_p50_ms", "speedup", "fp32_groups", "fp32_nodes")
 
 
 def markdown(rows: list[Row], summary: dict, frontier: list[Row], best: dict[str, Row | None]) -> str:
@@ -241,9 +267,12 @@ def markdown(rows: list[Row], summary: dict, frontier: list[Row], best: dict[str
         status = row.status if row.status != "failed" else f"failed: {row.error}"
         mark = " (frontier)" if row.name in on_frontier else ""
         lines.append("| " + " | ".join(cell(row, c) for c in MD_COLUMNS) + f" | {status}{mark} |")
+    refs = dict.fromkeys((r.model, r.runtime) for r in rows)
     lines += ["", "fp32 top-1 per model: " + ", ".join(
-        f"{m} {next((r.fp32_top1 for r in rows if r.model == m and r.fp32_top1 is not None), float('nan')):.2f}"
-        for m in dict.fromkeys(r.model for r in rows)), ""]
+        f"{m}{'' if rt == 'ort' else '@' + rt} "
+        f"{next((r.fp32_top1 for r in rows if (r.model, r.runtime) == (m, rt) and r.fp32_top1 is not None), float('nan')):.2f}"
+        for m, rt in refs), ""]
+    lines += [f"note: {n}" for n in summary.get("notes", [])] + ([""] if summary.get("notes") else [])
     limit = summary.get("max_drop")
     for model, row in best.items():
         within = f"within a drop of {limit:g} points" if limit is not None else "smallest drop"

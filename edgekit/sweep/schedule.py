@@ -1,11 +1,14 @@
 """The sweep's jobs on Ray, in dependency order, as their results arrive.
 
-- Each model's fp32 top-1: its labelled set cut into shards, one task each.
-- Each row: one quantize task, then its int8 file's top-1, sharded like the fp32's.
-- Rows that share a calibration (model, method, samples) start one at a time until the first has finished, so its
+- Each model's fp32 top-1 in each runtime: its labelled set cut into shards, one task each.
+- Each int8 file: one quantize task, then its top-1 in each runtime of the sweep (each a row), sharded like the
+  fp32's. A file whose row in another runtime is already finished (read from the job cache) is not quantized again.
+- Files that share a calibration (model, method, samples) start one at a time until the first has finished, so its
   activation ranges are in the ranges cache before the others quantize: computed once per calibration.
 
-A failed quantization or shard becomes the row's one-line error; a task whose worker died every retry too.
+A failed quantization or shard becomes the row's one-line error (every runtime's row of a file that failed to
+quantize); a task whose worker died every retry too. What runs is `tasks` (jobs.TASKS unless a caller, such as
+the tests' fault injection, gives its own).
 """
 
 from __future__ import annotations
@@ -16,9 +19,13 @@ from pathlib import Path
 from typing import Callable
 
 from edgekit.sweep import engine, jobs
-from edgekit.sweep.plan import Inputs, ModelPlan, fp32_key
+from edgekit.sweep.plan import Inputs, ModelPlan, fp32_key, reference
 from edgekit.sweep.results import Row, save_row
 from edgekit.sweep.spec import SweepSpec
+
+_QUANTIZED = ("file", "int8_bytes", "fp32_bytes", "fp32_nodes", "ranges_cached", "holdout_sqnr_db", "kernels",
+              "session_config")
+_FALLBACK = ("fp32_groups", "groups", "quantize_drop")  # absent from a job that ran without a budget
 
 
 def shards(count: int, workers: int) -> list[slice]:
@@ -30,40 +37,70 @@ def shards(count: int, workers: int) -> list[slice]:
 
 def run_jobs(spec: SweepSpec, plans: list[ModelPlan], inputs: Inputs, rows: list[Row], fp32: dict, out: Path,
              cluster: engine.Cluster, cpu_kind: str, on_row: Callable[[Row, dict], None] | None,
-             notes: list[str] | None = None) -> int:
-    """Run every job not cached; fills `rows` and `fp32` in place (and `notes` with what the workers said about
-    the caches); returns how many jobs ran."""
+             notes: list[str] | None = None, tasks: jobs.Tasks | None = None) -> int:
+    """Run every job not cached; fills `rows` and `fp32` (keyed by plan.reference: model, or model@runtime) in
+    place (and `notes` with what the workers said about the caches); returns how many jobs ran."""
+    tasks = tasks or jobs.TASKS
     threads = cluster.threads
-    quantize_task = engine.remote(jobs.quantize_job, threads)
-    predict_task = engine.remote(jobs.predict_shard, threads)
+    quantize_task = engine.remote(tasks.quantize, threads)
+    predict_task = engine.remote(tasks.predict, threads)
     cuts = shards(len(inputs.items), cluster.workers)
     by_name = {p.name: p for p in plans}
     pending: dict = {}  # ref -> (kind, what, shard index)
-    predictions: dict[str, list] = {}  # "fp32:<model>" or a row's key -> per-shard predictions
+    predictions: dict[str, list] = {}  # "fp32:<reference>" or a row's key -> per-shard predictions
     started: dict[str, float] = {}
     status = {"done": sum(r.status == "ok" for r in rows), "failed": 0, "total": len(rows)}
+    files: dict[str, list[Row]] = {}  # a file's name -> its rows, one per runtime
+    for row in rows:
+        files.setdefault(row.file_name, []).append(row)
 
-    def submit_shards(tag: str, file: str, prep: dict, config: dict, name: str) -> None:
+    def submit_shards(tag: str, file: str, prep: dict, kernels: str, name: str, runtime: str) -> None:
         predictions[tag] = [None] * len(cuts)
         for i, cut in enumerate(cuts):
-            ref = predict_task.remote(file, inputs.items[cut], prep, config, threads, name)
+            ref = predict_task.remote(file, inputs.items[cut], prep, kernels, threads, name, runtime)
             pending[ref] = ("shard", tag, i)
+
+    def evaluate(row: Row, value: dict) -> None:
+        """The file is there: this row's top-1 in its runtime."""
+        for k in _QUANTIZED:
+            setattr(row, k, value[k])
+        for k in _FALLBACK:
+            setattr(row, k, value.get(k))
+        submit_shards(row.key, row.file, by_name[row.model].preprocessing, value.get("eval_kernels", "default"),
+                      row.name, row.runtime)
 
     fp32_run = 0
     for p in plans:
-        if fp32.get(p.name) is None:
-            submit_shards(f"fp32:{p.name}", str(p.file), p.preprocessing, {}, "")
-            fp32_run += 1
-    waiting: dict[tuple, list[Row]] = {}
-    for row in rows:
-        if row.status == "ok":
+        for runtime in dict.fromkeys(r.runtime for r in rows if r.model == p.name):
+            if fp32.get(reference(p.name, runtime)) is None:
+                submit_shards(f"fp32:{reference(p.name, runtime)}", str(p.file), p.preprocessing, "default", "", runtime)
+                fp32_run += 1
+    waiting: dict[tuple, list[str]] = {}  # calibration group -> files waiting for its first
+    submitted = 0
+
+    def quantize(file_name: str) -> None:
+        nonlocal submitted
+        todo = [r for r in files[file_name] if r.status != "ok"]
+        done = next((r for r in files[file_name] if r.status == "ok" and r.file and Path(r.file).is_file()), None)
+        if done is not None:  # quantized in an earlier run: its file is reused for the other runtimes
+            for row in todo:
+                started[row.key] = time.perf_counter()
+                evaluate(row, {**{k: getattr(done, k) for k in (*_QUANTIZED, *_FALLBACK)},
+                               "eval_kernels": jobs.eval_kernels(Path(done.file))})
+            return
+        _submit_quantize(quantize_task, pending, todo, by_name[todo[0].model], spec, out, started)
+        submitted += 1
+
+    for file_name, file_rows in files.items():
+        if all(r.status == "ok" for r in file_rows):
             continue
+        row = file_rows[0]
         group = (row.model, row.method, row.samples)
         if group in waiting:
-            waiting[group].append(row)
+            waiting[group].append(file_name)
         else:
             waiting[group] = []
-            _submit_quantize(quantize_task, pending, row, by_name[row.model], spec, out, started)
+            quantize(file_name)
     rows_by_key = {r.key: r for r in rows}
 
     def finish(row: Row, error: str | None) -> None:
@@ -75,12 +112,17 @@ def run_jobs(spec: SweepSpec, plans: list[ModelPlan], inputs: Inputs, rows: list
             status["done"] += 1
         row.seconds = time.perf_counter() - started.get(row.key, time.perf_counter())
         save_row(out / "jobs", row)
-        group = (row.model, row.method, row.samples)
-        for nxt in waiting.pop(group, []):  # the calibration is cached now (or failed: the next computes it)
-            _submit_quantize(quantize_task, pending, nxt, by_name[nxt.model], spec, out, started)
-            waiting.setdefault(group, [])
+        release(row)
         if on_row:
             on_row(row, {**status, "running": sum(1 for k in pending.values() if k[0] == "quantize")})
+
+    def release(row: Row) -> None:
+        """Its file's first row finished: the calibration is cached now (or failed: the next files compute it), so
+        the files waiting on it start."""
+        group = (row.model, row.method, row.samples)
+        for nxt in waiting.pop(group, []):
+            quantize(nxt)
+            waiting.setdefault(group, [])
 
     while pending:
         for ref in engine.wait_one(list(pending)):
@@ -88,16 +130,15 @@ def run_jobs(spec: SweepSpec, plans: list[ModelPlan], inputs: Inputs, rows: list
             value = engine.result_of(ref)
             died = isinstance(value, tuple) and value and value[0] == "died"
             if kind == "quantize":
-                row = rows_by_key[what]
+                file_rows = [r for r in files[what] if r.status != "ok"]
                 if died or "error" in value:
-                    finish(row, value[1] if died else value["error"])
+                    for row in file_rows:
+                        finish(row, value[1] if died else value["error"])
                     continue
                 if notes is not None:
                     notes += [n for n in value.get("notes", []) if n not in notes]
-                for k in ("file", "int8_bytes", "fp32_bytes", "fp32_nodes", "ranges_cached", "holdout_sqnr_db",
-                          "kernels", "session_config"):
-                    setattr(row, k, value[k])
-                submit_shards(row.key, row.file, by_name[row.model].preprocessing, row.session_config, row.name)
+                for row in file_rows:
+                    evaluate(row, value)
                 continue
             store = predictions.get(what)
             if store is None:  # its job already failed on another shard
@@ -105,10 +146,10 @@ def run_jobs(spec: SweepSpec, plans: list[ModelPlan], inputs: Inputs, rows: list
             if died:
                 predictions.pop(what)
                 if what.startswith("fp32:"):
-                    model = what[5:]
-                    fp32[model] = {"error": f"fp32 top-1: {value[1]}"}
+                    ref_name = what[5:]
+                    fp32[ref_name] = {"error": f"fp32 top-1: {value[1]}"}
                     for row in rows:
-                        if row.model == model and row.status != "ok":
+                        if reference(row.model, row.runtime) == ref_name and row.status != "ok":
                             row.error = row.error or f"fp32 top-1: {value[1]}"
                 else:
                     finish(rows_by_key[what], f"top-1: {value[1]}")
@@ -118,31 +159,34 @@ def run_jobs(spec: SweepSpec, plans: list[ModelPlan], inputs: Inputs, rows: list
                 continue
             flat = [p for s in predictions.pop(what) for p in s]
             if what.startswith("fp32:"):
-                model = what[5:]
-                fp32[model] = _top1(flat, inputs.labels)
-                fp32[model]["predictions"] = flat
-                _save_fp32(out, by_name[model], inputs, cpu_kind, fp32[model])
-                _complete_rows(rows_by_key, predictions, fp32, inputs, model, finish)
+                ref_name = what[5:]
+                fp32[ref_name] = _top1(flat, inputs.labels)
+                fp32[ref_name]["predictions"] = flat
+                plan = by_name[ref_name.split("@")[0]]
+                runtime = ref_name.partition("@")[2] or "ort"
+                _save_fp32(out, plan, inputs, cpu_kind, fp32[ref_name], runtime)
+                _complete_rows(rows_by_key, predictions, fp32, inputs, ref_name, finish)
             else:
                 row = rows_by_key[what]
                 row.images = sum(p >= 0 for p in flat)
                 row.int8_top1 = _top1(flat, inputs.labels)["top1"]
                 predictions[f"done:{row.key}"] = flat
-                _complete_rows(rows_by_key, predictions, fp32, inputs, row.model, finish)
+                _complete_rows(rows_by_key, predictions, fp32, inputs, reference(row.model, row.runtime), finish)
     for row in rows:  # an fp32 top-1 that failed leaves its model's rows without a reference
         if row.status == "pending":
             row.status, row.error = "failed", row.error or "not finished"
-    return fp32_run + len(started)  # each fp32 top-1, each quantization (with its top-1)
+    return fp32_run + submitted  # each fp32 top-1, each quantization (with its top-1s)
 
 
-def _complete_rows(rows_by_key, predictions, fp32, inputs, model, finish) -> None:
-    """Rows of `model` whose int8 and fp32 predictions are both in: agreement, fp32 top-1, done."""
-    ref = fp32.get(model)
+def _complete_rows(rows_by_key, predictions, fp32, inputs, ref_name, finish) -> None:
+    """Rows judged against `ref_name` (a model's fp32 top-1 in one runtime) whose int8 and fp32 predictions are both
+    in: agreement, fp32 top-1, done."""
+    ref = fp32.get(ref_name)
     if not ref or "predictions" not in ref:
         return
     for tag in [t for t in predictions if t.startswith("done:")]:
         row = rows_by_key[tag[5:]]
-        if row.model != model:
+        if reference(row.model, row.runtime) != ref_name:
             continue
         flat = predictions.pop(tag)
         both = [(a, b) for a, b in zip(flat, ref["predictions"]) if a >= 0 and b >= 0]
@@ -158,18 +202,22 @@ def _top1(predictions: list[int], labels: list[int]) -> dict:
     return {"top1": 100.0 * sum(p == y for p, y in scored) / len(scored), "images": len(scored)}
 
 
-def _save_fp32(out: Path, plan: ModelPlan, inputs: Inputs, cpu_kind: str, entry: dict) -> None:
+def _save_fp32(out: Path, plan: ModelPlan, inputs: Inputs, cpu_kind: str, entry: dict, runtime: str) -> None:
     from edgekit.onnxfile.artifact import write_text_atomic
 
-    write_text_atomic(out / "jobs" / f"{fp32_key(plan, inputs, cpu_kind)}.json", json.dumps(entry) + "\n")
+    write_text_atomic(out / "jobs" / f"{fp32_key(plan, inputs, cpu_kind, runtime)}.json", json.dumps(entry) + "\n")
 
 
-def _submit_quantize(task, pending: dict, row: Row, plan: ModelPlan, spec: SweepSpec, out: Path, started: dict) -> None:
-    name = f"{row.model}.{row.target}.{row.method}.{row.samples}"
-    output = out / "files" / f"{name}.int8.onnx"
+def _submit_quantize(task, pending: dict, rows: list[Row], plan: ModelPlan, spec: SweepSpec, out: Path,
+                     started: dict) -> None:
+    """One quantize task for the file of `rows` (its rows in each runtime still to run)."""
+    row = rows[0]
+    output = out / "files" / f"{row.file_name.replace('/', '.')}.int8.onnx"
     output.parent.mkdir(parents=True, exist_ok=True)
-    started[row.key] = time.perf_counter()
-    ref = task.remote(row.name, str(plan.file.resolve()), row.target, row.method, row.samples,
-                      str(Path(spec.calibration).resolve()), str(output.resolve()), str((out / "calibration").resolve()),
-                      spec.seed)
-    pending[ref] = ("quantize", row.key, 0)
+    for r in rows:
+        started[r.key] = time.perf_counter()
+    options = {**row.options, "target": row.target, "method": row.method, "samples": row.samples,
+               "calibration": str(Path(spec.calibration).resolve()), "seed": spec.seed}
+    ref = task.remote(row.file_name, str(plan.file.resolve()), options, str(output.resolve()),
+                      str((out / "calibration").resolve()))
+    pending[ref] = ("quantize", row.file_name, 0)
