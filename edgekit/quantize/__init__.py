@@ -1,7 +1,11 @@
 """Static INT8 quantization (ONNX Runtime, QDQ) with a recipe for the target CPU, and the checks
 that make it trustworthy: really quantized, structure kept, runs, measured against fp32 the way
 its target CPU computes, within an accuracy budget (keeping the most sensitive layers in fp32 when
-full int8 misses it). Its knobs are QuantizeOptions (quantize/options.py)."""
+full int8 misses it). Its knobs are QuantizeOptions (quantize/options.py).
+
+`quantize()` refuses what cannot work before any work, then runs the eight named passes of quantize/passes.py
+(prepare, rewrite, calibrate, quantize, check, judge, budget, write) over one Run, in a work folder, into a staged
+output that is committed only when the last pass has passed."""
 
 from __future__ import annotations
 
