@@ -91,3 +91,30 @@ def test_short_and_depthwise_convs_stay_on_convsym_grouped_ones_count_k_per_grou
     stem = _qdq_conv_model(3, 16, 3, 1, rng.integers(-64, 64, size=(16, 3, 3, 3)).astype(np.int8))  # RGB, K = 27
     assert [d["conv"] for d in gemm_convs(stem, 512)] == ["the_conv"]
     assert gemm_convs(_qdq_conv_model(3, 16, 3, 1, np.zeros((16, 3, 3, 3), np.int8)), 0) == []  # off
+
+
+def test_auto_on_an_amx_cpu_writes_the_long_convs_for_the_gemm_with_the_same_outputs(exported, tmp_path, monkeypatch):
+    """x86-amx is x86-avx2's file with its long convs moved to ORT's GEMM: quantized from the same calibration, the
+    two files compute bit-identical outputs; `auto` picks it only where the CPU has AMX (faked flags here)."""
+    from edgekit.judge.targets import auto_target
+    from edgekit.onnxfile.artifact import read_metadata
+    from edgekit.quantize import quantize
+
+    monkeypatch.setenv("EDGEKIT_FAKE_CPU_FLAGS", "avx2 fma avx512f avx512_vnni amx_int8")
+    assert auto_target() == "x86-amx"
+    fp32 = exported("textbook_resnet18").path
+    amx = quantize(fp32, output=tmp_path / "amx.onnx", samples=16)
+    avx2 = quantize(fp32, output=tmp_path / "avx2.onnx", samples=16, target="x86-avx2")
+    assert amx.recipe.target == "x86-amx" and avx2.recipe.target == "x86-avx2"
+    moved = read_metadata(onnx.load(str(amx.path)))["recipe"]["rewrites"]["conv_gemm"]
+    assert moved and all(m["k"] >= 512 or m["k"] <= 4 * 49 for m in moved) and all("shift" in m for m in moved)
+    zeros = [numpy_helper.to_array(i) for i in onnx.load(str(amx.path)).graph.initializer if i.name.endswith("_zero_point")]
+    assert any(z.dtype == np.int8 and z.size and np.all(z == 1) for z in zeros)
+    x = np.random.default_rng(4).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    outs = []
+    for path in (amx.path, avx2.path):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        outs.append(session.run(None, {session.get_inputs()[0].name: x})[0])
+    assert np.array_equal(outs[0], outs[1])
+    monkeypatch.setenv("EDGEKIT_FAKE_CPU_FLAGS", "avx2 fma avx512f avx512_vnni")
+    assert auto_target() == "x86-avx2"

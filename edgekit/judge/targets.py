@@ -89,6 +89,10 @@ class Recipe:
     merge_conv_groups: int = 16
     # ORT's int8 AveragePool is slow; DenseNet's transitions pool before their 1x1 conv, as a depthwise conv.
     avgpool_as_depthwise: bool = True
+    # Convs whose reduction K (input channels per group x kernel area) is at least this long, and the RGB stem, are
+    # written for ORT's int8 GEMM instead of its ConvSym kernels (0: off): the same outputs on every CPU, and on a CPU
+    # with AMX the GEMM runs on AMX tiles, which ConvSym cannot (quantize/conv_paths.py, docs/int8-kernels.md).
+    gemm_min_k: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -112,6 +116,13 @@ RECIPES: dict[str, Recipe] = {
         "x86-avx2", "uint8", "int8", per_channel=True, reduce_range=True, activation_symmetric=False, method="minmax",
         reason="u8 activations x s8 per-channel 7-bit weights (reduce_range): MLAS's fast x86 kernels, and safe on every "
         "x86 CPU (without VNNI the AVX2 kernel sums u8*s8 pairs in int16; 7-bit weights keep them in range)",
+    ),
+    "x86-amx": Recipe(
+        "x86-amx", "uint8", "int8", per_channel=True, reduce_range=True, activation_symmetric=False, method="minmax",
+        reason="x86-avx2's u8 x s8 per-channel 7-bit weights, with the long convs written for ORT's int8 GEMM, which "
+        "runs on AMX tiles where the CPU has them (ConvSym, ORT's other conv kernel, has no AMX path); the same outputs "
+        "on every x86 CPU",
+        gemm_min_k=512,
     ),
     "arm64": Recipe(
         "arm64", "int8", "int8", per_channel=True, reduce_range=False, activation_symmetric=True, method="minmax",
@@ -145,10 +156,15 @@ def auto_target(cpu: CpuInfo | None = None) -> str:
 
     On x86 that is 7-bit weights (x86-avx2) even on a VNNI CPU: measured on a VNNI CPU, the 7-bit file
     ran as fast as the 8-bit one and lost no top-1 on the digits references (README, "Which recipe"),
-    while an 8-bit file loses 6-8 top-1 points on the AVX2-only CPUs it may be deployed to.
+    while an 8-bit file loses 6-8 top-1 points on the AVX2-only CPUs it may be deployed to. On a CPU with AMX it
+    is x86-amx: the same 7-bit file, computing the same outputs on every x86 CPU, with its long convs written for
+    the kernel that uses AMX (measured faster here; docs/int8-kernels.md).
     """
-    kind = detect_target(cpu=cpu or this_cpu())
-    return "x86-avx2" if kind == "x86-vnni" else kind
+    cpu = cpu or this_cpu()
+    kind = detect_target(cpu=cpu)
+    if kind == "x86-vnni":
+        return "x86-amx" if cpu.has_amx else "x86-avx2"
+    return kind
 
 
 def saturates_on(recipe: dict, cpu: CpuInfo) -> bool:
