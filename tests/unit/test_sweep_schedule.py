@@ -18,6 +18,17 @@ LABELS = [i % 3 for i in range(40)]
 UNREADABLE = {5}  # predicted -1 by every file: left out of top-1 and agreement
 
 
+def _quantize_task(*args):  # never run: the fake engine answers for it
+    raise AssertionError("the fake engine runs no task")
+
+
+def _predict_task(*args):
+    raise AssertionError("the fake engine runs no task")
+
+
+TASKS = jobs.Tasks(quantize=_quantize_task, predict=_predict_task)  # the scheduler's task seam
+
+
 class FakeEngine:
     """engine.remote / wait_one / result_of: a task's value is `answer(kind, args)`; "died" answers a dead worker."""
 
@@ -25,7 +36,7 @@ class FakeEngine:
         self.answer, self.submitted, self.values = answer, [], {}
 
     def remote(self, function, threads):
-        kind = {jobs.quantize_job: "quantize", jobs.predict_shard: "predict"}[function]
+        kind = {_quantize_task: "quantize", _predict_task: "predict"}[function]
 
         def submit(*args):
             ref = object()
@@ -95,7 +106,7 @@ def _run(tmp_path, monkeypatch, rows, quantize=None, predict=None, wrong=None, m
     fp32: dict = {}
     seen: list[str] = []
     ran = schedule.run_jobs(spec, plans, inputs, rows, fp32, tmp_path / "out", cluster, "vnni",
-                            lambda row, status: seen.append(row.name))
+                            lambda row, status: seen.append(row.name), tasks=TASKS)
     return SimpleNamespace(ran=ran, fp32=fp32, states=states, seen=seen, submitted=fake.submitted)
 
 
