@@ -222,3 +222,81 @@ def test_ctrl_c_keeps_the_finished_rows_and_exits_130(tmp_path, labelled):
     assert saved["interrupted"] is True
     status = {r["model"]: r["status"] for r in saved["rows"]}
     assert status == {"textbook_densenet": "ok", "textbook_resnext": "interrupted"}
+
+
+def test_sweep_knobs_are_quantizes_own_bad_values_are_one_line_exit_2(tmp_path, labelled, cli):
+    """--sweep and --set take any quantize knob, bounded by the knob itself (one bound: core/knobs.knob_range)."""
+    from edgekit.core.knobs import knob_range
+    from edgekit.quantize.options import QuantizeOptions
+    from edgekit.sweep.spec import SweepSpec
+
+    low, high = knob_range(QuantizeOptions, "max_drop")
+    field = SweepSpec.model_fields["max_drop"].metadata  # the best-file budget: the same bound
+    assert {getattr(m, "ge", None) for m in field} - {None} == {low} and {getattr(m, "le", None) for m in field} - {None} == {high}
+    out = tmp_path / "out"
+    base = ["sweep", "--models", "textbook_densenet", "--dataset", str(labelled), "--input-size", "32", "-o", str(out)]
+    cases = {
+        "out of the knob's range": (["--sweep", f"max_drop=0.5,{high + 1:g}"], f"max_drop must be {low:g} to {high:g}"),
+        "not a number": (["--sweep", "max_drop=a"], "max_drop = 'a'"),
+        "samples below its knob": (["--sweep", "samples=0"], "samples must be 1 to"),
+        "unknown knob": (["--sweep", "speed=1,2"], "'speed' is not a quantize knob"),
+        "the sweep's own": (["--set", "output=x.onnx"], "output is the sweep's own"),
+        "fixed and swept": (["--set", "max_drop=1", "--sweep", "max_drop=2"], "max_drop is given to both"),
+        "swept twice": (["--methods", "minmax", "--sweep", "method=entropy"], "method is swept twice"),
+        "a value twice": (["--sweep", "per_channel=true,1"], "a value given twice"),
+        "not KNOB=V": (["--sweep", "max_drop"], "is not KNOB=VALUE"),
+        "unknown runtime": (["--runtimes", "ort,tvm"], "unknown runtime 'tvm'"),
+    }
+    for name, (extra, words) in cases.items():
+        result = cli(*base, *extra)
+        assert result.exit_code == 2, (name, result.output)
+        assert words in result.stderr and len(result.stderr.strip().splitlines()) <= 2, (name, result.stderr)
+        assert "Traceback" not in result.output and not out.exists(), name
+    sweep_file = tmp_path / "sweep.toml"  # the same rules in a sweep file
+    sweep_file.write_text(f'models = ["textbook_densenet"]\ndataset = "{labelled}"\n[sweep]\nrewrites = [true, "maybe"]\n')
+    result = cli("sweep", "--file", str(sweep_file), "-o", str(out))
+    assert result.exit_code == 2 and "rewrites = 'maybe'" in result.stderr and not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(NO_NETNS is not None, reason=NO_NETNS or "")
+def test_sweep_of_max_drop_in_two_runtimes_shows_each_points_fp32_groups(tmp_path, labelled):
+    """--sweep max_drop (the fallback, forced here by a 35 dB SQNR gate the full int8 file misses) x --runtimes
+    ort,openvino: one quantize per file, a row per (file, runtime) with the fallback's fp32 groups, quantize's
+    measured drop, and top-1 and latency measured in that runtime."""
+    pytest.importorskip("openvino")
+    out = tmp_path / "sweep"
+    digits = ROOT / "benchmarks" / "reference" / "textbook_resnext-digits.safetensors"
+    args = ["sweep", "--models", "textbook_resnext", "--weights", f"textbook_resnext={digits}", "--targets", "x86-vnni",
+            "--samples", "8", "--input-size", "32", "--resize", "32", "--dataset", str(labelled),
+            "--sweep", "max_drop=50,100", "--set", "min_sqnr=35", "--runtimes", "ort,openvino", "--workers", "2",
+            "-o", str(out), "--json"]
+    done = in_netns(args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "note: quantize's max_drop budget is measured on --dataset" in done.stderr
+    result = json.loads(done.stdout)
+    rows = {r["name"]: r for r in result["rows"]}
+    base = "textbook_resnext/x86-vnni/minmax/8"
+    assert set(rows) == {f"{base}/max_drop={d}{rt}" for d in (50, 100) for rt in ("", "@openvino")}
+    assert result["jobs_run"] == 4  # two quantizations (each file once for both runtimes), two fp32 top-1s
+    for name, r in rows.items():
+        assert r["status"] == "ok" and r["runtime"] == ("openvino" if name.endswith("@openvino") else "ort")
+        assert r["knobs"] == {"max_drop": float(name.split("max_drop=")[1].split("@")[0])}
+        assert 0 < r["fp32_groups"] < r["groups"]  # the 35 dB gate needed the fallback, not everything back in fp32
+        assert r["quantize_drop"] is not None and r["quantize_drop"] <= r["knobs"]["max_drop"]
+        assert r["int8_p50_ms"] > 0 and r["fp32_p50_ms"] > 0 and r["images"] == 12
+        twin = rows[name.removesuffix("@openvino") if name.endswith("@openvino") else name + "@openvino"]
+        assert twin["file"] == r["file"] and twin["fp32_groups"] == r["fp32_groups"]  # the same file in both
+    assert len({r["file"] for r in rows.values()}) == 2
+    with open(out / "results.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert {t["runtime"] for t in table} == {"ort", "openvino"} and {t["knobs"] for t in table} == {"max_drop=50", "max_drop=100"}
+    assert all(t["fp32_groups"] for t in table)
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert yaml_keys(out / "sweep.yaml") >= {"sweep", "quantize", "runtimes"}
+
+
+def yaml_keys(path: Path) -> set[str]:
+    import yaml
+
+    return set(yaml.safe_load(path.read_text()))

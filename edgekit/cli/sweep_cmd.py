@@ -149,7 +149,7 @@ def render_sweep(outcome) -> None:
         if row.status != "ok":
             table.add_row(*lead, "", "", *[""] * groups, "", "", f"[red]{escape(row.status)}[/]")
             continue
-        fp32_groups = "" if row.fp32_groups is None else f"{row.fp32_groups}/{row.groups or 0}"
+        fp32_groups = "" if row.fp32_groups is None else f"{row.fp32_groups}" + (f"/{row.groups}" if row.groups else "")
         table.add_row(*lead, cell(row, "int8_top1"), cell(row, "drop"), *[fp32_groups] * groups,
                       cell(row, "int8_p50_ms"), f"{cell(row, 'size_ratio')}x",
                       ("*" if row.name in frontier else "") + ("c" if row.cached else ""))
