@@ -92,16 +92,16 @@ def _throughput(label: str, int8: Path, items: list[str], rounds: int) -> dict:
     from edgekit.sweep import engine, jobs, schedule
 
     prep = OnnxFile.open(int8).preprocessing().to_dict()
-    config = jobs.eval_session_config(int8)
+    kernels = jobs.eval_kernels(int8)
     times: dict[int, list[float]] = {1: [], 2: []}
     for r in range(rounds):
         for workers in (1, 2):
             cluster = engine.start(None, workers)
             task = engine.remote(jobs.predict_shard, cluster.threads)
             cuts = schedule.shards(len(items), cluster.workers)
-            ray.get([task.remote(str(int8), items[c][:4], prep, config, cluster.threads) for c in cuts])  # warm workers
+            ray.get([task.remote(str(int8), items[c][:4], prep, kernels, cluster.threads) for c in cuts])  # warm workers
             t0 = time.perf_counter()
-            predictions = ray.get([task.remote(str(int8), items[c], prep, config, cluster.threads) for c in cuts])
+            predictions = ray.get([task.remote(str(int8), items[c], prep, kernels, cluster.threads) for c in cuts])
             times[workers].append(time.perf_counter() - t0)
             assert sum(len(p) for p in predictions) == len(items)
             engine.stop()
@@ -135,10 +135,10 @@ def per_image_costs() -> dict:
     cuts = schedule.shards(len(items), cluster.workers)
     out = {"model": "resnet50, 224 px", "quantize_job_s": quantize_s, "images": len(items)}
     try:
-        for label, file, config in (("fp32", fp32, {}), ("int8", int8, jobs.eval_session_config(int8))):
-            ray.get([task.remote(str(file), items[c][:2], prep, config, cluster.threads) for c in cuts])  # warm
+        for label, file, kernels in (("fp32", fp32, "default"), ("int8", int8, jobs.eval_kernels(int8))):
+            ray.get([task.remote(str(file), items[c][:2], prep, kernels, cluster.threads) for c in cuts])  # warm
             t0 = time.perf_counter()
-            ray.get([task.remote(str(file), items[c], prep, config, cluster.threads) for c in cuts])
+            ray.get([task.remote(str(file), items[c], prep, kernels, cluster.threads) for c in cuts])
             seconds = time.perf_counter() - t0
             out[f"{label}_images_per_s"] = len(items) / seconds
             log(f"resnet50 {label}: {len(items) / seconds:.1f} images/s on 2 workers x 1 thread")
