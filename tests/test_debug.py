@@ -122,6 +122,27 @@ def test_debug_names_the_planted_layer_and_its_exclude_list_works(files, cli, tm
         assert set(feeds.files) == {i.name for i in sub.graph.input}
 
 
+def test_reduce_says_when_the_file_fails_only_on_top1(files, tmp_path):
+    # torchvision's mobilenet_v3_small under the trained-weight gates failed on one photo's top-1 at 23 dB SQNR: no
+    # subgraph can fail the SQNR gate, and the note said "the error builds up". Here an unmeetable top-1 gate
+    import dataclasses
+
+    from edgekit.debug.reduce import reduce_group
+    from edgekit.debug.search import Evaluator, inputs_for
+    from edgekit.judge.compare import gates_for
+    from edgekit.onnxfile import OnnxFile
+
+    int8, parent = OnnxFile.open(files["int8"]), OnnxFile.open(files["fp32"])
+    strict = dataclasses.replace(gates_for("int8", False)[0], min_top1_agreement=1.01)
+    x, _, _ = inputs_for(int8, None, None)
+    evaluate = Evaluator(int8, parent, x, strict, None, tmp_path)
+    assert [f.split(" ")[0] for f in evaluate([]).failures] == ["top-1"]
+    notes: list[str] = []
+    culprits = qdq_groups(int8.proto, parent.proto)[:2]
+    assert reduce_group(int8, evaluate, culprits, tmp_path / "out", strict, notes) is None
+    assert "fails only on top-1 agreement" in notes[-1] and not (tmp_path / "out").exists()
+
+
 def test_the_printed_command_is_ready_to_paste(files, cli):
     result = cli("debug", files["bad"])
     assert result.exit_code == 0, result.output
