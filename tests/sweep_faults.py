@@ -16,12 +16,22 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 from edgekit.sweep import jobs
 
 FAULTS_ENV = "SWEEP_TEST_FAULTS"
+ROOT = Path(__file__).resolve().parent.parent
+COMMAND = [sys.executable, "-m", "tests.sweep_faults"]  # edgekit, its workers running the wrappers below
+
+
+def environment(faults: dict) -> dict:
+    """What COMMAND needs in its environment: the faults, and the repository on the path of Ray's workers (they
+    import this module by name)."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {FAULTS_ENV: json.dumps(faults), "PYTHONPATH": path}
 
 
 def quantize_job(name: str, *args):

@@ -458,9 +458,11 @@ def test_sigterm_during_a_sweep_keeps_the_finished_rows_and_leaves_no_ray(labell
     faults = {"stall": "textbook_resnext", "marker_dir": str(tmp_path)}  # resnext's job still runs at SIGTERM
     args = ["sweep", "--models", "textbook_densenet,textbook_resnext", "--targets", "x86-avx2", "--samples", "8",
             "--input-size", "32", "--dataset", str(labelled), "--no-latency", "--workers", "2", "-o", str(out)]
-    proc = subprocess.Popen([*_netns_prefix(), *EDGEKIT, *args], cwd=ROOT, stdout=subprocess.PIPE,
+    from tests.sweep_faults import COMMAND, environment  # the faults live in tests/, not in edgekit
+
+    proc = subprocess.Popen([*_netns_prefix(), *COMMAND, *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "EDGEKIT_SWEEP_FAULTS": json.dumps(faults), "RAY_TMPDIR": str(ray_tmp)})
+                            env={**os.environ, **environment(faults), "RAY_TMPDIR": str(ray_tmp)})
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CALIBRATION, ROOT, files_in
+from tests.sweep_faults import COMMAND as WITH_FAULTS, FAULTS_ENV, environment as faults_env
 
 pytest.importorskip("ray", reason="edgekit[sweep] (Ray) is not installed")
 
 EDGEKIT = [sys.executable, "-m", "edgekit"]
-WITH_FAULTS = [sys.executable, "-m", "tests.sweep_faults"]  # edgekit with faulty worker tasks (tests/sweep_faults.py)
 
 
 def _netns_ok() -> str | None:
@@ -35,16 +35,9 @@ def _netns_ok() -> str | None:
 NO_NETNS = _netns_ok()
 
 
-def faults_env(faults: dict) -> dict:
-    """The environment of `python -m tests.sweep_faults`: the faults, and the repository on the path of Ray's workers
-    (they import the wrappers by name)."""
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    return {"SWEEP_TEST_FAULTS": json.dumps(faults), "PYTHONPATH": path}
-
-
 def in_netns(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
     """`edgekit ARGS` in a network namespace with only loopback up (with faults: through tests/sweep_faults.py)."""
-    command = WITH_FAULTS if env and "SWEEP_TEST_FAULTS" in env else EDGEKIT
+    command = WITH_FAULTS if env and FAULTS_ENV in env else EDGEKIT
     argv = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"', *command, *args]
     return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})}, timeout=600)
 
