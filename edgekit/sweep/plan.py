@@ -185,18 +185,34 @@ def plan_rows(spec: SweepSpec, plans: list[ModelPlan], inputs: Inputs, cpu_kind:
     """One row per model x point (each combination of the swept knobs) x runtime, each with its quantize options
     and content key."""
     installed = versions()
+    budget_sets: dict[str, str] = {}  # a budget's own labelled set (--set/--sweep dataset) -> its contents' sha256
     rows = []
     for plan in plans:
         for point in spec.points():
             options = spec.options_for(point)
             extra = {k: v for k, v in point.items() if k not in ("target", "method", "samples")}
+            budget_set = options.get("dataset")
+            if budget_set is not None and budget_set not in budget_sets:
+                budget_sets[budget_set] = _labelled_sha(Path(budget_set))
             for runtime in spec.runtimes:
-                key = digest("int8-row", plan.sha256, options, runtime, inputs.calibration_sha, inputs.dataset_sha,
-                             spec.seed, cpu_kind, installed)
+                key = digest("int8-row", plan.sha256, options, budget_sets.get(budget_set), runtime,
+                             inputs.calibration_sha, inputs.dataset_sha, spec.seed, cpu_kind, installed)
                 rows.append(Row(plan.name, point["target"], point["method"], point["samples"], key, knobs=extra,
                                 runtime=runtime, options={k: v for k, v in options.items()
                                                           if k not in ("target", "method", "samples")}))
     return rows
+
+
+def _labelled_sha(path: Path) -> str | None:
+    """The contents of the labelled set quantize's budget measures (a folder of class folders), hashed like the
+    sweep's own; None where it cannot be read (quantize then says why, in the row)."""
+    from edgekit.verify.dataset import _scan_dataset
+
+    try:
+        _classes, pairs, _empty, _odd = _scan_dataset(path)
+    except (BadInput, OSError):
+        return None
+    return _files_sha([p for p, _ in pairs], path)
 
 
 def staging_folder(out: Path) -> tempfile.TemporaryDirectory:
