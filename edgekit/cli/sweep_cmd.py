@@ -20,7 +20,24 @@ from edgekit.cli.output import progress
 EXIT_ROWS_FAILED = 1
 
 
-@app.command("sweep")
+def _knobs_text() -> str:
+    """The knobs --sweep and --set take, each with its range, read from QuantizeOptions (their help: `edgekit
+    quantize --help`)."""
+    import dataclasses
+
+    from edgekit.quantize.options import QuantizeOptions
+    from edgekit.sweep.spec import OWNED
+
+    def shown(f) -> str:
+        low, high = f.metadata["range"]
+        return f.name + (f" ({low:g}..{high:g})" if low is not None and high is not None else "")
+
+    names = [shown(f) for f in dataclasses.fields(QuantizeOptions) if f.name not in OWNED]
+    return ("Knobs for --sweep and --set (those of `edgekit quantize`, with their ranges; their help: `edgekit quantize "
+            "--help`): " + ", ".join(names) + ".")
+
+
+@app.command("sweep", epilog=_knobs_text())
 @handle_errors
 def sweep_command(
     models: Annotated[str | None, typer.Option("--models", help="comma-separated registered models")] = None,
