@@ -123,10 +123,13 @@ def plot_pareto(rows: list, frontier: list, png_path: Path, title: str) -> Path:
     ax = figure.add_subplot(1, 1, 1)
     largest = max(r.int8_bytes for r in done)
     colours = {m: f"C{i % 10}" for i, m in enumerate(dict.fromkeys(r.model for r in done))}
+    runtimes = list(dict.fromkeys(getattr(r, "runtime", "ort") for r in done))  # a sweep's points are (file, runtime)
     for model, colour in colours.items():
-        mine = [r for r in done if r.model == model]
-        ax.scatter([x_of(r) for r in mine], [r.drop for r in mine], s=[30 + 270 * r.int8_bytes / largest for r in mine],
-                   color=colour, alpha=0.6, edgecolors="black", linewidths=0.5, label=model)
+        for i, runtime in enumerate(runtimes):  # marker shape by runtime
+            mine = [r for r in done if r.model == model and getattr(r, "runtime", "ort") == runtime]
+            ax.scatter([x_of(r) for r in mine], [r.drop for r in mine], s=[30 + 270 * r.int8_bytes / largest for r in mine],
+                       color=colour, alpha=0.6, edgecolors="black", linewidths=0.5, marker="osD^v"[i % 5],
+                       label=model + (f" in {runtime}" if len(runtimes) > 1 else ""))
     for model, colour in colours.items():
         line = [r for r in frontier if r.model == model]
         ax.plot([x_of(r) for r in line], [r.drop for r in line], "--", color=colour, lw=1.2)
