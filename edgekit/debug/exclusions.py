@@ -60,3 +60,34 @@ def _parent_name(act: str, node, parent_writer: dict, parent_names: set, consume
                 after.extend(consumers.get(out, []))
         frontier = after
     return None
+
+
+def writers_group(groups, int8_model):
+    """A pseudo-group for revert() that makes the reverted graph the file `quantize --exclude` with exclusion_list's
+    names makes: the ops writing `groups`' activations on the parent's weights (an excluded op is float as a
+    whole), and every other activation that no op left int8 reads or writes back in float (ORT quantizes a tensor
+    only for a quantized op that touches it: with an excluded first conv, the graph input stays float)."""
+    from edgekit.layer_error.groups import Group
+
+    def key(node) -> str:
+        return node.name or node.output[0]
+
+    writer = {o: n for n in int8_model.graph.node if n.op_type not in QDQ for o in n.output}
+    consumers: dict[str, list] = {}
+    for node in int8_model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    inside = {n for g in groups for n in g.nodes}
+    writers = [key(writer[a]) for g in groups for a in g.activations if a in writer]
+    excluded = inside | set(writers)
+    initializers = {t.name for t in int8_model.graph.initializer}
+    activations = []
+    for q in int8_model.graph.node:
+        act = q.input[0] if q.op_type == "QuantizeLinear" else None
+        if act is None or act in initializers or (act in writer and key(writer[act]) not in excluded):
+            continue
+        readers = [op for dq in consumers.get(q.output[0], []) if dq.op_type == "DequantizeLinear"
+                   for op in consumers.get(dq.output[0], []) if op.op_type not in QDQ]
+        if readers and all(key(op) in excluded for op in readers):
+            activations.append(act)
+    return Group(-1, list(dict.fromkeys(activations)), [n for n in dict.fromkeys(writers) if n not in inside], [])

@@ -102,9 +102,14 @@ class Evaluator:
         return recipe
 
     def model_with(self, groups):
+        """The int8 graph with `groups` reverted and the ops writing their activations on the parent's weights: the
+        file `quantize --exclude` with their exclusion list makes (exclusions.py), so what passes here passes there."""
+        from edgekit.debug.exclusions import writers_group
         from edgekit.layer_error.groups import revert
 
-        return revert(self.int8.proto, self.parent.proto, groups) if groups else self.int8.proto
+        if not groups:
+            return self.int8.proto
+        return revert(self.int8.proto, self.parent.proto, [*groups, writers_group(groups, self.int8.proto)])
 
     def __call__(self, groups):
         """The metrics of the first output with `groups` reverted (cached: a set is run once)."""
