@@ -16,6 +16,7 @@ from rich.table import Table
 from edgekit.cli import options
 from edgekit.cli.app import app, console, err_console, handle_errors, print_json
 from edgekit.cli.output import progress
+from edgekit.quantize.options import CALIBRATION_METHODS as METHODS
 
 EXIT_ROWS_FAILED = 1
 
@@ -44,7 +45,7 @@ def sweep_command(
     targets: Annotated[
         str | None, typer.Option("--targets", help="comma-separated int8 targets (auto, x86-vnni, x86-avx2, arm64, generic)")
     ] = None,
-    methods: Annotated[str | None, typer.Option("--methods", help="comma-separated: minmax, entropy, percentile")] = None,
+    methods: Annotated[str | None, typer.Option("--methods", help="comma-separated: " + ", ".join(METHODS))] = None,
     samples: Annotated[str | None, typer.Option("--samples", help="comma-separated calibration sample counts")] = None,
     calibration: Annotated[Path | None, typer.Option("--calibration", help="calibration images or tensors")] = None,
     dataset: Annotated[Path | None, typer.Option("--dataset", help="labelled images, one sub-folder per class")] = None,

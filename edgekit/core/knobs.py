@@ -13,11 +13,12 @@ import dataclasses
 from typing import Any
 
 
-def knob(default: Any, help: str | None = None, *, low: float | None = None, high: float | None = None) -> Any:
+def knob(default: Any, help: str | None = None, *, low: float | None = None, high: float | None = None,
+         choices: tuple[str, ...] | None = None) -> Any:
     """A field of an options dataclass: DEFAULT, the HELP its command-line option shows (None: the shared
-    declaration in cli/options.py gives it), and the closed range [LOW, HIGH] the value must lie in (ints: the
-    CLI's min/max; floats: finite and within it)."""
-    return dataclasses.field(default=default, metadata={"help": help, "range": (low, high)})
+    declaration in cli/options.py gives it), the closed range [LOW, HIGH] the value must lie in (ints: the
+    CLI's min/max; floats: finite and within it), and for a name, the CHOICES it must be one of (None: any)."""
+    return dataclasses.field(default=default, metadata={"help": help, "range": (low, high), "choices": choices})
 
 
 def described(cls, name: str) -> dataclasses.Field:
@@ -46,8 +47,8 @@ def knob_range(cls, name: str) -> tuple[float | None, float | None]:
 
 def checked_knob(cls, name: str, value: Any, where: str) -> Any:
     """VALUE as the knob NAME of the options dataclass CLS takes it: converted to the field's type by pydantic (lax
-    mode: "0.5" is 0.5, "false" is False, a list of names is a tuple) and within the knob's range; else one BadInput
-    line naming WHERE, the knob and what it takes."""
+    mode: "0.5" is 0.5, "false" is False), one of its choices and within its range; else one BadInput line naming
+    WHERE, the knob and what it takes."""
     import math
     import typing
 
@@ -62,6 +63,9 @@ def checked_knob(cls, name: str, value: Any, where: str) -> Any:
     except ValidationError as exc:
         why = exc.errors()[0]["msg"]
         raise BadInput(f"{where}: {name} = {value!r}: {why[:120]}", hint=f"{name} takes {_type_text(kind)}") from None
+    choices = field.metadata.get("choices")
+    if choices and converted is not None and converted not in choices:
+        raise BadInput(f"{where}: unknown {name} {value!r}", hint=f"use one of {', '.join(choices)}")
     low, high = field.metadata["range"]
     if isinstance(converted, (int, float)) and not isinstance(converted, bool):
         if isinstance(converted, float) and not math.isfinite(converted):

@@ -13,6 +13,7 @@ from edgekit.core.knobs import knob
 from edgekit.core.limits import MAX_DROP_POINTS, MAX_SAMPLES, MAX_SEED
 
 DEFAULT_SAMPLES = 128
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")  # ONNX Runtime's calibrators edgekit offers
 _RANDOM, _TRAINED = DEFAULT_TOLERANCES["int8"], trained_defaults()["int8"]  # the gates' defaults, said in the help
 
 
@@ -27,7 +28,7 @@ class QuantizeOptions:
 
     calibration: Path | None = knob(None, "image folder or .npz/.npy of preprocessed tensors (default: calibration/)")
     samples: int = knob(DEFAULT_SAMPLES, "calibration samples, picked deterministically", low=1, high=MAX_SAMPLES)
-    method: str | None = knob(None, "default: the target's")
+    method: str | None = knob(None, "default: the target's", choices=CALIBRATION_METHODS)
     target: str = knob("auto")  # (help: cli/options.py's TargetOption)
     per_channel: bool | None = knob(None, "weight scales (default: the target's)")
     exclude: tuple[str, ...] | list[str] = knob((), "node name or op type to keep in float (repeatable)")

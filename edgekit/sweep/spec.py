@@ -26,12 +26,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edgekit.core import limits
 from edgekit.core.errors import BadInput, one_line
 from edgekit.core.files import open_regular, shown_path
-from edgekit.core.knobs import checked_knob, knob_range
+from edgekit.core.knobs import checked_knob, described, knob_range
 from edgekit.data.images import DEFAULT_CALIBRATION_DIR
 from edgekit.quantize.options import DEFAULT_SAMPLES, QuantizeOptions
 from edgekit.verify.options import VerifyOptions
 
-METHODS = ("minmax", "entropy", "percentile")
+METHODS = described(QuantizeOptions, "method").metadata["choices"]  # the method knob's own
 MAX_JOBS = 512  # models x swept values x runtimes: a sweep bigger than this is a typo, not a plan
 MAX_SWEEP_FILE_BYTES = 1 << 20
 KNOBS = tuple(f.name for f in dataclasses.fields(QuantizeOptions))
