@@ -124,7 +124,8 @@ class Evaluator:
         model = self.model_with(groups)
         path = self.workdir / f"reverted-{self.runs}.onnx"
         onnx.save(model, str(path))
-        runner = open_runner(path, device=self.device, recipe=self.recipe(bool(groups)), batch=self.int8.spec.batch)
+        runner = open_runner(path, device=self.device, recipe=self.int8.recipe, keep_float=bool(groups),
+                             batch=self.int8.spec.batch)
         try:
             out = runner.run(self.x)[0]
         finally:
