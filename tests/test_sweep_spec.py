@@ -75,6 +75,7 @@ def test_a_sweep_file_takes_sweep_and_quantize_mappings_relative_to_itself(tmp_p
     ({"quantize": {"ranges_cache": "x"}}, "ranges_cache is the sweep's own"),
     ({"sweep": {"exclude": [["a"], ["a"]]}}, "a value given twice"),
     ({"quantize": ["max_drop"]}, "quantize must be a mapping"),
+    ({"sweep": {"method": ["minmax", "kl"]}}, "unknown method 'kl'"),  # the method knob's choices
 ])
 def test_bad_knobs_in_a_sweep_file_are_one_line(tmp_path, values, words):
     with pytest.raises(BadInput, match=words):
