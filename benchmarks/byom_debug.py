@@ -93,7 +93,7 @@ def one_file(name: str, item: dict, work: Path, device: bool) -> dict:
         row["error"] = steps[-1]["said"]
         return row
     groups = found["groups"]
-    row.update(gates=found["gates"], before=found["before"], fails=not found["passed_as_is"], groups=groups,
+    row.update(gates=found["gates"].replace(str(ROOT) + "/", ""), before=found["before"], fails=not found["passed_as_is"], groups=groups,
                bound=round(math.log2(groups) + 3, 1), runs=found["runs"],
                steps_runs={s["step"]: s["runs"] for s in found["steps"]}, exclude=found["exclude"],
                culprits=[c.get("index") for c in found["culprits"]], after=found["after"], notes=found["notes"],
@@ -198,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default=",".join(SMALL_FIRST[:4]),
                         help="comma-separated substrings of corpus names (default: the four smallest)")
-    parser.add_argument("--device-on", default=None, help="a substring of one failing file's name: debug it "
-                        "again with --device arm64-a76")
+    parser.add_argument("--device-on", default=None, help="a substring of a failing file's name: the first such file "
+                        "is debugged again with --device arm64-a76 (emulated: slow)")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "byom_results.json")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "BYOM.md", help="the page whose section "
                         f"{SECTION!r} is written (the rest of the page is kept)")
@@ -209,10 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     done = {r["model"]: r for r in results.get("debug", [])}
     with tempfile.TemporaryDirectory(prefix="edgekit-byom-debug-") as tmp:
         tmp = Path(tmp)
-        for name, item in ({} if args.table_only else corpus(tmp, args.only)).items():  # one file at a time: the machine is shared
-            work = tmp / "work" / str(len(done))
+        items = {} if args.table_only else corpus(tmp, args.only)
+        for index, (name, item) in enumerate(items.items()):  # one file at a time: the machine is shared
+            work = tmp / "work" / str(index)
             work.mkdir(parents=True)
-            row = one_file(name, item, work, bool(args.device_on) and args.device_on in name)
+            device = bool(args.device_on) and args.device_on in name and not any(r.get("device") for r in done.values()
+                                                                               if r["model"] != name)
+            row = one_file(name, item, work, device)
             for s in row["steps"]:
                 s.pop("stdout", None)
             done[name] = row
