@@ -45,7 +45,7 @@ def cpu_line() -> str:
     return f"{cpu.model} ({os.cpu_count()} cores; {', '.join(flags) or 'no AVX2'})"
 
 
-def candidates(fp32: Path, int8: Path, threads: int, variants: bool) -> dict:
+def candidates(fp32: Path, int8: Path, threads: int, variants: bool, extra: dict[str, Path]) -> dict:
     """{label: zero-argument call}, every runner opened the way edgekit opens it."""
     from edgekit.onnxfile.artifact import load_onnx
     from edgekit.onnxfile.artifact import read_metadata
@@ -61,6 +61,10 @@ def candidates(fp32: Path, int8: Path, threads: int, variants: bool) -> dict:
             r = open_runner(path, "ort", recipe=rec, timing=True, spin=spin, threads=threads)
             runs[f"ORT {name} spin {'on' if spin else 'off'}"] = r.timed_runner(x)
         runs[f"OpenVINO {name}"] = open_runner(path, "openvino", threads=threads).timed_runner(x)
+    for label, path in extra.items():  # other int8 files of the same model (e.g. another recipe): ORT only
+        for spin in (False, True):
+            r = open_runner(path, "ort", recipe=recipe, timing=True, spin=spin, threads=threads)
+            runs[f"ORT {label} spin {'on' if spin else 'off'}"] = r.timed_runner(x)
     if variants:
         base = session_options(recipe, timing=True, spin=True)
         for label, v in VARIANTS.items():
@@ -70,10 +74,18 @@ def candidates(fp32: Path, int8: Path, threads: int, variants: bool) -> dict:
     return runs
 
 
-def measure(folder: Path, model: str, rounds: int, threads: int, variants: bool, settle_ms: float) -> dict:
+def measure(
+    folder: Path, model: str, rounds: int, threads: int, variants: bool, settle_ms: float, extra: list[str]
+) -> dict:
     from edgekit.runtimes.timer import interleaved, percentiles
 
-    runs = candidates(folder / f"{model}.onnx", folder / f"{model}.int8.onnx", threads, variants)
+    others = {}
+    for item in extra:  # LABEL=PATH, PATH may hold {model}
+        label, _, path = item.partition("=")
+        found = Path(path.format(model=model))
+        if found.exists():
+            others[label] = found
+    runs = candidates(folder / f"{model}.onnx", folder / f"{model}.int8.onnx", threads, variants, others)
     samples, _ = interleaved(runs, rounds, warmup=3, primed=True, settle_ms=settle_ms)
     return {label: dict(zip(("p50", "p90", "mean"), percentiles(v))) for label, v in samples.items()}
 
@@ -101,6 +113,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variants", action="store_true")
+    ap.add_argument("--extra", action="append", default=[], help="LABEL=PATH of another int8 file ({model} expands)")
     ap.add_argument("--settle-ms", type=float, default=50.0, help="idle before each candidate's untimed call")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "ORT_VS_OPENVINO.md")
     args = ap.parse_args()
@@ -108,7 +121,7 @@ def main() -> int:
     results = {}
     for model in args.models.split(","):
         load = os.getloadavg()[0]
-        results[model] = measure(args.folder, model, args.rounds, args.threads, args.variants, args.settle_ms)
+        results[model] = measure(args.folder, model, args.rounds, args.threads, args.variants, args.settle_ms, args.extra)
         results[model]["_load_before"] = {"p50": load, "p90": load, "mean": load}
         print(model, {k: round(v["p50"], 2) for k, v in results[model].items()}, flush=True)
     clean = {m: {k: v for k, v in r.items() if not k.startswith("_")} for m, r in results.items()}
