@@ -42,8 +42,10 @@ def test_budget_met_in_one_quantize_static_pass_with_a_step_log_and_a_cache_hit(
     step_lines = [n for n in result.notes if n.startswith("fp32 fallback step")]
     assert len(step_lines) == len(fb.steps) and "met the budget" in step_lines[-1]
     assert not fb.cached and fb.runs["rank"] >= fb.groups > 0
-    # before the walk, the most the fallback can revert (every group but one) was measured once and met the budget
-    assert fb.runs["bound"] == 1 and fb.bound_met and len(fb.bound_groups) == fb.groups - 1
+    # before the walk, the most the fallback can revert (every group but one) was estimated from the ranking's runs,
+    # far enough above the gate that it was not measured
+    assert len(fb.bound_groups) == fb.groups - 1 and fb.bound_estimate_db >= full + 2.0 + 3.0
+    assert "bound" not in fb.runs and fb.bound is None and not fb.bound_stopped
     assert list(store.glob("*.sensitivity.json"))
     # the shipped file is the reverted graph: its metadata lists the fp32 nodes and keeps them float
     meta = read_metadata(onnx.load(str(result.path)))

@@ -157,6 +157,7 @@ class Fallback:
     runs: dict = field(default_factory=dict)  # session runs: ranking ("rank"), the bound ("bound"), steps ("steps")
     bound: Trial | None = None  # the most the fallback can revert (every group but one), measured before the walk
     bound_groups: list[int] = field(default_factory=list)  # the groups in fp32 in that file
+    bound_estimate_db: float | None = None  # the ranking's estimate of its SQNR (measured only when near the gate)
     bound_met: bool | None = None  # that file met the budget
     bound_stopped: bool = False  # it missed the SQNR gate: no group was walked
 
@@ -167,8 +168,9 @@ class Fallback:
             "seconds": round(self.seconds, 2), "latency_ms": self.latency_ms, "groups": self.groups,
             "reverted_groups": self.reverted, "steps": [s.to_dict() for s in self.steps],
             "ranking_cached": self.cached, "runs": self.runs,
-            "bound": None if self.bound is None else {**self.bound.to_dict(), "groups": self.bound_groups,
-                                                      "met": self.bound_met, "stopped": self.bound_stopped},
+            "bound": {"groups": self.bound_groups, "estimate_db": self.bound_estimate_db, "measured": self.bound is not None,
+                      "met": self.bound_met, "stopped": self.bound_stopped,
+                      **(self.bound.to_dict() if self.bound is not None else {})} if self.bound_groups else None,
         }
 
 @dataclass

@@ -7,12 +7,12 @@ then reverted in rank order: one worsening step is tolerated, a second is undone
 re-ranked against the current model; it stops at the budget or when nothing is left. The file written is the
 reverted graph that was measured. And the one line said when nothing meets the budget.
 
-Before the walk, a budget nothing can meet is found in one measurement: the file with every group reverted but one
-(the most the walk can revert while the file stays int8) is measured once, and if even that misses the SQNR gate
-the search stops there instead of walking every group (why SQNR only: _bound_met). The group left in int8 is the
-one whose error alone is smallest, estimated from the ranking's own runs (a group's error is the change its revert
-makes, kept signed, so errors that cancel are not mistaken for small ones); no run is added. The bound assumes no
-set of two or more int8 groups whose errors cancel beats the best single one."""
+Before the walk, a budget nothing can meet is found in at most one measurement: the file with every group reverted
+but one (the most the walk can revert while the file stays int8) misses the SQNR gate, so the search stops there
+instead of walking every group (why SQNR only: _bound_met). The group left in int8 is the one whose error alone is
+smallest, estimated from the ranking's own runs (a group's error is the change its revert makes, kept signed, so
+errors that cancel are not mistaken for small ones). That estimate also spares the measurement where it clears the
+gate by a margin. The bound assumes no set of two or more int8 groups whose errors cancel beats the best single one."""
 
 from __future__ import annotations
 
@@ -181,10 +181,21 @@ def _rank(search: _Search, store, fallback: Fallback, stage) -> dict[str, dict[i
     return tables
 
 
+BOUND_MARGIN_DB = 3.0  # the ranking's estimate of the bound this far above the SQNR gate: not measured
+
+
 def _bound_met(search: _Search, alone: dict[int, float], budget: Budget, fallback: Fallback, stage) -> bool:
-    """Measure once the file with every group in fp32 but the one whose error alone is smallest (ALONE: the ranking's
-    estimate) among those that leave 8-bit weights: the most the walk can revert; False (do not walk) when even that
-    misses the SQNR gate. No such file (no group holds 8-bit weights by itself): nothing to bound, True."""
+    """Whether the walk can meet the SQNR gate: the file with every group in fp32 but the one whose error alone is
+    smallest (ALONE: the ranking's estimate) among those that leave 8-bit weights, the most the walk can revert, is
+    measured once; False (do not walk) when even that misses the gate. Not measured (True) when there is no SQNR
+    gate, when no such file exists, or when the ranking's estimate clears the gate by BOUND_MARGIN_DB (it is taken on
+    the samples int8 gets most wrong, so it errs low)."""
+    # SQNR is an energy: to first order each int8 group adds its own, so a file short of the SQNR gate with one group
+    # left in int8 is short of it with more. Top-1 agreement and a top-1 drop count flipped samples, which a group
+    # more or less can flip either way: a miss on those alone still walks.
+    gate = budget.tolerance.min_sqnr_db
+    if gate is None:
+        return True
     everything = sorted(alone)
     for keep in sorted(everything, key=lambda i: (-alone[i], i)):
         indices = [i for i in everything if i != keep]
@@ -193,16 +204,14 @@ def _bound_met(search: _Search, alone: dict[int, float], budget: Budget, fallbac
             break
     else:
         return True
+    fallback.bound_groups, fallback.bound_estimate_db = sorted(indices), alone[keep]
+    if alone[keep] >= gate + BOUND_MARGIN_DB:
+        return True
     stage(f"fp32 fallback: can it be met? {len(indices)} of {len(everything)} QDQ groups in fp32")
     search.runs["bound"] = 1
     fallback.bound = search.trial(model, indices, "fallback-bound.onnx", budget)
-    fallback.bound_groups = sorted(indices)
     fallback.bound_met = fallback.bound.passed(budget)
-    # SQNR is an energy: to first order each int8 group adds its own, so a file short of the SQNR gate with one group
-    # left in int8 is short of it with more. Top-1 agreement and a top-1 drop count flipped samples, which a group
-    # more or less can flip either way: a miss on those alone still walks.
-    gate = budget.tolerance.min_sqnr_db
-    fallback.bound_stopped = gate is not None and not fallback.bound.holdout.sqnr_db >= gate
+    fallback.bound_stopped = not fallback.bound.holdout.sqnr_db >= gate
     return not fallback.bound_stopped
 
 
