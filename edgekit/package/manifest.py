@@ -127,9 +127,8 @@ def readme(manifest: dict) -> str:
         "    python check.py --providers cpu,cuda   # every listed execution provider (exit 3 if one does not start)",
         "    python check.py --image photo.jpg      # one photo through the exact preprocessing (needs Pillow): top-5",
         "    python check.py --json                 # every number as JSON",
-        *(["    (packaged for ONNX Runtime and OpenVINO: python check.py runs the .onnx in OpenVINO too where "
-           "`import openvino` works, else says it skipped it)",
-           "    python check.py --runtime openvino     # OpenVINO only (pip install openvino; exit 3 without it)"]
+        *(["    python check.py --runtime openvino     # OpenVINO only; a plain check.py runs it after ORT where "
+           "`import openvino` works, else says it skipped it"]
           if "openvino" in (manifest.get("check_runtimes") or []) else []),
         f"Preprocessing: {manifest['preprocessing']['describe']}.",
         "Session options: " + (needs + " (check.py applies them when /proc/cpuinfo says so)" if needs else "none needed."),
