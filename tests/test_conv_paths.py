@@ -93,17 +93,14 @@ def test_short_and_depthwise_convs_stay_on_convsym_grouped_ones_count_k_per_grou
     assert gemm_convs(_qdq_conv_model(3, 16, 3, 1, np.zeros((16, 3, 3, 3), np.int8)), 0) == []  # off
 
 
-def test_auto_on_an_amx_cpu_writes_the_long_convs_for_the_gemm_with_the_same_outputs(exported, tmp_path, monkeypatch):
+def test_x86_amx_writes_the_long_convs_for_the_gemm_with_the_same_outputs_as_x86_avx2(exported, tmp_path):
     """x86-amx is x86-avx2's file with its long convs moved to ORT's GEMM: quantized from the same calibration, the
-    two files compute bit-identical outputs; `auto` picks it only where the CPU has AMX (faked flags here)."""
-    from edgekit.judge.targets import auto_target
+    two files compute bit-identical outputs in ONNX Runtime."""
     from edgekit.onnxfile.artifact import read_metadata
     from edgekit.quantize import quantize
 
-    monkeypatch.setenv("EDGEKIT_FAKE_CPU_FLAGS", "avx2 fma avx512f avx512_vnni amx_int8")
-    assert auto_target() == "x86-amx"
     fp32 = exported("textbook_resnet18").path
-    amx = quantize(fp32, output=tmp_path / "amx.onnx", samples=16)
+    amx = quantize(fp32, output=tmp_path / "amx.onnx", samples=16, target="x86-amx")
     avx2 = quantize(fp32, output=tmp_path / "avx2.onnx", samples=16, target="x86-avx2")
     assert amx.recipe.target == "x86-amx" and avx2.recipe.target == "x86-avx2"
     moved = read_metadata(onnx.load(str(amx.path)))["recipe"]["rewrites"]["conv_gemm"]
@@ -116,5 +113,3 @@ def test_auto_on_an_amx_cpu_writes_the_long_convs_for_the_gemm_with_the_same_out
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         outs.append(session.run(None, {session.get_inputs()[0].name: x})[0])
     assert np.array_equal(outs[0], outs[1])
-    monkeypatch.setenv("EDGEKIT_FAKE_CPU_FLAGS", "avx2 fma avx512f avx512_vnni")
-    assert auto_target() == "x86-avx2"

@@ -121,7 +121,7 @@ RECIPES: dict[str, Recipe] = {
         "x86-amx", "uint8", "int8", per_channel=True, reduce_range=True, activation_symmetric=False, method="minmax",
         reason="x86-avx2's u8 x s8 per-channel 7-bit weights, with the long convs written for ORT's int8 GEMM, which "
         "runs on AMX tiles where the CPU has them (ConvSym, ORT's other conv kernel, has no AMX path); the same outputs "
-        "on every x86 CPU",
+        "on every x86 CPU; for ONNX Runtime only: OpenVINO runs those convs in f32 (it takes symmetric int8 weights)",
         gemm_min_k=512,
     ),
     "arm64": Recipe(
@@ -156,15 +156,12 @@ def auto_target(cpu: CpuInfo | None = None) -> str:
 
     On x86 that is 7-bit weights (x86-avx2) even on a VNNI CPU: measured on a VNNI CPU, the 7-bit file
     ran as fast as the 8-bit one and lost no top-1 on the digits references (README, "Which recipe"),
-    while an 8-bit file loses 6-8 top-1 points on the AVX2-only CPUs it may be deployed to. On a CPU with AMX it
-    is x86-amx: the same 7-bit file, computing the same outputs on every x86 CPU, with its long convs written for
-    the kernel that uses AMX (measured faster here; docs/int8-kernels.md).
+    while an 8-bit file loses 6-8 top-1 points on the AVX2-only CPUs it may be deployed to. Not x86-amx even on
+    a CPU with AMX: OpenVINO runs that file's moved convs in f32, so the one file would be slower in the runtime
+    that is fastest on it (docs/int8-kernels.md).
     """
-    cpu = cpu or this_cpu()
-    kind = detect_target(cpu=cpu)
-    if kind == "x86-vnni":
-        return "x86-amx" if cpu.has_amx else "x86-avx2"
-    return kind
+    kind = detect_target(cpu=cpu or this_cpu())
+    return "x86-avx2" if kind == "x86-vnni" else kind
 
 
 def saturates_on(recipe: dict, cpu: CpuInfo) -> bool:
