@@ -43,11 +43,6 @@ class CpuInfo:
         return bool(self.flags & VNNI_FLAGS)
 
     @property
-    def has_amx(self) -> bool:
-        """AMX tiles for int8 (Intel Xeon since Sapphire Rapids): ORT's u8s8 GEMM has a kernel for them."""
-        return "amx_int8" in self.flags
-
-    @property
     def int8_saturates(self) -> bool:
         """x86 without VNNI: ORT's u8s8 AVX2 kernel sums pairs of products in int16 and can saturate."""
         return self.is_x86 and not self.has_vnni
