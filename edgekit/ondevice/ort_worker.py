@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 
 def _meta(values) -> list[dict]:
@@ -83,8 +84,6 @@ def _timed(session, feeds, runs: int, warmup: int, interval_ms) -> list:
 def wait_for_tick(tick: float) -> float:
     """Sleep until perf_counter() reaches `tick`; returns the tick the next period counts from (now, when the
     call ran past it: a late call is not caught up in a burst)."""
-    import time
-
     delay = tick - time.perf_counter()
     if delay > 0:
         time.sleep(delay)

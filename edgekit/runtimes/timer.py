@@ -18,6 +18,8 @@ from typing import Callable
 
 import numpy as np
 
+from edgekit.ondevice.ort_worker import wait_for_tick
+
 
 def rotation(labels: list[str], rounds: int) -> list[str]:
     """A B C A B C ...: each round times every candidate once, so drift hits them equally."""
@@ -78,15 +80,10 @@ def paced(runs: dict[str, Callable[[], object]], rounds: int, interval_ms: float
     next_tick = time.perf_counter()
     for _ in range(rounds):
         for label, run in runs.items():
-            next_tick += period
             t0 = time.perf_counter()
             run()
             samples[label].append((time.perf_counter() - t0) * 1000)
-            delay = next_tick - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            else:
-                next_tick = time.perf_counter()
+            next_tick = wait_for_tick(next_tick + period)  # the device's own pacing (ondevice/ort_worker.py)
     return samples
 
 

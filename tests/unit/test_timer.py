@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edgekit.ondevice import ort_worker
 from edgekit.runtimes import timer
 from tests.fakes import FakeClock, FakeRunner
 
@@ -14,6 +15,7 @@ from tests.fakes import FakeClock, FakeRunner
 def clock(monkeypatch) -> FakeClock:
     fake = FakeClock()
     monkeypatch.setattr(timer, "time", fake)
+    monkeypatch.setattr(ort_worker, "time", fake)  # the pacing is the device's own (ort_worker.wait_for_tick)
     return fake
 
 
