@@ -182,13 +182,24 @@ def section(rows: list[dict], names: list[str]) -> str:
                         + (f"fails as it is ({_metric(d['before'])}); {d['runs']} runs, exclude list of "
                            f"{len(d['exclude'])} names; with it {_metric(d['after'])}" if d["fails"] else
                            f"passes as it is ({_metric(d['before'])})") + ".\n")
-    reduced = [r for r in rows if r.get("fails")]
-    if reduced:
+    failing = [r for r in rows if r.get("fails") and "steps_runs" in r]
+    if failing:
+        text.append("ORT runs per step of each failing file (log2(G)+3 bounds a single culprit group; a failure spread "
+                    "over several groups takes the second bisection and the drop pass too):\n")
+        text.extend(f"- {r['model']}: " + ", ".join(f"{k} {v}" for k, v in r["steps_runs"].items())
+                    + f" ({r['runs']} in all" + ("; the drop pass stopped at its run limit with some groups untried"
+                                                 if any("limit" in n for n in r["notes"]) else "") + ")"
+                    for r in failing)
+        text.append("")
+
+        def why(r: dict) -> str:
+            note = next((n for n in r["notes"] if n.startswith("--reduce")), "")
+            inner = note[note.find("(") + 1:note.rfind(")")] if "(" in note else note
+            return inner.split("; nothing written")[0].rstrip(")").replace("that gate", "the subgraph's SQNR gate")
+
         text.append("`--reduce` ran on every failing file: " + "; ".join(
-            f"{r['model']}: " + (f"a subgraph of {r['reduced']} nodes" if r["reduced"] is not None else
-                                 "nothing written (" + next((n.split(";")[0].replace("--reduce: ", "") for n in r["notes"]
-                                                             if n.startswith("--reduce")), "no note") + ")")
-            for r in reduced) + ".\n")
+            f"{r['model']}: " + (f"a subgraph of {r['reduced']} nodes" if r["reduced"] is not None
+                                 else f"nothing written ({why(r)})") for r in failing) + ".\n")
     if left:
         text.append("Not run (time, on a shared machine): " + ", ".join(left) + ".\n")
     return "\n".join(text)
