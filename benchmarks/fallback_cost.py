@@ -67,7 +67,7 @@ def main() -> None:
         "model": str(args.model), "budget": args.budget, "plain": args.plain or "(default gates)",
         "pairs": pairs, "median_ratio": round(statistics.median(p["ratio"] for p in pairs), 3),
         "groups": fallback["groups"], "reverted_groups": fallback["reverted_groups"], "runs": fallback["runs"],
-        "bound": {k: fallback["bound"][k] for k in ("met", "stopped", "holdout_sqnr_db")} if fallback["bound"] else None,
+        "bound": {k: v for k, v in (fallback["bound"] or {}).items() if k != "groups"} or None,
         "steps": [{"group": s["group"], "holdout_sqnr_db": round(s["holdout_sqnr_db"], 2), "verdict": s["verdict"]}
                   for s in steps],
         "fallback_seconds_in_process": fallback["seconds"],
