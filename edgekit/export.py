@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -116,17 +116,8 @@ def _torchscript_export(model, example, opset: int, dynamic_batch: bool) -> byte
     dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation notice; the opset is checked below
-        torch.onnx.export(
-            model,
-            (example,),
-            buffer,
-            dynamo=False,
-            opset_version=opset,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes=dynamic_axes,
-            do_constant_folding=True,
-        )
+        torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes, do_constant_folding=True)
     return buffer.getvalue()
 
 
@@ -236,80 +227,112 @@ def export(
     final = resolve_output(o.output, default_output(getattr(spec, "stem", spec.name)))
     staged = stage_output(final)  # an unwritable destination fails here, before any work
     try:
-        return _export_staged(
-            spec, staged, opset, size, batch, o.dynamic_batch, o.num_classes, o.weights, o.pretrained, o.seed,
-            o.exporter, o.simplify_graph, o.images, preprocessing, on_stage or (lambda _s: None),
-        )
+        return _export_staged(spec, staged, o, size, preprocessing, on_stage or (lambda _s: None))
     except BaseException:
         staged.discard()
         raise
 
 
-def _export_staged(
-    spec, staged: StagedOutput, opset, size, batch, dynamic_batch, num_classes, weights, pretrained, seed,
-    exporter, simplify_graph, images, preprocessing, on_stage,
-) -> ExportResult:
-    import torch
+class _Built(NamedTuple):
+    """What the build step hands on: the PyTorch model and its outputs on the check inputs."""
 
+    model: Any
+    source: Any  # where the weights came from (models.reference.build_model)
+    user: dict  # a user's own model's facts (models/user.py); empty for a registered one
+    preprocessing: Preprocessing
+    example: Any  # the exporter's example input (a torch tensor of the batch)
+    structure: Structure
+    inputs: np.ndarray  # the check inputs: photos + seeded random
+    check_description: str
+    reference: np.ndarray  # PyTorch's outputs on them
+
+
+def _export_staged(spec, staged: StagedOutput, o: ExportOptions, size: int, preprocessing: Preprocessing | None,
+                   on_stage: Callable[[str], None]) -> ExportResult:
+    """The steps of one export, in order: build, export, simplify, the structure checks, the metadata, save, check
+    the saved bytes. Each step raises (and nothing is written) or hands the next what it needs."""
     times: dict[str, float] = {}
     notes: list[str] = []
 
-    def stage(name):
+    @contextlib.contextmanager
+    def stage(name):  # the stage line, and the stage's seconds when it ends
         on_stage(name)
-        times[name] = time.perf_counter()
+        start = time.perf_counter()
+        yield
+        times[name] = time.perf_counter() - start
 
-    def done(name):
-        times[name] = time.perf_counter() - times[name]
+    with stage("build"):
+        built = _build(spec, o, size, preprocessing, notes)
+    with stage("export"):
+        exported = export_to_onnx(built.model, built.example, o.exporter, o.opset, o.dynamic_batch)
+    _check_opset(exported, o.exporter, o.opset)
+    ops_exported = dict(op_counts(exported))
+    final_model, simplified, simplify_note = _simplified(exported, built.inputs, o, stage)
+    if simplify_note:
+        notes.append(simplify_note)
+    grouped, concats = _check_structure(final_model, built.structure)
+    metadata = _fp32_metadata(spec, built, o, size, simplified)
+    write_metadata(final_model, metadata)
+    with stage("save"):
+        staged.save(final_model)
+    with stage("check"):
+        vs_torch = _check_written(staged.path, built, o, notes)
+    path = staged.commit()
+    return ExportResult(
+        path=path, model=spec.name, metadata=metadata, stage_seconds=times, ops_exported=ops_exported,
+        ops_final=dict(op_counts(final_model)), torch_structure=built.structure, grouped_convs=grouped, concats=concats,
+        file_bytes=artifact_bytes(path), simplified=simplified, simplify_note=simplify_note, vs_torch=vs_torch,
+        check_inputs=built.check_description, notes=notes,
+    )
 
-    stage("build")
-    model, source = build_model(spec, num_classes, weights, pretrained, seed, size)
+
+def _build(spec, o: ExportOptions, size: int, preprocessing: Preprocessing | None, notes: list[str]) -> _Built:
+    """The PyTorch model (with its weights), its preprocessing, its structure, and its outputs on the check inputs."""
+    import torch
+
+    model, source = build_model(spec, o.num_classes, o.weights, o.pretrained, o.seed, size)
     user = user_export_facts(spec, model, source, notes)
     if preprocessing is None:
         preprocessing = _default_preprocessing(source, size, notes)
     _check_input_channels(model, preprocessing)
-    example = torch.zeros(batch, *preprocessing.chw)
+    example = torch.zeros(o.batch, *preprocessing.chw)
     structure = torch_structure(model, example)
-    inputs, check_description = check_inputs_for(preprocessing, images, seed)
+    inputs, check_description = check_inputs_for(preprocessing, o.images, o.seed)
     reference = run_torch(model, inputs)
-    done("build")
+    return _Built(model, source, user, preprocessing, example, structure, inputs, check_description, reference)
 
-    stage("export")
-    exported = export_to_onnx(model, example, exporter, opset, dynamic_batch)
-    done("export")
+
+def _check_opset(exported, exporter: str, opset: int) -> None:
+    """The exporter must produce the opset asked for: never silently another."""
     got = opset_of(exported)
     if got != opset:
         raise InvariantBroken(
             f"the {exporter} exporter produced opset {got}, not the opset {opset} asked for; nothing was written",
             hint="use --exporter torchscript, or ask for --opset " + str(got),
         )
-    ops_exported = dict(op_counts(exported))
 
-    final_model = exported
-    simplified = False
-    simplify_note = None
-    if simplify_graph:
-        stage("simplify")
+
+def _simplified(exported, inputs: np.ndarray, o: ExportOptions, stage) -> tuple[object, bool, str | None]:
+    """onnxsim's graph where it runs and leaves the outputs as they were (SIMPLIFY_TOLERANCE), else the exported one
+    and why: (the graph, simplified, the note or None)."""
+    if not o.simplify_graph:
+        return exported, False, None
+    with stage("simplify"):
         try:
             candidate = simplify(exported)
         except Exception as exc:
-            candidate = None
-            simplify_note = f"onnxsim failed ({' '.join(str(exc).split())[:160]}); kept the unsimplified graph"
-        done("simplify")
-        if candidate is not None:
-            stage("compare simplified")
-            before = run_onnx(exported, inputs, None if dynamic_batch else batch)
-            after = run_onnx(candidate, inputs, None if dynamic_batch else batch)
-            drift = compare_outputs(before, after, OUTPUT_NAME, SIMPLIFY_TOLERANCE)
-            done("compare simplified")
-            if drift.passed:
-                final_model, simplified = candidate, True
-            else:
-                simplify_note = (
-                    f"onnxsim changed the outputs ({'; '.join(drift.failures)}); kept the unsimplified graph"
-                )
-    if simplify_note:
-        notes.append(simplify_note)
+            return exported, False, f"onnxsim failed ({' '.join(str(exc).split())[:160]}); kept the unsimplified graph"
+    with stage("compare simplified"):
+        before = run_onnx(exported, inputs, None if o.dynamic_batch else o.batch)
+        after = run_onnx(candidate, inputs, None if o.dynamic_batch else o.batch)
+        drift = compare_outputs(before, after, OUTPUT_NAME, SIMPLIFY_TOLERANCE)
+    if drift.passed:
+        return candidate, True, None
+    return exported, False, f"onnxsim changed the outputs ({'; '.join(drift.failures)}); kept the unsimplified graph"
 
+
+def _check_structure(final_model, structure: Structure) -> tuple[int, int]:
+    """The graph keeps the PyTorch model's grouped convolutions and concatenations: (grouped convs, concats)."""
     grouped = onnx_grouped_conv_count(final_model)
     concats = onnx_concat_count(final_model)
     if grouped != structure.grouped_convs:
@@ -322,79 +345,51 @@ def _export_staged(
             f"the ONNX graph has {concats} Concat nodes but the PyTorch model concatenates "
             f"{structure.concats} times; DenseNet's concatenations were not preserved"
         )
+    return grouped, concats
 
-    versions = library_versions()
-    metadata = {
-        "schema": 1,
-        "model": spec.name,
-        "family": user.get("family", spec.family),
-        "source": spec.source,
-        "num_classes": int(reference.shape[1]),
-        "input_size": size,
-        "input_shape": ["batch" if dynamic_batch else batch, 3, size, size],
-        "dynamic_batch": dynamic_batch,
-        "input_name": INPUT_NAME,
-        "output_name": OUTPUT_NAME,
-        "weights": source.to_dict(),
-        "preprocessing": preprocessing.to_dict(),
-        "opset": opset,
-        "exporter": exporter,
-        "simplified": simplified,
-        "precision": "fp32",
-        "versions": {**versions, **user.get("versions", {})},
+
+def _fp32_metadata(spec, built: _Built, o: ExportOptions, size: int, simplified: bool) -> dict:
+    """The provenance embedded in the file: what it is, where its weights came from, how it was made."""
+    user = built.user
+    return {
+        "schema": 1, "model": spec.name, "family": user.get("family", spec.family), "source": spec.source,
+        "num_classes": int(built.reference.shape[1]), "input_size": size,
+        "input_shape": ["batch" if o.dynamic_batch else o.batch, 3, size, size], "dynamic_batch": o.dynamic_batch,
+        "input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "weights": built.source.to_dict(),
+        "preprocessing": built.preprocessing.to_dict(), "opset": o.opset, "exporter": o.exporter,
+        "simplified": simplified, "precision": "fp32", "versions": {**library_versions(), **user.get("versions", {})},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **({"entry": user["entry"]} if user else {}),
     }
-    write_metadata(final_model, metadata)
 
-    stage("save")
-    staged.save(final_model)
-    done("save")
 
-    stage("check")
-    # Every check below runs on the staged file itself: the bytes that will ship.
-    check_onnx(staged.path, full_check=True)
-    written = load_onnx(staged.path, check=False)
-    if opset_of(written) != opset:
-        raise InvariantBroken(f"the written file declares opset {opset_of(written)}, not {opset}")
-    candidate_out = run_onnx(staged.path, inputs, None if dynamic_batch else batch)
-    vs_torch = compare_outputs(reference, candidate_out, OUTPUT_NAME, EXPORT_TOLERANCE)
+def _check_written(path: Path, built: _Built, o: ExportOptions, notes: list[str]) -> OutputMetrics:
+    """Every check on the staged file itself, the bytes that will ship: the ONNX checker, the opset, ONNX Runtime
+    against PyTorch (a difference no larger than PyTorch fp32's own from float64 is waived, with a note), the dynamic
+    batch."""
+    check_onnx(path, full_check=True)
+    written = load_onnx(path, check=False)
+    if opset_of(written) != o.opset:
+        raise InvariantBroken(f"the written file declares opset {opset_of(written)}, not {o.opset}")
+    candidate_out = run_onnx(path, built.inputs, None if o.dynamic_batch else o.batch)
+    vs_torch = compare_outputs(built.reference, candidate_out, OUTPUT_NAME, EXPORT_TOLERANCE)
     noise = None
     if not vs_torch.passed and only_elementwise_failure(vs_torch):
-        noise = NoiseFloor.measure(_float64_outputs(model, inputs), reference, candidate_out)
+        noise = NoiseFloor.measure(_float64_outputs(built.model, built.inputs), built.reference, candidate_out)
         if noise.explains_difference:
             notes.append(noise.describe())
             vs_torch.waived = vs_torch.failures + [noise.describe()]
             vs_torch.failures = []
     if not vs_torch.passed:
         raise GateFailed(
-            f"ONNX Runtime (CPU) output {OUTPUT_NAME!r} does not match PyTorch on {check_description}: "
+            f"ONNX Runtime (CPU) output {OUTPUT_NAME!r} does not match PyTorch on {built.check_description}: "
             + "; ".join(vs_torch.failures)
             + (f" ({noise.describe()})" if noise else "")
             + "; nothing was written"
         )
-    if dynamic_batch:
-        _check_dynamic_batch(staged.path, inputs)
-    done("check")
-
-    path = staged.commit()
-    return ExportResult(
-        path=path,
-        model=spec.name,
-        metadata=metadata,
-        stage_seconds=times,
-        ops_exported=ops_exported,
-        ops_final=dict(op_counts(final_model)),
-        torch_structure=structure,
-        grouped_convs=grouped,
-        concats=concats,
-        file_bytes=artifact_bytes(path),
-        simplified=simplified,
-        simplify_note=simplify_note,
-        vs_torch=vs_torch,
-        check_inputs=check_description,
-        notes=notes,
-    )
+    if o.dynamic_batch:
+        _check_dynamic_batch(path, built.inputs)
+    return vs_torch
 
 
 def _default_preprocessing(source, size: int, notes: list[str]) -> Preprocessing:
