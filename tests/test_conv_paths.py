@@ -113,3 +113,9 @@ def test_x86_amx_writes_the_long_convs_for_the_gemm_with_the_same_outputs_as_x86
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         outs.append(session.run(None, {session.get_inputs()[0].name: x})[0])
     assert np.array_equal(outs[0], outs[1])
+
+
+def test_no_rewrites_moves_no_conv():
+    from edgekit.judge.targets import resolve_recipe
+
+    assert resolve_recipe("x86-amx").gemm_min_k == 512 and resolve_recipe("x86-amx", rewrites=False).gemm_min_k == 0

@@ -218,7 +218,7 @@ def resolve_recipe(
     target: str = "auto", method: str | None = None, per_channel: bool | None = None, rewrites: bool = True
 ) -> Recipe:
     """The target's recipe with the user's overrides applied; `rewrites=False` keeps the graph as exported
-    (no BatchNorm/AveragePool-as-depthwise, no merged conv groups)."""
+    (no BatchNorm/AveragePool-as-depthwise, no merged conv groups, no convs moved to the GEMM)."""
     name = target.lower()
     if name == "auto":
         name = auto_target()
@@ -233,5 +233,5 @@ def resolve_recipe(
     if per_channel is not None:
         changes["per_channel"] = per_channel
     if not rewrites:
-        changes.update(batchnorm_as_depthwise=False, merge_conv_groups=0, avgpool_as_depthwise=False)
+        changes.update(batchnorm_as_depthwise=False, merge_conv_groups=0, avgpool_as_depthwise=False, gemm_min_k=0)
     return Recipe(**{**recipe.to_dict(), **changes}) if changes else recipe
