@@ -263,16 +263,42 @@ def _convert_staged(
     model_path: Path, model, meta, spec, preprocessing: Preprocessing, keep_io_types: bool, images: Path | None,
     tolerance: Tolerance, tolerance_source: str, float16, tool_version: str, staged, stage, model_name: str | None = None,
 ) -> ConvertResult:
-    import onnx
-
-    from edgekit.runtimes.runners import batch_sizes, run_onnx, run_session
-    from edgekit.runtimes.ort import create_session
-
+    """The steps of one conversion, in order: the clamp counts, the photos and the reference (a bad folder or a
+    missing weights file fails before any work), the activation range, convert, the checks, the metadata, save,
+    then the ONNX checker and the gates on the saved bytes. Each step raises (nothing is written) or hands on."""
     notes: list[str] = []
-    want_grouped = onnx_grouped_conv_count(model)
-    want_concats = onnx_concat_count(model)
+    want_grouped, want_concats = onnx_grouped_conv_count(model), onnx_concat_count(model)
     output_name = model.graph.output[0].name
     clamped = clamp_counts(model)
+    notes += _clamp_notes(clamped)
+    stage("loading the photos")
+    photos, inputs_description = _load_photos(images, preprocessing, spec, notes)
+    ref, reference = _open_reference(model_path, model, meta, model_name, notes)
+    stage("activation range")
+    peak = _check_activations(model, photos.tensors, spec, model_path, inputs_description, notes)
+    stage("converting")
+    converted = _converted(float16, model, keep_io_types, model_path)
+    del model
+    stage("checks")
+    grouped, concats, casts = _check_converted(converted, want_grouped, want_concats, model_path)
+    new_meta = _fp16_metadata(meta, model_path, preprocessing, tool_version, keep_io_types, clamped)
+    write_metadata(converted, new_meta)
+    staged.save(converted)
+    del converted
+    batches, comparison, vs_parent = _check_saved(staged.path, model_path, photos.tensors, ref, reference,
+                                                  inputs_description, output_name, tolerance, stage)
+    return ConvertResult(
+        path=staged.final, parent=model_path, precision="fp16", keep_io_types=keep_io_types, tool=CONVERTER,
+        tool_version=tool_version, parent_bytes=artifact_bytes(model_path), bytes=artifact_bytes(staged.path),
+        grouped_convs=grouped, concats=concats, casts=casts, clamped=clamped, reference=reference,
+        inputs=inputs_description, tolerance=tolerance, tolerance_source=tolerance_source, comparison=comparison,
+        vs_parent=vs_parent, activations=peak, batches=batches, metadata=new_meta, seconds=0.0, notes=notes,
+    )
+
+
+def _clamp_notes(clamped: dict[str, int]) -> list[str]:
+    """What the conversion moves rather than rounds, said once in numbers."""
+    notes = []
     if clamped["huge"]:
         notes.append(
             f"{clamped['huge']} weight value(s) exceed fp16's largest finite value and were clamped to "
@@ -283,9 +309,11 @@ def _convert_staged(
             f"{clamped['tiny']} non-zero weight value(s) are below fp16's smallest subnormal and were raised "
             f"to {FP16_MIN_POSITIVE:.3g} (not flushed to zero)"
         )
+    return notes
 
-    # Inputs and the reference before converting: a bad image folder or a missing weights file fails fast.
-    stage("loading the photos")
+
+def _load_photos(images: Path | None, preprocessing: Preprocessing, spec, notes: list[str]):
+    """The photos through the file's preprocessing, checked against its input: (the photos, what they are)."""
     folder = Path(images) if images is not None else DEFAULT_CALIBRATION_DIR
     photos = load_image_folder(folder, preprocessing)
     if tuple(photos.tensors.shape[1:]) != tuple(spec.chw):
@@ -294,51 +322,57 @@ def _convert_staged(
             f"(N, {', '.join(map(str, spec.chw))})",
             hint="its metadata disagrees with its graph; re-export it",
         )
-    inputs_description = f"{len(photos)} images from {folder}"
     if photos.corrupt:
         notes.append(f"skipped {len(photos.corrupt)} unreadable image(s) in {folder}")
-    ref = None
+    return photos, f"{len(photos)} images from {folder}"
+
+
+def _open_reference(model_path: Path, model, meta, model_name: str | None, notes: list[str]):
+    """The reference verify uses: PyTorch rebuilt from the metadata (a user's module only when named again with
+    --model), or, for an imported file, the original it was normalised from, in ONNX Runtime; none for a file
+    without metadata (its fp32 self is the reference). Returns (the reference or None, what it is)."""
     if meta:
         from edgekit.reference.runner import open_reference
 
-        # the reference verify uses: PyTorch rebuilt from the metadata (a user's module only when named again with
-        # --model), or, for an imported file, the original it was normalised from, in ONNX Runtime
         ref = open_reference(model_path, model, meta, model=model_name)
-        reference = ref.describe()
-    else:
-        reference = "the fp32 parent file in ONNX Runtime (it carries no edgekit metadata, so no PyTorch reference)"
-        notes.append(f"{model_path.name} has no edgekit metadata: compared with its fp32 self in ONNX Runtime, not PyTorch")
+        return ref, ref.describe()
+    notes.append(f"{model_path.name} has no edgekit metadata: compared with its fp32 self in ONNX Runtime, not PyTorch")
+    return None, "the fp32 parent file in ONNX Runtime (it carries no edgekit metadata, so no PyTorch reference)"
 
-    stage("activation range")
+
+def _check_activations(model, photos: np.ndarray, spec, model_path: Path, inputs_description: str,
+                       notes: list[str]) -> ActivationPeak | None:
+    """No activation of the fp32 model may pass fp16's largest finite value on the photos."""
     try:
-        peak = activation_peak(model, photos.tensors, spec.batch)
+        peak = activation_peak(model, photos, spec.batch)
     except ValueError:  # protobuf cannot serialise past 2 GiB: no probe copy of such a graph
-        peak = None
         notes.append("the graph is too large to probe its activations; fp16 overflow of activations is not checked")
-    if peak is not None and not peak.fits:
+        return None
+    if not peak.fits:
         raise GateFailed(
             f"activation {peak.tensor!r} of {model_path.name} reaches {peak.max_abs:.4g} on {inputs_description}, "
             f"past fp16's largest finite value {FP16_MAX_FINITE:g}: an fp16 device would compute inf there; "
             "nothing was written",
             hint="keep this model in fp32 for this target, or use int8 (edgekit quantize)",
         )
+    return peak
 
-    stage("converting")
+
+def _converted(float16, model, keep_io_types: bool, model_path: Path):
+    """The converter's fp16 graph, clamped at fp16's own limits."""
     with warnings.catch_warnings():
         # the converter warns once per clamped tensor; clamp_counts says it once, in numbers
         warnings.simplefilter("ignore")
         try:
-            converted = float16.convert_float_to_float16(
-                model,
-                min_positive_val=FP16_MIN_POSITIVE,
-                max_finite_val=FP16_MAX_FINITE,
-                keep_io_types=keep_io_types,
+            return float16.convert_float_to_float16(
+                model, min_positive_val=FP16_MIN_POSITIVE, max_finite_val=FP16_MAX_FINITE, keep_io_types=keep_io_types,
             )
         except Exception as exc:
             raise CheckFailed(f"{CONVERTER} failed to convert {model_path}: {one_line(exc, 300)}") from exc
-    del model
 
-    stage("checks")
+
+def _check_converted(converted, want_grouped: int, want_concats: int, model_path: Path) -> tuple[int, int, int]:
+    """Really fp16, with the parent's grouped convolutions and concatenations: (grouped convs, concats, casts)."""
     if detect_precision(converted) != "fp16":
         raise InvariantBroken(f"the converted graph has no float16 weights: {CONVERTER} did not convert {model_path.name}")
     grouped = onnx_grouped_conv_count(converted)
@@ -347,8 +381,12 @@ def _convert_staged(
         raise InvariantBroken(f"grouped convolutions not preserved: {want_grouped} in {model_path.name}, {grouped} in fp16")
     if concats != want_concats:
         raise InvariantBroken(f"concatenations not preserved: {want_concats} Concat in {model_path.name}, {concats} in fp16")
-    casts = sum(1 for n in converted.graph.node if n.op_type == "Cast")
+    return grouped, concats, sum(1 for n in converted.graph.node if n.op_type == "Cast")
 
+
+def _fp16_metadata(meta, model_path: Path, preprocessing: Preprocessing, tool_version: str, keep_io_types: bool,
+                   clamped: dict[str, int]) -> dict:
+    """The parent's metadata, now fp16, with the parent (sha256) and the conversion recorded."""
     new_meta = {
         **dict(meta or {}),
         "precision": "fp16",
@@ -362,30 +400,38 @@ def _convert_staged(
     if not meta:
         new_meta["preprocessing"] = preprocessing.to_dict()
     new_meta["versions"] = {**library_versions(), CONVERTER: tool_version}
-    write_metadata(converted, new_meta)
-    staged.save(converted)
-    del converted
+    return new_meta
 
-    # Everything below runs on the staged file: the bytes that will ship.
+
+def _check_saved(path: Path, model_path: Path, photos: np.ndarray, ref, reference: str, inputs_description: str,
+                 output_name: str, tolerance: Tolerance, stage):
+    """The checks on the staged file, the bytes that will ship: the ONNX checker, ONNX Runtime loads it, and at every
+    batch size it takes the fp16 gates against the reference. Returns (the batch sizes, the worst batch's comparison,
+    the comparison with the fp32 parent file)."""
+    import onnx
+
+    from edgekit.runtimes.runners import batch_sizes, run_onnx, run_session
+    from edgekit.runtimes.ort import create_session
+
     try:
-        onnx.checker.check_model(str(staged.path), full_check=True)
+        onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
         raise CheckFailed(f"the fp16 file fails the ONNX checker: {one_line(exc, 300)}") from exc
     try:
-        session = create_session(staged.path, "cpu")
+        session = create_session(path, "cpu")
     except BadInput as exc:
         raise CheckFailed(f"ONNX Runtime cannot load the fp16 file: {exc.message}") from None
     batches = batch_sizes(session)
     stage("comparing")
-    parent_out = run_onnx(model_path, photos.tensors, batches[0])
+    parent_out = run_onnx(model_path, photos, batches[0])
     if ref is not None:
         stage(f"the reference ({ref.short})")
-    expected = ref.run(photos.tensors) if ref is not None else parent_out
+    expected = ref.run(photos) if ref is not None else parent_out
     if not np.isfinite(expected).all():
         raise CheckFailed("the fp32 reference itself produced NaN/Inf on the photos; nothing to compare against")
     comparison = vs_parent = None
     for batch in batches:
-        out = run_session(session, photos.tensors, batch)[0]
+        out = run_session(session, photos, batch)[0]
         metrics = compare_outputs(expected, out, output_name, tolerance)
         if comparison is None or not metrics.passed or metrics.sqnr_db < comparison.sqnr_db:
             comparison = metrics  # the worst batch size is the one reported
@@ -397,10 +443,4 @@ def _convert_staged(
                 f" (batch {batch}): " + "; ".join(metrics.failures) + "; nothing was written",
                 hint="keep this model in fp32 for this target, or use int8 (edgekit quantize)",
             )
-    return ConvertResult(
-        path=staged.final, parent=model_path, precision="fp16", keep_io_types=keep_io_types, tool=CONVERTER,
-        tool_version=tool_version, parent_bytes=artifact_bytes(model_path), bytes=artifact_bytes(staged.path),
-        grouped_convs=grouped, concats=concats, casts=casts, clamped=clamped, reference=reference,
-        inputs=inputs_description, tolerance=tolerance, tolerance_source=tolerance_source, comparison=comparison,
-        vs_parent=vs_parent, activations=peak, batches=batches, metadata=new_meta, seconds=0.0, notes=notes,
-    )
+    return batches, comparison, vs_parent
