@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -85,6 +86,28 @@ def _saturation(rows: list[Comparison], exact_rows: list[Comparison], cpu, recip
     )
 
 
+@dataclass
+class _Plan:
+    """What verify decides before any work (`_plan`): the file, its reference and gates, where it runs."""
+
+    path: Path
+    o: VerifyOptions
+    meta: dict | None
+    ref: Any  # the reference runner (reference.runner.open_reference), not yet loaded
+    precision: str
+    tolerance: Any  # judge.compare.Tolerance
+    tolerance_source: str
+    digest: str
+    parent_path: Path | None  # the fp32 parent --layers compares with
+    runtime_names: list[str]
+    device: str | None
+    cpu: Any
+    recipe: dict
+    judgement: Any  # judge.targets.judge_int8's, for an int8 file; else None
+    gated: str  # the int8 kernels the CPU rows are gated on: "exact" or "default"
+    wanted: list[str]  # the ORT providers
+
+
 def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callable[[str], None] | None = None,
            **knobs) -> Report:
     """Compare the file on each provider (and runtime, and device) with its reference; the Report says what passed.
@@ -94,12 +117,46 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
     options, open the reference, open the sessions (a provider that cannot start fails in seconds, exit 3, before any
     PyTorch work), load the inputs, run the reference, compare every runner with it, then the dataset and the layers."""
     o = with_knobs(VerifyOptions, options, knobs)
-    from edgekit.judge.compare import gates_for
-    from edgekit.runtimes.ort import cuda_device_available, parse_providers
-
     on_stage = on_stage or (lambda _s: None)
     started = time.perf_counter()
-    path = Path(path)
+    plan = _plan(Path(path), o, on_stage)
+    ref = plan.ref
+    sessions: list = []
+    with contextlib.ExitStack() as cleanup:
+        # ORT writes a profiled session's trace when it is freed: end every one, whatever fails
+        cleanup.callback(lambda: [s.discard_profile() for s in sessions])
+        exact_session = _open_sessions(sessions, plan.path, o, plan.recipe, plan.judgement, plan.gated, plan.wanted,
+                                       plan.device, on_stage)
+        notes = _file_notes(plan.judgement, plan.precision, plan.device, o.target or plan.recipe.get("target"))
+        input_sets = _load_inputs(ref, o, sessions, notes, on_stage)
+        on_stage(f"building the reference ({ref.model_name})" if ref.kind == "pytorch" else "starting the reference")
+        cleanup.callback(ref.close)
+        ref.load()
+        reference, expected_outputs = _run_reference(plan, input_sets, sessions[0].output_names, notes, on_stage)
+        runs, comparisons, saturation = _compare(plan, sessions, exact_session, input_sets, expected_outputs, on_stage)
+        comparisons += _other_runtime_rows(plan, reference, sessions[0], input_sets, expected_outputs, on_stage)
+        accuracy = None
+        if o.dataset is not None:
+            on_stage("dataset")
+            accuracy = measure_dataset(
+                Path(o.dataset), ref.run, sessions, ref.preprocessing, reference.num_classes, o.max_drop,
+                o.dataset_samples, o.seed, on_stage,
+            )
+        layer_report = _layer_report(plan, input_sets, on_stage)
+        return Report(
+            file=plan.path, sha256=plan.digest, precision=plan.precision, metadata=plan.meta, reference=reference,
+            tolerance=plan.tolerance, tolerance_source=plan.tolerance_source, input_sets=input_sets, providers=runs,
+            comparisons=comparisons, dataset=accuracy, versions=run_environment(), notes=notes,
+            seconds=time.perf_counter() - started, saturation=saturation, layers=layer_report,
+        )
+
+
+def _plan(path: Path, o: VerifyOptions, on_stage: Callable[[str], None]) -> _Plan:
+    """Every refusal and decision before any work: the options, the file and its metadata, the reference, the gates,
+    the --layers parent, the int8 judgement on this CPU (or the device's), the providers."""
+    from edgekit.judge.compare import gates_for
+    from edgekit.runtimes.ort import parse_providers
+
     runtime_names, device = _checked_options(o)
     on_stage("loading the file")
     model_proto = load_onnx(path)
@@ -129,92 +186,105 @@ def verify(path: Path, options: VerifyOptions | None = None, *, on_stage: Callab
     # the one decision of the session options (runtimes/factory.py): what the file needs on every CPU, and the
     # exact-accumulation kernels where the file is judged as another CPU computes it
     gated = "exact" if judgement is not None and judgement.gate_session else "default"
-    wanted = parse_providers(o.providers)
-    sessions: list = []
-    with contextlib.ExitStack() as cleanup:
-        # ORT writes a profiled session's trace when it is freed: end every one, whatever fails
-        cleanup.callback(lambda: [s.discard_profile() for s in sessions])
-        exact_session = _open_sessions(sessions, path, o, recipe, judgement, gated, wanted, device, on_stage)
-        notes = _file_notes(judgement, precision, device, o.target or recipe.get("target"))
-        first = sessions[0]
-        on_stage("loading inputs")
-        input_sets, input_notes = load_input_sets(ref.preprocessing, expected_chw(first, ref.preprocessing), o.images,
-                                                  o.inputs, o.random_inputs, o.seed)
-        notes += input_notes
-        for session in sessions:
-            session.check({session.input_name: np.repeat(input_sets[0].tensors[:1], batch_sizes(session)[0],
-                                                         axis=0).astype(input_dtype(session))})
-        if input_dtype(first) == np.float16:
-            notes.append("the model takes float16 inputs: the float32 inputs are cast to float16 for ONNX Runtime")
+    return _Plan(path=path, o=o, meta=meta, ref=ref, precision=precision, tolerance=tolerance,
+                 tolerance_source=tolerance_source, digest=digest, parent_path=parent_path, runtime_names=runtime_names,
+                 device=device, cpu=cpu, recipe=recipe, judgement=judgement, gated=gated,
+                 wanted=parse_providers(o.providers))
 
-        on_stage(f"building the reference ({ref.model_name})" if ref.kind == "pytorch" else "starting the reference")
-        cleanup.callback(ref.close)
-        ref.load()
-        reference = Reference(
-            model=ref.model_name, family=ref.family, from_metadata=ref.from_metadata, weights=ref.weights,
-            num_classes=ref.num_classes, input_size=ref.input_size, preprocessing=ref.preprocessing, kind=ref.kind,
-            file=str(ref.file) if ref.file else None, sha256=ref.sha256, task=ref.task, text=ref.describe(),
-        )
-        expected_outputs = _reference_outputs(ref, input_sets, on_stage)
-        first_ref = expected_outputs[input_sets[0].name]
-        num_classes = reference.num_classes = int(first_ref.reshape(len(first_ref), -1).shape[1])
-        notes += _reference_notes(ref, o, precision, meta, input_sets, first.output_names)
 
-        # the comparator: every runner against the reference's outputs, one row builder (verify/comparator.py)
-        first_output = first.output_names[0]
-        user_elementwise = o.atol is not None or o.rtol is not None
-        exact = ExactReference(ref) if precision == "fp32" and not user_elementwise and ref.has_exact else None
-        runs: list[ProviderRun] = []
-        comparisons: list[Comparison] = []
-        gated_kernels = judgement.kernels if judgement else ""
-        for session in sessions:
-            runs.append(placement(session, input_sets, on_stage))
-            runner = ort_runner(session, kernels=gated_kernels if session.requested == "cpu" else "")
-            comparisons += compare_rows(runner, input_sets, expected_outputs, first_output, precision, tolerance, exact,
-                                        on_stage)
-        saturation = None
-        if exact_session is not None:
-            other_kernels = "" if gated_kernels else kernels_label(exact_session_for(recipe))
-            other_rows = compare_rows(ort_runner(exact_session, kernels=other_kernels, gated=False), input_sets,
-                                      expected_outputs, first_output, precision, tolerance, None, on_stage)
-            for row in other_rows:
-                row.notes.append("the other int8 kernels of this CPU, for the saturation measurement; not a gate")
-            comparisons += other_rows
-            cpu_rows = [c for c in comparisons if c.provider == "cpu" and c.gated]
-            default_rows, exact_rows = (other_rows, cpu_rows) if gated_kernels else (cpu_rows, other_rows)
-            saturation = _saturation(default_rows, exact_rows, cpu, recipe, o.target or "this CPU",
-                                     gated_on_default=not gated_kernels)
-        if "openvino" in runtime_names:
-            comparisons += compare_rows(openvino_runner(path, batch_sizes(first)), input_sets, expected_outputs,
-                                        first_output, precision, tolerance, None, on_stage)
-        if ref.kind == "original" and device is None and "cpu" in wanted:
-            comparisons += cross_runtime_rows(path, input_sets, expected_outputs, first_output, precision, tolerance,
-                                              session_options(recipe), runtime_names, batch_sizes(first), on_stage)
-        if ref.torch_model is not None and cuda_device_available() and any(p in ("cuda", "tensorrt") for p in wanted):
-            reference.devices = ["cpu", "cuda"]
-            comparisons += torch_cuda_rows(ref.torch_model, input_sets, expected_outputs, first_output, on_stage)
+def _load_inputs(ref, o: VerifyOptions, sessions: list, notes: list[str],
+                 on_stage: Callable[[str], None]) -> list[InputSet]:
+    """The input sets (photos or tensors, and random ones), each session checked on one batch of the first."""
+    first = sessions[0]
+    on_stage("loading inputs")
+    input_sets, input_notes = load_input_sets(ref.preprocessing, expected_chw(first, ref.preprocessing), o.images,
+                                              o.inputs, o.random_inputs, o.seed)
+    notes += input_notes
+    for session in sessions:
+        session.check({session.input_name: np.repeat(input_sets[0].tensors[:1], batch_sizes(session)[0],
+                                                     axis=0).astype(input_dtype(session))})
+    if input_dtype(first) == np.float16:
+        notes.append("the model takes float16 inputs: the float32 inputs are cast to float16 for ONNX Runtime")
+    return input_sets
 
-        accuracy = None
-        if o.dataset is not None:
-            on_stage("dataset")
-            accuracy = measure_dataset(
-                Path(o.dataset), ref.run, sessions, ref.preprocessing, num_classes, o.max_drop, o.dataset_samples, o.seed,
-                on_stage,
-            )
-        layer_report = None
-        if parent_path is not None:
-            from edgekit.layer_error import layer_errors
 
-            on_stage("per-layer error")
-            photos = next((s for s in input_sets if s.name != "random"), input_sets[0])
-            layer_report = layer_errors(parent_path, path, photos.tensors,
-                                        session_config=session_options(recipe, kernels=gated), device=device)
-        return Report(
-            file=path, sha256=digest, precision=precision, metadata=meta, reference=reference, tolerance=tolerance,
-            tolerance_source=tolerance_source, input_sets=input_sets, providers=runs, comparisons=comparisons,
-            dataset=accuracy, versions=run_environment(), notes=notes, seconds=time.perf_counter() - started,
-            saturation=saturation, layers=layer_report,
-        )
+def _run_reference(plan: _Plan, input_sets: list[InputSet], outputs: list[str], notes: list[str],
+                   on_stage: Callable[[str], None]) -> tuple[Reference, dict[str, np.ndarray]]:
+    """The loaded reference as the Report says it (its class count from its outputs), and its outputs."""
+    ref = plan.ref
+    reference = Reference(
+        model=ref.model_name, family=ref.family, from_metadata=ref.from_metadata, weights=ref.weights,
+        num_classes=ref.num_classes, input_size=ref.input_size, preprocessing=ref.preprocessing, kind=ref.kind,
+        file=str(ref.file) if ref.file else None, sha256=ref.sha256, task=ref.task, text=ref.describe(),
+    )
+    expected_outputs = _reference_outputs(ref, input_sets, on_stage)
+    first_ref = expected_outputs[input_sets[0].name]
+    reference.num_classes = int(first_ref.reshape(len(first_ref), -1).shape[1])
+    notes += _reference_notes(ref, plan.o, plan.precision, plan.meta, input_sets, outputs)
+    return reference, expected_outputs
+
+
+def _compare(plan: _Plan, sessions: list, exact_session, input_sets: list[InputSet], expected: dict[str, np.ndarray],
+             on_stage: Callable[[str], None]) -> tuple[list[ProviderRun], list[Comparison], Saturation | None]:
+    """The comparator: every session against the reference's outputs, one row builder (verify/comparator.py); then
+    this CPU's other int8 kernels, for the saturation measurement. Returns (placements, rows, saturation)."""
+    first_output = sessions[0].output_names[0]
+    user_elementwise = plan.o.atol is not None or plan.o.rtol is not None
+    exact = ExactReference(plan.ref) if plan.precision == "fp32" and not user_elementwise and plan.ref.has_exact \
+        else None
+    runs: list[ProviderRun] = []
+    comparisons: list[Comparison] = []
+    gated_kernels = plan.judgement.kernels if plan.judgement else ""
+    for session in sessions:
+        runs.append(placement(session, input_sets, on_stage))
+        runner = ort_runner(session, kernels=gated_kernels if session.requested == "cpu" else "")
+        comparisons += compare_rows(runner, input_sets, expected, first_output, plan.precision, plan.tolerance, exact,
+                                    on_stage)
+    if exact_session is None:
+        return runs, comparisons, None
+    other_kernels = "" if gated_kernels else kernels_label(exact_session_for(plan.recipe))
+    other_rows = compare_rows(ort_runner(exact_session, kernels=other_kernels, gated=False), input_sets, expected,
+                              first_output, plan.precision, plan.tolerance, None, on_stage)
+    for row in other_rows:
+        row.notes.append("the other int8 kernels of this CPU, for the saturation measurement; not a gate")
+    comparisons += other_rows
+    cpu_rows = [c for c in comparisons if c.provider == "cpu" and c.gated]
+    default_rows, exact_rows = (other_rows, cpu_rows) if gated_kernels else (cpu_rows, other_rows)
+    saturation = _saturation(default_rows, exact_rows, plan.cpu, plan.recipe, plan.o.target or "this CPU",
+                             gated_on_default=not gated_kernels)
+    return runs, comparisons, saturation
+
+
+def _other_runtime_rows(plan: _Plan, reference: Reference, first, input_sets: list[InputSet],
+                        expected: dict[str, np.ndarray], on_stage: Callable[[str], None]) -> list[Comparison]:
+    """The rows of the other runtimes: OpenVINO (--runtimes), the other runtimes of an imported original's file,
+    PyTorch on CUDA (the reference's own device, when a CUDA provider is asked for and present)."""
+    from edgekit.runtimes.ort import cuda_device_available
+
+    ref, first_output = plan.ref, first.output_names[0]
+    rows: list[Comparison] = []
+    if "openvino" in plan.runtime_names:
+        rows += compare_rows(openvino_runner(plan.path, batch_sizes(first)), input_sets, expected, first_output,
+                             plan.precision, plan.tolerance, None, on_stage)
+    if ref.kind == "original" and plan.device is None and "cpu" in plan.wanted:
+        rows += cross_runtime_rows(plan.path, input_sets, expected, first_output, plan.precision, plan.tolerance,
+                                   session_options(plan.recipe), plan.runtime_names, batch_sizes(first), on_stage)
+    if ref.torch_model is not None and cuda_device_available() and any(p in ("cuda", "tensorrt") for p in plan.wanted):
+        reference.devices = ["cpu", "cuda"]
+        rows += torch_cuda_rows(ref.torch_model, input_sets, expected, first_output, on_stage)
+    return rows
+
+
+def _layer_report(plan: _Plan, input_sets: list[InputSet], on_stage: Callable[[str], None]):
+    """--layers: the per-layer error of the int8 file against its fp32 parent, on the photos (or the first set)."""
+    if plan.parent_path is None:
+        return None
+    from edgekit.layer_error import layer_errors
+
+    on_stage("per-layer error")
+    photos = next((s for s in input_sets if s.name != "random"), input_sets[0])
+    return layer_errors(plan.parent_path, plan.path, photos.tensors,
+                        session_config=session_options(plan.recipe, kernels=plan.gated), device=plan.device)
 
 
 def _checked_options(o: VerifyOptions) -> tuple[list[str], str | None]:
