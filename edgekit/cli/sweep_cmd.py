@@ -16,6 +16,7 @@ from rich.table import Table
 from edgekit.cli import options
 from edgekit.cli.app import app, console, err_console, handle_errors, print_json
 from edgekit.cli.output import progress
+from edgekit.judge.targets import TARGETS
 from edgekit.quantize.options import CALIBRATION_METHODS as METHODS
 
 EXIT_ROWS_FAILED = 1
@@ -43,7 +44,7 @@ def _knobs_text() -> str:
 def sweep_command(
     models: Annotated[str | None, typer.Option("--models", help="comma-separated registered models")] = None,
     targets: Annotated[
-        str | None, typer.Option("--targets", help="comma-separated int8 targets (auto, x86-vnni, x86-avx2, arm64, generic)")
+        str | None, typer.Option("--targets", help=f"comma-separated int8 targets ({', '.join(TARGETS)})")
     ] = None,
     methods: Annotated[str | None, typer.Option("--methods", help="comma-separated: " + ", ".join(METHODS))] = None,
     samples: Annotated[str | None, typer.Option("--samples", help="comma-separated calibration sample counts")] = None,
