@@ -15,6 +15,17 @@ from edgekit.verify.options import VerifyOptions
 
 
 V = VerifyOptions  # the stage's options' defaults, help and ranges: verify/options.py
+# the flags that are not VerifyOptions knobs (what verify_command does with a result, and a bundle's manifest hash)
+Plot = Annotated[Path | None, typer.Option(
+    "--plot", dir_okay=False, help="with --layers: where the PNG goes (default: beside --report, or the file)")]
+Report = Annotated[Path | None, typer.Option(
+    "--report", help="write all numbers to FILE.json and a summary to FILE.md", dir_okay=False)]
+Verbose = Annotated[bool, typer.Option(
+    "--verbose", "-v", help="every metric in the table (the reports always have them)")]
+ExpectManifest = Annotated[str | None, typer.Option(
+    "--expect-manifest", help="a bundle: fail unless its manifest.json has this sha256")]
+Localize = Annotated[bool, typer.Option(
+    "--localize", help="an int8 file that fails: the layers to keep in fp32 (edgekit debug FILE)")]
 
 
 @app.command("verify")
@@ -41,20 +52,13 @@ def verify_command(
     target: Annotated[options.Target | None, option(V, "target", "--target", case_sensitive=False)] = V.target,
     layers: Annotated[bool, option(V, "layers", "--layers")] = V.layers,
     parent: Annotated[Path | None, option(V, "parent", "--parent", dir_okay=False)] = V.parent,
-    plot: Annotated[
-        Path | None, typer.Option("--plot", dir_okay=False, help="with --layers: where the PNG goes (default: beside --report, or the file)")
-    ] = None,
-    report: Annotated[
-        Path | None, typer.Option("--report", help="write all numbers to FILE.json and a summary to FILE.md", dir_okay=False)
-    ] = None,
+    plot: Plot = None,
+    report: Report = None,
     device: options.Device = V.device,
     device_timeout: options.DeviceTimeout = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="every metric in the table (the reports always have them)")] = False,
-    expect_manifest: Annotated[
-        str | None, typer.Option("--expect-manifest", help="a bundle: fail unless its manifest.json has this sha256")
-    ] = None,
-    localize: Annotated[bool, typer.Option(
-        "--localize", help="an int8 file that fails: the layers to keep in fp32 (edgekit debug FILE)")] = False,
+    verbose: Verbose = False,
+    expect_manifest: ExpectManifest = None,
+    localize: Localize = False,
     json_output: options.Json = False,
 ) -> None:
     """Run MODEL_FILE on each execution provider (and runtime, and --device) and compare it with its reference: the PyTorch
@@ -62,8 +66,6 @@ def verify_command(
 
     MODEL_FILE may also be a bundle folder from `edgekit package`: its own checks (checksums, .onnx and .ort
     on the golden inputs, the gates) run as check.py runs them on the device."""
-    from edgekit.core.errors import GateFailed, SaturationFailed
-
     knobs = VerifyOptions(
         providers=providers, allow_fallback=allow_fallback, images=images, inputs=inputs, random_inputs=random_inputs,
         seed=seed, model=model, weights=weights, pretrained=pretrained, atol=atol, rtol=rtol,
@@ -78,33 +80,38 @@ def verify_command(
                   "--device-timeout": device_timeout}
         return localize_for_verify(model_file, knobs, others, json_output)
     if model_file.is_dir() and (model_file / "manifest.json").exists():
-        from edgekit.core.errors import BadInput
+        return _check_bundle_folder(model_file, knobs, plot, report, expect_manifest, json_output)
+    result, written, png = _run_verify(model_file, knobs, plot, report)
+    _show(result, written, png, verbose, json_output)
+    _raise_if_failed(result, model_file, knobs)
+    if not json_output:
+        console.print(f"[bold green]PASS[/] {escape(str(model_file))} matches {escape(result.reference.short)} on {', '.join(r.label for r in result.providers)} ({result.seconds:.1f} s)")
 
-        # a bundle is checked with its golden data and its manifest's gates (tightened or loosened by the gate
-        # options); every other option would be silently dropped, so it is refused
-        refused = bundle_refused_options(knobs) + (["--plot"] if plot is not None else [])
-        if refused:
-            verb = "does" if len(refused) == 1 else "do"
-            raise BadInput(f"{', '.join(refused)} {verb} not apply to a bundle ({model_file} is checked with its own "
-                           "golden data and gates)", hint="verify the .onnx inside it for that")
-        if report is not None:
-            _refuse_report_in_bundle(report, model_file)
-        gates = {"atol": atol, "rtol": rtol, "min_top1_agreement": min_top1_agreement, "min_sqnr_db": min_sqnr}
-        _verify_bundle(model_file, providers, report, json_output, device, expect_manifest,
-                       {k: v for k, v in gates.items() if v is not None})
-        return
-    from edgekit.verify.report import (
-        comparison_table,
-        dataset_table,
-        header_lines,
-        layers_table,
-        note_lines,
-        report_paths,
-        write_reports,
-    )
-    from edgekit.verify import verify
 
+def _check_bundle_folder(folder: Path, knobs: VerifyOptions, plot: Path | None, report: Path | None,
+                         expect_manifest: str | None, json_output: bool) -> None:
+    """`edgekit verify BUNDLE/`: the options a bundle check would not read refused in one line, then its checks."""
+    from edgekit.core.errors import BadInput
+
+    # a bundle is checked with its golden data and its manifest's gates (tightened or loosened by the gate
+    # options); every other option would be silently dropped, so it is refused
+    refused = bundle_refused_options(knobs) + (["--plot"] if plot is not None else [])
+    if refused:
+        verb = "does" if len(refused) == 1 else "do"
+        raise BadInput(f"{', '.join(refused)} {verb} not apply to a bundle ({folder} is checked with its own "
+                       "golden data and gates)", hint="verify the .onnx inside it for that")
+    if report is not None:
+        _refuse_report_in_bundle(report, folder)
+    gates = {"atol": knobs.atol, "rtol": knobs.rtol, "min_top1_agreement": knobs.min_top1_agreement,
+             "min_sqnr_db": knobs.min_sqnr}
+    _verify_bundle(folder, knobs.providers, report, json_output, knobs.device, expect_manifest,
+                   {k: v for k, v in gates.items() if v is not None})
+
+
+def _claim_paths(model_file: Path, parent: Path | None, plot: Path | None, report: Path | None) -> None:
+    """The inputs registered, so that an output written over one (or unwritable) fails now, before verify runs."""
     from edgekit.onnxfile.outputs import refuse_if_input, register_input
+    from edgekit.verify.report import report_paths
 
     register_input(model_file, "input model")
     if parent is not None:
@@ -114,6 +121,15 @@ def verify_command(
             refuse_if_input(out, "--report")
     if plot is not None:
         refuse_if_input(plot, "--plot")
+
+
+def _run_verify(model_file: Path, knobs: VerifyOptions, plot: Path | None, report: Path | None):
+    """verify with its progress line; then the reports (--report) and the per-layer plot (--layers) written.
+    Returns (result, the report paths written or None, the plot's path or None)."""
+    from edgekit.verify import verify
+    from edgekit.verify.report import write_reports
+
+    _claim_paths(model_file, knobs.parent, plot, report)
     with progress(f"verify {model_file.name}") as shown:
         result = verify(model_file, knobs, on_stage=shown.stage)
     written = write_reports(result, report) if report is not None else None
@@ -123,36 +139,47 @@ def verify_command(
 
         png = plot or (report.with_suffix(".layers.png") if report is not None else model_file.with_suffix(".layers.png"))
         plot_layer_errors(result.layers, png, f"{model_file.name}: int8 activation SQNR along the network")
+    return result, written, png
+
+
+def _show(result, written, png: Path | None, verbose: bool, json_output: bool) -> None:
+    """The result as JSON, or as its header, tables, notes and the reports written."""
+    from edgekit.verify.report import comparison_table, dataset_table, header_lines, layers_table, note_lines
+
     if json_output:
         print_json(result)
-    else:
-        for line in header_lines(result):
-            console.print(line, soft_wrap=True)
-        console.print(comparison_table(result, verbose))
-        per_layer = layers_table(result)
-        if per_layer is not None:
-            console.print(per_layer)
-            console.print(f"per-layer plot: {escape(str(png))}")
-        accuracy = dataset_table(result)
-        if accuracy is not None:
-            console.print(accuracy)
-        for note in note_lines(result):
-            console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
-        if written:
-            console.print(f"wrote {escape(str(written[0]))} and {escape(str(written[1]))}")
-    failures = result.failures()
-    if failures:
-        more = f" (+{len(failures) - 1} more in the table)" if len(failures) > 1 else ""
-        photos_only = images is None and inputs is None and "trained" in result.tolerance_source
-        kind = SaturationFailed if result.saturation is not None and result.saturation.failure else GateFailed
-        raise kind(
-            f"{model_file}: verification failed: {failures[0]}{more}",
-            hint="the bundled photos may not be your model's domain: pass --images DIR with images like the ones it "
-            "was trained on" if photos_only else None,
-        )
-    if json_output:
         return
-    console.print(f"[bold green]PASS[/] {escape(str(model_file))} matches {escape(result.reference.short)} on {', '.join(r.label for r in result.providers)} ({result.seconds:.1f} s)")
+    for line in header_lines(result):
+        console.print(line, soft_wrap=True)
+    console.print(comparison_table(result, verbose))
+    per_layer = layers_table(result)
+    if per_layer is not None:
+        console.print(per_layer)
+        console.print(f"per-layer plot: {escape(str(png))}")
+    accuracy = dataset_table(result)
+    if accuracy is not None:
+        console.print(accuracy)
+    for note in note_lines(result):
+        console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    if written:
+        console.print(f"wrote {escape(str(written[0]))} and {escape(str(written[1]))}")
+
+
+def _raise_if_failed(result, model_file: Path, knobs: VerifyOptions) -> None:
+    """A failed gate: its first failure in one line (exit 1); a saturated int8 file is its own kind of failure."""
+    from edgekit.core.errors import GateFailed, SaturationFailed
+
+    failures = result.failures()
+    if not failures:
+        return
+    more = f" (+{len(failures) - 1} more in the table)" if len(failures) > 1 else ""
+    photos_only = knobs.images is None and knobs.inputs is None and "trained" in result.tolerance_source
+    kind = SaturationFailed if result.saturation is not None and result.saturation.failure else GateFailed
+    raise kind(
+        f"{model_file}: verification failed: {failures[0]}{more}",
+        hint="the bundled photos may not be your model's domain: pass --images DIR with images like the ones it "
+        "was trained on" if photos_only else None,
+    )
 
 
 # The VerifyOptions a bundle check reads are declared with the knobs themselves (VerifyOptions.bundle_knobs); every
