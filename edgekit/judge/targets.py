@@ -89,10 +89,6 @@ class Recipe:
     merge_conv_groups: int = 16
     # ORT's int8 AveragePool is slow; DenseNet's transitions pool before their 1x1 conv, as a depthwise conv.
     avgpool_as_depthwise: bool = True
-    # Convs whose reduction K (input channels per group x kernel area) is at least this long, and the RGB stem, are
-    # written for ORT's int8 GEMM instead of its ConvSym kernels (0: off): the same outputs on every CPU, and on a CPU
-    # with AMX the GEMM runs on AMX tiles, which ConvSym cannot (quantize/conv_paths.py, docs/int8-kernels.md).
-    gemm_min_k: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -116,13 +112,6 @@ RECIPES: dict[str, Recipe] = {
         "x86-avx2", "uint8", "int8", per_channel=True, reduce_range=True, activation_symmetric=False, method="minmax",
         reason="u8 activations x s8 per-channel 7-bit weights (reduce_range): MLAS's fast x86 kernels, and safe on every "
         "x86 CPU (without VNNI the AVX2 kernel sums u8*s8 pairs in int16; 7-bit weights keep them in range)",
-    ),
-    "x86-amx": Recipe(
-        "x86-amx", "uint8", "int8", per_channel=True, reduce_range=True, activation_symmetric=False, method="minmax",
-        reason="x86-avx2's u8 x s8 per-channel 7-bit weights, with the long convs written for ORT's int8 GEMM, which "
-        "runs on AMX tiles where the CPU has them (ConvSym, ORT's other conv kernel, has no AMX path); the same outputs "
-        "on every x86 CPU; for ONNX Runtime only: OpenVINO runs those convs in f32 (it takes symmetric int8 weights)",
-        gemm_min_k=512,
     ),
     "arm64": Recipe(
         "arm64", "int8", "int8", per_channel=True, reduce_range=False, activation_symmetric=True, method="minmax",
@@ -156,9 +145,7 @@ def auto_target(cpu: CpuInfo | None = None) -> str:
 
     On x86 that is 7-bit weights (x86-avx2) even on a VNNI CPU: measured on a VNNI CPU, the 7-bit file
     ran as fast as the 8-bit one and lost no top-1 on the digits references (README, "Which recipe"),
-    while an 8-bit file loses 6-8 top-1 points on the AVX2-only CPUs it may be deployed to. Not x86-amx even on
-    a CPU with AMX: OpenVINO runs that file's moved convs in f32, so the one file would be slower in the runtime
-    that is fastest on it (docs/int8-kernels.md).
+    while an 8-bit file loses 6-8 top-1 points on the AVX2-only CPUs it may be deployed to.
     """
     kind = detect_target(cpu=cpu or this_cpu())
     return "x86-avx2" if kind == "x86-vnni" else kind
@@ -218,7 +205,7 @@ def resolve_recipe(
     target: str = "auto", method: str | None = None, per_channel: bool | None = None, rewrites: bool = True
 ) -> Recipe:
     """The target's recipe with the user's overrides applied; `rewrites=False` keeps the graph as exported
-    (no BatchNorm/AveragePool-as-depthwise, no merged conv groups, no convs moved to the GEMM)."""
+    (no BatchNorm/AveragePool-as-depthwise, no merged conv groups)."""
     name = target.lower()
     if name == "auto":
         name = auto_target()
@@ -233,5 +220,5 @@ def resolve_recipe(
     if per_channel is not None:
         changes["per_channel"] = per_channel
     if not rewrites:
-        changes.update(batchnorm_as_depthwise=False, merge_conv_groups=0, avgpool_as_depthwise=False, gemm_min_k=0)
+        changes.update(batchnorm_as_depthwise=False, merge_conv_groups=0, avgpool_as_depthwise=False)
     return Recipe(**{**recipe.to_dict(), **changes}) if changes else recipe

@@ -164,8 +164,7 @@ def calibrate(run: Run) -> None:
 
 
 def quantize(run: Run) -> None:
-    """One quantize_static pass (QDQ, the recipe) over the whole graph; every later trial reverts groups in it. A
-    recipe with gemm_min_k then writes its long convs for ORT's int8 GEMM (quantize/conv_paths.py; in `rewrites`)."""
+    """One quantize_static pass (QDQ, the recipe) over the whole graph; every later trial reverts groups in it."""
     run.say("quantize (cached ranges)" if run.ranges.hit else "calibrate + quantize")
     started = time.perf_counter()
     run.full = run.workdir / "quantized.onnx"
@@ -173,14 +172,6 @@ def quantize(run: Run) -> None:
                   sorted(set(run.excluded)), lambda i, n: run.progress("calibrate", i, n), calibration_cache=run.ranges.work)
     run.calibration_seconds = time.perf_counter() - started
     run.ranges.keep()
-    if run.recipe.gemm_min_k:  # the long convs written for ORT's int8 GEMM (AMX): exact, so before any measurement
-        import onnx
-
-        from edgekit.quantize.conv_paths import gemm_convs
-
-        full = load_work_file(run.full)
-        run.rewrites["conv_gemm"] = gemm_convs(full, run.recipe.gemm_min_k)
-        onnx.save(full, str(run.full))
 
 
 def check(run: Run) -> None:
@@ -290,7 +281,7 @@ PASSES = (
     Pass("rewrite", rewrite, ("prepared", "pre_model", "recipe", "calib", "batch", "output_name", "excluded", "model"),
          ("rewrites", "excluded", "added_depthwise")),
     Pass("calibrate", calibrate, ("o", "workdir", "prepared", "calib", "recipe"), ("ranges",)),
-    Pass("quantize", quantize, ("prepared", "ranges", "calib", "batch", "recipe", "excluded", "input_name", "rewrites"),
+    Pass("quantize", quantize, ("prepared", "ranges", "calib", "batch", "recipe", "excluded", "input_name"),
          ("full", "calibration_seconds")),
     Pass("check", check, ("full", "want_grouped", "want_concats", "added_depthwise"), ()),
     Pass("judge", judge, ("o", "recipe", "rewrites", "excluded", "calib", "budget", "full", "batch", "output_name"),

@@ -128,7 +128,7 @@ def device_status(name: str) -> DeviceStatus:
                         str(python), {"PYTHONPATH": str(site)}, missing)
 
 
-TARGET_DEVICES = {"x86-avx2": ("x86-avx2",), "x86-amx": ("x86-avx2",), "arm64": ("arm64-a53", "arm64-a76")}  # recipes -> CPUs they run on
+TARGET_DEVICES = {"x86-avx2": ("x86-avx2",), "arm64": ("arm64-a53", "arm64-a76")}  # recipes -> CPUs they run on
 
 
 def suggest_devices(target: str | None) -> str | None:
