@@ -47,24 +47,20 @@ def cpu_line() -> str:
 
 def candidates(fp32: Path, int8: Path, threads: int, variants: bool, extra: dict[str, Path]) -> dict:
     """{label: zero-argument call}, every runner opened the way edgekit opens it."""
-    from edgekit.onnxfile.artifact import load_onnx
-    from edgekit.onnxfile.artifact import read_metadata
+    from edgekit.onnxfile.artifact import load_onnx, read_metadata
     from edgekit.runtimes.factory import open_runner, session_options
     from edgekit.runtimes.ort import create_session
 
     recipe = (read_metadata(load_onnx(int8, check=False), int8) or {}).get("recipe")
-    runner = open_runner(fp32, "ort", threads=threads)
-    x = np.random.default_rng(0).standard_normal([1, *runner.session.input_shape[1:]]).astype(np.float32)
-    runs = {}
-    for name, path, rec in (("fp32", fp32, None), ("int8", int8, recipe)):
-        for spin in (False, True):
-            r = open_runner(path, "ort", recipe=rec, timing=True, spin=spin, threads=threads)
-            runs[f"ORT {name} spin {'on' if spin else 'off'}"] = r.timed_runner(x)
+    ort_files = [("fp32", fp32, None), ("int8", int8, recipe), *((label, path, recipe) for label, path in extra.items())]
+    runners = {f"ORT {name} spin {'on' if spin else 'off'}": open_runner(path, "ort", recipe=rec, timing=True,
+                                                                        spin=spin, threads=threads)
+               for name, path, rec in ort_files for spin in (False, True)}
+    first = next(iter(runners.values()))
+    x = np.random.default_rng(0).standard_normal([1, *first.session.input_shape[1:]]).astype(np.float32)
+    runs = {label: r.timed_runner(x) for label, r in runners.items()}
+    for name, path in (("fp32", fp32), ("int8", int8)):  # the extra files are timed in ORT only
         runs[f"OpenVINO {name}"] = open_runner(path, "openvino", threads=threads).timed_runner(x)
-    for label, path in extra.items():  # other int8 files of the same model (e.g. another recipe): ORT only
-        for spin in (False, True):
-            r = open_runner(path, "ort", recipe=recipe, timing=True, spin=spin, threads=threads)
-            runs[f"ORT {label} spin {'on' if spin else 'off'}"] = r.timed_runner(x)
     if variants:
         base = session_options(recipe, timing=True, spin=True)
         for label, v in VARIANTS.items():
@@ -118,14 +114,11 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "ORT_VS_OPENVINO.md")
     args = ap.parse_args()
     started = time.time()
-    results = {}
+    clean, loads = {}, {}
     for model in args.models.split(","):
-        load = os.getloadavg()[0]
-        results[model] = measure(args.folder, model, args.rounds, args.threads, args.variants, args.settle_ms, args.extra)
-        results[model]["_load_before"] = {"p50": load, "p90": load, "mean": load}
-        print(model, {k: round(v["p50"], 2) for k, v in results[model].items()}, flush=True)
-    clean = {m: {k: v for k, v in r.items() if not k.startswith("_")} for m, r in results.items()}
-    loads = {m: round(r["_load_before"]["p50"], 2) for m, r in results.items()}
+        loads[model] = round(os.getloadavg()[0], 2)
+        clean[model] = measure(args.folder, model, args.rounds, args.threads, args.variants, args.settle_ms, args.extra)
+        print(model, loads[model], {k: round(v["p50"], 2) for k, v in clean[model].items()}, flush=True)
     head = [
         "# ORT and OpenVINO on the same int8 file",
         "",
