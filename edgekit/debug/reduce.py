@@ -67,9 +67,9 @@ def _run(model, feeds: dict[str, np.ndarray], session_config: dict | None) -> li
 
 def _float_config(evaluate) -> dict:
     """The session options for a graph with float ops between quantized ones (this CPU's; --reduce runs here)."""
-    from edgekit.judge.targets import ANY_CPU
+    from edgekit.runtimes.factory import session_options
 
-    return (evaluate.recipe(True).get("session_options") or {}).get(ANY_CPU) or {}
+    return session_options(evaluate.int8.recipe, keep_float=True)
 
 
 def _captured(evaluate, groups, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:

@@ -91,16 +91,6 @@ class Evaluator:
         self.runs = 0
         self.cache: dict[frozenset, object] = {}
 
-    def recipe(self, reverted: bool) -> dict:
-        from edgekit.judge.targets import ANY_CPU, KEEP_FLOAT_SESSION
-
-        recipe = dict(self.int8.recipe)
-        if reverted:  # float ops between quantized ones stay float only with ORT's re-quantizing pass off
-            options = {k: dict(v) for k, v in (recipe.get("session_options") or {}).items()}
-            options[ANY_CPU] = {**options.get(ANY_CPU, {}), **KEEP_FLOAT_SESSION}
-            recipe["session_options"] = options
-        return recipe
-
     def model_with(self, groups):
         """The int8 graph with `groups` reverted and the ops writing their activations on the parent's weights: the
         file `quantize --exclude` with their exclusion list makes (exclusions.py), so what passes here passes there."""
