@@ -207,12 +207,12 @@ def test_a_gpu_provider_missing_for_a_bundle_is_exit_3(cli, bundle):
 
 
 def test_every_verify_option_a_bundle_ignores_is_refused(cli, bundle):
-    from edgekit.cli.verify_cmd import BUNDLE_OPTIONS, bundle_refused_options
+    from edgekit.cli.verify_cmd import bundle_refused_options
     from edgekit.verify.options import VerifyOptions
 
     # derived from VerifyOptions itself: a field added there is refused for a bundle until the bundle reads it
     for f in dataclasses.fields(VerifyOptions):
-        if f.name in BUNDLE_OPTIONS:
+        if f.name in VerifyOptions.bundle_knobs:
             continue
         value = {bool: True, int: 3}.get(type(f.default), Path("x")) if f.default is not None else "x"
         assert bundle_refused_options(VerifyOptions(**{f.name: value})), f.name

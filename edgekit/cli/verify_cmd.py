@@ -184,7 +184,6 @@ def _raise_if_failed(result, model_file: Path, knobs: VerifyOptions) -> None:
 
 # The VerifyOptions a bundle check reads are declared with the knobs themselves (VerifyOptions.bundle_knobs); every
 # other knob is refused for a bundle, so a knob added to VerifyOptions is refused there until the bundle check reads it.
-BUNDLE_OPTIONS = VerifyOptions.bundle_knobs
 FLAGS = {"dataset_samples": "--samples"}  # a knob whose flag is not its name with dashes
 
 
