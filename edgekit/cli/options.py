@@ -13,7 +13,7 @@ import typer
 from edgekit.data.images import DEFAULT_CALIBRATION_DIR
 from edgekit.core.knobs import described
 from edgekit.core.limits import MAX_BATCH, MAX_SEED
-from edgekit.judge.targets import RECIPES
+from edgekit.judge.targets import CALIBRATION_METHODS, RECIPES
 
 
 def between(low: float, high: float):
@@ -46,7 +46,7 @@ def option(stage_options, name: str, *flags: str, **extra):
 
 
 Target = Enum("Target", {name.replace("-", "_"): name for name in ("auto", *RECIPES)}, type=str)
-Method = Enum("Method", {m: m for m in ("minmax", "entropy", "percentile")}, type=str)
+Method = Enum("Method", {m: m for m in CALIBRATION_METHODS}, type=str)
 
 Json = Annotated[bool, typer.Option("--json", help="print one JSON object on stdout (for scripts) instead of tables")]
 Seed = Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED, help="seed (0..2^32-1)")]

@@ -26,6 +26,7 @@ EXACT_INT8_SESSION = {"session.x64quantprecision": "1"}
 # ORT's WeightBiasQuantization optimizer when a session starts, unless the session turns it off
 # (measured on textbook_resnet18: an excluded Conv read 16.3 dB with it, 25.1 dB without).
 KEEP_FLOAT_SESSION = {"optimization.disable_specified_optimizers": "WeightBiasQuantization"}
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")  # ONNX Runtime's calibrators edgekit offers
 
 # A file with signed int8 activations (arm64, generic) as written: ORT's x86 optimizer turns its s8 activations
 # and weights into u8 (QDQS8ToU8Transformer, Avx2WeightS8ToU8Transformer) for the u8s8 kernels, and that is where
@@ -214,7 +215,7 @@ def resolve_recipe(
     recipe = RECIPES[name]
     changes = {}
     if method is not None:
-        if method not in ("minmax", "entropy", "percentile"):
+        if method not in CALIBRATION_METHODS:
             raise BadInput(f"unknown calibration method {method!r}", hint="use minmax, entropy or percentile")
         changes["method"] = method
     if per_channel is not None:

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.judge.compare import DEFAULT_TOLERANCES, trained_defaults
+from edgekit.judge.targets import CALIBRATION_METHODS
 from edgekit.core.knobs import knob
 from edgekit.core.limits import MAX_DROP_POINTS, MAX_SAMPLES, MAX_SEED
 
 DEFAULT_SAMPLES = 128
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")  # ONNX Runtime's calibrators edgekit offers
 _RANDOM, _TRAINED = DEFAULT_TOLERANCES["int8"], trained_defaults()["int8"]  # the gates' defaults, said in the help
 
 
