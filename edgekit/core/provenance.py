@@ -83,23 +83,55 @@ def this_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuInfo:
     )
 
 
+# A library's version as its own package states it (torch's "2.14.1+cu130", with the build; onnxsim's "v0.8.1"), read
+# from its version module as text: importing torch, torchvision and onnxsim only to read a string took 3-5 s of every
+# quantize, import, convert and package of an ONNX file, none of which runs them.
+_VERSION_FILES = {"torch": ("version.py", "__version__"), "torchvision": ("version.py", "__version__"),
+                  "onnxsim": ("version.py", "version")}
+MAX_VERSION_FILE_BYTES = 64 * 1024
+
+
+def _stated_version(package: str) -> str:
+    """PACKAGE's version from its version module, parsed (never executed) without importing the package; the
+    package's own `__version__` when it is already imported. "not installed" when it is absent; an unreadable
+    version module raises (a recorded version is never guessed)."""
+    import ast
+    import importlib.util
+
+    loaded = getattr(sys.modules.get(package), "__version__", None)
+    if isinstance(loaded, str):
+        return loaded
+    filename, variable = _VERSION_FILES[package]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return "not installed"
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
+    with path.open("rb") as f:
+        text = f.read(MAX_VERSION_FILE_BYTES + 1)
+    if len(text) > MAX_VERSION_FILE_BYTES:
+        raise RuntimeError(f"{path} is over {MAX_VERSION_FILE_BYTES} bytes: not a version module")
+    for node in ast.parse(text, filename=str(path)).body:
+        if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == variable for t in node.targets)
+                and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
+            return node.value.value
+    raise RuntimeError(f"{path} states no {variable}: the {package} installation is damaged")
+
+
 def library_versions() -> dict[str, str]:
-    """Versions of the libraries that shape a file (recorded in its metadata)."""
+    """Versions of the libraries that shape a file (recorded in its metadata): onnx and onnxruntime as imported,
+    torch, torchvision and onnxsim as their version modules state them (_stated_version), with no import."""
     import onnx
     import onnxruntime
-    import onnxsim
-    import torch
-    import torchvision
 
     import edgekit
 
     return {
         "edgekit": edgekit.__version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torch": _stated_version("torch"),
+        "torchvision": _stated_version("torchvision"),
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
-        "onnxsim": getattr(onnxsim, "__version__", "unknown"),
+        "onnxsim": _stated_version("onnxsim"),
     }
 
 
