@@ -439,3 +439,16 @@ def test_ranges_cache_serves_two_targets_with_the_same_ranges_and_different_weig
     assert len(calls) == 2 and not again.ranges_cached
     assert any("calibration cache entry" in n and "computed again" in n for n in again.notes)
     assert entry.read_text().startswith("{")
+
+
+def test_ranges_cache_serves_the_percentile_calibrator(exported, tmp_path, calibrators):
+    # Its entries hold 0-d arrays (a scalar `highest`): they were refused as "not TensorsData" and the ranges
+    # computed again on every run.
+    method = "percentile"
+    parent = exported("textbook_resnet18", 32)
+    store = tmp_path / "ranges"
+    first = quantize(parent.path, method=method, min_sqnr=0.0, output=tmp_path / "a.int8.onnx", ranges_cache=store)
+    again = quantize(parent.path, method=method, min_sqnr=0.0, output=tmp_path / "b.int8.onnx", ranges_cache=store)
+    assert not first.ranges_cached and again.ranges_cached and len(calibrators) == 1
+    assert not any("calibration cache entry" in n for n in again.notes)
+    assert (tmp_path / "a.int8.onnx").read_bytes() != b"" and first.holdout.sqnr_db == again.holdout.sqnr_db

@@ -91,7 +91,8 @@ def _unusable(path: Path) -> str | None:
 def _is_tensors_data(data: dict) -> bool:
     """The shape of what ORT's calibrator writes: {"CLS": "TensorsData", "calibration_method": {...}, "data":
     {tensor: {"CLS": "TensorData", "lowest"/"highest" or "avg"/"std": numpy arrays, ...}}}; valid JSON of any
-    other shape is not trusted (ORT would fail on it inside quantize_static)."""
+    other shape is not trusted (ORT would fail on it inside quantize_static). A numpy array is a list, or a number
+    for a 0-d array (the percentile and entropy calibrators' scalar `highest`)."""
     method, tensors = data.get("calibration_method"), data.get("data")
     if data.get("CLS") != "TensorsData" or not isinstance(method, dict) or method.get("CLS") != "CalibrationMethod":
         return False
@@ -105,7 +106,12 @@ def _is_tensors_data(data: dict) -> bool:
         for key, value in entry.items():
             if key == "CLS":
                 continue
-            if isinstance(value, dict) and not (value.get("CLS") == "numpy.array" and isinstance(value.get("data"), list)
+            if isinstance(value, dict) and not (value.get("CLS") == "numpy.array" and _array_data(value.get("data"))
                                                 and isinstance(value.get("dtype"), str)):
                 return False
     return True
+
+
+def _array_data(data) -> bool:
+    """What ORT's JSON encoder writes for a numpy array's `data`: `tolist()`, a list or (0-d) a plain number."""
+    return isinstance(data, list) or (isinstance(data, (int, float)) and not isinstance(data, bool))
