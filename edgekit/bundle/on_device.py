@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import stat
 import tempfile
 from pathlib import Path
 
@@ -34,22 +33,10 @@ def copy_checked(src: Path, dst: Path, what: str, limit: int = MAX_FILE_BYTES) -
     symlink, FIFO, device or socket is refused without blocking, an oversize file before it is read."""
     from edgekit.ondevice import check as bundle_check
 
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(src, flags)
-    except FileNotFoundError:
-        raise bundle_check.BrokenBundle(f"{what} is listed in the manifest but missing from {src.parent}") from None
-    except OSError as exc:
-        raise bundle_check.BrokenBundle(f"{what} cannot be opened as a regular file, not a symlink: "
-                                        f"{exc.strerror or exc}") from None
     digest = hashlib.sha256()
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise bundle_check.BrokenBundle(f"{what} is not a regular file")
-        if info.st_size > limit:
-            raise bundle_check.BrokenBundle(f"{what} is {info.st_size} bytes; at most {limit} are read")
-        os.set_blocking(fd, True)
+    with bundle_check.open_regular(src, what, limit, follow_symlinks=False,
+                                   missing=f"{what} is listed in the manifest but missing from {src.parent}",
+                                   refused=f"{what} cannot be opened as a regular file, not a symlink") as f:
         out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
         copied = 0
         with os.fdopen(out, "wb") as g:

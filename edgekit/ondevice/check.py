@@ -27,6 +27,7 @@ hashed; a module that does not match is not imported, and no model is run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib
 import importlib.abc
@@ -73,24 +74,34 @@ class Tampered(Exception):
     """A file does not match the manifest's checksum, so it is not used at all (exit 1)."""
 
 
-def read_regular(path: Path, what: str, limit: int, follow_symlinks: bool = True) -> bytes:
-    """A regular file's bytes, at most `limit` of them: a FIFO, device or socket is refused without blocking,
-    a symlink too unless `follow_symlinks`, and an oversize file before it is read (BrokenBundle)."""
+@contextlib.contextmanager
+def open_regular(path: Path, label: str, limit: int, follow_symlinks: bool = True, missing: str | None = None,
+                 refused: str | None = None):
+    """`path` opened for reading, blocking, once it is known to be a regular file of at most `limit` bytes: a FIFO,
+    device or socket is refused without blocking, a symlink too unless `follow_symlinks`, an oversize file before
+    it is read (BrokenBundle, LABEL first; MISSING and REFUSED replace the lines for an absent or unopenable file)."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
     try:
-        fd = os.open(path, flags)
+        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise BrokenBundle(f"{what} {path} does not exist") from None
+        raise BrokenBundle(missing or f"{label} does not exist") from None
     except OSError as exc:
-        raise BrokenBundle(f"{what} {path} cannot be opened ({exc.strerror or exc}); a symlink is not allowed here"
-                           if not follow_symlinks else f"{what} {path} cannot be opened: {exc}") from None
+        raise BrokenBundle(f"{refused}: {exc.strerror or exc}" if refused else
+                           f"{label} cannot be opened ({exc.strerror or exc}); a symlink is not allowed here"
+                           if not follow_symlinks else f"{label} cannot be opened: {exc}") from None
     with os.fdopen(fd, "rb") as f:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise BrokenBundle(f"{what} {path} is not a regular file")
+            raise BrokenBundle(f"{label} is not a regular file")
         if info.st_size > limit:
-            raise BrokenBundle(f"{what} {path} is {info.st_size} bytes; at most {limit} are read")
+            raise BrokenBundle(f"{label} is {info.st_size} bytes; at most {limit} are read")
         os.set_blocking(fd, True)
+        yield f
+
+
+def read_regular(path: Path, what: str, limit: int, follow_symlinks: bool = True) -> bytes:
+    """A regular file's bytes, at most `limit` of them (open_regular's refusals, BrokenBundle)."""
+    with open_regular(path, f"{what} {path}", limit, follow_symlinks) as f:
         data = f.read(limit + 1)
     if len(data) > limit:
         raise BrokenBundle(f"{what} {path} grew past {limit} bytes while it was read")
