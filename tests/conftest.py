@@ -107,3 +107,25 @@ def arm64():
     if not status.ready:
         pytest.skip("the ARM64 lane needs: " + "; ".join(status.missing))
     return status
+
+
+@pytest.fixture(scope="session")
+def calibration_npz(tmp_path_factory):
+    """The calibration photos at SIZE px as a .npz (`calibration_npz(32)`), written once per session. A tensor file
+    holds out its last quarter with no top-up (quantize/calibration.py): 3 held-out samples where an image folder
+    is topped up to MIN_HOLDOUT_SAMPLES (32), so emulated-device tests run an eighth of the inferences."""
+    import numpy as np
+
+    from edgekit.data.images import load_image_folder
+    from edgekit.data.preprocessing import Preprocessing
+
+    folder = tmp_path_factory.mktemp("calibration-npz")
+    made: dict[int, Path] = {}
+
+    def get(size: int = SMALL) -> Path:
+        if size not in made:
+            made[size] = folder / f"calib-{size}.npz"
+            np.savez(made[size], input=load_image_folder(CALIBRATION, Preprocessing.for_input_size(size)).tensors)
+        return made[size]
+
+    return get

@@ -74,15 +74,16 @@ def test_generic_target_keeps_batchnorm(exported, tmp_path):
     assert result.batchnorm_rewritten == 0
 
 
-def test_generic_densenet_on_an_avx2_cpu_is_judged_as_its_target_computes(exported, avx2, tmp_path):
+def test_generic_densenet_on_an_avx2_cpu_is_judged_as_its_target_computes(exported, avx2, calibration_npz, tmp_path):
     # Issue 18: on an AVX2 CPU without VNNI (here natively or emulated), ORT 1.31 cannot start a session of
     # DenseNet's generic (s8s8) file with session.x64quantprecision=1. The file is judged with its signed int8
     # arithmetic as written (x86's S8->U8 rewrites off), what an NPU or ARM CPU computes, and says so.
     from edgekit.judge.targets import AS_WRITTEN_S8_SESSION
 
-    # (32 px: the same graph as at 64 px, a quarter of the emulated arithmetic)
+    # (32 px: the same graph as at 64 px, a quarter of the emulated arithmetic; the photos as a .npz: 3 held-out
+    # samples, not the 32 an image folder is topped up to, each run several times under emulation)
     result = quantize(exported("textbook_densenet", 32).path, target="generic", device="x86-avx2", samples=8,
-                      output=tmp_path / "g.onnx")
+                      calibration=calibration_npz(32), output=tmp_path / "g.onnx")
     assert result.batchnorm_rewritten == 0 and result.holdout.passed
     assert result.judgement.gate_session == AS_WRITTEN_S8_SESSION and result.judgement.kernels == "s8s8 as written"
     meta = read_metadata(onnx.load(str(result.path)))
