@@ -166,9 +166,9 @@ def _rank(search: _Search, store, fallback: Fallback, stage) -> dict[str, dict[i
         fallback.notes.append(cache.note)
     fallback.cached = tables is not None
     if tables is None:
-        stage(f"fp32 fallback: ranking {len(search.groups)} QDQ groups on {len(search.x)} held-out samples")
         tables = {"scores": {}, "alone": {}}
-        for g in search.groups:
+        for n, g in enumerate(search.groups, 1):
+            stage(f"fp32 fallback: ranking QDQ group {n} of {len(search.groups)} on {len(search.x)} held-out samples")
             out = search.outputs([g.index])
             tables["scores"][g.index] = _sqnr(search.ref, out)
             tables["alone"][g.index] = _sqnr(search.ref, search.ref + (search.int8_x - out))
@@ -244,8 +244,10 @@ def _walk(search: _Search, remaining: list[int], first, budget: Budget, fallback
         fallback.steps.append(Step(index, nodes, sqnr, trial, verdict))
         if verdict == "undone":  # re-rank what is left against the current model
             if remaining:
-                stage(f"fp32 fallback: re-ranking {len(remaining)} groups against the current model")
-                rescored = {i: search.score(reverted + [i]) for i in remaining}
+                rescored = {}
+                for n, i in enumerate(remaining, 1):
+                    stage(f"fp32 fallback: re-ranking group {n} of {len(remaining)} against the current model")
+                    rescored[i] = search.score(reverted + [i])
                 remaining.sort(key=lambda i: (-rescored[i], i))
             continue
         reverted.append(index)
