@@ -120,12 +120,14 @@ def calibration_npz(tmp_path_factory):
     from edgekit.data.preprocessing import Preprocessing
 
     folder = tmp_path_factory.mktemp("calibration-npz")
-    made: dict[int, Path] = {}
+    made: dict[tuple, Path] = {}
 
-    def get(size: int = SMALL) -> Path:
-        if size not in made:
-            made[size] = folder / f"calib-{size}.npz"
-            np.savez(made[size], input=load_image_folder(CALIBRATION, Preprocessing.for_input_size(size)).tensors)
-        return made[size]
+    def get(size: int = SMALL, count: int | None = None) -> Path:
+        """COUNT: only the first COUNT photos (verify's --inputs: fewer emulated runs)."""
+        if (size, count) not in made:
+            made[size, count] = folder / f"calib-{size}-{count}.npz"
+            tensors = load_image_folder(CALIBRATION, Preprocessing.for_input_size(size)).tensors
+            np.savez(made[size, count], input=tensors[:count])
+        return made[size, count]
 
     return get

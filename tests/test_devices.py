@@ -88,21 +88,25 @@ def test_devices_command_lists_each_device_with_what_it_needs(cli):
         assert d["ready"] == (not d["missing"]) and d["mode"] in ("native", "emulated", "unavailable")
 
 
-def test_an_arm64_file_is_judged_on_the_boards_own_kernels(cli, exported, arm64, tmp_path):
+def test_an_arm64_file_is_judged_on_the_boards_own_kernels(cli, exported, arm64, calibration_npz, tmp_path):
     # An arm64-recipe file verified by ONNX Runtime for aarch64 inside an emulated Cortex-A76: the table and
     # the report name the device, and its CPU facts are the board's (no x86 session option applies there).
     from edgekit.quantize import quantize
 
     fp32 = exported("textbook_resnet18", 32).path
-    int8 = quantize(fp32, target="arm64", output=tmp_path / "a.int8.onnx").path
-    res = cli("verify", int8, "--device", "arm64-a76", "--random-inputs", "0", "--report", tmp_path / "a.json")
+    # (the photos as tensors: calibrated from a .npz the file meets its budget with no fallback search, and the
+    # board runs 4 inputs, not 12 photos, through each emulated session)
+    int8 = quantize(fp32, target="arm64", calibration=calibration_npz(32), output=tmp_path / "a.int8.onnx").path
+    inputs = calibration_npz(32, 4)
+    res = cli("verify", int8, "--device", "arm64-a76", "--inputs", inputs, "--random-inputs", "0",
+              "--report", tmp_path / "a.json")
     assert res.exit_code == 0, res.stderr
     report = json.loads((tmp_path / "a.json").read_text())
     assert {c["device"] for c in report["comparisons"]} == {"arm64-a76"}
     assert report["int8_saturation"] is None and all(c["kernels"] == "default" for c in report["comparisons"])
     # per-layer error with the deployed int8 run on the board's kernels (the float runs stay on this machine)
-    res = cli("verify", int8, "--device", "arm64-a76", "--layers", "--parent", fp32, "--random-inputs", "0",
-              "--report", tmp_path / "l.json")
+    res = cli("verify", int8, "--device", "arm64-a76", "--layers", "--parent", fp32, "--inputs", inputs,
+              "--random-inputs", "0", "--report", tmp_path / "l.json")
     assert res.exit_code == 0, res.stderr
     layers = json.loads((tmp_path / "l.json").read_text())["layers"]
     assert layers["activations"] and any("arm64-a76" in n for n in layers["notes"])
