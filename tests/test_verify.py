@@ -552,21 +552,24 @@ def _raise_from_cli(*args):
         raise result.exception
 
 
-def test_an_8_bit_file_on_an_avx2_cpu_fails_naming_saturation(cli, vnni_int8, avx2, tmp_path):
+def test_an_8_bit_file_on_an_avx2_cpu_fails_naming_saturation(cli, vnni_int8, avx2, calibration_npz, tmp_path):
     # The AVX2 lane (ORT's own AVX2 kernels: natively on an AVX2-only host, emulated on a VNNI one): the
     # 8-bit-weight file saturates for real, and verify says so with the cause and the fix.
-    res = cli("verify", vnni_int8, "--device", "x86-avx2", "--random-inputs", "0", "--report", tmp_path / "s.json")
+    # (4 of the photos as tensors, not all 12: each verify runs them through every kernel path under emulation)
+    inputs = calibration_npz(64, 4)
+    res = cli("verify", vnni_int8, "--device", "x86-avx2", "--inputs", inputs, "--random-inputs", "0",
+              "--report", tmp_path / "s.json")
     report = _report(tmp_path / "s.json")
     sat = report["int8_saturation"]
     assert sat["gated_on_default"] and sat["cpu"]["kind"] == "x86 AVX2 without VNNI" and not sat["cpu"]["faked"]
     assert sat["gap_db"] > 3, sat
     assert res.exit_code == 1 and "saturation on this CPU" in res.stderr and "--target x86-avx2" in res.stderr
     with pytest.raises(SaturationFailed):  # the kind, for scripts that call the app
-        _raise_from_cli(vnni_int8, "--device", "x86-avx2", "--random-inputs", "0")
+        _raise_from_cli(vnni_int8, "--device", "x86-avx2", "--inputs", inputs, "--random-inputs", "0")
     assert {c["device"] for c in report["comparisons"]} == {"x86-avx2" if avx2.mode == "emulated" else "host"}
     # the same file meant for a VNNI CPU is judged there on exact accumulation, and passes
-    res = cli("verify", vnni_int8, "--device", "x86-avx2", "--target", "x86-vnni", "--random-inputs", "0",
-              "--report", tmp_path / "t.json")
+    res = cli("verify", vnni_int8, "--device", "x86-avx2", "--target", "x86-vnni", "--inputs", inputs,
+              "--random-inputs", "0", "--report", tmp_path / "t.json")
     assert res.exit_code == 0, res.stderr
     assert {c["kernels"] for c in _report(tmp_path / "t.json")["comparisons"] if c["gated"]} == {"x64quantprecision=1"}
 
