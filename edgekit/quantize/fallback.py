@@ -31,14 +31,16 @@ from edgekit.quantize.static import int8_weight_count
 
 
 def meet_budget(trial, o, model_path: Path, pre: Path, full: Path, calib: CalibrationSet, batch, judgement,
-                budget: Budget, measure, stage, notes: list[str]):
+                budget: Budget, measure, stage, notes: list[str], graphs=None):
     """The full int8 file's TRIAL, or (when it misses the budget) the fallback's: returns (trial, fallback or None,
-    the chosen file). Nothing meets it, or the fallback is off: GateFailed, one line."""
+    the chosen file). Nothing meets it, or the fallback is off: GateFailed, one line. GRAPHS: the search's graph
+    side (QdqGraphs of PRE and FULL when None)."""
     if trial.passed(budget):
         return trial, None, full
     if not o.fallback:
         budget_missed(trial, budget, calib, judgement, "; fp32 fallback off (--no-fallback)")
-    fallback = fallback_search(pre, full, trial, budget, measure, stage, o.ranges_cache, batch, bound=True)
+    fallback = fallback_search(pre, full, trial, budget, measure, stage, o.ranges_cache, batch, bound=True,
+                               graphs=graphs)
     notes.extend(fallback.notes)
     if fallback.chosen is None:
         bound = fallback.bound
@@ -55,7 +57,7 @@ def meet_budget(trial, o, model_path: Path, pre: Path, full: Path, calib: Calibr
     chosen = trial.path  # the reverted graph the search measured: the bytes that ship
     notes.append(f"full int8 missed the budget; {fallback.reverted} QDQ group(s) reverted to fp32 to meet it "
                  f"({len(trial.fp32_nodes)} node(s)): {', '.join(trial.fp32_nodes)}")
-    fallback.latency_ms = latency_ms(
+    fallback.latency_ms = (graphs or QdqGraphs).latency(
         {"fp32": model_path, "int8": full, "mixed": chosen}, calib.holdout[: batch or 1],
         {"mixed": session_options(None, keep_float=True)},
     )
@@ -76,37 +78,75 @@ def _sqnr(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float("inf") if noise == 0 else 10.0 * np.log10(max(signal, 1e-30) / noise)
 
 
+class QdqGraphs:
+    """The graph side of one fallback search, the one seam its decisions are tested through (tests/unit fake it):
+    the int8 file and its fp32 parent with their QDQ groups (layer_error/groups.py), a group set reverted in memory,
+    whether a graph still has 8-bit weights, the nodes quantize's --exclude takes for a set, saving a graph, and
+    running one in ONNX Runtime on this machine or the judged device."""
+
+    def __init__(self, pre: Path, full: Path):
+        from edgekit.layer_error.groups import qdq_groups
+
+        self.int8, self.fp32 = load_work_file(full), load_work_file(pre)
+        self.groups = qdq_groups(self.int8, self.fp32)
+
+    def revert(self, groups: list):
+        """The int8 graph with GROUPS back in fp32."""
+        from edgekit.layer_error.groups import revert
+
+        return revert(self.int8, self.fp32, groups)
+
+    @staticmethod
+    def weights_left(model) -> int:
+        return int8_weight_count(model)
+
+    @staticmethod
+    def exclude(groups: list) -> list[str]:
+        from edgekit.layer_error.groups import exclude_arguments
+
+        return exclude_arguments(groups)
+
+    @staticmethod
+    def save(model, path: Path) -> None:
+        import onnx
+
+        onnx.save(model, str(path))
+
+    @staticmethod
+    def run(model, x: np.ndarray, batch, config: dict | None, device: str | None) -> np.ndarray:
+        return run_onnx(model, x, batch, config, device=device)
+
+    @staticmethod
+    def latency(paths: dict[str, Path], x: np.ndarray, configs: dict) -> dict[str, float]:
+        return latency_ms(paths, x, configs)
+
+
 class _Search:
     """What every step of one fallback search shares: the two graphs, their groups, the session options the judged
     device runs trials with (from the runner factory: the gated kernels, float nodes kept float), the ranking
     subset and its fp32 outputs, and the count of session runs."""
 
-    def __init__(self, pre: Path, full: Path, measure, batch):
-        from edgekit.layer_error.groups import qdq_groups
-
-        self.pre, self.full, self.measure, self.batch = pre, full, measure, batch
-        self.int8, self.fp32 = load_work_file(full), load_work_file(pre)
-        self.groups = qdq_groups(self.int8, self.fp32)
+    def __init__(self, pre: Path, full: Path, measure, batch, graphs: QdqGraphs):
+        self.pre, self.full, self.measure, self.batch, self.graphs = pre, full, measure, batch, graphs
+        self.groups = graphs.groups
         self.by_index = {g.index: g for g in self.groups}
         self.config = session_options(None, keep_float=True, extra=measure.session_config)
         self.runs = {"rank": 0, "steps": 0}
         # the samples where int8 and fp32 disagree most (NNCF ranks on 300)
         ref_all = measure.fp32_holdout
-        int8_out = run_onnx(full, measure.holdout, batch, self.config or None, device=measure.device)
+        int8_out = graphs.run(full, measure.holdout, batch, self.config or None, measure.device)
         err = np.sum((ref_all.reshape(len(ref_all), -1) - int8_out.reshape(len(int8_out), -1)) ** 2, axis=1)
         subset = np.sort(np.argsort(-err, kind="stable")[:rank_samples(len(err))])
         self.x, self.ref, self.int8_x = measure.holdout[subset], ref_all[subset], int8_out[subset]
 
     def model(self, indices: list[int]):
         """The int8 graph with these groups back in fp32."""
-        from edgekit.layer_error.groups import revert
-
-        return revert(self.int8, self.fp32, [self.by_index[i] for i in indices])
+        return self.graphs.revert([self.by_index[i] for i in indices])
 
     def outputs(self, indices: list[int]) -> np.ndarray:
         """The ranking subset's outputs with these groups in fp32 (one session run)."""
         self.runs["rank"] += 1
-        return run_onnx(self.model(indices), self.x, self.batch, self.config or None, device=self.measure.device)
+        return self.graphs.run(self.model(indices), self.x, self.batch, self.config or None, self.measure.device)
 
     def score(self, indices: list[int]) -> float:
         """The ranking subset's SQNR with these groups in fp32."""
@@ -115,13 +155,9 @@ class _Search:
     def trial(self, model, indices: list[int], name: str, budget: Budget) -> Trial:
         """MODEL saved as NAME beside the full file and measured on every held-out sample (and on the labelled set
         once the held-out gates pass)."""
-        import onnx
-
-        from edgekit.layer_error.groups import exclude_arguments
-
         path = self.full.parent / name
-        onnx.save(model, str(path))
-        nodes = exclude_arguments([self.by_index[i] for i in indices])
+        self.graphs.save(model, path)
+        nodes = self.graphs.exclude([self.by_index[i] for i in indices])
         trial = self.measure(path, nodes, dataset=False)
         if trial.holdout.passed and budget.dataset is not None:
             trial = self.measure(path, nodes)
@@ -129,12 +165,13 @@ class _Search:
 
 
 def fallback_search(pre: Path, full: Path, first, budget: Budget, measure, stage, store, batch, *,
-                    bound: bool = False) -> Fallback:
+                    bound: bool = False, graphs: QdqGraphs | None = None) -> Fallback:
     """Revert QDQ groups of FULL (quantized from PRE) to fp32 until the budget is met (see the module docstring).
-    With `bound`, the most the walk can revert is measured first, and a budget it misses is not walked."""
+    With `bound`, the most the walk can revert is measured first, and a budget it misses is not walked. GRAPHS:
+    the graph side (QdqGraphs of PRE and FULL when None)."""
     started = time.perf_counter()
     stage("fp32 fallback: QDQ groups")
-    search = _Search(pre, full, measure, batch)
+    search = _Search(pre, full, measure, batch, graphs or QdqGraphs(pre, full))
     fallback = Fallback(ranking=[], groups=len(search.groups))
     tables = _rank(search, store, fallback, stage)
     remaining = sorted(search.by_index, key=lambda i: (-tables["scores"][i], i))
@@ -200,7 +237,7 @@ def _bound_met(search: _Search, alone: dict[int, float], budget: Budget, fallbac
     for keep in sorted(everything, key=lambda i: (-alone[i], i)):
         indices = [i for i in everything if i != keep]
         model = search.model(indices)
-        if int8_weight_count(model):
+        if search.graphs.weights_left(model):
             break
     else:
         return True
@@ -223,7 +260,7 @@ def _walk(search: _Search, remaining: list[int], first, budget: Budget, fallback
     while remaining:
         index = remaining.pop(0)
         model = search.model(reverted + [index])
-        if not int8_weight_count(model):  # everything with weights in float: not an int8 file any more
+        if not search.graphs.weights_left(model):  # everything with weights in float: not an int8 file any more
             fallback.notes.append(f"group {index} left: reverting it too leaves no 8-bit weights (not an int8 file)")
             continue
         stage(f"fp32 fallback step {len(fallback.steps) + 1}: group {index} back to fp32")

@@ -63,34 +63,42 @@ class FakeMeasure:
                      path=Path(path))
 
 
-@pytest.fixture
-def fake_graphs(monkeypatch, tmp_path):
-    """qdq_groups/revert/exclude_arguments, the file I/O and the ORT runs of fallback.py, faked."""
-    import onnx
+class FakeGraphs:
+    """fallback.QdqGraphs' surface: a "model" is the frozenset of groups reverted, its outputs _outputs'; saving
+    records the model by path (what FakeMeasure then measures)."""
 
-    from edgekit.layer_error import groups as groups_mod
+    def __init__(self, pre: Path, full: Path):
+        self.pre, self.full = pre, full
+        self.groups = [SimpleNamespace(index=g, fp32_nodes=[f"node{g}"]) for g in GROUPS]
+        self.saved: dict[str, frozenset] = {}
+        self.runs: list[frozenset] = []
+        self.weights_left = lambda model: len(GROUPS) - len(model)
 
-    groups = [SimpleNamespace(index=g, fp32_nodes=[f"node{g}"]) for g in GROUPS]
-    saved: dict[str, frozenset] = {}
-    runs: list[frozenset] = []
+    def revert(self, chosen) -> frozenset:
+        return frozenset(g.index for g in chosen)
 
-    def run_onnx(model, x, batch, config=None, device=None):
-        reverted = model if isinstance(model, frozenset) else frozenset()
-        runs.append(reverted)
+    def exclude(self, chosen) -> list[str]:
+        return [n for g in chosen for n in g.fp32_nodes]
+
+    def save(self, model, path) -> None:
+        self.saved[str(path)] = model
+
+    def run(self, model, x, batch, config, device) -> np.ndarray:
+        reverted = model if isinstance(model, frozenset) else frozenset()  # a path: the full int8 file
+        self.runs.append(reverted)
         return _outputs(reverted, x)
 
-    monkeypatch.setattr(fallback, "load_work_file", lambda path: str(path))
-    monkeypatch.setattr(fallback, "run_onnx", run_onnx)
-    monkeypatch.setattr(fallback, "int8_weight_count", lambda model: len(GROUPS) - len(model))
-    monkeypatch.setattr(fallback, "latency_ms", lambda paths, x, configs=None, **kw: {k: 1.0 for k in paths})
-    monkeypatch.setattr(groups_mod, "qdq_groups", lambda int8, fp32: groups)
-    monkeypatch.setattr(groups_mod, "revert", lambda int8, fp32, chosen: frozenset(g.index for g in chosen))
-    monkeypatch.setattr(groups_mod, "exclude_arguments", lambda chosen: [n for g in chosen for n in g.fp32_nodes])
-    monkeypatch.setattr(onnx, "save", lambda model, path: saved.__setitem__(str(path), model))
+    def latency(self, paths, x, configs) -> dict[str, float]:
+        return {k: 1.0 for k in paths}
+
+
+@pytest.fixture
+def fake_graphs(tmp_path):
+    """The search's graph side faked (no ONNX graph, file or ORT session); the two files exist for the cache key."""
     pre, full = tmp_path / "pre.onnx", tmp_path / "full.int8.onnx"
     pre.write_bytes(b"fp32")
     full.write_bytes(b"int8")
-    return SimpleNamespace(saved=saved, runs=runs, pre=pre, full=full)
+    return FakeGraphs(pre, full)
 
 
 def _budget(min_sqnr_db: float) -> Budget:
@@ -103,7 +111,7 @@ def _search(fake_graphs, min_sqnr_db: float):
     measure = FakeMeasure(budget, fake_graphs.saved)
     first = measure(fake_graphs.full, [])
     return fallback.fallback_search(fake_graphs.pre, fake_graphs.full, first, budget, measure, lambda _s: None,
-                                    None, None), measure
+                                    None, None, graphs=fake_graphs), measure
 
 
 def _db(reverted) -> float:
@@ -142,8 +150,8 @@ def test_one_worsening_step_is_tolerated_a_second_is_undone_and_the_rest_re_rank
     assert all("node5" not in s.trial.fp32_nodes for s in result.steps[3:])  # the undone group stays int8
 
 
-def test_reverting_every_group_is_never_tried_it_would_not_be_an_int8_file(fake_graphs, monkeypatch):
-    monkeypatch.setattr(fallback, "int8_weight_count", lambda model: 0 if len(model) >= 2 else 1)
+def test_reverting_every_group_is_never_tried_it_would_not_be_an_int8_file(fake_graphs):
+    fake_graphs.weights_left = lambda model: 0 if len(model) >= 2 else 1
     result, _ = _search(fake_graphs, 30.0)
     assert all(len(t.fp32_nodes) < 2 for t in result.trials)
     assert any("leaves no 8-bit weights" in n for n in result.notes)
@@ -165,7 +173,7 @@ def test_meet_budget_passes_a_file_that_meets_it_untouched(fake_graphs):
     measure = FakeMeasure(budget, fake_graphs.saved)
     trial = measure(fake_graphs.full, [])
     out = fallback.meet_budget(trial, _options(), fake_graphs.pre, fake_graphs.pre, fake_graphs.full, _calib(), None,
-                               JUDGEMENT, budget, measure, lambda _s: None, [])
+                               JUDGEMENT, budget, measure, lambda _s: None, [], graphs=fake_graphs)
     assert out == (trial, None, fake_graphs.full)
 
 
@@ -175,7 +183,7 @@ def test_meet_budget_ships_the_reverted_graph_it_measured(fake_graphs):
     notes: list[str] = []
     trial, result, chosen = fallback.meet_budget(
         measure(fake_graphs.full, []), _options(), fake_graphs.pre, fake_graphs.pre, fake_graphs.full, _calib(), None,
-        JUDGEMENT, budget, measure, lambda _s: None, notes)
+        JUDGEMENT, budget, measure, lambda _s: None, notes, graphs=fake_graphs)
     assert chosen == result.chosen.path and fake_graphs.saved[str(chosen)] == frozenset({1})
     assert trial.passed(budget) and any("1 QDQ group(s) reverted" in n for n in notes)
 
@@ -186,7 +194,8 @@ def test_a_budget_nothing_meets_is_one_line(fake_graphs, fallback_on, said):
     measure = FakeMeasure(budget, fake_graphs.saved)
     with pytest.raises(GateFailed) as raised:
         fallback.meet_budget(measure(fake_graphs.full, []), _options(fallback_on), fake_graphs.pre, fake_graphs.pre,
-                             fake_graphs.full, _calib(), None, JUDGEMENT, budget, measure, lambda _s: None, [])
+                             fake_graphs.full, _calib(), None, JUDGEMENT, budget, measure, lambda _s: None, [],
+                             graphs=fake_graphs)
     message = str(raised.value)
     assert said in message and "nothing was written" in message and "\n" not in message
     assert "SQNR" in message
