@@ -150,19 +150,70 @@ def package(
     unless every check passes. OPTIONS (PackageOptions: output, labels, images, golden) with any keyword KNOBS
     replaced: `package(path, golden=4)` is `package(path, PackageOptions(golden=4))`. `golden`: photos in the
     golden data (default 8, fewer when they would add more than OVERHEAD_BUDGET to the model files; an explicit
-    count is kept and the overhead said)."""
+    count is kept and the overhead said). Three steps: the plan (every refusal, before anything is written), the
+    staged files, then the manifest and the bundle's own check; the folder is renamed into place only after."""
     o = with_knobs(PackageOptions, options, knobs)
-    output, labels, images, golden = o.output, o.labels, o.images, o.golden
+    stage = on_stage or (lambda _s: None)
+    plan = _plan(Path(model_path), o)
+    notes: list[str] = []
+    staged = stage_folder(plan.final)
+    try:
+        files = _stage_files(plan, staged, stage, notes)
+        manifest, n, result = _manifest_and_check(plan, files, staged, stage, notes)
+        listed = bundle_files(staged, files.model_names)
+        commit_folder(staged, plan.final)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    result.folder = plan.final
+    return PackageResult(
+        folder=plan.final, source=plan.model_path, precision=plan.precision, files=listed, golden_samples=n,
+        golden_images=files.names[:n], check=result, mobile=files.mobile, session_options=plan.session_options,
+        gates=manifest["gates"], cpu=plan.cpu, notes=notes, manifest_sha256=sha256_file(plan.final / "manifest.json"))
+
+
+@dataclass
+class _Plan:
+    """What a bundle is made of, settled before anything is written: the file, its reference and gates, its
+    preprocessing, the photos, the destination, the session options and this CPU."""
+
+    model_path: Path
+    o: PackageOptions
+    runtimes: list[str]
+    model: object
+    meta: dict
+    precision: str
+    ref: object  # reference.runner: the golden outputs' reference (closed once they are computed)
+    tolerance: object
+    tolerance_source: str
+    classes: int | None
+    label_list: list[str] | None
+    pre: object  # the preprocessing
+    photo_dir: Path
+    photos: list[Path]
+    final: Path
+    recipe: dict | None
+    session_options: dict
+    cpu: dict
+
+    @property
+    def batch(self) -> int | None:
+        return static_batch(self.model)
+
+
+def _plan(model_path: Path, o: PackageOptions) -> _Plan:
+    """Every refusal of `package`, before anything is written (BadInput, or exit 3 for a runtime not installed)."""
+    from edgekit.judge.compare import gates_for
+    from edgekit.reference.runner import open_reference
+
     runtimes = parse_runtimes(o.runtimes)  # openvino named where it is not installed: exit 3, before any work
     if "ort" not in runtimes:
         raise BadInput(f"--runtimes {o.runtimes}: a bundle is always checked in ONNX Runtime",
                        hint="use --runtimes ort,openvino to check it in OpenVINO as well")
-    stage = on_stage or (lambda _s: None)
-    model_path = Path(model_path)
     if model_path.suffix.lower() != ".onnx":
         raise BadInput(f"{model_path} is not an .onnx file", hint="package the .onnx that edgekit export/quantize wrote")
-    if golden is not None and not 1 <= golden <= MAX_GOLDEN:
-        raise BadInput(f"--golden {golden}: give 1 to {MAX_GOLDEN} photos")
+    if o.golden is not None and not 1 <= o.golden <= MAX_GOLDEN:
+        raise BadInput(f"--golden {o.golden}: give 1 to {MAX_GOLDEN} photos")
     source = OnnxFile.open(model_path)
     model, meta, spec, precision = source.proto, source.metadata, source.spec, source.precision
     if meta is None and o.model is None:
@@ -171,9 +222,6 @@ def package(
             hint="import it first (edgekit import FILE -o OUT.onnx), or pass --model NAME (and --weights FILE) it was "
             "exported from",
         )
-    from edgekit.judge.compare import gates_for
-    from edgekit.reference.runner import open_reference
-
     # the reference of the golden outputs, and the gates verify gives this file (trained or unknown weights: the
     # stricter ones; a dense output: no top-1 gate)
     ref = open_reference(model_path, model, meta, model=o.model, weights=o.weights, parent=o.parent)
@@ -181,89 +229,104 @@ def package(
                                             why=None if ref.kind == "pytorch" else ref.why_gates)
     has_meta, meta = meta is not None, meta if meta is not None else {}
     classes = output_classes(model) or (int(meta["num_classes"]) if str(meta.get("num_classes", "")).isdigit() else None)
-    label_list = read_labels(labels, classes) if labels is not None else None
+    label_list = read_labels(o.labels, classes) if o.labels is not None else None
     if has_meta and "preprocessing" not in meta:
         raise BadInput(f"the edgekit metadata of {model_path} has no preprocessing", hint="re-export the file")
     pre = source.preprocessing() if has_meta else ref.preprocessing  # --model: ImageNet at its input size
     if any(d is not None and d != p for d, p in zip(spec.chw, pre.chw)):
         raise BadInput(f"{model_path}: input {spec.name!r} is {spec.chw} but its preprocessing makes {pre.chw}")
-    photo_dir = Path(images) if images is not None else DEFAULT_CALIBRATION_DIR
+    photo_dir = Path(o.images) if o.images is not None else DEFAULT_CALIBRATION_DIR
     photos, _others = scan_folder(photo_dir)
     if not photos:
         raise BadInput(f"no photos in {photo_dir}", hint="pass --images DIR with jpg/png photos")
-    final = Path(output) if output is not None else default_bundle_dir(model_path)
+    final = Path(o.output) if o.output is not None else default_bundle_dir(model_path)
     check_destination(final, model_path.parent)  # a symlink loop, the model's own folder, a folder not a bundle
     recipe = meta.get("recipe") if precision == "int8" else None
-    session_options = dict((recipe or {}).get("session_options") or {})
-    cpu = this_cpu_for_check()
-    notes: list[str] = []
+    return _Plan(model_path, o, runtimes, model, meta, precision, ref, tolerance, tolerance_source, classes, label_list,
+                 pre, photo_dir, photos, final, recipe, dict((recipe or {}).get("session_options") or {}),
+                 this_cpu_for_check())
 
-    staged = stage_folder(final)
-    try:
-        with tempfile.TemporaryDirectory(prefix="edgekit-package-") as tmp:
-            stage("copying the model")
-            sources = model_files(model_path)
-            for src in sources:
-                shutil.copyfile(src, staged / src.name)
-            onnx_name = model_path.name
-            stage("converting to the ORT format")
-            ort = write_ort_format(sources, staged, Path(tmp), recipe, session_options)
-            if ort.left_out:
-                notes.append(f"no .ort: {ort.left_out}")
 
-            stage("golden inputs")
-            pixels, names, inputs = golden_inputs(photos, photo_dir, pre, golden or DEFAULT_GOLDEN, notes)
+@dataclass
+class _Staged:
+    """The staged bundle's model files and what was computed on them."""
 
-            stage(f"the reference ({ref.short})")
-            try:
-                reference = reference_outputs(ref, inputs)
-            finally:
-                ref.close()
-            here_config, _ = session_options_for({"session_options": session_options}, cpu)
-            stage("ONNX Runtime on this machine")
-            from edgekit.runtimes.runners import run_onnx
+    sources: list[Path]
+    ort: object  # ort_format's result
+    pixels: object
+    names: list[str]
+    inputs: object
+    reference: object
+    here_config: dict
+    ort_outputs: object
+    mobile: dict
 
-            ort_outputs = run_onnx(staged / onnx_name, inputs, static_batch(model), here_config or None)
+    @property
+    def model_names(self) -> list[str]:
+        return [p.name for p in self.sources] + ([self.ort.name] if self.ort.name else [])
 
-            stage("ORT Mobile usability")
-            mobile, mobile_text = mobile_usability(staged / onnx_name)
-            (staged / MOBILE_REPORT).write_text(mobile_text)
-            for name in BUNDLE_SCRIPTS:
-                shutil.copyfile(script_path(name), staged / name)
 
-        model_names = [p.name for p in sources] + ([ort.name] if ort.name else [])
-        manifest = build_manifest(model_path, model, meta, precision, pre, classes, label_list, recipe, session_options,
-                                  tolerance, tolerance_source, photo_dir, sources, ort, mobile,
-                                  reference=ref.describe() + ", on CPU", task=ref.task, runtimes=runtimes)
-        versions = manifest["versions"]
-        (staged / README_NAME).write_text(readme(manifest))
+def _stage_files(plan: _Plan, staged: Path, stage, notes: list[str]) -> _Staged:
+    """The model files, the .ort, the golden inputs and their reference outputs, ONNX Runtime's outputs on this
+    machine, the ORT Mobile report and the device-side scripts, into STAGED."""
+    from edgekit.runtimes.runners import run_onnx
 
-        stage("golden data and manifest")
-        n = write_within_budget(staged, manifest, model_names, pixels, reference, ort_outputs, names, golden, notes)
+    with tempfile.TemporaryDirectory(prefix="edgekit-package-") as tmp:
+        stage("copying the model")
+        sources = model_files(plan.model_path)
+        for src in sources:
+            shutil.copyfile(src, staged / src.name)
+        stage("converting to the ORT format")
+        ort = write_ort_format(sources, staged, Path(tmp), plan.recipe, plan.session_options)
+        if ort.left_out:
+            notes.append(f"no .ort: {ort.left_out}")
+        stage("golden inputs")
+        pixels, names, inputs = golden_inputs(plan.photos, plan.photo_dir, plan.pre, plan.o.golden or DEFAULT_GOLDEN,
+                                              notes)
+        stage(f"the reference ({plan.ref.short})")
+        try:
+            reference = reference_outputs(plan.ref, inputs)
+        finally:
+            plan.ref.close()
+        here_config, _ = session_options_for({"session_options": plan.session_options}, plan.cpu)
+        stage("ONNX Runtime on this machine")
+        ort_outputs = run_onnx(staged / plan.model_path.name, inputs, plan.batch, here_config or None)
+        stage("ORT Mobile usability")
+        mobile, mobile_text = mobile_usability(staged / plan.model_path.name)
+        (staged / MOBILE_REPORT).write_text(mobile_text)
+        for name in BUNDLE_SCRIPTS:
+            shutil.copyfile(script_path(name), staged / name)
+    return _Staged(sources, ort, pixels, names, inputs, reference, here_config, ort_outputs, mobile)
 
-        stage("check.py's checks on the bundle" + (" (ONNX Runtime and OpenVINO)" if "openvino" in runtimes else ""))
-        result = check_bundle(staged, runtimes=runtimes)
-        if not result.passed:
-            raise CheckFailed(
-                f"the bundle fails its own check: {' | '.join(result.reasons)}; nothing was written",
-                hint="run edgekit verify on the file to see why; for a model trained on other images than the bundled "
-                "photos, pass --images DIR from its own domain",
-            )
-        manifest["checked_when_packaged"] = checked_when_packaged(result, cpu, versions)
-        stage("other runtimes")
-        manifest["runtimes"] = {"onnxruntime": {"version": versions["onnxruntime"], "passed": result.passed},
-                                "openvino": openvino_golden_check(staged / onnx_name, inputs[:n], reference[:n], tolerance,
-                                                                  static_batch(model))}
-        manifest["thread_spinning"] = {"checked_with": CHECKED_SPINNING, "advice": SPINNING_ADVICE}
-        record_latencies(manifest["runtimes"], staged / onnx_name, inputs[:1], here_config, static_batch(model), cpu)
-        write_json(staged / "manifest.json", manifest)  # not hashed itself: the checksums above stay valid
-        files = bundle_files(staged, model_names)
-        commit_folder(staged, final)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
-    result.folder = final
-    return PackageResult(
-        folder=final, source=model_path, precision=precision, files=files, golden_samples=n, golden_images=names[:n],
-        check=result, mobile=mobile, session_options=session_options, gates=manifest["gates"], cpu=cpu, notes=notes,
-        manifest_sha256=sha256_file(final / "manifest.json"))
+
+def _manifest_and_check(plan: _Plan, files: _Staged, staged: Path, stage, notes: list[str]):
+    """manifest.json, README.txt and the golden data within the overhead budget, then check.py's own checks on the
+    staged bundle (CheckFailed when they fail), the other runtimes and the latencies: (manifest, golden samples
+    kept, the check's result)."""
+    onnx_path = staged / plan.model_path.name
+    manifest = build_manifest(plan.model_path, plan.model, plan.meta, plan.precision, plan.pre, plan.classes,
+                              plan.label_list, plan.recipe, plan.session_options, plan.tolerance, plan.tolerance_source,
+                              plan.photo_dir, files.sources, files.ort, files.mobile,
+                              reference=plan.ref.describe() + ", on CPU", task=plan.ref.task, runtimes=plan.runtimes)
+    versions = manifest["versions"]
+    (staged / README_NAME).write_text(readme(manifest))
+    stage("golden data and manifest")
+    n = write_within_budget(staged, manifest, files.model_names, files.pixels, files.reference, files.ort_outputs,
+                            files.names, plan.o.golden, notes)
+    stage("check.py's checks on the bundle" + (" (ONNX Runtime and OpenVINO)" if "openvino" in plan.runtimes else ""))
+    result = check_bundle(staged, runtimes=plan.runtimes)
+    if not result.passed:
+        raise CheckFailed(
+            f"the bundle fails its own check: {' | '.join(result.reasons)}; nothing was written",
+            hint="run edgekit verify on the file to see why; for a model trained on other images than the bundled "
+            "photos, pass --images DIR from its own domain",
+        )
+    manifest["checked_when_packaged"] = checked_when_packaged(result, plan.cpu, versions)
+    stage("other runtimes")
+    manifest["runtimes"] = {"onnxruntime": {"version": versions["onnxruntime"], "passed": result.passed},
+                            "openvino": openvino_golden_check(onnx_path, files.inputs[:n], files.reference[:n],
+                                                              plan.tolerance, plan.batch)}
+    manifest["thread_spinning"] = {"checked_with": CHECKED_SPINNING, "advice": SPINNING_ADVICE}
+    record_latencies(manifest["runtimes"], onnx_path, files.inputs[:1], files.here_config, plan.batch, plan.cpu)
+    write_json(staged / "manifest.json", manifest)  # not hashed itself: the checksums above stay valid
+    return manifest, n, result
