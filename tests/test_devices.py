@@ -159,10 +159,11 @@ def test_an_arm64_device_not_set_up_is_exit_3_and_bench_refuses_devices(cli, exp
     assert res.exit_code == 2 and "an emulated CPU's speed says nothing" in res.stderr
 
 
-def test_without_device_a_set_up_device_is_named_never_used(cli, exported, arm64, tmp_path):
+def test_without_device_a_set_up_device_is_named_never_used(cli, exported, arm64, calibration_npz, tmp_path):
     from edgekit.quantize import quantize
 
-    int8 = quantize(exported("textbook_resnet18", 32).path, target="arm64", output=tmp_path / "a.int8.onnx")
+    int8 = quantize(exported("textbook_resnet18", 32).path, target="arm64", calibration=calibration_npz(32),
+                    output=tmp_path / "a.int8.onnx")
     assert any("--device arm64-a76 judges it" in n for n in int8.notes)
     res = cli("verify", int8.path, "--random-inputs", "0", "--report", tmp_path / "v.json")
     report = json.loads((tmp_path / "v.json").read_text())
