@@ -124,8 +124,7 @@ def plan_reference(
     BadInput line naming the field, never a traceback or a silent default.
     """
     from edgekit.core.files import shown_path
-    from edgekit.onnxfile.graph import graph_dims
-    from edgekit.onnxfile.graph import graph_inputs, input_spec, output_classes
+    from edgekit.onnxfile.graph import graph_dims, graph_inputs, input_spec
     from edgekit.onnxfile.metadata import check_against_graph, validate_metadata
 
     where = Path(shown_path(path))
@@ -137,27 +136,50 @@ def plan_reference(
         )
 
     if parsed is None or not parsed.has_provenance:
-        if model is None:
-            if parsed is None:
-                raise BadInput(
-                    f"{where} carries no edgekit metadata, so the PyTorch model it came from is unknown",
-                    hint="pass --model NAME and --weights FILE (or --pretrained) it was exported from",
-                )
-            raise BadInput(
-                f"{where} was made from a file without edgekit metadata, so the PyTorch model it came from is unknown",
-                hint="pass --model NAME and --weights FILE (or --pretrained) its parent was exported from",
-            )
-        spec = resolve_model(model)
-        size = graph_input.spatial or spec.default_input_size
-        num_classes = output_classes(model_proto)
-        weights_dict = weights_for_cli(weights, pretrained, seed)
-        # A derived file of a foreign parent still records the preprocessing it was calibrated with.
-        preprocessing = parsed.preprocessing_spec() if parsed is not None else Preprocessing.for_input_size(size)
-        return _with_graph(
-            ReferencePlan(spec, num_classes, size, weights, pretrained, seed, preprocessing, False, weights_dict),
-            model_proto, where,
-        )
+        return _plan_from_options(where, parsed, graph_input, model_proto, model, weights, pretrained, seed)
+    spec = _recorded_spec(parsed, model, weights, where)
+    recorded = parsed.weights  # the schema guarantees its kind and the fields of that kind
+    weights_file, use_pretrained, ref_seed = _recorded_weights(recorded, weights, pretrained, seed, spec, parsed, where)
+    return _with_graph(
+        ReferencePlan(
+            spec, parsed.num_classes, parsed.input_size, weights_file, use_pretrained, ref_seed,
+            parsed.preprocessing_spec(), True, recorded.to_dict(),
+        ),
+        model_proto, where,
+    )
 
+
+def _plan_from_options(where: Path, parsed, graph_input, model_proto, model: str | None, weights: Path | None,
+                       pretrained: bool, seed: int) -> ReferencePlan:
+    """A file whose metadata does not say where it came from (none, or a parent without it): the reference is
+    --model with --weights/--pretrained/the seed, at the graph's input size."""
+    from edgekit.onnxfile.graph import output_classes
+
+    if model is None:
+        if parsed is None:
+            raise BadInput(
+                f"{where} carries no edgekit metadata, so the PyTorch model it came from is unknown",
+                hint="pass --model NAME and --weights FILE (or --pretrained) it was exported from",
+            )
+        raise BadInput(
+            f"{where} was made from a file without edgekit metadata, so the PyTorch model it came from is unknown",
+            hint="pass --model NAME and --weights FILE (or --pretrained) its parent was exported from",
+        )
+    spec = resolve_model(model)
+    size = graph_input.spatial or spec.default_input_size
+    num_classes = output_classes(model_proto)
+    weights_dict = weights_for_cli(weights, pretrained, seed)
+    # A derived file of a foreign parent still records the preprocessing it was calibrated with.
+    preprocessing = parsed.preprocessing_spec() if parsed is not None else Preprocessing.for_input_size(size)
+    return _with_graph(
+        ReferencePlan(spec, num_classes, size, weights, pretrained, seed, preprocessing, False, weights_dict),
+        model_proto, where,
+    )
+
+
+def _recorded_spec(parsed, model: str | None, weights: Path | None, where: Path):
+    """The model the metadata records (a user's entry point, checked; or a zoo name), and --model refused where it
+    names another."""
     if parsed.entry is not None:
         spec = _user_entry(parsed, model, weights, where)
     else:
@@ -172,7 +194,16 @@ def plan_reference(
             f"{where} was exported from {spec.name} (its metadata says so), not {get_spec(model).name}",
             hint="drop --model; it is only for files without edgekit metadata",
         )
-    recorded = parsed.weights  # the schema guarantees its kind and the fields of that kind
+    return spec
+
+
+def _recorded_weights(recorded, weights: Path | None, pretrained: bool, seed: int, spec, parsed,
+                      where: Path) -> tuple[Path | None, bool, int]:
+    """(weights file, pretrained, seed) of the reference from the recorded weights: seeded random weights rebuilt
+    from their seed by the same init code, a file found and checked by sha256 (--weights overrides its path), or
+    torchvision's pretrained weights."""
+    from edgekit.core.files import shown_path
+
     weights_file: Path | None = None
     use_pretrained = False
     ref_seed = seed
@@ -193,35 +224,29 @@ def plan_reference(
                 f"(init {recorded_init}, now {RANDOM_INIT!r}), so its PyTorch reference cannot be rebuilt",
                 hint=f"re-export it: edgekit export {spec.name} --input-size {parsed.input_size}",
             )
+        return weights_file, use_pretrained, ref_seed
+    expected = recorded.sha256
+    if weights is not None:
+        weights_file = Path(weights)
+    elif recorded.kind == "file":
+        weights_file = Path(recorded.path)
+        if not weights_file.is_file():
+            raise BadInput(
+                f"the weights file {shown_path(weights_file)} that {where} was exported from is not there",
+                hint=f"pass it with --weights FILE (sha256 {expected[:16]}...)",
+            )
     else:
-        expected = recorded.sha256
-        if weights is not None:
-            weights_file = Path(weights)
-        elif recorded.kind == "file":
-            weights_file = Path(recorded.path)
-            if not weights_file.is_file():
-                raise BadInput(
-                    f"the weights file {shown_path(weights_file)} that {where} was exported from is not there",
-                    hint=f"pass it with --weights FILE (sha256 {expected[:16]}...)",
-                )
-        else:
-            use_pretrained = True
-        if weights_file is not None:
-            check_readable_file(weights_file, "weights file")
-            actual = sha256_file(weights_file)
-            if actual != expected:
-                raise BadInput(
-                    f"weights {shown_path(weights_file)} have sha256 {actual}, but {where} was exported from weights "
-                    f"with sha256 {expected}",
-                    hint="pass the weights file it was exported from with --weights",
-                )
-    return _with_graph(
-        ReferencePlan(
-            spec, parsed.num_classes, parsed.input_size, weights_file, use_pretrained, ref_seed,
-            parsed.preprocessing_spec(), True, recorded.to_dict(),
-        ),
-        model_proto, where,
-    )
+        use_pretrained = True
+    if weights_file is not None:
+        check_readable_file(weights_file, "weights file")
+        actual = sha256_file(weights_file)
+        if actual != expected:
+            raise BadInput(
+                f"weights {shown_path(weights_file)} have sha256 {actual}, but {where} was exported from weights "
+                f"with sha256 {expected}",
+                hint="pass the weights file it was exported from with --weights",
+            )
+    return weights_file, use_pretrained, ref_seed
 
 
 def _with_graph(plan: ReferencePlan, model_proto, where: Path) -> ReferencePlan:
