@@ -184,14 +184,14 @@ def remote_python(folder: Path, name: str, body: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def int8_file(tmp_path_factory):
-    """A small int8 ResNet (32 px) with the arm64 recipe: a file meant for an ARM board."""
-    from edgekit.export import export
+def int8_file(exported, calibration_npz, tmp_path_factory):
+    """A small int8 ResNet (32 px) with the arm64 recipe: a file meant for an ARM board (the session's export;
+    calibrated from a .npz of the photos, it meets its budget without a fallback search)."""
     from edgekit.quantize import quantize
 
     folder = tmp_path_factory.mktemp("ssh-models")
-    fp32 = export("textbook_resnet18", input_size=32, output=folder / "r.onnx").path
-    return quantize(fp32, target="arm64", output=folder / "r.int8.onnx").path
+    fp32 = exported("textbook_resnet18", 32).path
+    return quantize(fp32, target="arm64", calibration=calibration_npz(32), output=folder / "r.int8.onnx").path
 
 
 def test_a_named_board_is_added_listed_verified_on_and_removed(sshd, box, env, int8_file, tmp_path):
@@ -280,7 +280,10 @@ def test_ssh_faults_are_one_line_exit_3(sshd, box, env, int8_file, tmp_path):
         assert "host key" in one_line_exit3(edgekit(["verify", int8_file, "--device", url], env))
     finally:
         (sshd.root / "known_hosts").write_text(sshd.known_hosts)
-    time.sleep(5)  # the slow worker's remote shell ends when it finds its stdin closed
+    # the slow worker's remote shell ends when it finds its stdin closed (its sleep 4 over): waited for, not slept
+    deadline = time.monotonic() + 60
+    while remote_leftovers() and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert remote_leftovers() == []
 
 
