@@ -132,97 +132,14 @@ def _fp32_name(op, graphs: _Graphs, fp32_names: set[str]) -> str | None:
 def revert(int8_model, fp32_model, groups: list[Group]):
     """A copy of `int8_model` with `groups` back in fp32 (see the module docstring); checked with onnx.checker.
     Each group's `notes` gains a line for a weight it could not restore from the parent."""
-    import numpy as np
     import onnx
-    from onnx import helper, numpy_helper
 
     model = copy.deepcopy(int8_model)
-    graph = model.graph
-    graphs = _Graphs(fp32_model, model)
-    fp32_inits = {t.name: t for t in fp32_model.graph.initializer}
-    inits = {t.name: t for t in graph.initializer}
-    outputs = {o.name for o in graph.output}
-    wanted_acts = {a for g in groups for a in g.activations}
-    wanted_ops = {n for g in groups for n in g.nodes}
-    note_of = {n: g for g in groups for n in g.nodes}
-    renamed: dict[str, str] = {}  # a DequantizeLinear output -> the float tensor that replaces it
-    dropped: set[int] = set()
-    added = []
-    taken = {o for n in graph.node for o in n.output} | set(inits) | {i.name for i in graph.input}
-
-    def fresh(name: str) -> str:
-        base, k = name, 0
-        while name in taken:
-            k += 1
-            name = f"{base}_fp32" if k == 1 else f"{base}_fp32_{k}"
-        taken.add(name)
-        return name
-
-    for q in graph.node:
-        if q.op_type != "QuantizeLinear" or q.input[0] not in wanted_acts:
-            continue
-        act = q.input[0]
-        source = act
-        bounds = graphs.folded.get(act) or graphs.folded.get(_activation_name(act))
-        if bounds is not None:  # the quantizer's range applied the Relu/Clip: put it back as a node
-            low, high = bounds
-            source = fresh(act + "_relu" if (low, high) == (0.0, float("inf")) else act + "_clip")
-            if (low, high) == (0.0, float("inf")):
-                added.append((q, helper.make_node("Relu", [act], [source], name=source)))
-            else:
-                names = []
-                for label, value in (("min", low), ("max", high)):
-                    if value in (float("inf"), float("-inf")):
-                        names.append("")
-                        continue
-                    init = numpy_helper.from_array(np.array(value, dtype=np.float32), fresh(f"{source}_{label}"))
-                    graph.initializer.append(init)
-                    names.append(init.name)
-                while names and not names[-1]:
-                    names.pop()
-                added.append((q, helper.make_node("Clip", [act, *names], [source], name=source)))
-        for dq in graphs.consumers.get(q.output[0], []):
-            if dq.op_type != "DequantizeLinear":
-                continue
-            if dq.output[0] in outputs:  # the graph output keeps its name: an Identity of the float tensor
-                added.append((q, helper.make_node("Identity", [source], [dq.output[0]], name=fresh(dq.output[0]))))
-            else:
-                renamed[dq.output[0]] = source
-            dropped.add(id(dq))
-        if all(c.op_type == "DequantizeLinear" and id(c) in dropped for c in graphs.consumers.get(q.output[0], [])):
-            dropped.add(id(q))
-    # the ops' weights: their DequantizeLinear (of an initializer) replaced by the parent's float initializer
-    for node in graph.node:
-        if (node.name or node.output[0]) not in wanted_ops:
-            continue
-        for i, name in enumerate(node.input):
-            dq = graphs.producer.get(name)
-            if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
-                continue
-            quantized = dq.input[0]
-            restored, why = _parent_weight(dq, inits, fp32_model)
-            if restored is None:
-                group = note_of[node.name or node.output[0]]
-                line = f"{quantized} kept as its dequantized value: {why}"
-                if line not in group.notes:
-                    group.notes.append(line)
-                continue
-            original = quantized[: -len(QUANTIZED_SUFFIX)] if quantized.endswith(QUANTIZED_SUFFIX) else quantized
-            tensor = numpy_helper.from_array(restored, fresh(original))
-            graph.initializer.append(tensor)
-            node.input[i] = tensor.name
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name in renamed:
-                node.input[i] = renamed[name]
-    kept = []
-    for node in graph.node:  # a folded activation's new node goes where its QuantizeLinear was (after its writer)
-        kept.extend(new for q, new in added if q is node)
-        if id(node) not in dropped:
-            kept.append(node)
-    del graph.node[:]
-    graph.node.extend(kept)
-    _drop_unused(graph)
+    edit = _Edit(model, fp32_model)
+    edit.drop_quantizers({a for g in groups for a in g.activations})
+    edit.restore_weights({n: g for g in groups for n in g.nodes})
+    edit.apply()
+    _drop_unused(model.graph)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
@@ -231,6 +148,119 @@ def revert(int8_model, fp32_model, groups: list[Group]):
         raise BadInput(f"groups {[g.index for g in groups]} do not revert to a valid graph: {one_line(exc, 300)}") \
             from None
     return model
+
+
+class _Edit:
+    """One revert's edits of a copied int8 graph: quantizers dropped (with a Relu/Clip put back where the range had
+    folded one), DequantizeLinear outputs renamed to the float tensors replacing them, weights restored from the
+    fp32 parent; applied in one pass that keeps the topological order."""
+
+    def __init__(self, model, fp32_model):
+        self.graph, self.fp32_model = model.graph, fp32_model
+        self.graphs = _Graphs(fp32_model, model)
+        self.inits = {t.name: t for t in self.graph.initializer}
+        self.renamed: dict[str, str] = {}  # a DequantizeLinear output -> the float tensor that replaces it
+        self.dropped: set[int] = set()
+        self.added: list = []  # (the QuantizeLinear it replaces, a new node)
+        self.taken = {o for n in self.graph.node for o in n.output} | set(self.inits) | {i.name for i in self.graph.input}
+
+    def fresh(self, name: str) -> str:
+        base, k = name, 0
+        while name in self.taken:
+            k += 1
+            name = f"{base}_fp32" if k == 1 else f"{base}_fp32_{k}"
+        self.taken.add(name)
+        return name
+
+    def drop_quantizers(self, wanted_acts: set[str]) -> None:
+        """The QuantizeLinear of each activation in WANTED_ACTS and its DequantizeLinear consumers go; a graph
+        output keeps its name through an Identity."""
+        from onnx import helper
+
+        graphs, outputs = self.graphs, {o.name for o in self.graph.output}
+        for q in self.graph.node:
+            if q.op_type != "QuantizeLinear" or q.input[0] not in wanted_acts:
+                continue
+            act = q.input[0]
+            source = self._folded_activation(q, act)
+            for dq in graphs.consumers.get(q.output[0], []):
+                if dq.op_type != "DequantizeLinear":
+                    continue
+                if dq.output[0] in outputs:  # the graph output keeps its name: an Identity of the float tensor
+                    self.added.append((q, helper.make_node("Identity", [source], [dq.output[0]],
+                                                           name=self.fresh(dq.output[0]))))
+                else:
+                    self.renamed[dq.output[0]] = source
+                self.dropped.add(id(dq))
+            if all(c.op_type == "DequantizeLinear" and id(c) in self.dropped for c in graphs.consumers.get(q.output[0], [])):
+                self.dropped.add(id(q))
+
+    def _folded_activation(self, q, act: str) -> str:
+        """The float tensor that replaces ACT's quantizer: ACT itself, or a Relu/Clip of it put back as a node where
+        the quantizer's range applied one."""
+        import numpy as np
+        from onnx import helper, numpy_helper
+
+        bounds = self.graphs.folded.get(act) or self.graphs.folded.get(_activation_name(act))
+        if bounds is None:
+            return act
+        low, high = bounds
+        if (low, high) == (0.0, float("inf")):
+            source = self.fresh(act + "_relu")
+            self.added.append((q, helper.make_node("Relu", [act], [source], name=source)))
+            return source
+        source = self.fresh(act + "_clip")
+        names = []
+        for label, value in (("min", low), ("max", high)):
+            if value in (float("inf"), float("-inf")):
+                names.append("")
+                continue
+            init = numpy_helper.from_array(np.array(value, dtype=np.float32), self.fresh(f"{source}_{label}"))
+            self.graph.initializer.append(init)
+            names.append(init.name)
+        while names and not names[-1]:
+            names.pop()
+        self.added.append((q, helper.make_node("Clip", [act, *names], [source], name=source)))
+        return source
+
+    def restore_weights(self, group_of: dict[str, Group]) -> None:
+        """The weights of the ops in GROUP_OF (name -> group): their DequantizeLinear (of an initializer) replaced by
+        the parent's float initializer; a weight the parent cannot give stays dequantized, said in its group."""
+        from onnx import numpy_helper
+
+        for node in self.graph.node:
+            group = group_of.get(node.name or node.output[0])
+            if group is None:
+                continue
+            for i, name in enumerate(node.input):
+                dq = self.graphs.producer.get(name)
+                if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in self.inits:
+                    continue
+                quantized = dq.input[0]
+                restored, why = _parent_weight(dq, self.inits, self.fp32_model)
+                if restored is None:
+                    line = f"{quantized} kept as its dequantized value: {why}"
+                    if line not in group.notes:
+                        group.notes.append(line)
+                    continue
+                original = quantized[: -len(QUANTIZED_SUFFIX)] if quantized.endswith(QUANTIZED_SUFFIX) else quantized
+                tensor = numpy_helper.from_array(restored, self.fresh(original))
+                self.graph.initializer.append(tensor)
+                node.input[i] = tensor.name
+
+    def apply(self) -> None:
+        """Inputs renamed, dropped nodes out, each new node where its QuantizeLinear was (after its writer)."""
+        for node in self.graph.node:
+            for i, name in enumerate(node.input):
+                if name in self.renamed:
+                    node.input[i] = self.renamed[name]
+        kept = []
+        for node in self.graph.node:
+            kept.extend(new for q, new in self.added if q is node)
+            if id(node) not in self.dropped:
+                kept.append(node)
+        del self.graph.node[:]
+        self.graph.node.extend(kept)
 
 
 def _dequantized(dq, inits):
