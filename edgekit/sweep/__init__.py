@@ -74,28 +74,15 @@ def run_sweep(spec: SweepSpec, out: Path, *, address: str | None = None, workers
               sweep_file: Path | None = None, tasks=None) -> SweepOutcome:
     """Run SPEC into the folder OUT (see the module docstring). `tasks`: the functions the workers run (jobs.Tasks;
     default jobs.TASKS): the seam the tests inject their faults through."""
-    from edgekit.onnxfile.artifact import refuse_folder_holding_inputs, register_input, write_text_atomic
+    from edgekit.onnxfile.artifact import write_text_atomic
     from edgekit.core.provenance import this_cpu
-    from edgekit.sweep import engine, guard, plan
+    from edgekit.sweep import engine, plan
 
     stage = on_stage or (lambda _s: None)
     started = time.perf_counter()
     spec = normalized(spec)
     out = Path(out)
-    # every refusal before the first write: a refused sweep leaves nothing
-    guard.check_workers(workers)
-    inputs_given = [("--dataset", Path(spec.dataset)), ("--calibration", Path(spec.calibration))]
-    inputs_given += [(f"--weights {m}", Path(f)) for m, f in spec.weights.items()]
-    inputs_given += [("sweep file", Path(sweep_file))] if sweep_file is not None else []
-    guard.refuse_output_on_inputs(out, inputs_given, may_hold=(out / "sweep.yaml",))
-    if out.exists() and not out.is_dir():
-        raise BadInput(f"-o {out} is a file; a sweep writes a folder", hint="give a folder path")
-    engine.require_ray()  # asked for and absent: exit 3 before any work
-    guard.check_temp_folder()
-    engine.check_address(address)  # nothing listens there: exit 3 now, not after the exports
-    for path in (spec.dataset, spec.calibration, *spec.weights.values()):
-        register_input(Path(path))
-    refuse_folder_holding_inputs(out, "sweep folder")
+    _refuse(spec, out, workers, address, sweep_file)  # every refusal before the first write: it leaves nothing
     stage("reading the labelled and calibration sets")
     inputs = plan.read_inputs(spec)
     cpu = this_cpu()
@@ -108,15 +95,7 @@ def run_sweep(spec: SweepSpec, out: Path, *, address: str | None = None, workers
         rows = plan.plan_rows(spec, plans, inputs, cpu.kind())
         notes = list(inputs.notes)  # a damaged cache entry is said here, in one line, and computed again
         notes += [n for n in (spec.budget_note(),) if n]
-        fp32 = {plan.reference(p.name, rt): read_entry(jobs / f"{plan.fp32_key(p, inputs, cpu.kind(), rt)}.json", "",
-                                                        "fp32", notes, len(inputs.items))
-                for p in plans for rt in spec.runtimes}
-        for i, row in enumerate(rows):
-            cached = read_entry(jobs / f"{row.key}.json", row.key, "row", notes)
-            if cached is not None:
-                restored = Row.from_dict(cached)
-                restored.cached, restored.seconds = True, 0.0
-                rows[i] = restored
+        fp32 = _read_cached(spec, plans, inputs, rows, jobs, cpu.kind(), notes)
         todo = [r for r in rows if r.status != "ok"]
         if todo or any(v is None for v in fp32.values()):
             with contextlib.redirect_stdout(said):  # Ray joined or started before the first write: an unreachable
@@ -156,14 +135,7 @@ def run_sweep(spec: SweepSpec, out: Path, *, address: str | None = None, workers
         if spec.latency:
             _measure_latency(rows, plans, inputs, jobs, stage)
     except KeyboardInterrupt as caught:
-        exc = engine.interrupt_raised(caught)  # SIGTERM stays SIGTERM (exit 143) through Ray's calls
-        for row in rows:
-            if row.status not in ("ok", "failed"):
-                row.status = "interrupted"
-        write_results(out, rows, {**summary, "interrupted": True})  # every finished row kept
-        finished = sum(r.status in ("ok", "failed") for r in rows)
-        exc.kept = (f"{finished} of {len(rows)} rows finished, kept in {out}/results.json; the same sweep again "
-                    "runs only the rest")
+        exc = _keep_interrupted(caught, rows, out, summary)
         if exc is caught:
             raise
         raise exc from None
@@ -171,6 +143,61 @@ def run_sweep(spec: SweepSpec, out: Path, *, address: str | None = None, workers
     summary["notes"] = [n for n in notes if not n.startswith("Ray: ")]
     written = write_results(out, rows, summary)
     return SweepOutcome(out, rows, written, cluster_text, jobs_run, time.perf_counter() - started, spec.max_drop, notes)
+
+
+def _refuse(spec: SweepSpec, out: Path, workers: int | None, address: str | None, sweep_file: Path | None) -> None:
+    """Every refusal of a sweep, before its first write: bad workers, -o on or holding an input or being a file, Ray
+    absent (exit 3), an unusable temp folder, an --address nothing listens at."""
+    from edgekit.onnxfile.artifact import refuse_folder_holding_inputs, register_input
+    from edgekit.sweep import engine, guard
+
+    guard.check_workers(workers)
+    inputs_given = [("--dataset", Path(spec.dataset)), ("--calibration", Path(spec.calibration))]
+    inputs_given += [(f"--weights {m}", Path(f)) for m, f in spec.weights.items()]
+    inputs_given += [("sweep file", Path(sweep_file))] if sweep_file is not None else []
+    guard.refuse_output_on_inputs(out, inputs_given, may_hold=(out / "sweep.yaml",))
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"-o {out} is a file; a sweep writes a folder", hint="give a folder path")
+    engine.require_ray()  # asked for and absent: exit 3 before any work
+    guard.check_temp_folder()
+    engine.check_address(address)  # nothing listens there: exit 3 now, not after the exports
+    for path in (spec.dataset, spec.calibration, *spec.weights.values()):
+        register_input(Path(path))
+    refuse_folder_holding_inputs(out, "sweep folder")
+
+
+def _read_cached(spec: SweepSpec, plans, inputs: Inputs, rows: list[Row], jobs: Path, cpu_kind: str,
+                 notes: list[str]) -> dict:
+    """The finished work of an earlier run of the same sweep: each (model, runtime)'s fp32 entry (None where it is
+    not there or unusable, said in NOTES), and the finished rows put in place in ROWS, marked cached."""
+    from edgekit.sweep import plan
+
+    fp32 = {plan.reference(p.name, rt): read_entry(jobs / f"{plan.fp32_key(p, inputs, cpu_kind, rt)}.json", "",
+                                                    "fp32", notes, len(inputs.items))
+            for p in plans for rt in spec.runtimes}
+    for i, row in enumerate(rows):
+        cached = read_entry(jobs / f"{row.key}.json", row.key, "row", notes)
+        if cached is not None:
+            restored = Row.from_dict(cached)
+            restored.cached, restored.seconds = True, 0.0
+            rows[i] = restored
+    return fp32
+
+
+def _keep_interrupted(caught: KeyboardInterrupt, rows: list[Row], out: Path, summary: dict):
+    """Ctrl-C or SIGTERM during the work: every finished row kept in results.json, the rest marked interrupted;
+    returns the exception to raise (SIGTERM stays SIGTERM, exit 143, through Ray's calls), saying what was kept."""
+    from edgekit.sweep import engine
+
+    exc = engine.interrupt_raised(caught)
+    for row in rows:
+        if row.status not in ("ok", "failed"):
+            row.status = "interrupted"
+    write_results(out, rows, {**summary, "interrupted": True})
+    finished = sum(r.status in ("ok", "failed") for r in rows)
+    exc.kept = (f"{finished} of {len(rows)} rows finished, kept in {out}/results.json; the same sweep again "
+                "runs only the rest")
+    return exc
 
 
 def _undecodable(fp32: dict, inputs: Inputs) -> list[str]:
