@@ -141,9 +141,11 @@ def test_opset_12_is_upgraded_and_said(cli, corpus, tmp_path):
     assert read_metadata(model)["recipe"]["prepared"] == report["prepared"]
 
 
-def test_edgekits_own_opset_12_export_quantizes(cli, exported, tmp_path):
+def test_edgekits_own_opset_12_export_quantizes(cli, exported, calibration_npz, tmp_path):
     out = tmp_path / "e12.int8.onnx"
-    report = _ok(_quantize(cli, exported("textbook_resnet18", 32, opset=12).path, out), out)
+    # (the photos as a .npz: the file meets its budget without a fallback search, which this test is not about)
+    report = _ok(_quantize(cli, exported("textbook_resnet18", 32, opset=12).path, out,
+                           "--calibration", calibration_npz(32)), out)
     assert any("opset 12 -> 13" in c for c in report["prepared"])
     assert read_metadata(onnx.load(str(out)))["opset"] == 13  # the int8 file's own opset, not its parent's
 
@@ -208,9 +210,9 @@ def test_unknown_weights_get_the_trained_gates_and_say_so(cli, corpus, tmp_path)
     assert text.exit_code == 0 and "gates" in text.stdout and "no edgekit metadata" in text.stdout
 
 
-def test_random_weight_export_keeps_the_random_gates(cli, exported, tmp_path):
+def test_random_weight_export_keeps_the_random_gates(cli, exported, calibration_npz, tmp_path):
     out = tmp_path / "r.int8.onnx"
-    report = _ok(_quantize(cli, exported("textbook_resnet18", 32).path, out), out)
+    report = _ok(_quantize(cli, exported("textbook_resnet18", 32).path, out, "--calibration", calibration_npz(32)), out)
     assert "seeded random weights" in report["gates"] and "agreement >= 50%" in report["budget"]
 
 
