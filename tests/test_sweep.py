@@ -54,10 +54,12 @@ def labelled(tmp_path_factory) -> Path:
     return root
 
 
-def _args(out: Path, labelled: Path) -> list[str]:
+def _args(out: Path, labelled: Path, calibration: Path) -> list[str]:
+    # (calibrated from a .npz of the photos: every file meets its budget without a fallback search, which
+    # textbook_resnext's x86-avx2 job otherwise runs for 4-6 s)
     return ["sweep", "--models", "textbook_densenet,textbook_resnext", "--targets", "x86-avx2,x86-vnni",
             "--methods", "minmax", "--samples", "8", "--input-size", "32", "--dataset", str(labelled),
-            "--workers", "2", "-o", str(out), "--json"]
+            "--calibration", str(calibration), "--workers", "2", "-o", str(out), "--json"]
 
 
 def _frontier(rows: list[dict]) -> set[str]:
@@ -75,11 +77,12 @@ def _frontier(rows: list[dict]) -> set[str]:
 
 
 @pytest.mark.skipif(NO_NETNS is not None, reason=NO_NETNS or "")
-def test_sweep_on_local_ray_rows_failures_retries_and_resume(tmp_path, labelled):
+def test_sweep_on_local_ray_rows_failures_retries_and_resume(tmp_path, labelled, calibration_npz):
     out = tmp_path / "sweep"
+    calibration = calibration_npz(32)
     faults = {"crash_once": "textbook_densenet/x86-avx2", "fail": "textbook_resnext/x86-vnni",
               "marker_dir": str(tmp_path)}
-    first = in_netns(_args(out, labelled), faults_env(faults))
+    first = in_netns(_args(out, labelled, calibration), faults_env(faults))
     assert first.returncode == 1, first.stderr[-2000:]  # one job failed: its row says why, the rest is there
     assert first.stderr.strip().splitlines() == ["1 of 4 jobs failed; their rows say why"]  # nothing from Ray
     result = json.loads(first.stdout)
@@ -110,7 +113,7 @@ def test_sweep_on_local_ray_rows_failures_retries_and_resume(tmp_path, labelled)
     assert (out / "sweep.yaml").is_file() and (out / "results.md").read_text().count("| textbook_") == 4
 
     # resume: the three finished rows are read back, only the failed job runs again
-    second = in_netns(_args(out, labelled))
+    second = in_netns(_args(out, labelled, calibration))
     assert second.returncode == 0, second.stderr[-2000:]
     again = json.loads(second.stdout)
     assert again["jobs_run"] == 1
