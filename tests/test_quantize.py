@@ -35,12 +35,39 @@ def test_each_recipe_quantizes_and_keeps_grouped_convs(target, exported, tmp_pat
     assert out.shape == (1, 10) and np.isfinite(out).all()
 
 
-def test_densenet_concats_run_in_int8(exported, tmp_path):
+def _concat_params(path) -> list[set]:
+    """Per Concat of an int8 QDQ file: the set of (scale, zero point) of its inputs' DequantizeLinear and its
+    output's QuantizeLinear."""
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    out = []
+    for node in (n for n in model.graph.node if n.op_type == "Concat"):
+        qdq = [producer[i] for i in node.input] + [c for c in consumers[node.output[0]] if c.op_type == "QuantizeLinear"]
+        assert all(n.op_type in ("DequantizeLinear", "QuantizeLinear") for n in qdq)
+        out.append({(float(inits[n.input[1]]), int(inits[n.input[2]])) for n in qdq})
+    return out
+
+
+def test_densenet_concats_run_in_int8_each_with_one_range(exported, tmp_path):
+    # Every activation of a dense block's Concats shares one range (the union of theirs), so ORT's QLinearConcat
+    # copies instead of requantizing each input; without the recipe's speed changes each input keeps its own.
     parent = exported("textbook_densenet")
     result = quantize(parent.path, output=tmp_path / "d.int8.onnx")
     assert onnx_concat_count(onnx.load(str(result.path))) == 16
     assert result.coverage.int8["Concat"] == result.coverage.total["Concat"] == 16
     assert result.batchnorm_rewritten == 20 and result.grouped_convs == 0
+    # (the one exception: block 1's first input, the stem's MaxPool output, which ORT quantizes with its input's
+    # range whatever it is told)
+    assert result.recipe.concat_shared_range and [len(p) for p in _concat_params(result.path)] == [2] + [1] * 15
+    plain = quantize(parent.path, rewrites=False, output=tmp_path / "p.int8.onnx")
+    assert not plain.recipe.concat_shared_range and all(len(p) > 1 for p in _concat_params(plain.path))
 
 
 def test_batchnorm_rewrite_is_exact_in_float():
@@ -373,15 +400,17 @@ def test_resnext50_at_224_keeps_16_grouped_convs(exported, tmp_path):
 
 @pytest.fixture
 def calibrators(monkeypatch) -> list:
-    """Counts the calibrators ONNX Runtime's quantize_static creates (one per calibration actually run)."""
+    """Counts the calibrators ONNX Runtime creates (one per calibration actually run): quantize_static's own, and
+    the one quantize_once runs first where a recipe gives each Concat's activations one range."""
     import sys
 
     import onnxruntime.quantization  # noqa: F401  (its `quantize` attribute is a function: take the module)
 
-    ort_quantize = sys.modules["onnxruntime.quantization.quantize"]
     calls: list = []
-    real = ort_quantize.create_calibrator
-    monkeypatch.setattr(ort_quantize, "create_calibrator", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for module in ("onnxruntime.quantization.quantize", "onnxruntime.quantization.calibrate"):
+        real = sys.modules[module].create_calibrator
+        monkeypatch.setattr(sys.modules[module], "create_calibrator",
+                            lambda *a, real=real, **k: calls.append(1) or real(*a, **k))
     return calls
 
 

@@ -90,6 +90,9 @@ class Recipe:
     merge_conv_groups: int = 16
     # ORT's int8 AveragePool is slow; DenseNet's transitions pool before their 1x1 conv, as a depthwise conv.
     avgpool_as_depthwise: bool = True
+    # Every activation of a Concat (DenseNet's dense block) quantized with one range, the union of theirs, so that
+    # QLinearConcat copies instead of requantizing each input (quantize/static.concat_range_overrides).
+    concat_shared_range: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -221,5 +224,6 @@ def resolve_recipe(
     if per_channel is not None:
         changes["per_channel"] = per_channel
     if not rewrites:
-        changes.update(batchnorm_as_depthwise=False, merge_conv_groups=0, avgpool_as_depthwise=False)
+        changes.update(batchnorm_as_depthwise=False, merge_conv_groups=0, avgpool_as_depthwise=False,
+                       concat_shared_range=False)
     return Recipe(**{**recipe.to_dict(), **changes}) if changes else recipe

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,15 @@ def quantize_once(
     try:
         # ORT's calibrators print progress to stdout; only the cli package prints.
         # ...and warn through the root logger about every BatchNormalization they cannot quantize per channel.
-        with contextlib.redirect_stdout(io.StringIO()), _quiet_root_logger():
+        with contextlib.redirect_stdout(io.StringIO()), _quiet_root_logger(), tempfile.TemporaryDirectory(
+                prefix="edgekit-calibrate-") as tmp:
+            if recipe.concat_shared_range:  # the ranges first, to give each Concat's activations one range
+                calibration_cache = calibration_cache or Path(tmp) / "ranges.json"
+                if not calibration_cache.is_file():
+                    _calibrate(pre, reader, methods[recipe.method], extra, calibration_cache, Path(tmp))
+                overrides = concat_range_overrides(pre, calibration_cache)
+                if overrides:
+                    extra["TensorQuantOverrides"] = overrides
             quantize_static(
                 str(pre), str(out), reader,
                 quant_format=QuantFormat.QDQ,
@@ -98,6 +107,71 @@ def quantize_once(
             )
     except Exception as exc:
         raise CheckFailed(f"quantize_static failed on {pre.name}: {one_line(exc, 200)}") from exc
+
+
+def _calibrate(pre: Path, reader: _Reader, method, extra: dict, cache: Path, tmp: Path) -> None:
+    """The activation ranges of PRE into CACHE, as quantize_static computes them when its cache is missing: ORT's own
+    calibrator over the op types ORT quantizes, with the calibrator options of EXTRA, saved in ORT's cache format."""
+    from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, save_tensors_data
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    options = {key: extra[name] for name, key in _CALIBRATOR_OPTIONS if name in extra}
+    calibrator = create_calibrator(pre, list(set(QLinearOpsRegistry) | set(QDQRegistry)),
+                                   augmented_model_path=str(tmp / "augmented_model.onnx"), calibrate_method=method,
+                                   extra_options=options)
+    calibrator.collect_data(reader)
+    ranges = calibrator.compute_data()
+    del calibrator
+    if not isinstance(ranges, TensorsData):
+        raise TypeError(f"ORT's calibrator gave {type(ranges).__name__}, not TensorsData")
+    save_tensors_data(ranges, cache)
+
+
+# quantize_static's extra options that it hands to its calibrator, and their names there
+_CALIBRATOR_OPTIONS = (("CalibTensorRangeSymmetric", "symmetric"), ("CalibMovingAverage", "moving_average"),
+                       ("CalibMovingAverageConstant", "averaging_constant"),
+                       ("CalibMaxIntermediateOutputs", "max_intermediate_outputs"), ("CalibPercentile", "percentile"))
+
+
+def concat_range_overrides(pre: Path, cache: Path) -> dict[str, list[dict]]:
+    """ORT TensorQuantOverrides that give every activation of a Concat (its inputs and its output, and through them
+    every Concat they also feed or come from: DenseNet's whole dense block) one range, the union of their
+    calibrated ranges. ORT's QLinearConcat then copies its inputs instead of requantizing each (NNCF's and
+    OpenVINO's unified concat scales); {} when the graph has no Concat of activations. An input written by an op
+    whose output ORT quantizes with its own input's range (MaxPool, Reshape, ...: DenseNet's stem pool) keeps that
+    range, and its Concat requantizes that one input."""
+    import onnx
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    model = onnx.load(str(pre), load_external_data=False)
+    constant = {t.name for t in model.graph.initializer}
+    parent: dict[str, str] = {}
+
+    def root(name: str) -> str:
+        while parent.setdefault(name, name) != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    for node in model.graph.node:
+        if node.op_type == "Concat":
+            for name in [*node.input, *node.output]:
+                if name and name not in constant:
+                    parent[root(name)] = root(node.output[0])
+    if not parent:
+        return {}
+    ranges = load_tensors_data(cache)
+    members: dict[str, list[str]] = {}
+    for name in parent:  # (an entropy or percentile range is a lowest/highest pair too)
+        if name in ranges.data and hasattr(ranges.data[name], "highest"):
+            members.setdefault(root(name), []).append(name)
+    overrides = {}
+    for names in members.values():
+        low = min(float(np.min(ranges.data[n].range_value[0])) for n in names)
+        high = max(float(np.max(ranges.data[n].range_value[1])) for n in names)
+        for name in names:
+            overrides[name] = [{"rmin": np.array(low, dtype=np.float32), "rmax": np.array(high, dtype=np.float32)}]
+    return overrides
 
 
 def int8_weight_count(model_or_path) -> int:
