@@ -90,6 +90,7 @@ class Evaluator:
             raise CheckFailed(f"the fp32 parent {shown_path(parent.path)} itself gives NaN/Inf on these inputs")
         self.runs = 0
         self.cache: dict[frozenset, object] = {}
+        self.restored: dict = {}  # each weight's parent value, found once for the whole search (groups.revert)
 
     def model_with(self, groups):
         """The int8 graph with `groups` reverted and the ops writing their activations on the parent's weights: the
@@ -99,7 +100,8 @@ class Evaluator:
 
         if not groups:
             return self.int8.proto
-        return revert(self.int8.proto, self.parent.proto, [*groups, writers_group(groups, self.int8.proto)])
+        return revert(self.int8.proto, self.parent.proto, [*groups, writers_group(groups, self.int8.proto)],
+                      self.restored)
 
     def __call__(self, groups):
         """The metrics of the first output with `groups` reverted (cached: a set is run once)."""

@@ -129,13 +129,15 @@ def _fp32_name(op, graphs: _Graphs, fp32_names: set[str]) -> str | None:
     return None
 
 
-def revert(int8_model, fp32_model, groups: list[Group]):
+def revert(int8_model, fp32_model, groups: list[Group], restored: dict | None = None):
     """A copy of `int8_model` with `groups` back in fp32 (see the module docstring); checked with onnx.checker.
-    Each group's `notes` gains a line for a weight it could not restore from the parent."""
+    Each group's `notes` gains a line for a weight it could not restore from the parent. RESTORED: a dict the
+    caller keeps for this pair of models across calls (a search reverts many sets): each weight's parent value
+    is then found once."""
     import onnx
 
     model = copy.deepcopy(int8_model)
-    edit = _Edit(model, fp32_model)
+    edit = _Edit(model, fp32_model, {} if restored is None else restored)
     edit.drop_quantizers({a for g in groups for a in g.activations})
     edit.restore_weights({n: g for g in groups for n in g.nodes})
     edit.apply()
@@ -155,8 +157,8 @@ class _Edit:
     folded one), DequantizeLinear outputs renamed to the float tensors replacing them, weights restored from the
     fp32 parent; applied in one pass that keeps the topological order."""
 
-    def __init__(self, model, fp32_model):
-        self.graph, self.fp32_model = model.graph, fp32_model
+    def __init__(self, model, fp32_model, restored: dict):
+        self.graph, self.fp32_model, self.restored = model.graph, fp32_model, restored
         self.graphs = _Graphs(fp32_model, model)
         self.inits = {t.name: t for t in self.graph.initializer}
         self.renamed: dict[str, str] = {}  # a DequantizeLinear output -> the float tensor that replaces it
@@ -237,7 +239,12 @@ class _Edit:
                 if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in self.inits:
                     continue
                 quantized = dq.input[0]
-                restored, why = _parent_weight(dq, self.inits, self.fp32_model)
+                key = (quantized, *dq.input[1:])
+                if key not in self.restored:  # the same bytes on every copy of the int8 graph
+                    if "" not in self.restored:
+                        self.restored[""] = {t.name: t for t in self.fp32_model.graph.initializer}
+                    self.restored[key] = _parent_weight(dq, self.inits, self.fp32_model, self.restored[""])
+                restored, why = self.restored[key]
                 if restored is None:
                     line = f"{quantized} kept as its dequantized value: {why}"
                     if line not in group.notes:
@@ -282,12 +289,13 @@ def _dequantized(dq, inits):
     return (q - zero) * scale, np.broadcast_to(scale, q.shape)
 
 
-def _parent_weight(dq, inits, fp32_model):
+def _parent_weight(dq, inits, fp32_model, parent: dict):
     """(the fp32 parent's value of the weight a DequantizeLinear reads, None) or (None, why not). The parent's
     tensor of the same name (`W` for `W_quantized`), or the one quantize's rewrites made from it (a merged grouped
     Conv's zero-filled weight, a BatchNormalization or AveragePool as a depthwise Conv), accepted only where it
     agrees with the int8 weight to rounding for most elements (a parent tensor of that name holding other values,
-    a Conv weight ORT's pre-processing folded a BatchNormalization into, is refused, not restored)."""
+    a Conv weight ORT's pre-processing folded a BatchNormalization into, is refused, not restored). PARENT: the
+    parent's initializers by name."""
     import re
 
     import numpy as np
@@ -295,7 +303,6 @@ def _parent_weight(dq, inits, fp32_model):
 
     name = dq.input[0]
     base = name[: -len(QUANTIZED_SUFFIX)] if name.endswith(QUANTIZED_SUFFIX) else name
-    parent = {t.name: t for t in fp32_model.graph.initializer}
     want = tuple(inits[name].dims)
     value = None
     if base in parent:

@@ -89,12 +89,13 @@ class QdqGraphs:
 
         self.int8, self.fp32 = load_work_file(full), load_work_file(pre)
         self.groups = qdq_groups(self.int8, self.fp32)
+        self.restored: dict = {}  # each weight's parent value, found once for the whole search
 
     def revert(self, groups: list):
         """The int8 graph with GROUPS back in fp32."""
         from edgekit.layer_error.groups import revert
 
-        return revert(self.int8, self.fp32, groups)
+        return revert(self.int8, self.fp32, groups, self.restored)
 
     @staticmethod
     def weights_left(model) -> int:
