@@ -88,7 +88,8 @@ def main() -> int:
                 "holdout_sqnr_db": r.holdout.sqnr_db, "holdout_top1_agreement": r.holdout.top1_agreement,
                 "dataset_top1": r.dataset_top1, "concats_int8": r.coverage.int8.get("Concat")} for k, r in results.items()}}
             for label, r in results.items():
-                top1 = f"{r.dataset_top1:.2f} %" if r.dataset_top1 is not None else "-"
+                top1 = (f"{r.dataset_top1[1]:.2f} % (fp32 {r.dataset_top1[0]:.2f} %)" if r.dataset_top1 is not None
+                        else "-")
                 rows.append(f"| {model.name} | {label} | {r.holdout.sqnr_db:.2f} | {r.holdout.top1_agreement:.1%} | {top1} "
                             f"| {ms[f'ORT int8, {label}']:.2f} | {ms['ORT fp32'] / ms[f'ORT int8, {label}']:.2f}x "
                             f"| {ms[f'OpenVINO int8, {label}']:.2f} | {load} |")
@@ -100,7 +101,7 @@ def main() -> int:
         f"{args.rounds} rounds per model, each timed call right after an untimed one; p50. ORT spinning off (as "
         "`edgekit bench`); OpenVINO with the f32 precision hint. The same recipe, calibration and held-out set for "
         "both files; only the Concat ranges differ.", "",
-        "| model | Concat ranges | held-out SQNR dB | top-1 agreement | top-1 on --dataset | ORT int8 ms | ORT fp32/int8 "
+        "| model | Concat ranges | held-out SQNR dB | top-1 agreement | int8 top-1 on --dataset | ORT int8 ms | ORT fp32/int8 "
         "| OpenVINO int8 ms | load |",
         "|---|---|---|---|---|---|---|---|---|", *rows, "",
     ]
