@@ -54,6 +54,10 @@ def test_rows_are_files_times_runtimes_with_their_knobs_in_the_name(tmp_path, mo
     assert reference("m") == "m" and reference("m", "openvino") == "m@openvino"
     spec.check_names()
     assert not spec.budget_note()  # the budget has its own set
+    # a row cached by an edgekit whose quantizer or recipes differ (the same version string) is not reused
+    monkeypatch.setattr("edgekit.sweep.plan.quantize_code_sha", lambda: "another quantizer")
+    again = plan_rows(spec, plans, SimpleNamespace(calibration_sha="c", dataset_sha="d"), "vnni")
+    assert not {r.key for r in again} & {r.key for r in rows}
 
 
 def test_a_sweep_file_takes_sweep_and_quantize_mappings_relative_to_itself(tmp_path):

@@ -163,6 +163,15 @@ def commit_exports(plans: list[ModelPlan], folder: Path) -> None:
         write_text_atomic(final.with_suffix(".key"), plan.key + "\n")
 
 
+def quantize_code_sha() -> str:
+    """The sources that make an int8 file from an fp32 one (edgekit/quantize/ and the recipes in judge/targets.py),
+    read without importing them: a row cached by another edgekit (its version string may be the same) is made
+    again when they differ."""
+    root = Path(__file__).resolve().parent.parent
+    files = sorted((root / "quantize").glob("*.py")) + [root / "judge" / "targets.py"]
+    return digest(*[(f.name, sha256_file(f)) for f in files])
+
+
 def _module_sha(name: str) -> str:
     """The source of an edgekit module (the export's defaults, such as its opset, live there), read without importing
     it (importing the exporter imports torch)."""
@@ -184,7 +193,7 @@ def fp32_key(plan: ModelPlan, inputs: Inputs, cpu_kind: str, runtime: str = "ort
 def plan_rows(spec: SweepSpec, plans: list[ModelPlan], inputs: Inputs, cpu_kind: str) -> list[Row]:
     """One row per model x point (each combination of the swept knobs) x runtime, each with its quantize options
     and content key."""
-    installed = versions()
+    installed, quantizer = versions(), quantize_code_sha()
     budget_sets: dict[str, str] = {}  # a budget's own labelled set (--set/--sweep dataset) -> its contents' sha256
     rows = []
     for plan in plans:
@@ -196,7 +205,7 @@ def plan_rows(spec: SweepSpec, plans: list[ModelPlan], inputs: Inputs, cpu_kind:
                 budget_sets[budget_set] = _labelled_sha(Path(budget_set))
             for runtime in spec.runtimes:
                 key = digest("int8-row", plan.sha256, options, budget_sets.get(budget_set), runtime,
-                             inputs.calibration_sha, inputs.dataset_sha, spec.seed, cpu_kind, installed)
+                             inputs.calibration_sha, inputs.dataset_sha, spec.seed, cpu_kind, installed, quantizer)
                 rows.append(Row(plan.name, point["target"], point["method"], point["samples"], key, knobs=extra,
                                 runtime=runtime, options={k: v for k, v in options.items()
                                                           if k not in ("target", "method", "samples")}))
