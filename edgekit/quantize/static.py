@@ -140,10 +140,11 @@ def concat_range_overrides(pre: Path, cache: Path) -> dict[str, list[dict]]:
     OpenVINO's unified concat scales); {} when the graph has no Concat of activations. An input written by an op
     whose output ORT quantizes with its own input's range (MaxPool, Reshape, ...: DenseNet's stem pool) keeps that
     range, and its Concat requantizes that one input."""
-    import onnx
     from onnxruntime.quantization.calibrate import load_tensors_data
 
-    model = onnx.load(str(pre), load_external_data=False)
+    from edgekit.onnxfile.artifact import load_work_file
+
+    model = load_work_file(pre, external_data=False)
     constant = {t.name for t in model.graph.initializer}
     parent: dict[str, str] = {}
 
