@@ -50,8 +50,10 @@ class Group:
         return f"group {self.index}: {ops} (quantizing {', '.join(self.activations)})"
 
 
-def _find(parent: dict, x):
-    while parent[x] != x:
+def find_root(parent: dict, x):
+    """The root of X in a union-find forest kept as {member: parent} (X joins as its own root when new); paths are
+    halved as they are walked."""
+    while parent.setdefault(x, x) != x:
         parent[x] = parent[parent[x]]
         x = parent[x]
     return x
@@ -80,9 +82,9 @@ def qdq_groups(int8_model, fp32_model) -> list[Group]:
                     continue
                 okey = ("o", position[id(op)])
                 parent.setdefault(okey, okey)
-                parent[_find(parent, okey)] = _find(parent, key)
+                parent[find_root(parent, okey)] = find_root(parent, key)
     for key in parent:
-        members.setdefault(_find(parent, key), []).append(key)
+        members.setdefault(find_root(parent, key), []).append(key)
     fp32_names = {n.name for n in fp32_model.graph.node if n.name}
     groups = []
     for keys in sorted(members.values(), key=lambda ks: min(k[1] for k in ks)):

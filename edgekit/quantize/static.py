@@ -142,17 +142,13 @@ def concat_range_overrides(pre: Path, cache: Path) -> dict[str, list[dict]]:
     range, and its Concat requantizes that one input."""
     from onnxruntime.quantization.calibrate import load_tensors_data
 
+    from edgekit.layer_error.groups import find_root
     from edgekit.onnxfile.artifact import load_work_file
 
     model = load_work_file(pre, external_data=False)
     constant = {t.name for t in model.graph.initializer}
     parent: dict[str, str] = {}
-
-    def root(name: str) -> str:
-        while parent.setdefault(name, name) != name:
-            parent[name] = parent[parent[name]]
-            name = parent[name]
-        return name
+    root = lambda name: find_root(parent, name)  # noqa: E731
 
     for node in model.graph.node:
         if node.op_type == "Concat":
