@@ -35,14 +35,19 @@ demo: setup
 
 # The AVX2 lane (tests that need the int8 arithmetic of an x86 CPU without VNNI) runs natively on such a CPU and
 # under QEMU's user-mode emulator elsewhere: scripts/emulators.sh installs it where it can, else says what to install.
+# Both run on PYTEST_WORKERS processes (pytest-xdist), one test file per worker at a time (--dist loadfile: a file's
+# fixtures are built once): a serial run leaves one of two cores idle half the time (torch export, QEMU, Ray start).
+PYTEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+
 test: setup
 	bash scripts/emulators.sh
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 # The fast tier: the unit tests (tests/unit/: fakes, no torch or ORT session) and one end-to-end path per command
 # (tests/conftest.py SMOKE), without the emulated lanes: under a third of `make test`. `make test` stays what CI runs.
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "unit or smoke"
+	$(PYTEST) -m "unit or smoke"
 
 bench: setup
 	$(BIN)/python benchmarks/run_suite.py

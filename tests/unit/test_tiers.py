@@ -33,10 +33,12 @@ def test_the_smoke_tests_cover_every_command_the_cli_has():
 
 def test_the_makefile_runs_the_two_tiers():
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
-    fast = makefile.split("\ntest-fast:", 1)[1].split("\n\n", 1)[0]
+    pytest_line = makefile.split("\nPYTEST := ", 1)[1].split("\n", 1)[0]
+    assert "-m pytest -q" in pytest_line and "--dist loadfile" in pytest_line  # a file's fixtures built once
+    fast = makefile.split("\ntest-fast:", 1)[1].split("\n\n", 1)[0].replace("$(PYTEST)", pytest_line)
     assert '-m "unit or smoke"' in fast
-    full = makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0]
-    assert "pytest -q" in full and 'pytest -q -m' not in full
+    full = makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0].replace("$(PYTEST)", pytest_line)
+    assert "pytest -q" in full and ' -m "' not in full
 
 
 def test_the_unit_tier_imports_neither_torch_nor_onnxruntime():
