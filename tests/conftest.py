@@ -13,6 +13,30 @@ CALIBRATION = ROOT / "calibration"
 SMALL = 64  # input size for fast exports of the full-size architectures
 
 
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        _one_thread_per_worker()
+
+
+def _one_thread_per_worker():
+    """Under pytest-xdist (`make test`: one worker per core), each worker's ONNX Runtime sessions, torch and OpenMP
+    run on one thread unless a test asks for more. Two workers whose ORT pools each spin on both cores doubled the
+    suite's CPU time and gained nothing over a serial run (docs/layout.md). A session given a thread count keeps it."""
+    os.environ["OMP_NUM_THREADS"] = "1"  # read by torch's and OpenMP's pools when they start
+    import onnxruntime as ort
+
+    base = ort.InferenceSession
+
+    class OneThreadSession(base):
+        def __init__(self, path_or_bytes, sess_options=None, *args, **kwargs):
+            sess_options = sess_options if sess_options is not None else ort.SessionOptions()
+            if sess_options.intra_op_num_threads == 0:
+                sess_options.intra_op_num_threads = 1
+            super().__init__(path_or_bytes, sess_options, *args, **kwargs)
+
+    ort.InferenceSession = OneThreadSession
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     os.environ["EDGEKIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("edgekit-cache"))
