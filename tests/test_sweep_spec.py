@@ -60,6 +60,23 @@ def test_rows_are_files_times_runtimes_with_their_knobs_in_the_name(tmp_path, mo
     assert not {r.key for r in again} & {r.key for r in rows}
 
 
+def test_the_sweep_keys_its_rows_by_the_versions_every_file_records_and_openvinos(tmp_path, monkeypatch):
+    from importlib.metadata import version
+
+    from edgekit.core.provenance import library_versions
+    from edgekit.sweep.plan import versions
+
+    found = versions()
+    assert {k: found[k] for k in library_versions()} == library_versions()  # one reader: "2.14.1+cu130", as recorded
+    assert found["openvino"] == version("openvino") and found["numpy"] == version("numpy")
+    spec = _spec(tmp_path, targets=["x86-vnni"], runtimes=["ort", "openvino"])
+    plans = [SimpleNamespace(name="textbook_densenet", sha256="s")]
+    inputs = SimpleNamespace(calibration_sha="c", dataset_sha="d")
+    rows = plan_rows(spec, plans, inputs, "vnni")
+    monkeypatch.setattr("edgekit.sweep.plan.versions", lambda: {**found, "openvino": "another"})
+    assert not {r.key for r in plan_rows(spec, plans, inputs, "vnni")} & {r.key for r in rows}
+
+
 def test_a_sweep_file_takes_sweep_and_quantize_mappings_relative_to_itself(tmp_path):
     folder = tmp_path / "plans"
     (folder / "budget" / "a").mkdir(parents=True)

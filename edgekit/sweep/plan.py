@@ -47,18 +47,19 @@ class ModelPlan:
 
 
 def versions() -> dict[str, str]:
-    """The installed versions of what shapes a sweep's numbers, read from the package metadata (importing torch and
-    onnxsim for their __version__ would cost a re-run seconds)."""
+    """The installed versions of what shapes a sweep's numbers: the libraries every file records
+    (core/provenance.library_versions: torch, torchvision and onnxsim as their version modules state them, without
+    importing them), and numpy, pillow and openvino (a row run in OpenVINO) from their package metadata."""
     from importlib.metadata import PackageNotFoundError, version
 
-    import onnxruntime
+    from edgekit.core.provenance import library_versions
 
-    found = {"onnxruntime": onnxruntime.__version__}
-    for name in ("edgekit", "torch", "torchvision", "onnx", "onnxsim", "numpy", "pillow"):
+    found = dict(library_versions())
+    for name in ("numpy", "pillow", "openvino"):
         try:
             found[name] = version(name)
         except PackageNotFoundError:
-            found[name] = "absent"
+            found[name] = "not installed"
     return found
 
 
