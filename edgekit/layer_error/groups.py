@@ -131,27 +131,36 @@ def _fp32_name(op, graphs: _Graphs, fp32_names: set[str]) -> str | None:
     return None
 
 
-def revert(int8_model, fp32_model, groups: list[Group], restored: dict | None = None):
-    """A copy of `int8_model` with `groups` back in fp32 (see the module docstring); checked with onnx.checker.
-    Each group's `notes` gains a line for a weight it could not restore from the parent. RESTORED: a dict the
-    caller keeps for this pair of models across calls (a search reverts many sets): each weight's parent value
-    is then found once."""
-    import onnx
-
+def revert(int8_model, fp32_model, groups: list[Group], restored: dict | None = None, *, check: bool = True):
+    """A copy of `int8_model` with `groups` back in fp32 (see the module docstring); checked with onnx.checker
+    unless CHECK is False (the caller then checks the bytes it serializes anyway: checked_bytes). Each group's
+    `notes` gains a line for a weight it could not restore from the parent. RESTORED: a dict the caller keeps for
+    this pair of models across calls (a search reverts many sets): each weight's parent value is then found once."""
     model = copy.deepcopy(int8_model)
     edit = _Edit(model, fp32_model, {} if restored is None else restored)
     edit.drop_quantizers({a for g in groups for a in g.activations})
     edit.restore_weights({n: g for g in groups for n in g.nodes})
     edit.apply()
     _drop_unused(model.graph)
+    if check:
+        checked_bytes(model, groups)
+    return model
+
+
+def checked_bytes(model, groups: list[Group]) -> bytes:
+    """A reverted graph serialized once and checked with onnx.checker on those bytes (what a session or a file
+    takes): BadInput naming GROUPS where it is not a valid graph."""
+    import onnx
+
+    data = model.SerializeToString()
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(data)
     except onnx.checker.ValidationError as exc:
         from edgekit.core.errors import one_line
 
         raise BadInput(f"groups {[g.index for g in groups]} do not revert to a valid graph: {one_line(exc, 300)}") \
             from None
-    return model
+    return data
 
 
 class _Edit:

@@ -16,7 +16,9 @@ gate by a margin. The bound assumes no set of two or more int8 groups whose erro
 
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +73,14 @@ def rank_samples(held_out: int) -> int:
     return min(RANK_SAMPLES, held_out, max(8, held_out // 4))
 
 
+def ranking_workers() -> tuple[int, int]:
+    """(sessions run at a time, ORT threads each) for the ranking: up to 4 sessions, this process's cores shared
+    between them."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = max(1, min(4, cores))
+    return workers, max(1, cores // workers)
+
+
 def _sqnr(reference: np.ndarray, candidate: np.ndarray) -> float:
     ref = reference.reshape(len(reference), -1).astype(np.float64)
     noise = float(np.sum((ref - candidate.reshape(len(candidate), -1)) ** 2))
@@ -91,15 +101,15 @@ class QdqGraphs:
         self.groups = qdq_groups(self.int8, self.fp32)
         self.restored: dict = {}  # each weight's parent value, found once for the whole search
 
-    def revert(self, groups: list):
-        """The int8 graph with GROUPS back in fp32."""
+    def revert(self, groups: list) -> "_Reverted":
+        """The int8 graph with GROUPS back in fp32 (checked when it is first serialized, to run or to save)."""
         from edgekit.layer_error.groups import revert
 
-        return revert(self.int8, self.fp32, groups, self.restored)
+        return _Reverted(revert(self.int8, self.fp32, groups, self.restored, check=False), groups)
 
     @staticmethod
-    def weights_left(model) -> int:
-        return int8_weight_count(model)
+    def weights_left(model: "_Reverted") -> int:
+        return int8_weight_count(model.model)
 
     @staticmethod
     def exclude(groups: list) -> list[str]:
@@ -108,18 +118,34 @@ class QdqGraphs:
         return exclude_arguments(groups)
 
     @staticmethod
-    def save(model, path: Path) -> None:
-        import onnx
-
-        onnx.save(model, str(path))
+    def save(model: "_Reverted", path: Path) -> None:
+        path.write_bytes(model.data())  # onnx.save's bytes
 
     @staticmethod
-    def run(model, x: np.ndarray, batch, config: dict | None, device: str | None) -> np.ndarray:
-        return run_onnx(model, x, batch, config, device=device)
+    def run(model, x: np.ndarray, batch, config: dict | None, device: str | None, threads: int | None = None) \
+            -> np.ndarray:
+        """MODEL: a file (the full int8 one) or a reverted graph."""
+        data = model.data() if isinstance(model, _Reverted) else model
+        return run_onnx(data, x, batch, config, device=device, threads=threads)
 
     @staticmethod
     def latency(paths: dict[str, Path], x: np.ndarray, configs: dict) -> dict[str, float]:
         return latency_ms(paths, x, configs)
+
+
+class _Reverted:
+    """A reverted graph and its bytes, serialized and checked once (layer_error.groups.checked_bytes) whether it
+    is run, saved or both."""
+
+    def __init__(self, model, groups: list):
+        self.model, self.groups, self._data = model, groups, None
+
+    def data(self) -> bytes:
+        if self._data is None:
+            from edgekit.layer_error.groups import checked_bytes
+
+            self._data = checked_bytes(self.model, self.groups)
+        return self._data
 
 
 class _Search:
@@ -144,14 +170,28 @@ class _Search:
         """The int8 graph with these groups back in fp32."""
         return self.graphs.revert([self.by_index[i] for i in indices])
 
-    def outputs(self, indices: list[int]) -> np.ndarray:
-        """The ranking subset's outputs with these groups in fp32 (one session run)."""
-        self.runs["rank"] += 1
-        return self.graphs.run(self.model(indices), self.x, self.batch, self.config or None, self.measure.device)
-
-    def score(self, indices: list[int]) -> float:
-        """The ranking subset's SQNR with these groups in fp32."""
-        return _sqnr(self.ref, self.outputs(indices))
+    def outputs(self, sets: list[list[int]], said) -> list[np.ndarray]:
+        """The ranking subset's outputs with each set of groups in fp32 (one session run each), SAID(n) before the
+        n-th. The graphs are built here in order; their sessions run RANKING_WORKERS at a time, one ORT thread each
+        on a host of two cores (the same outputs bit for bit: integer kernels, and float convs whose sums do not
+        depend on how rows are split between threads; a session's start and a batch-1 run keep one core busy, so
+        two at a time take 0.5-0.7 of the time in turn). At most one graph waits beyond those running."""
+        workers, threads = ranking_workers()
+        results: list = [None] * len(sets)
+        with ThreadPoolExecutor(workers) as pool:
+            pending: dict = {}
+            for n, indices in enumerate(sets):
+                said(n)
+                self.runs["rank"] += 1
+                pending[pool.submit(self.graphs.run, self.model(indices), self.x, self.batch, self.config or None,
+                                    self.measure.device, threads)] = n
+                while len(pending) > workers:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        results[pending.pop(future)] = future.result()
+            for future, n in pending.items():
+                results[n] = future.result()
+        return results
 
     def trial(self, model, indices: list[int], name: str, budget: Budget) -> Trial:
         """MODEL saved as NAME beside the full file and measured on every held-out sample (and on the labelled set
@@ -205,9 +245,10 @@ def _rank(search: _Search, store, fallback: Fallback, stage) -> dict[str, dict[i
     fallback.cached = tables is not None
     if tables is None:
         tables = {"scores": {}, "alone": {}}
-        for n, g in enumerate(search.groups, 1):
-            stage(f"fp32 fallback: ranking QDQ group {n} of {len(search.groups)} on {len(search.x)} held-out samples")
-            out = search.outputs([g.index])
+        total = len(search.groups)
+        outs = search.outputs([[g.index] for g in search.groups], lambda n: stage(
+            f"fp32 fallback: ranking QDQ group {n + 1} of {total} on {len(search.x)} held-out samples"))
+        for g, out in zip(search.groups, outs):
             tables["scores"][g.index] = _sqnr(search.ref, out)
             tables["alone"][g.index] = _sqnr(search.ref, search.ref + (search.int8_x - out))
         cache.save(tables)
@@ -282,10 +323,9 @@ def _walk(search: _Search, remaining: list[int], first, budget: Budget, fallback
         fallback.steps.append(Step(index, nodes, sqnr, trial, verdict))
         if verdict == "undone":  # re-rank what is left against the current model
             if remaining:
-                rescored = {}
-                for n, i in enumerate(remaining, 1):
-                    stage(f"fp32 fallback: re-ranking group {n} of {len(remaining)} against the current model")
-                    rescored[i] = search.score(reverted + [i])
+                outs = search.outputs([reverted + [i] for i in remaining], lambda n: stage(
+                    f"fp32 fallback: re-ranking group {n + 1} of {len(remaining)} against the current model"))
+                rescored = {i: _sqnr(search.ref, out) for i, out in zip(remaining, outs)}
                 remaining.sort(key=lambda i: (-rescored[i], i))
             continue
         reverted.append(index)

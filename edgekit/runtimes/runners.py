@@ -51,15 +51,15 @@ def top1(session, x: np.ndarray) -> np.ndarray:
 
 def run_onnx(
     model: Path | bytes | object, inputs: np.ndarray, batch: int | None, session_config: dict[str, str] | None = None,
-    device: str | None = None,
+    device: str | None = None, threads: int | None = None,
 ) -> np.ndarray:
     """The first output of an ONNX file (or ModelProto, or bytes) on the CPU provider (of `device`: see
-    runtime.create_session)."""
+    runtime.create_session), on THREADS ORT threads (ORT's default when None; a device's worker keeps its own)."""
     from edgekit.runtimes.ort import create_session
 
     if not isinstance(model, (Path, bytes)):
         model = model.SerializeToString()
-    session = create_session(model, "cpu", session_config=session_config, device=device)
+    session = create_session(model, "cpu", session_config=session_config, device=device, threads=threads)
     return run_session(session, inputs, batch)[0]
 
 

@@ -83,7 +83,7 @@ class FakeGraphs:
     def save(self, model, path) -> None:
         self.saved[str(path)] = model
 
-    def run(self, model, x, batch, config, device) -> np.ndarray:
+    def run(self, model, x, batch, config, device, threads=None) -> np.ndarray:
         reverted = model if isinstance(model, frozenset) else frozenset()  # a path: the full int8 file
         self.runs.append(reverted)
         return _outputs(reverted, x)
@@ -216,3 +216,28 @@ def test_a_trial_passes_on_its_held_out_gates_and_the_top1_drop():
 @pytest.mark.parametrize("held_out, expected", [(4, 4), (20, 8), (100, 25), (4000, budget_mod.RANK_SAMPLES)])
 def test_rank_samples_is_a_quarter_at_least_8_at_most_nncfs_300(held_out, expected):
     assert fallback.rank_samples(held_out) == expected
+
+
+def test_ranking_runs_finishing_out_of_order_score_their_own_groups(fake_graphs, monkeypatch):
+    """The ranking runs its sessions several at a time (fallback.ranking_workers); each group's score is its own
+    run's, whatever order the runs finish in: here every run waits until the run after it has finished."""
+    import threading
+
+    monkeypatch.setattr(fallback, "ranking_workers", lambda: (len(GROUPS), 1))
+    finished = {n: threading.Event() for n in range(len(GROUPS) + 2)}
+    started, lock, run = [0], threading.Lock(), fake_graphs.run
+
+    def reversed_order(model, *args, **kwargs):
+        with lock:
+            n = started[0] = started[0] + 1
+        if isinstance(model, frozenset) and n <= len(GROUPS):  # the last one to start finishes first
+            finished[n + 1].wait(timeout=10)
+        out = run(model, *args, **kwargs)
+        finished[n].set()
+        return out
+
+    fake_graphs.run = reversed_order
+    result, _ = _search(fake_graphs, 8.5)
+    assert [r["group"] for r in result.ranking] == [1, 2, 5, 3, 4, 6, 0]
+    for r in result.ranking:
+        assert r["sqnr_db"] == pytest.approx(_db({r["group"]}), abs=1e-3)
