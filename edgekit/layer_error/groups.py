@@ -382,9 +382,9 @@ def _drop_unused(graph) -> None:
         del graph.node[:]
         graph.node.extend(keep)
     used = {name for n in graph.node for name in n.input} | outputs
-    keep_inits = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep_inits)
+    for i in reversed(range(len(graph.initializer))):  # in place: the kept tensors' bytes are not copied again
+        if graph.initializer[i].name not in used:
+            del graph.initializer[i]
 
 
 def exclude_arguments(groups: list[Group]) -> list[str]:
