@@ -76,6 +76,7 @@ class Evaluator:
     """Runs the int8 file with some groups reverted and judges it against the fp32 parent's outputs."""
 
     def __init__(self, int8, parent, inputs: np.ndarray, tolerance, device: str | None, workdir: Path):
+        from edgekit.layer_error.groups import ParentWeights
         from edgekit.runtimes.factory import open_runner
 
         self.int8, self.parent, self.x, self.tol, self.device = int8, parent, inputs, tolerance, device
@@ -90,7 +91,7 @@ class Evaluator:
             raise CheckFailed(f"the fp32 parent {shown_path(parent.path)} itself gives NaN/Inf on these inputs")
         self.runs = 0
         self.cache: dict[frozenset, object] = {}
-        self.restored: dict = {}  # each weight's parent value, found once for the whole search (groups.revert)
+        self.weights = ParentWeights(parent.proto)  # each weight's parent value, found once for the whole search
 
     def model_with(self, groups):
         """The int8 graph with `groups` reverted and the ops writing their activations on the parent's weights: the
@@ -101,7 +102,7 @@ class Evaluator:
         if not groups:
             return self.int8.proto
         return revert(self.int8.proto, self.parent.proto, [*groups, writers_group(groups, self.int8.proto)],
-                      self.restored)
+                      self.weights)
 
     def __call__(self, groups):
         """The metrics of the first output with `groups` reverted (cached: a set is run once)."""

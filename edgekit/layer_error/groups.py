@@ -131,13 +131,34 @@ def _fp32_name(op, graphs: _Graphs, fp32_names: set[str]) -> str | None:
     return None
 
 
-def revert(int8_model, fp32_model, groups: list[Group], restored: dict | None = None, *, check: bool = True):
+class ParentWeights:
+    """Each int8 weight's fp32 parent value (or why there is none) for one pair of models, found once per weight: a
+    search that reverts many sets keeps one and passes it to every revert."""
+
+    def __init__(self, fp32_model):
+        self.fp32_model = fp32_model
+        self._by_key: dict[tuple, tuple] = {}
+        self._initializers: dict | None = None
+
+    def get(self, dq, inits) -> tuple:
+        """(value, None) or (None, why) for the weight DQ dequantizes (the same bytes on every copy of the int8
+        graph, so keyed by DQ's inputs)."""
+        key = tuple(dq.input)
+        if key not in self._by_key:
+            if self._initializers is None:
+                self._initializers = {t.name: t for t in self.fp32_model.graph.initializer}
+            self._by_key[key] = _parent_weight(dq, inits, self.fp32_model, self._initializers)
+        return self._by_key[key]
+
+
+def revert(int8_model, fp32_model, groups: list[Group], weights: ParentWeights | None = None, *,
+           check: bool = True):
     """A copy of `int8_model` with `groups` back in fp32 (see the module docstring); checked with onnx.checker
     unless CHECK is False (the caller then checks the bytes it serializes anyway: checked_bytes). Each group's
-    `notes` gains a line for a weight it could not restore from the parent. RESTORED: a dict the caller keeps for
-    this pair of models across calls (a search reverts many sets): each weight's parent value is then found once."""
+    `notes` gains a line for a weight it could not restore from the parent. WEIGHTS: the ParentWeights of this pair
+    of models the caller keeps across calls (a search reverts many sets)."""
     model = copy.deepcopy(int8_model)
-    edit = _Edit(model, fp32_model, {} if restored is None else restored)
+    edit = _Edit(model, fp32_model, weights or ParentWeights(fp32_model))
     edit.drop_quantizers({a for g in groups for a in g.activations})
     edit.restore_weights({n: g for g in groups for n in g.nodes})
     edit.apply()
@@ -168,8 +189,8 @@ class _Edit:
     folded one), DequantizeLinear outputs renamed to the float tensors replacing them, weights restored from the
     fp32 parent; applied in one pass that keeps the topological order."""
 
-    def __init__(self, model, fp32_model, restored: dict):
-        self.graph, self.fp32_model, self.restored = model.graph, fp32_model, restored
+    def __init__(self, model, fp32_model, weights: ParentWeights):
+        self.graph, self.fp32_model, self.weights = model.graph, fp32_model, weights
         self.graphs = _Graphs(fp32_model, model)
         self.inits = {t.name: t for t in self.graph.initializer}
         self.renamed: dict[str, str] = {}  # a DequantizeLinear output -> the float tensor that replaces it
@@ -250,12 +271,7 @@ class _Edit:
                 if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in self.inits:
                     continue
                 quantized = dq.input[0]
-                key = (quantized, *dq.input[1:])
-                if key not in self.restored:  # the same bytes on every copy of the int8 graph
-                    if "" not in self.restored:
-                        self.restored[""] = {t.name: t for t in self.fp32_model.graph.initializer}
-                    self.restored[key] = _parent_weight(dq, self.inits, self.fp32_model, self.restored[""])
-                restored, why = self.restored[key]
+                restored, why = self.weights.get(dq, self.inits)
                 if restored is None:
                     line = f"{quantized} kept as its dequantized value: {why}"
                     if line not in group.notes:

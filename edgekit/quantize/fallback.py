@@ -95,17 +95,17 @@ class QdqGraphs:
     running one in ONNX Runtime on this machine or the judged device."""
 
     def __init__(self, pre: Path, full: Path):
-        from edgekit.layer_error.groups import qdq_groups
+        from edgekit.layer_error.groups import ParentWeights, qdq_groups
 
         self.int8, self.fp32 = load_work_file(full), load_work_file(pre)
         self.groups = qdq_groups(self.int8, self.fp32)
-        self.restored: dict = {}  # each weight's parent value, found once for the whole search
+        self.weights = ParentWeights(self.fp32)  # each weight's parent value, found once for the whole search
 
     def revert(self, groups: list) -> "_Reverted":
         """The int8 graph with GROUPS back in fp32 (checked when it is first serialized, to run or to save)."""
         from edgekit.layer_error.groups import revert
 
-        return _Reverted(revert(self.int8, self.fp32, groups, self.restored, check=False), groups)
+        return _Reverted(revert(self.int8, self.fp32, groups, self.weights, check=False), groups)
 
     @staticmethod
     def weights_left(model: "_Reverted") -> int:
@@ -172,7 +172,7 @@ class _Search:
 
     def outputs(self, sets: list[list[int]], said) -> list[np.ndarray]:
         """The ranking subset's outputs with each set of groups in fp32 (one session run each), SAID(n) before the
-        n-th. The graphs are built here in order; their sessions run RANKING_WORKERS at a time, one ORT thread each
+        n-th. The graphs are built here in order; their sessions run ranking_workers() at a time, one ORT thread each
         on a host of two cores (the same outputs bit for bit: integer kernels, and float convs whose sums do not
         depend on how rows are split between threads; a session's start and a batch-1 run keep one core busy, so
         two at a time take 0.5-0.7 of the time in turn). At most one graph waits beyond those running."""
